@@ -1,0 +1,5 @@
+import sys
+
+from clipsonic.cli import main
+
+sys.exit(main())

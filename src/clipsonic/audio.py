@@ -1,0 +1,201 @@
+"""The paper's mel front end: BigVGAN's log-mel, its fixed [-1, 1] scaling, and Griffin-Lim.
+
+All functions take and return torch tensors and work on batches. The log-mel matches
+``bigvgan.meldataset.mel_spectrogram`` numerically (tested): reflect-pad (n_fft - hop)/2 on
+each side, STFT with ``center=False`` and a Hann window, magnitude sqrt(re² + im² + 1e-9),
+librosa's Slaney mel basis, then ln(clamp(mel, 1e-5)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+import torch
+
+from clipsonic.config import Config
+
+# ln(1e-5): the floor BigVGAN clamps the mel to before the log, i.e. digital silence.
+LOG_MEL_FLOOR = math.log(1e-5)
+
+
+@dataclasses.dataclass(frozen=True)
+class MelConfig(Config):
+    """Mel front end (defaults: the paper's 16 kHz / 64 bands / hop 512)."""
+
+    sample_rate: int = 16000
+    n_fft: int = 2048
+    win_length: int = 2048
+    hop_length: int = 512
+    n_mels: int = 64
+    fmin: float = 0.0
+    fmax: float = 8000.0
+    # One training clip: 65536 samples = 4.096 s = exactly 128 frames at hop 512.
+    clip_samples: int = 65536
+    # Fixed affine map of the log-mel to about [-1, 1] for diffusion: log_min is silence
+    # (the BigVGAN floor), log_max sits just above the loudest full-scale tones we measured
+    # (a 0 dBFS 100 Hz sine peaks at ln-mel 3.23 with these settings). Never per-batch statistics.
+    log_min: float = LOG_MEL_FLOOR
+    log_max: float = 3.5
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be > 0, got {self.sample_rate}")
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length {self.win_length} exceeds n_fft {self.n_fft}")
+        if (self.n_fft - self.hop_length) % 2:
+            raise ValueError("n_fft - hop_length must be even (BigVGAN pads it equally on both sides)")
+        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ValueError(f"need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin}, fmax={self.fmax}")
+        if self.clip_samples % (8 * self.hop_length):
+            raise ValueError(
+                f"clip_samples {self.clip_samples} must be a multiple of 8 frames "
+                f"({8 * self.hop_length} samples) so the UNet can downsample it three times"
+            )
+        if self.log_max <= self.log_min:
+            raise ValueError("log_max must be greater than log_min")
+
+    @property
+    def clip_frames(self) -> int:
+        return self.clip_samples // self.hop_length
+
+    @property
+    def clip_seconds(self) -> float:
+        return self.clip_samples / self.sample_rate
+
+    def frames_for(self, num_samples: int) -> int:
+        """Number of mel frames for a waveform of ``num_samples`` samples."""
+        padded = num_samples + (self.n_fft - self.hop_length)
+        return max(0, (padded - self.n_fft) // self.hop_length + 1)
+
+    def mismatch(self, other: MelConfig) -> list[str]:
+        """Fields on which two configs differ (empty when compatible)."""
+        return [
+            f"{f.name}: {getattr(self, f.name)} vs {getattr(other, f.name)}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(other, f.name) and f.name != "clip_samples"
+        ]
+
+
+@functools.lru_cache(maxsize=16)
+def _mel_basis_np(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    import librosa  # lazily: librosa pulls numba, slow to import
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+
+
+def mel_basis(config: MelConfig, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Slaney mel filterbank ``[n_mels, n_fft // 2 + 1]`` (librosa defaults, as BigVGAN)."""
+    basis = _mel_basis_np(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)
+    return torch.from_numpy(basis).to(device=device, dtype=dtype)
+
+
+def _as_batch(wav: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    if isinstance(wav, np.ndarray):
+        wav = torch.from_numpy(wav)
+    if wav.dim() == 1:
+        return wav[None], True
+    if wav.dim() != 2:
+        raise ValueError(f"expected a waveform [samples] or [B, samples], got shape {tuple(wav.shape)}")
+    return wav, False
+
+
+def stft_magnitude(wav: torch.Tensor, config: MelConfig) -> torch.Tensor:
+    """Linear magnitude ``[B, n_fft//2+1, frames]`` with BigVGAN's padding and framing."""
+    wav, _ = _as_batch(wav)
+    pad = (config.n_fft - config.hop_length) // 2
+    x = torch.nn.functional.pad(wav[:, None].float(), (pad, pad), mode="reflect")[:, 0]
+    window = torch.hann_window(config.win_length, device=x.device)
+    spec = torch.stft(
+        x, config.n_fft, hop_length=config.hop_length, win_length=config.win_length,
+        window=window, center=False, pad_mode="reflect", normalized=False, onesided=True,
+        return_complex=True,
+    )
+    return torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + 1e-9)
+
+
+def mel_spectrogram(wav: torch.Tensor, config: MelConfig | None = None) -> torch.Tensor:
+    """Log-mel of a waveform: ``[samples]`` → ``[n_mels, frames]``, ``[B, samples]`` → ``[B, n_mels, frames]``.
+
+    ``frames = samples // hop`` for lengths that are multiples of the hop (65536 → 128).
+    """
+    config = config or MelConfig()
+    wav, squeeze = _as_batch(wav)
+    if wav.shape[-1] <= (config.n_fft - config.hop_length) // 2:
+        raise ValueError(
+            f"waveform of {wav.shape[-1]} samples is too short for n_fft={config.n_fft}; "
+            f"need more than {(config.n_fft - config.hop_length) // 2}"
+        )
+    magnitude = stft_magnitude(wav, config)
+    mel = torch.matmul(mel_basis(config, magnitude.device), magnitude)
+    logmel = torch.log(torch.clamp(mel, min=1e-5))
+    return logmel[0] if squeeze else logmel
+
+
+def normalize(logmel: torch.Tensor, config: MelConfig | None = None) -> torch.Tensor:
+    """Log-mel → diffusion space (about [-1, 1]) by the config's fixed constants."""
+    config = config or MelConfig()
+    return (logmel - config.log_min) / (config.log_max - config.log_min) * 2.0 - 1.0
+
+
+def denormalize(x: torch.Tensor, config: MelConfig | None = None) -> torch.Tensor:
+    """Diffusion space → log-mel; the exact inverse of :func:`normalize`."""
+    config = config or MelConfig()
+    return (x + 1.0) / 2.0 * (config.log_max - config.log_min) + config.log_min
+
+
+def mel_to_magnitude(logmel: torch.Tensor, config: MelConfig, n_iter: int = 50) -> torch.Tensor:
+    """Approximate linear magnitude ``[B, n_fft//2+1, frames]`` from a log-mel ``[B, n_mels, frames]``.
+
+    Non-negative least squares by multiplicative updates (Lee & Seung), started from the
+    transposed filterbank: the pseudo-inverse alone gives negative bins and audible holes.
+    """
+    basis = mel_basis(config, logmel.device)  # [M, F]
+    mel = torch.exp(logmel.float())  # [B, M, T]
+    mag = torch.matmul(basis.T, mel) / (basis.sum(0)[:, None] ** 2 + 1e-8).clamp(min=1e-8)
+    mag = mag.clamp(min=1e-8)
+    gram_t_mel = torch.matmul(basis.T, mel)
+    for _ in range(n_iter):
+        denom = torch.matmul(basis.T, torch.matmul(basis, mag)) + 1e-10
+        mag = mag * gram_t_mel / denom
+    return mag
+
+
+def griffin_lim(
+    logmel: torch.Tensor,
+    config: MelConfig | None = None,
+    n_iter: int = 32,
+    momentum: float = 0.99,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Waveform ``[B, frames * hop]`` (or ``[frames * hop]``) from a log-mel, with no trained vocoder.
+
+    Fast Griffin-Lim (Perraudin et al. 2013, momentum 0.99). Iterates with centred frames,
+    then shifts by hop/2 because BigVGAN's frame t is centred at ``t * hop + hop / 2``.
+    """
+    config = config or MelConfig()
+    squeeze = logmel.dim() == 2
+    if squeeze:
+        logmel = logmel[None]
+    if logmel.dim() != 3 or logmel.shape[1] != config.n_mels:
+        raise ValueError(f"expected a log-mel [B, {config.n_mels}, frames], got {tuple(logmel.shape)}")
+    frames = logmel.shape[-1]
+    mag = mel_to_magnitude(logmel, config)
+    window = torch.hann_window(config.win_length, device=logmel.device)
+    kw = dict(n_fft=config.n_fft, hop_length=config.hop_length, win_length=config.win_length, window=window)
+    length = (frames - 1) * config.hop_length
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    angles = torch.exp(2j * math.pi * torch.rand(mag.shape, generator=gen)).to(mag.device)
+    prev = torch.zeros_like(angles)
+    for _ in range(n_iter):
+        wav = torch.istft(mag * angles, center=True, length=length, **kw)
+        rebuilt = torch.stft(wav, center=True, return_complex=True, **kw)
+        accel = rebuilt - (momentum / (1 + momentum)) * prev
+        angles = accel / accel.abs().clamp(min=1e-16)
+        prev = rebuilt
+    wav = torch.istft(mag * angles, center=True, length=length, **kw)
+    shift = config.hop_length // 2
+    wav = torch.nn.functional.pad(wav, (shift, frames * config.hop_length - length - shift))
+    return wav[0] if squeeze else wav

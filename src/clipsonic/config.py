@@ -1,0 +1,105 @@
+"""Typed, frozen configs that serialise to JSON and refuse unknown keys.
+
+Every component (mel front end, network, diffusion, training, vocoder, prior) has one frozen
+dataclass deriving from :class:`Config`. Defaults live in the dataclass and nowhere else; the
+dict form is written into every checkpoint and dataset so a saved directory is self-describing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from clipsonic.errors import ClipsonicError
+
+C = TypeVar("C", bound="Config")
+
+
+class ConfigError(ClipsonicError, ValueError):
+    """A config dict or file does not fit its dataclass (unknown key, wrong type)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base class: ``to_dict`` / ``from_dict`` / ``save`` / ``load`` for frozen dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, Config) else _plain(value)
+        return out
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config") -> C:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a JSON object for {cls.__name__}, got {type(data).__name__}")
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key(s) {unknown} for {cls.__name__}; known keys are {sorted(names)}"
+            )
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in data.items():
+            hint = hints.get(key)
+            if isinstance(hint, type) and issubclass(hint, Config) and isinstance(value, dict):
+                value = hint.from_dict(value, source=f"{source}.{key}")
+            elif isinstance(value, list):
+                value = tuple(value)  # JSON has no tuples; frozen configs keep sequences as tuples
+            kwargs[key] = value
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls: type[C], path: str | os.PathLike) -> C:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(data, source=str(path))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to a temporary file in the same folder, then rename: readers never see half a file."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+
+
+def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,49 @@
+"""Mel images for people: axes in seconds and Hz (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from clipsonic.audio import MelConfig
+
+
+def mel_band_edges_hz(config: MelConfig) -> np.ndarray:
+    """Centre frequency (Hz) of each mel band, Slaney scale as librosa computes it."""
+    import librosa
+
+    return librosa.mel_frequencies(n_mels=config.n_mels + 2, fmin=config.fmin, fmax=config.fmax)[1:-1]
+
+
+def save_mel_image(logmel: np.ndarray, config: MelConfig, path: str | os.PathLike, title: str = "") -> None:
+    """Write a log-mel ``[n_mels, frames]`` as an image with a time axis (s) and a frequency axis (Hz)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logmel = np.asarray(logmel)
+    if logmel.ndim != 2:
+        raise ValueError(f"expected a log-mel [n_mels, frames], got shape {logmel.shape}")
+    seconds = logmel.shape[1] * config.hop_length / config.sample_rate
+    freqs = mel_band_edges_hz(config)
+    fig, ax = plt.subplots(figsize=(max(4.0, min(16.0, 2.0 + seconds * 1.5)), 3.2), dpi=100)
+    im = ax.imshow(
+        logmel, origin="lower", aspect="auto", cmap="magma",
+        extent=(0.0, seconds, -0.5, config.n_mels - 0.5),
+        vmin=config.log_min, vmax=max(config.log_max, float(logmel.max())),
+    )
+    ticks = np.linspace(0, config.n_mels - 1, 6).round().astype(int)
+    ax.set_yticks(ticks, [f"{freqs[i]:.0f}" for i in ticks])
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("frequency (Hz)")
+    if title:
+        ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="ln mel")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
