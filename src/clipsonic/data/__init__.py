@@ -1,0 +1,1 @@
+"""Videos → training shards (preprocess) and shards → batches (loading)."""
