@@ -43,10 +43,10 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_mel(args):
+    import torch
+
     from clipsonic.audio import MelConfig, mel_spectrogram
     from clipsonic.media import load_audio
-
-    import torch
 
     config = MelConfig()
     audio = load_audio(args.input, sample_rate=config.sample_rate, start=args.start, duration=args.duration)

@@ -1,0 +1,236 @@
+"""Where the videos come from: a folder, a VGGSound CSV, the MUSIC JSON, or a generic manifest.
+
+Every source becomes a sorted list of :class:`SourceItem` (one per video, or per VGGSound
+clip of a long video) plus a list of problems (missing files, unreadable rows) that are
+reported in ``rejected.jsonl`` instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+from clipsonic.errors import ClipsonicError
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv", ".3gp", ".ts")
+# VGGSound clips are 10 s long (the CSV gives their start inside the YouTube video).
+VGGSOUND_CLIP_SECONDS = 10.0
+
+
+class SourceError(ClipsonicError):
+    """The source itself (not one video in it) cannot be read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceItem:
+    """One input video, or one segment of it.
+
+    ``start``/``duration`` restrict the segment used (VGGSound rows inside full videos,
+    manifest rows with a start); ``None`` means the whole file.
+    """
+
+    path: Path
+    key: str  # stable id: sorting, hash splits, and sample keys derive from it
+    start: float | None = None
+    duration: float | None = None
+    label: str | None = None
+    split: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """An input that produced nothing, with a human reason (one line of rejected.jsonl)."""
+
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "reason": self.reason}
+
+
+def collect_sources(source: str | os.PathLike, video_dir: str | os.PathLike | None = None
+                    ) -> tuple[list[SourceItem], list[Problem]]:
+    """Detect the kind of ``source`` and list its items (sorted by key) and problems."""
+    source = Path(source)
+    if not source.exists():
+        raise SourceError(f"{source}: no such file or folder; pass a video folder, a VGGSound CSV, the MUSIC JSON or a manifest")
+    if source.is_dir():
+        items, problems = _from_folder(source), []
+    elif source.suffix.lower() == ".json":
+        items, problems = _from_music_json(source, _need_video_dir(source, video_dir))
+    elif source.suffix.lower() == ".jsonl":
+        items, problems = _from_manifest_rows(source, _read_jsonl(source), video_dir)
+    elif source.suffix.lower() in (".csv", ".tsv"):
+        items, problems = _from_csv(source, video_dir)
+    else:
+        raise SourceError(f"{source}: unknown source type; expected a folder, .csv, .json (MUSIC) or .jsonl")
+    keys = [it.key for it in items]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})[:3]
+        raise SourceError(f"{source}: duplicate entries {dup}; each video/segment must appear once")
+    return sorted(items, key=lambda it: it.key), problems
+
+
+def _need_video_dir(source: Path, video_dir) -> Path:
+    if video_dir is None:
+        raise SourceError(f"{source}: this source lists YouTube ids; pass --video-dir with the downloaded videos")
+    video_dir = Path(video_dir)
+    if not video_dir.is_dir():
+        raise SourceError(f"--video-dir {video_dir}: not a folder")
+    return video_dir
+
+
+def _from_folder(root: Path) -> list[SourceItem]:
+    items = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith("."):
+            rel = path.relative_to(root).as_posix()
+            # the parent folder name is a free label when videos are sorted into class folders
+            label = path.parent.name if path.parent != root else None
+            items.append(SourceItem(path=path, key=rel, label=label))
+    if not items:
+        raise SourceError(f"{root}: no video files found (looked for {', '.join(VIDEO_EXTENSIONS)})")
+    return items
+
+
+def _index_videos(video_dir: Path) -> dict[str, Path]:
+    """Map file stem → path for every video under ``video_dir`` (first by sorted path wins)."""
+    index: dict[str, Path] = {}
+    for path in sorted(video_dir.rglob("*")):
+        if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file():
+            index.setdefault(path.stem, path)
+    return index
+
+
+def _from_csv(source: Path, video_dir) -> tuple[list[SourceItem], list[Problem]]:
+    try:
+        with open(source, newline="") as fh:
+            rows = list(csv.reader(fh, delimiter="\t" if source.suffix.lower() == ".tsv" else ","))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SourceError(f"{source}: cannot read CSV ({exc})") from None
+    rows = [r for r in rows if r and any(cell.strip() for cell in r)]
+    if not rows:
+        raise SourceError(f"{source}: empty CSV")
+    header = [c.strip().lower() for c in rows[0]]
+    if "path" in header:  # generic manifest with a header row
+        return _from_manifest_rows(source, [dict(zip(header, r, strict=False)) for r in rows[1:]], video_dir)
+    return _from_vggsound(source, rows, _need_video_dir(source, video_dir))
+
+
+def _from_vggsound(source: Path, rows: list[list[str]], video_dir: Path) -> tuple[list[SourceItem], list[Problem]]:
+    """VGGSound CSV rows ``youtube_id,start_seconds,label,split`` (no header).
+
+    Accepts pre-cut files ``{ytid}_{start:06d}.ext`` (the clip is the whole file) and full
+    videos ``{ytid}.ext`` (the 10-s clip starts at ``start_seconds``).
+    """
+    index = _index_videos(video_dir)
+    items, problems = [], []
+    for line_no, row in enumerate(rows, 1):
+        where = f"{source}:{line_no}"
+        if len(row) < 4:
+            problems.append(Problem(where, f"unreadable VGGSound row {row!r}: expected youtube_id,start_seconds,label,split"))
+            continue
+        ytid, start_s, label, split = (c.strip() for c in row[:4])
+        try:
+            start = float(start_s)
+        except ValueError:
+            problems.append(Problem(where, f"start_seconds {start_s!r} is not a number"))
+            continue
+        cut = index.get(f"{ytid}_{int(start):06d}")
+        if cut is not None:
+            items.append(SourceItem(cut, key=f"{ytid}_{int(start):06d}", label=label, split=split or None))
+        elif ytid in index:
+            items.append(SourceItem(index[ytid], key=f"{ytid}_{int(start):06d}", start=start,
+                                    duration=VGGSOUND_CLIP_SECONDS, label=label, split=split or None))
+        else:
+            problems.append(Problem(str(video_dir / f"{ytid}_{int(start):06d}.mp4"),
+                                    f"missing file: neither {ytid}_{int(start):06d}.* nor {ytid}.* in {video_dir}"))
+    return items, problems
+
+
+def _from_music_json(source: Path, video_dir: Path) -> tuple[list[SourceItem], list[Problem]]:
+    """MUSIC JSON ``{"videos": {"flute": [ytid, …], …}}``: label = instrument, whole videos."""
+    try:
+        data = json.loads(source.read_text())
+        videos = data["videos"]
+        if not isinstance(videos, dict):
+            raise TypeError("'videos' is not an object")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SourceError(f"{source}: not a MUSIC JSON ({exc!r}); expected {{\"videos\": {{label: [ytid, …]}}}}") from None
+    index = _index_videos(video_dir)
+    items, problems = [], []
+    for label in sorted(videos):
+        for ytid in videos[label]:
+            path = index.get(str(ytid))
+            if path is None:
+                problems.append(Problem(str(video_dir / f"{ytid}.mp4"), f"missing file: no {ytid}.* in {video_dir}"))
+            else:
+                items.append(SourceItem(path, key=f"{label}/{ytid}", label=label))
+    return items, problems
+
+
+def _read_jsonl(source: Path) -> list[dict]:
+    rows = []
+    try:
+        lines = source.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{source}: cannot read ({exc})") from None
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        rows.append(row if isinstance(row, dict) else {"__bad__": f"{source}:{line_no}"})
+    return rows
+
+
+def _from_manifest_rows(source: Path, rows: list[dict], video_dir) -> tuple[list[SourceItem], list[Problem]]:
+    """Generic manifest rows with ``path`` and optional ``start``, ``duration``, ``label``, ``split``."""
+    base = Path(video_dir) if video_dir else source.parent
+    items, problems = [], []
+    for line_no, row in enumerate(rows, 1):
+        where = row.get("__bad__") or f"{source}:{line_no}"
+        if "__bad__" in row or not str(row.get("path") or "").strip():
+            problems.append(Problem(where, "unreadable manifest row: expected a 'path' field"))
+            continue
+        path = Path(str(row["path"]).strip())
+        path = path if path.is_absolute() else base / path
+        try:
+            start = float(row["start"]) if str(row.get("start") or "").strip() else None
+            duration = float(row["duration"]) if str(row.get("duration") or "").strip() else None
+        except (TypeError, ValueError):
+            problems.append(Problem(where, f"start/duration not numbers: {row.get('start')!r}, {row.get('duration')!r}"))
+            continue
+        if not path.is_file():
+            problems.append(Problem(str(path), "missing file"))
+            continue
+        key = path.relative_to(base).as_posix() if path.is_relative_to(base) else path.as_posix()
+        if start is not None:
+            key += f"@{start:.3f}"
+        items.append(SourceItem(path, key=key, start=start, duration=duration,
+                                label=(str(row.get("label")).strip() or None) if row.get("label") is not None else None,
+                                split=(str(row.get("split")).strip() or None) if row.get("split") is not None else None))
+    return items, problems
+
+
+def hash_split(key: str, test_fraction: float) -> str:
+    """Deterministic split from a stable key: the same video always lands in the same split."""
+    h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
+    return "test" if h < test_fraction else "train"
+
+
+def sample_key(item_key: str, clip_index: int) -> str:
+    """WebDataset-safe sample key (no dots or slashes: webdataset splits names at the first dot)."""
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", item_key)[-60:].strip("_")
+    digest = hashlib.sha1(item_key.encode()).hexdigest()[:8]
+    return f"{safe}-{digest}-{clip_index:04d}"
