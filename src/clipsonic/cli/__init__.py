@@ -18,6 +18,7 @@ from clipsonic.errors import ClipsonicError
 
 COMMAND_MODULES = [
     "clipsonic.cli.media",
+    "clipsonic.cli.preprocess",
 ]
 
 

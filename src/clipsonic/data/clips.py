@@ -1,0 +1,185 @@
+"""One video → its training clips: plan clip times, cut audio, compute log-mels, grab frames.
+
+Runs inside decoding worker processes; CLIP encoding happens later, in batches, in the main
+process. Everything here is deterministic in its inputs.
+
+Clip rule (documented in ``clipsonic preprocess --help``): clips of ``clip_samples`` start at
+the segment start and every ``stride`` seconds while they fit; a tail shorter than a clip is
+dropped — except when the whole segment is shorter than one clip but at least
+``min_clip_fraction`` of it, in which case the single clip is zero-padded (silence) at the end.
+Clips whose RMS is below ``silence_db`` dBFS are dropped as silent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+
+import numpy as np
+import torch
+
+from clipsonic.audio import MelConfig, mel_spectrogram
+from clipsonic.config import Config
+from clipsonic.data.sources import SourceItem, sample_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipOptions(Config):
+    """How clips are cut from a video (all shape the data, so they are stored in dataset.json)."""
+
+    frames_per_clip: int = 3  # K frames evenly inside each clip; training picks one at random
+    stride_seconds: float | None = None  # None: back-to-back clips (stride = clip length)
+    max_clips_per_video: int | None = None  # None: as many as fit (MUSIC videos run for minutes)
+    min_clip_fraction: float = 0.5  # shorter videos are rejected as too short
+    silence_db: float = -60.0  # clips quieter than this RMS (dBFS) are dropped as silent
+    keep_audio: bool = False  # store the clip's 16 kHz audio as flac (vocoder training, FAD references)
+    keep_jpg: bool = True  # store the middle frame as a small jpg (for browsing and reports)
+    jpg_size: int = 160  # longest side of the stored jpg
+    # Frames are shrunk in the worker to this short side before crossing to the CLIP process:
+    # CLIP processors resize to 224/336 anyway, and full-HD frames would dominate IPC.
+    max_frame_side: int = 336
+
+    def __post_init__(self) -> None:
+        if self.frames_per_clip < 1:
+            raise ValueError("frames_per_clip must be >= 1")
+        if self.stride_seconds is not None and self.stride_seconds <= 0:
+            raise ValueError("stride_seconds must be > 0")
+        if not 0 < self.min_clip_fraction <= 1:
+            raise ValueError("min_clip_fraction must be in (0, 1]")
+
+
+@dataclasses.dataclass
+class ClipData:
+    """One clip ready to embed and write. ``frames`` are RGB uint8 ``[H, W, 3]``."""
+
+    key: str
+    mel: np.ndarray  # float16 [n_mels, frames]
+    frames: list[np.ndarray]
+    meta: dict
+    jpg: bytes | None = None
+    flac: bytes | None = None
+
+
+@dataclasses.dataclass
+class ItemResult:
+    """What one source item produced: clips, or a reason it produced none."""
+
+    item_key: str
+    clips: list[ClipData]
+    reason: str | None = None  # set when no clip came out
+    silent_clips: int = 0
+
+
+def plan_clip_starts(segment_start: float, segment_seconds: float, mel: MelConfig, options: ClipOptions
+                     ) -> list[float]:
+    """Start times (s) of the clips cut from a segment, per the module's clip rule."""
+    clip_s = mel.clip_seconds
+    stride = options.stride_seconds or clip_s
+    # 1 ms of slack: container durations are rounded
+    count = int(math.floor((segment_seconds - clip_s + 1e-3) / stride)) + 1 if segment_seconds + 1e-3 >= clip_s else 0
+    if count == 0 and segment_seconds >= options.min_clip_fraction * clip_s:
+        count = 1
+    if options.max_clips_per_video is not None:
+        count = min(count, options.max_clips_per_video)
+    return [round(segment_start + i * stride, 6) for i in range(count)]
+
+
+def frame_times(start: float, seconds: float, k: int) -> list[float]:
+    """K times evenly placed inside ``[start, start + seconds)``: the centres of K equal parts."""
+    return [round(start + (i + 0.5) * seconds / k, 6) for i in range(k)]
+
+
+def extract_clips(item: SourceItem, mel: MelConfig, options: ClipOptions) -> ItemResult:
+    """Decode one item into clips. Never raises for a bad file: the reason goes into the result."""
+    from clipsonic.media import MediaError
+
+    try:
+        return _extract(item, mel, options)
+    except MediaError as exc:
+        return ItemResult(item.key, [], reason=str(exc))
+    except Exception as exc:  # one bad video must never end the batch; the reason is kept
+        log.warning("unexpected error on %s: %r", item.path, exc)
+        return ItemResult(item.key, [], reason=f"unexpected error: {type(exc).__name__}: {exc}")
+
+
+def _extract(item: SourceItem, mel: MelConfig, options: ClipOptions) -> ItemResult:
+    from clipsonic.media import load_audio, load_frames, probe
+
+    info = probe(item.path)
+    if not info.has_audio:
+        return ItemResult(item.key, [], reason="no audio stream")
+    if not info.has_video:
+        return ItemResult(item.key, [], reason="no video stream")
+    seg_start = item.start or 0.0
+    seg_end = info.duration if item.duration is None else min(info.duration, seg_start + item.duration)
+    seg_seconds = seg_end - seg_start
+    starts = plan_clip_starts(seg_start, seg_seconds, mel, options)
+    if not starts:
+        return ItemResult(item.key, [], reason=(
+            f"too short: {max(seg_seconds, 0):.2f} s usable, need {options.min_clip_fraction * mel.clip_seconds:.2f} s"))
+    clip_s = mel.clip_seconds
+    span = min(seg_seconds, starts[-1] - seg_start + clip_s)
+    audio = load_audio(item.path, sample_rate=mel.sample_rate, start=seg_start, duration=span)
+    threshold = 10 ** (options.silence_db / 20)
+    kept, silent = [], 0
+    for start in starts:
+        offset = int(round((start - seg_start) * mel.sample_rate))
+        wav = audio[offset:offset + mel.clip_samples]
+        real_seconds = len(wav) / mel.sample_rate
+        wav = np.pad(wav, (0, mel.clip_samples - len(wav)))
+        if float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) < threshold:
+            silent += 1
+            continue
+        kept.append((start, wav, frame_times(start, min(clip_s, real_seconds), options.frames_per_clip)))
+    if not kept:
+        return ItemResult(item.key, [], reason=f"silent: all {silent} clip(s) below {options.silence_db:g} dBFS RMS",
+                          silent_clips=silent)
+    all_times = [t for _, _, times in kept for t in times]
+    frames = [_shrink(f, options.max_frame_side) for f in load_frames(item.path, all_times)]
+    wavs = torch.from_numpy(np.stack([w for _, w, _ in kept]))
+    mels = mel_spectrogram(wavs, mel).numpy().astype(np.float16)
+    clips = []
+    k = options.frames_per_clip
+    for i, (start, wav, times) in enumerate(kept):
+        clip_frames = frames[i * k:(i + 1) * k]
+        meta = {"source": str(item.path), "start": start, "frame_times": times, "label": item.label,
+                "split": item.split, "item": item.key}
+        clips.append(ClipData(
+            key=sample_key(item.key, starts.index(start)), mel=mels[i], frames=clip_frames, meta=meta,
+            jpg=_jpeg(clip_frames[k // 2], options.jpg_size) if options.keep_jpg else None,
+            flac=_flac(wav, mel.sample_rate) if options.keep_audio else None,
+        ))
+    return ItemResult(item.key, clips, silent_clips=silent)
+
+
+def _shrink(frame: np.ndarray, max_side: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = frame.shape[:2]
+    if min(h, w) <= max_side:
+        return frame
+    scale = max_side / min(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(frame).resize(size, Image.BICUBIC))
+
+
+def _jpeg(frame: np.ndarray, size: int) -> bytes:
+    from PIL import Image
+
+    img = Image.fromarray(frame)
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _flac(wav: np.ndarray, sample_rate: int) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wav, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()

@@ -1,0 +1,316 @@
+"""``clipsonic preprocess``: videos → dataset directory (log-mels + CLIP frame embeddings in shards).
+
+Decoding runs in worker processes, CLIP in batches in this process. The run is resumable: a
+journal (``.progress.json``) is committed each time a shard is renamed into place, and a re-run
+of the same command continues from the last commit. Items are processed in fixed groups of
+``encode_group`` so CLIP batches (and hence the bytes written) do not depend on where a run
+was resumed: same inputs and options → the same shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+from pathlib import Path
+
+from clipsonic.audio import MelConfig
+from clipsonic.config import Config, write_bytes_atomic, write_json_atomic
+from clipsonic.data.clips import ClipOptions, ItemResult, extract_clips
+from clipsonic.data.dataset import ClipModelRef, DatasetError, DatasetInfo, read_dataset_info
+from clipsonic.data.shards import ShardWriter, encode_sample, remove_stale_temporaries
+from clipsonic.data.sources import Problem, SourceItem, collect_sources, hash_split
+
+log = logging.getLogger(__name__)
+JOURNAL = ".progress.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessOptions(Config):
+    """Options that shape the dataset (stored in dataset.json; a resumed run must match them)."""
+
+    clip_model: str = "openai/clip-vit-large-patch14"
+    clips: ClipOptions = ClipOptions()
+    test_fraction: float = 0.0  # hash split for sources without splits (VGGSound brings its own)
+    shard_size_mb: float = 256.0
+    encode_group: int = 32  # items per CLIP group; also the granularity of commits
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.test_fraction < 1:
+            raise ValueError("test_fraction must be in [0, 1)")
+
+
+@dataclasses.dataclass
+class Progress:
+    """Counters reported to the ``progress`` callback after every item."""
+
+    items_total: int
+    items_done: int = 0
+    clips: int = 0
+    rejected: int = 0
+
+
+def preprocess(source: str | os.PathLike, out_dir: str | os.PathLike, *, options: PreprocessOptions | None = None,
+               mel: MelConfig | None = None, video_dir=None, workers: int = 0, device=None,
+               num_shards: int | None = None, shard_index: int | None = None, encoder=None,
+               clip_batch_size: int = 64, progress: Callable[[Progress], None] | None = None) -> DatasetInfo:
+    """Build (or resume, or confirm) a dataset directory; returns its :class:`DatasetInfo`.
+
+    With ``num_shards > 1`` this process handles items ``shard_index::num_shards`` and writes a
+    complete partial dataset to ``out_dir/part-IIIII-of-NNNNN``; ``merge_parts`` combines them.
+    ``encoder`` (a loaded CLIP encoder) skips loading ``options.clip_model``.
+    """
+    options, mel = options or PreprocessOptions(), mel or MelConfig()
+    num_shards, shard_index = _resolve_sharding(num_shards, shard_index)
+    items, problems = collect_sources(source, video_dir)
+    out = Path(out_dir)
+    if num_shards > 1:
+        items, problems = items[shard_index::num_shards], problems[shard_index::num_shards]
+        out = out / f"part-{shard_index:05d}-of-{num_shards:05d}"
+    out.mkdir(parents=True, exist_ok=True)
+    if encoder is None:
+        from clipsonic.encoders import load_clip
+
+        encoder = load_clip(options.clip_model, device=device)
+    clip_ref = ClipModelRef(model=options.clip_model, dim=encoder.dim, fingerprint=encoder.fingerprint)
+    header = {"mel": mel.to_dict(), "clip": dataclasses.asdict(clip_ref), "options": options.to_dict(),
+              "items": hashlib.sha1("\n".join(it.key for it in items).encode()).hexdigest()}
+    done = _existing(out, header, mel, clip_ref)
+    if done is not None:
+        return done
+    journal = _load_journal(out, header)
+    stale = remove_stale_temporaries(out)
+    if stale:
+        log.info("removed %d half-written shard(s) from an interrupted run", stale)
+    by_split: dict[str, list[SourceItem]] = {}
+    for it in items:
+        by_split.setdefault(it.split or hash_split(it.key, options.test_fraction), []).append(it)
+    stats = Progress(items_total=len(items))
+    with _Decoder(workers, mel, options.clips) as decoder:
+        for split in sorted(by_split):
+            _run_split(out, split, by_split[split], journal, decoder, encoder, options, clip_batch_size, stats, progress)
+    return _finish(out, journal, problems, len(items), mel, clip_ref, options)
+
+
+def _resolve_sharding(num_shards, shard_index) -> tuple[int, int]:
+    if num_shards is None:  # launched by torchrun/accelerate: one part per process
+        num_shards = int(os.environ.get("WORLD_SIZE", "1"))
+        shard_index = int(os.environ.get("RANK", "0"))
+    shard_index = 0 if shard_index is None else shard_index
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise DatasetError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
+    return num_shards, shard_index
+
+
+def _existing(out: Path, header: dict, mel: MelConfig, clip_ref: ClipModelRef) -> DatasetInfo | None:
+    """A finished dataset in ``out``: return it when it matches, refuse when it does not."""
+    if not (out / "dataset.json").is_file():
+        return None
+    info = read_dataset_info(out)
+    info.check_compatible(mel, clip_ref.dim, what="this preprocess run")
+    if info.clip.fingerprint != clip_ref.fingerprint:
+        raise DatasetError(f"{out} was built with {info.clip.describe()}, this run uses {clip_ref.describe()}; "
+                           "use another --out or the same --clip-model")
+    if info.options.get("options") != header["options"] or info.options.get("items") != header["items"]:
+        raise DatasetError(f"{out} holds a finished dataset built from other inputs or options; use another --out")
+    log.info("%s is already complete (%d clips); nothing to do", out, info.counts.get("clips", 0))
+    return info
+
+
+def _load_journal(out: Path, header: dict) -> dict:
+    path = out / JOURNAL
+    if not path.is_file():
+        if any(out.glob("*.tar")):
+            raise DatasetError(f"{out} holds shards but no progress journal; use an empty --out")
+        return {"header": header, "splits": {}}
+    journal = json.loads(path.read_text())
+    if journal.get("header") != header:
+        old = journal.get("header", {})
+        raise DatasetError(
+            f"{out} holds an interrupted run with other settings (CLIP {old.get('clip', {}).get('model')}, "
+            f"mel {old.get('mel')}) than this one (CLIP {header['clip']['model']}, mel {header['mel']}); "
+            "re-run with the same options or use another --out")
+    log.info("resuming %s from its last committed shard", out)
+    return journal
+
+
+class _Decoder:
+    """Ordered ``extract_clips`` over items, in worker processes (``workers=0``: inline)."""
+
+    def __init__(self, workers: int, mel: MelConfig, options: ClipOptions):
+        self.workers, self.mel, self.options = workers, mel, options
+        self.pool = None
+
+    def __enter__(self):
+        if self.workers > 0:
+            self.pool = self._new_pool()
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn, not fork: forking a process that holds torch/OpenMP threads can deadlock
+        return ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_worker_init)
+
+    def map(self, items: list[SourceItem]) -> Iterator[ItemResult]:
+        if self.pool is None:
+            yield from (extract_clips(it, self.mel, self.options) for it in items)
+            return
+        futures = [self.pool.submit(extract_clips, it, self.mel, self.options) for it in items]
+        for i, fut in enumerate(futures):
+            try:
+                yield fut.result()
+            except BrokenProcessPool:
+                # a decoder crashed its worker (segfault, OOM kill): retry this item alone, then resubmit the rest
+                self.pool.shutdown(cancel_futures=True)
+                self.pool = self._new_pool()
+                yield self._retry_alone(items[i])
+                yield from self.map(items[i + 1:])
+                return
+
+    def _retry_alone(self, item: SourceItem) -> ItemResult:
+        try:
+            return self.pool.submit(extract_clips, item, self.mel, self.options).result()
+        except BrokenProcessPool:
+            self.pool = self._new_pool()
+            return ItemResult(item.key, [], reason="decoder crashed its worker process (corrupt file?)")
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # parallelism comes from the worker processes
+
+
+def _run_split(out: Path, split: str, items: list[SourceItem], journal: dict, decoder: _Decoder, encoder,
+               options: PreprocessOptions, batch_size: int, stats: Progress, progress) -> None:
+    state = journal["splits"].setdefault(split, {"next_item": 0, "shards": [], "clips": 0, "rejected": [], "silent_clips": 0})
+    pending = {"clips": 0, "rejected": [], "silent_clips": 0}
+    next_item = state["next_item"]
+
+    def commit(shard: str | None, clips: int) -> None:
+        if shard is not None:
+            state["shards"].append(shard)
+        state["clips"] += pending["clips"]
+        state["rejected"] += pending["rejected"]
+        state["silent_clips"] += pending["silent_clips"]
+        state["next_item"] = next_item
+        pending.update(clips=0, rejected=[], silent_clips=0)
+        write_json_atomic(out / JOURNAL, journal)
+
+    writer = ShardWriter(out, split, len(state["shards"]), int(options.shard_size_mb * 2**20), on_finalize=commit)
+    stats.items_done += next_item
+    stats.clips += state["clips"]
+    stats.rejected += len(state["rejected"])
+    group = options.encode_group
+    try:
+        for g0 in range(next_item, len(items), group):
+            batch = items[g0:g0 + group]
+            results = list(decoder.map(batch))
+            _write_group(writer, results, batch, encoder, batch_size, pending, stats, progress)
+            next_item = g0 + len(batch)
+            if writer.full:
+                writer.finalize()
+        next_item = len(items)
+        if writer.finalize() is None:
+            commit(None, 0)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _write_group(writer: ShardWriter, results: list[ItemResult], items: list[SourceItem], encoder, batch_size: int,
+                 pending: dict, stats: Progress, progress) -> None:
+    clips = [c for r in results for c in r.clips]
+    if clips:
+        k = len(clips[0].frames)
+        emb = encoder.encode_images([f for c in clips for f in c.frames], batch_size=batch_size).numpy()
+        emb = emb.reshape(len(clips), k, -1)  # [clips, K, D]
+    pos = 0
+    for result, item in zip(results, items, strict=True):
+        for clip in result.clips:
+            writer.write(encode_sample(clip.key, clip.mel, emb[pos], clip.meta, clip.jpg, clip.flac))
+            pos += 1
+        pending["clips"] += len(result.clips)
+        pending["silent_clips"] += result.silent_clips
+        if result.reason is not None:
+            pending["rejected"].append(Problem(str(item.path), result.reason).to_dict())
+            log.info("skipped %s: %s", item.path, result.reason)
+        stats.items_done += 1
+        stats.clips += len(result.clips)
+        stats.rejected += result.reason is not None
+        if progress is not None:
+            progress(stats)
+
+
+def _finish(out: Path, journal: dict, problems: list[Problem], n_items: int, mel: MelConfig,
+            clip_ref: ClipModelRef, options: PreprocessOptions) -> DatasetInfo:
+    splits = journal["splits"]
+    rejected = [p.to_dict() for p in problems] + [r for s in sorted(splits) for r in splits[s]["rejected"]]
+    write_bytes_atomic(out / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in rejected).encode())
+    info = DatasetInfo(
+        root=out, mel=mel, clip=clip_ref, frames_per_clip=options.clips.frames_per_clip,
+        splits={s: {"shards": splits[s]["shards"], "clips": splits[s]["clips"]} for s in sorted(splits)},
+        counts={"inputs": n_items + len(problems), "clips": sum(s["clips"] for s in splits.values()),
+                "rejected": len(rejected), "silent_clips": sum(s["silent_clips"] for s in splits.values())},
+        options={"options": options.to_dict(), "items": journal["header"]["items"]},
+    )
+    write_json_atomic(out / "dataset.json", info.to_dict())
+    (out / JOURNAL).unlink(missing_ok=True)
+    return info
+
+
+def merge_parts(out_dir: str | os.PathLike) -> DatasetInfo:
+    """Combine ``part-*-of-*`` datasets of a sharded run into one dataset in ``out_dir``.
+
+    Shards are hard-linked (copied across file systems) and renumbered in part order; the
+    parts are removed only after the merged dataset.json is written, so a crash here is
+    repaired by running merge again.
+    """
+    import shutil
+
+    out = Path(out_dir)
+    parts = sorted(out.glob("part-*-of-*"))
+    if not parts:
+        raise DatasetError(f"{out}: no part-*-of-* folders to merge; run preprocess with --num-shards first")
+    total = int(parts[0].name.rsplit("-", 1)[1])
+    missing = [i for i in range(total) if not (out / f"part-{i:05d}-of-{total:05d}" / "dataset.json").is_file()]
+    if missing:
+        raise DatasetError(f"{out}: parts {missing} of {total} are not finished; run them (same command, --shard-index i) first")
+    infos = [read_dataset_info(out / f"part-{i:05d}-of-{total:05d}") for i in range(total)]
+    first = infos[0]
+    for info in infos[1:]:
+        info.check_compatible(first.mel, first.clip.dim, first.clip.model, what=f"part {first.root.name}")
+        if info.options.get("options") != first.options.get("options"):
+            raise DatasetError(f"{info.root} was built with other options than {first.root}; rebuild it")
+    splits: dict[str, dict] = {}
+    for info in infos:
+        for split in sorted(info.splits):
+            entry = splits.setdefault(split, {"shards": [], "clips": 0})
+            for shard in info.shard_paths(split):
+                name = f"{split}-{len(entry['shards']):06d}.tar"
+                (out / name).unlink(missing_ok=True)
+                try:
+                    os.link(shard, out / name)
+                except OSError:
+                    shutil.copyfile(shard, out / name)
+                entry["shards"].append(name)
+            entry["clips"] += info.num_clips(split)
+    rejected = b"".join((info.root / "rejected.jsonl").read_bytes() for info in infos)
+    write_bytes_atomic(out / "rejected.jsonl", rejected)
+    counts = {k: sum(int(i.counts.get(k, 0)) for i in infos) for k in ("inputs", "clips", "rejected", "silent_clips")}
+    merged = dataclasses.replace(first, root=out, splits=splits, counts=counts,
+                                 options={**first.options, "items": [i.options.get("items") for i in infos]})
+    write_json_atomic(out / "dataset.json", merged.to_dict())
+    for part in parts:
+        shutil.rmtree(part)
+    return merged
+
