@@ -1,0 +1,299 @@
+"""CLIP behind one small interface: images and texts in, L2-normalised ``[B, D]`` embeddings out.
+
+CLIPSonic conditions its diffusion model on CLIP *image* embeddings of video frames and queries it
+with CLIP *text* embeddings; both come from here. Any transformers ``CLIPModel`` checkpoint works:
+a local directory (``save_pretrained`` layout) or a hub id resolved through the local Hugging Face
+cache, downloading only when the hub can be reached. transformers is imported lazily (it is slow).
+
+The weights' ``fingerprint`` goes into every dataset so that embeddings from different CLIPs are
+never mixed: it is the SHA-256 of the weight files' bytes (sorted by file name), first 16 hex
+digits, so it does not depend on the device or dtype the model is loaded with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipsonic.errors import ClipsonicError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+# What a hub snapshot needs: configs, tokenizer, and the transformers safetensors weights only
+# (repos also carry pytorch/tf/flax/open_clip copies of the same weights).
+HUB_PATTERNS = ("*.json", "*.txt", "model*.safetensors")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+class EncoderError(ClipsonicError):
+    """A CLIP model cannot be found or loaded, or an input cannot be encoded."""
+
+
+def load_clip(name_or_path: str | os.PathLike = DEFAULT_CLIP, device: str | torch.device | None = None,
+              dtype: torch.dtype | str | None = None) -> ClipEncoder:
+    """Load a CLIP model with its tokenizer and image processor.
+
+    Args:
+        name_or_path: a directory written by ``save_pretrained`` (config.json with model_type
+            "clip", weights, tokenizer files, preprocessor_config.json) or a hub id.
+        device: default cuda when available, else cpu.
+        dtype: default float16 on cuda, float32 elsewhere. Outputs are float32 either way.
+    """
+    directory = _resolve(str(name_or_path))
+    weights = _check_clip_dir(directory)
+    from safetensors import SafetensorError
+    from transformers import AutoTokenizer, CLIPModel
+
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = _parse_dtype(dtype, device)
+    try:
+        with _quiet_transformers():
+            model = CLIPModel.from_pretrained(directory)
+            tokenizer = AutoTokenizer.from_pretrained(directory)
+            processor = _image_processor_class().from_pretrained(directory)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:  # corrupt or mismatched files
+        raise EncoderError(f"{directory}: cannot load the CLIP model ({exc})") from exc
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return ClipEncoder(model, tokenizer, processor, name=str(name_or_path), weight_files=weights)
+
+
+class ClipEncoder:
+    """A loaded CLIP: ``encode_images`` / ``encode_texts`` return float32 CPU ``[B, D]`` unit vectors."""
+
+    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, *, name: str,
+                 weight_files: Sequence[Path]) -> None:
+        self.model, self.tokenizer, self.image_processor = model, tokenizer, image_processor
+        self.name = name
+        self._weight_files = tuple(weight_files)
+
+    @property
+    def dim(self) -> int:
+        """D, the size of the shared image-text embedding space (the projection dimension)."""
+        return int(self.model.config.projection_dim)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def max_text_tokens(self) -> int:
+        """Text context length in tokens, start and end tokens included (77 for OpenAI CLIP)."""
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """First 16 hex digits of SHA-256 over the weight files' bytes, in file-name order."""
+        digest = hashlib.sha256()
+        for path in sorted(self._weight_files, key=lambda p: p.name):
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 24):
+                    digest.update(chunk)
+        return digest.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"ClipEncoder({self.name!r}, dim={self.dim}, device={self.device})"
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Any], batch_size: int = 64) -> torch.Tensor:
+        """Embed RGB images (``PIL.Image`` or uint8 ``[H, W, 3]`` arrays, any size) → ``[B, D]``."""
+        pil = [_to_pil(im, i) for i, im in enumerate(images)]
+        out = []
+        for start in range(0, len(pil), batch_size):
+            pixels = self.image_processor(images=pil[start:start + batch_size], return_tensors="pt")["pixel_values"]
+            pixels = pixels.to(device=self.device, dtype=self.model.dtype)  # [b, 3, S, S]
+            pooled = self.model.vision_model(pixel_values=pixels).pooler_output
+            out.append(self.model.visual_projection(pooled).float().cpu())
+        return _normalise(out, self.dim)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Embed texts → ``[B, D]``; texts over :attr:`max_text_tokens` are truncated (one warning)."""
+        out = [emb for emb, _, _ in self._text_batches(texts, batch_size)]
+        return _normalise(out, self.dim)
+
+    @torch.inference_mode()
+    def text_token_states(self, texts: Sequence[str], batch_size: int = 256
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What unCLIP-style priors (Karlo's ``PriorTransformer``) take as the text condition.
+
+        Returns float32 CPU tensors: the projected text embedding ``[B, D]`` (not normalised), the
+        final-layer-normed token states ``[B, L, W]`` with L = :attr:`max_text_tokens` (padded with
+        the end token, as OpenAI CLIP does) and the attention mask ``[B, L]`` (bool, True = real token).
+        """
+        parts = list(self._text_batches(texts, batch_size, with_states=True))
+        width = int(self.model.config.text_config.hidden_size)
+        if not parts:
+            return (torch.empty(0, self.dim), torch.empty(0, self.max_text_tokens, width),
+                    torch.empty(0, self.max_text_tokens, dtype=torch.bool))
+        return tuple(torch.cat(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
+
+    def _text_batches(self, texts: Sequence[str], batch_size: int, with_states: bool = False):
+        """Yield (projected [b, D], token states [b, L, W] or None, mask [b, L]) per batch."""
+        texts = _check_texts(texts)
+        if not texts:
+            return
+        self._warn_truncation(texts)
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[start:start + batch_size]), padding="max_length",
+                                    truncation=True, max_length=self.max_text_tokens, return_tensors="pt")
+            ids = tokens["input_ids"].to(self.device)
+            mask = tokens["attention_mask"].to(self.device)
+            # Causal attention: the pooled end-token state never sees the padding after it.
+            output = self.model.text_model(input_ids=ids, attention_mask=mask)
+            projected = self.model.text_projection(output.pooler_output).float().cpu()
+            states = output.last_hidden_state.float().cpu() if with_states else None
+            yield projected, states, mask.bool().cpu()
+
+    def _warn_truncation(self, texts: list[str]) -> None:
+        limit = self.max_text_tokens
+        # Tokenising one past the limit tells which texts would lose tokens, without
+        # tripping transformers' own "sequence is too long" warning.
+        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=limit + 1)["input_ids"]]
+        over = sum(n > limit for n in lengths)
+        if over:
+            log.warning("%d of %d text(s) exceed %s's %d-token context and were truncated",
+                        over, len(texts), self.name, limit)
+
+
+def _normalise(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    if not parts:
+        return torch.empty(0, dim)
+    return torch.nn.functional.normalize(torch.cat(parts), dim=-1)
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise EncoderError("encode_texts takes a list of strings, got one string; wrap it in a list")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise EncoderError(f"text {i} is a {type(text).__name__}, not a string")
+    return texts
+
+
+def _to_pil(image: Any, index: int):
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+            raise EncoderError(f"image {index}: expected a uint8 array [H, W, 3], got {image.dtype} {list(image.shape)}")
+        # Converting arrays to PIL ourselves keeps the processor from guessing channel order
+        # (a [3, 3, 3] array is ambiguous to it).
+        return Image.fromarray(np.ascontiguousarray(image))
+    raise EncoderError(f"image {index}: expected a PIL.Image or a uint8 numpy array, got {type(image).__name__}")
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No tqdm bars from inside the library (transformers 5 shows one per weight load)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _image_processor_class():
+    # transformers 5 maps CLIPImageProcessor to a torchvision backend (and warns when falling back);
+    # the PIL/numpy one is what we want and needs no torchvision. transformers 4's default is it.
+    try:
+        from transformers import CLIPImageProcessorPil
+    except ImportError:
+        from transformers import CLIPImageProcessor as CLIPImageProcessorPil
+    return CLIPImageProcessorPil
+
+
+def _parse_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        parsed = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(parsed, torch.dtype):
+            raise EncoderError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
+        return parsed
+    return dtype
+
+
+def _resolve(name: str) -> Path:
+    """A local directory as given, or a hub id's snapshot in the HF cache (downloaded if online)."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
+        raise EncoderError(f"CLIP model directory {name} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    hint = (f"On a connected machine run `hf download {name} --include '*.json' --include '*.txt' "
+            f"--include 'model*.safetensors' --local-dir DIR` (older huggingface_hub: "
+            f"`huggingface-cli download`) and pass DIR instead of the hub id.")
+    try:
+        return Path(snapshot_download(repo_id=name, allow_patterns=list(HUB_PATTERNS)))
+    except HFValidationError:
+        raise EncoderError(f"CLIP model {name!r} is neither an existing directory nor a hub id") from None
+    except RepositoryNotFoundError:
+        raise EncoderError(f"CLIP model {name!r}: no such directory, and the hub has no such model") from None
+    except Exception as exc:  # offline mode, no network, partial cache: the same advice applies
+        raise EncoderError(f"CLIP model {name!r} is not in the local Hugging Face cache and could not be "
+                           f"downloaded ({type(exc).__name__}). {hint}") from None
+
+
+def _check_clip_dir(directory: Path) -> list[Path]:
+    """Refuse anything that is not a complete transformers CLIP checkpoint; return its weight files."""
+    if not directory.is_dir():
+        raise EncoderError(f"{directory} is not a directory; pass a CLIP model directory or a hub id")
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise EncoderError(f"{directory} is not a CLIP model directory: it has no config.json "
+                           "(expected the files CLIPModel/CLIPProcessor.save_pretrained write)")
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as exc:
+        raise EncoderError(f"{config_path} is not a valid JSON config ({exc})") from None
+    if model_type != "clip":
+        raise EncoderError(f"{directory} holds a {model_type!r} model, not a CLIP model "
+                           "(config.json model_type must be 'clip')")
+    weights = _weight_files(directory)
+    missing = [] if weights else ["weights (model.safetensors or pytorch_model.bin)"]
+    if not (directory / "tokenizer.json").is_file() and not (
+            (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file()):
+        missing.append("tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+    if not (directory / "preprocessor_config.json").is_file():
+        missing.append("image processor (preprocessor_config.json)")
+    if missing:
+        raise EncoderError(f"CLIP model directory {directory} is missing its {', '.join(missing)}; "
+                           "save the complete model with CLIPModel.save_pretrained and "
+                           "CLIPProcessor.save_pretrained")
+    return weights
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    for index in _INDEX_FILES:  # sharded checkpoints list their shards in an index
+        if (directory / index).is_file():
+            try:
+                shards = sorted(set(json.loads((directory / index).read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+                raise EncoderError(f"{directory / index} is not a valid weight index ({exc})") from None
+            absent = [s for s in shards if not (directory / s).is_file()]
+            if absent:
+                raise EncoderError(f"CLIP model directory {directory} is missing weight shard(s) {absent}")
+            return [directory / s for s in shards]
+    return [directory / f for f in _WEIGHT_FILES if (directory / f).is_file()][:1]
