@@ -1,0 +1,26 @@
+"""The mel diffusion process: Improved DDPM with classifier-free guidance (network-agnostic).
+
+    from clipsonic.diffusion import DiffusionConfig, GaussianDiffusion, SAMPLERS
+    diff = GaussianDiffusion(DiffusionConfig())
+    losses = diff.training_losses(model, x0, cond)          # dict of [B] tensors; losses["loss"].mean()
+    mels = diff.sample(model, (B, 1, 64, 128), cond, sampler="ddpm", steps=1000, guidance_scale=1.5)
+"""
+
+from clipsonic.diffusion.config import DiffusionConfig
+from clipsonic.diffusion.gaussian_diffusion import GaussianDiffusion
+from clipsonic.diffusion.guidance import Denoiser, guide, guided_denoiser
+from clipsonic.diffusion.respace import respace, space_timesteps
+from clipsonic.diffusion.samplers import SAMPLERS
+from clipsonic.diffusion.schedule import Schedule
+
+__all__ = [
+    "SAMPLERS",
+    "Denoiser",
+    "DiffusionConfig",
+    "GaussianDiffusion",
+    "Schedule",
+    "guide",
+    "guided_denoiser",
+    "respace",
+    "space_timesteps",
+]

@@ -1,0 +1,175 @@
+"""The Gaussian diffusion process (Improved DDPM): training losses and sampling for any network.
+
+Like improved-diffusion's gaussian_diffusion.py the process owns no network: ``training_losses``
+and ``sample`` take the model as an argument (contract in guidance.py). Data are [B, C, H, W]
+(a log-mel is [B, 1, 64, frames]) scaled to about [-1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from clipsonic.diffusion import posterior as P
+from clipsonic.diffusion.config import DiffusionConfig
+from clipsonic.diffusion.guidance import guided_denoiser
+from clipsonic.diffusion.losses import (
+    discretized_gaussian_log_likelihood,
+    mean_flat,
+    min_snr_weight,
+    nats_to_bits,
+    normal_kl,
+)
+from clipsonic.diffusion.respace import respace, space_timesteps
+from clipsonic.diffusion.rng import rand, randint, randn
+from clipsonic.diffusion.samplers import SAMPLERS
+from clipsonic.diffusion.schedule import Schedule, make_betas
+
+Model = nn.Module | Callable[..., Tensor]
+
+
+class GaussianDiffusion:
+    """q(x_t | x_0), the posterior, p(x_{t-1} | x_t) from a model output, losses and samplers."""
+
+    def __init__(self, config: DiffusionConfig | None = None) -> None:
+        self.config = config or DiffusionConfig()
+        c = self.config
+        self.schedule = Schedule(make_betas(c.schedule, c.num_timesteps, c.cosine_s))
+        self._respaced: dict[int, Schedule] = {}
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.config.num_timesteps
+
+    # --- the process ------------------------------------------------------------------------
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), given the noise. t: [B]."""
+        return P.q_sample(self.schedule, x0, t, noise)
+
+    def q_posterior_mean_variance(self, x0: Tensor, xt: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(mean, variance, log variance) of q(x_{t-1} | x_t, x_0), each [B, C, H, W]."""
+        return P.q_posterior_mean_variance(self.schedule, x0, xt, t)
+
+    def p_mean_variance(self, model_out: Tensor, xt: Tensor, t: Tensor, clip_denoised: bool = True) -> dict[str, Tensor]:
+        """p(x_{t-1} | x_t) from a raw model output [B, 2C or C, H, W] at original steps t [B].
+
+        Returns ``mean``, ``variance``, ``log_variance``, ``pred_x0`` (clamped to [-1, 1] when
+        ``clip_denoised``) and ``eps`` (the prediction as eps, before clamping).
+        """
+        c = self.config
+        pred, var_values = P.split_output(model_out, xt.shape[1], c.learn_sigma)
+        x0 = P.x0_from_prediction(c.prediction, self.schedule, xt, t, pred)
+        out = P.p_mean_variance(self.schedule, xt, t, x0, var_values, clip_denoised)
+        out["eps"] = P.eps_from_prediction(c.prediction, self.schedule, xt, t, pred)
+        return out
+
+    def respaced(self, steps: int) -> Schedule:
+        """The K = ``steps`` chain over space_timesteps(T, K) (cached)."""
+        if steps not in self._respaced:
+            self._respaced[steps] = respace(self.schedule, space_timesteps(self.num_timesteps, steps))
+        return self._respaced[steps]
+
+    # --- training ---------------------------------------------------------------------------
+    def training_losses(
+        self,
+        model: Model,
+        x0: Tensor,
+        cond: Tensor,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """Per-example losses [B] for data x0 [B, C, H, W] and conditions cond [B, D].
+
+        Draws (with ``generator``, in this order) t ~ U{0..T-1} unless given, noise unless given,
+        and the guidance drop mask ~ Bernoulli(p_uncond). Returns:
+        ``mse``  mean squared error of the prediction target (eps, v or x_0), min-SNR weighted if set;
+        ``vlb``  (hybrid only) L_t in bits/dim: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0,
+                 the discretised decoder NLL -log p(x_0|x_1) at t = 0, with the mean stop-gradiented
+                 so that only the variance learns from it;
+        ``loss`` mse + vlb_weight * T * vlb (improved-diffusion's hybrid loss);
+        ``t``, ``dropped`` the steps and the drop mask used, for logging and checks.
+        """
+        c = self.config
+        batch, device = x0.shape[0], x0.device
+        if cond.shape[0] != batch:
+            raise ValueError(f"got {batch} examples but {cond.shape[0]} conditions")
+        if t is None:
+            t = randint(self.num_timesteps, (batch,), generator, device)
+        if noise is None:
+            noise = randn(x0.shape, generator, device, x0.dtype)
+        dropped = rand((batch,), generator, device) < c.p_uncond
+
+        xt = self.q_sample(x0, t, noise)
+        out = model(xt, t, cond, dropped).to(x0.dtype)
+        pred, var_values = P.split_output(out, x0.shape[1], c.learn_sigma)
+
+        target = {"epsilon": noise, "x0": x0, "v": P.v_from_x0_eps(self.schedule, x0, t, noise)}[c.prediction]
+        mse = mean_flat((target - pred) ** 2)
+        if c.min_snr_gamma is not None:
+            snr = self.schedule.at("snr", t, x0).flatten()
+            mse = mse * min_snr_weight(snr, c.min_snr_gamma, c.prediction)
+        terms = {"mse": mse, "t": t, "dropped": dropped}
+        if c.loss == "hybrid":
+            terms["vlb"] = self._vlb_bits(x0, xt, t, pred.detach(), var_values)
+            terms["loss"] = mse + c.vlb_weight * self.num_timesteps * terms["vlb"]
+        else:
+            terms["loss"] = mse
+        return terms
+
+    def _vlb_bits(self, x0: Tensor, xt: Tensor, t: Tensor, pred: Tensor, var_values: Tensor) -> Tensor:
+        """L_t in bits/dim for a detached prediction (the stop-gradient of the hybrid loss). [B]."""
+        x0_hat = P.x0_from_prediction(self.config.prediction, self.schedule, xt, t, pred)
+        model = P.p_mean_variance(self.schedule, xt, t, x0_hat, var_values, clip_denoised=False)
+        true_mean, _, true_log_variance = self.q_posterior_mean_variance(x0, xt, t)
+        kl = mean_flat(normal_kl(true_mean, true_log_variance, model["mean"], model["log_variance"]))
+        nll = -mean_flat(discretized_gaussian_log_likelihood(x0, model["mean"], 0.5 * model["log_variance"]))
+        return nats_to_bits(torch.where(t == 0, nll, kl))
+
+    # --- sampling ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        model: Model,
+        shape: tuple[int, ...],
+        cond: Tensor,
+        *,
+        sampler: str = "ddpm",
+        steps: int = 1000,
+        guidance_scale: float = 1.5,
+        generator: torch.Generator | None = None,
+        eta: float = 0.0,
+        clip_denoised: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+        x_T: Tensor | None = None,
+    ) -> Tensor:
+        """Generate x_0 [shape] = [B, C, H, W] for conditions cond [B, D], on cond's device.
+
+        ``steps`` model evaluations over the respaced chain space_timesteps(T, steps); classifier-free
+        guidance with ``guidance_scale`` and the config's formula (one batched forward of 2B, or B
+        when the mix is a single branch). ``eta`` is DDIM's; ``x_T`` replaces the initial noise.
+        Put the model in eval mode first.
+        """
+        # 1. Check inputs
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+        shape = tuple(shape)
+        if len(shape) < 2 or cond.ndim != 2 or cond.shape[0] != shape[0]:
+            raise ValueError(f"need shape [B, C, ...] and cond [B, D] with the same B, got {list(shape)} and {list(cond.shape)}")
+        if x_T is not None and tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T has shape {list(x_T.shape)}, expected {list(shape)}")
+        c = self.config
+        # 2. The chain and the guided network
+        schedule = self.respaced(steps)
+        denoise = guided_denoiser(
+            model, cond, scale=guidance_scale, formula=c.guidance_formula, prediction=c.prediction,
+            schedule=self.schedule, learn_sigma=c.learn_sigma,
+        )
+        # 3. Initial noise x_T ~ N(0, I)
+        x = randn(shape, generator, cond.device) if x_T is None else x_T.to(cond.device, torch.float32)
+        # 4. Denoise
+        return SAMPLERS[sampler](
+            denoise, x, schedule, generator=generator, eta=eta, clip_denoised=clip_denoised, progress=progress
+        )

@@ -1,0 +1,88 @@
+"""Classifier-free guidance (Ho & Salimans 2021) around any network that follows the model contract.
+
+Model contract: ``model(x [B, C, H, W], t LongTensor [B] (original steps), cond [B, D],
+drop_cond BoolTensor [B]) -> [B, 2C, H, W]`` ([eps-or-v-or-x0, variance v]) or [B, C, H, W] without a
+learned variance; where ``drop_cond`` is True the model uses its learned null condition.
+
+Guidance mixes eps only (other parametrisations are converted to eps first; the mix is affine
+with weights summing to 1, so guiding eps, x_0 or v is the same thing). The variance channel is
+the conditional branch's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from clipsonic.diffusion.posterior import eps_from_prediction, split_output
+from clipsonic.diffusion.schedule import Schedule
+
+# What samplers call: (x_t [B, C, H, W], original step t) -> (eps [B, C, H, W], v [B, C, H, W] or None)
+Denoiser = Callable[[Tensor, int], tuple[Tensor, "Tensor | None"]]
+
+
+def guide(eps_cond: Tensor, eps_uncond: Tensor, scale: float, formula: str) -> Tensor:
+    """Mix the two branches.
+
+    "cfg":          eps = eps_u + w (eps_c - eps_u)   (w = 0: unconditional, w = 1: conditional)
+    "cfg-plus-one": eps = eps_c + w (eps_c - eps_u)   (w = 0: conditional; equals "cfg" at w + 1)
+    """
+    if formula == "cfg":
+        return eps_uncond + scale * (eps_cond - eps_uncond)
+    if formula == "cfg-plus-one":
+        return eps_cond + scale * (eps_cond - eps_uncond)
+    raise ValueError(f"unknown guidance formula {formula!r}; use 'cfg' or 'cfg-plus-one'")
+
+
+def branches(scale: float, formula: str) -> str:
+    """Which forward passes a guided step needs: "cond", "uncond" or "both".
+
+    When the mix reduces to one branch that branch runs alone, on B rather than 2B examples, and
+    its own variance is used: "cfg" with w = 1 (or "cfg-plus-one" with w = 0) is exactly the
+    conditional model, "cfg" with w = 0 exactly the unconditional one.
+    """
+    if formula not in ("cfg", "cfg-plus-one"):
+        raise ValueError(f"unknown guidance formula {formula!r}; use 'cfg' or 'cfg-plus-one'")
+    if (formula == "cfg" and scale == 1.0) or (formula == "cfg-plus-one" and scale == 0.0):
+        return "cond"
+    if formula == "cfg" and scale == 0.0:
+        return "uncond"
+    return "both"
+
+
+def guided_denoiser(
+    model: nn.Module | Callable[..., Tensor],
+    cond: Tensor,
+    *,
+    scale: float,
+    formula: str,
+    prediction: str,
+    schedule: Schedule,
+    learn_sigma: bool,
+) -> Denoiser:
+    """A :data:`Denoiser` running ``model`` with guidance in one batched forward per step.
+
+    ``cond`` [B, D]; ``schedule`` is the full training schedule (the model sees original steps).
+    """
+    need = branches(scale, formula)
+
+    def denoise(x: Tensor, t: int) -> tuple[Tensor, Tensor | None]:
+        batch, channels = x.shape[:2]
+        if need == "both":  # [x; x] with [cond; null]: one forward of 2B examples
+            x_in, c_in = torch.cat([x, x]), torch.cat([cond, cond])
+            drop = torch.arange(2 * batch, device=x.device) >= batch
+        else:
+            x_in, c_in = x, cond
+            drop = torch.full((batch,), need == "uncond", dtype=torch.bool, device=x.device)
+        t_in = torch.full((x_in.shape[0],), t, dtype=torch.long, device=x.device)
+        out = model(x_in, t_in, c_in, drop).to(x.dtype)
+        pred, var_values = split_output(out, channels, learn_sigma)
+        eps = eps_from_prediction(prediction, schedule, x_in, t, pred)
+        if need != "both":
+            return eps, var_values
+        eps_cond, eps_uncond = eps[:batch], eps[batch:]
+        return guide(eps_cond, eps_uncond, scale, formula), None if var_values is None else var_values[:batch]
+
+    return denoise

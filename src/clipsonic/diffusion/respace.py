@@ -1,0 +1,39 @@
+"""Respacing: sample with K of the T training steps (Nichol & Dhariwal 2021, section 4).
+
+The network was trained on all T steps; a K-step chain keeps alpha_bar at the chosen steps
+t_0 < ... < t_{K-1} and recomputes beta'_i = 1 - alpha_bar_{t_i} / alpha_bar_{t_{i-1}}
+(alpha_bar_{t_{-1}} = 1). The network is still called with the original t_i.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from clipsonic.diffusion.schedule import Schedule
+
+
+def space_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
+    """K evenly spaced original steps round(linspace(0, T - 1, K)), ascending. [K] int64.
+
+    Identical to diffusers' ``timestep_spacing="linspace"`` (DDPMScheduler/DDIMScheduler) and to
+    improved-diffusion's ``space_timesteps(T, "K")``: both ends are always included. For T = 4000,
+    K = 1000: 0, 4, 8, ..., 3999 (the stride is 3999/999 = 4.003, so 3 of the gaps are 5).
+    """
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps must be between 1 and the {num_timesteps} training steps, got {steps}")
+    # numpy, not torch: its linspace/round are what diffusers uses, so the grids agree exactly
+    grid = np.linspace(0, num_timesteps - 1, steps).round().astype(np.int64)
+    return torch.from_numpy(grid)
+
+
+def respace(schedule: Schedule, timesteps: torch.Tensor) -> Schedule:
+    """The chain that visits only ``timesteps`` (ascending original indices) of ``schedule``."""
+    timesteps = torch.as_tensor(timesteps, dtype=torch.long)
+    if timesteps.ndim != 1 or len(timesteps) == 0 or bool((timesteps[1:] <= timesteps[:-1]).any()):
+        raise ValueError("timesteps must be a non-empty, strictly increasing 1-d sequence")
+    if int(timesteps[0]) < 0 or int(timesteps[-1]) >= len(schedule):
+        raise ValueError(f"timesteps must lie in [0, {len(schedule) - 1}]")
+    abar = schedule.alphas_cumprod[timesteps]
+    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    return Schedule(1.0 - abar / abar_prev, schedule.timesteps[timesteps])

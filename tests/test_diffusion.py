@@ -1,0 +1,386 @@
+"""clipsonic.diffusion: config, schedule, respacing, posterior, losses, guidance.
+
+Cross-checked against diffusers' schedulers (independent float32 implementations) and closed forms
+(torch.distributions); samplers are in test_diffusion_samplers.py.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from torch.distributions import Normal, kl_divergence
+
+from clipsonic.config import ConfigError
+from clipsonic.diffusion import (
+    DiffusionConfig,
+    GaussianDiffusion,
+    guide,
+    guided_denoiser,
+    respace,
+    space_timesteps,
+)
+from clipsonic.diffusion.losses import discretized_gaussian_log_likelihood, normal_kl
+from clipsonic.diffusion.posterior import split_output
+
+T = 4000
+
+
+def diffusers_ddpm(**kw) -> DDPMScheduler:
+    args = dict(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
+                timestep_spacing="linspace")
+    return DDPMScheduler(**(args | kw))
+
+
+def reference_abar() -> torch.Tensor:
+    """alpha_bar from diffusers' (float32) betas, accumulated in float64."""
+    return torch.cumprod(1 - diffusers_ddpm().betas.double(), 0)
+
+
+def bayes_posterior(abar: torch.Tensor, x0, xt, t: int):
+    """q(x_{t-1} | x_t, x_0) by multiplying the two Gaussians: an independent derivation.
+
+    At t = 0, x_{-1} is x_0 itself: a point mass (variance 0)."""
+    if t == 0:
+        return x0 + 0 * xt, torch.tensor(0.0, dtype=torch.float64), 1 - abar[0]
+    a_prev = abar[t - 1] if t > 0 else torch.tensor(1.0, dtype=torch.float64)
+    alpha, beta = abar[t] / a_prev, 1 - abar[t] / a_prev
+    precision = alpha / beta + 1 / (1 - a_prev)
+    mean = (alpha.sqrt() / beta * xt + a_prev.sqrt() / (1 - a_prev) * x0) / precision
+    return mean, 1 / precision, beta
+
+
+# --- config -------------------------------------------------------------------------------------
+def test_config_round_trip_and_rejections():
+    cfg = DiffusionConfig(prediction="v", min_snr_gamma=5.0)
+    assert DiffusionConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="unknown key"):
+        DiffusionConfig.from_dict({"num_steps": 10})
+    with pytest.raises(ConfigError, match="prediction"):
+        DiffusionConfig.from_dict({"prediction": "score"})
+    with pytest.raises(ConfigError, match="learn_sigma"):
+        DiffusionConfig.from_dict({"learn_sigma": False})  # hybrid loss needs the variance
+    with pytest.raises(ConfigError, match="p_uncond"):
+        DiffusionConfig.from_dict({"p_uncond": 1.0})
+    assert DiffusionConfig(learn_sigma=False, loss="simple").learn_sigma is False
+
+
+# --- schedule and respacing --------------------------------------------------------------------
+def test_cosine_schedule_matches_diffusers():
+    ref = diffusers_ddpm()
+    s = GaussianDiffusion().schedule
+    assert s.betas.dtype == torch.float64 and len(s) == T
+    torch.testing.assert_close(s.betas.float(), ref.betas, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(s.alphas_cumprod.float(), ref.alphas_cumprod, rtol=2e-4, atol=1e-9)
+    assert s.betas.max() == pytest.approx(0.999)  # the clip at the last step
+    # the paper's closed form: alpha_bar_t = f(t+1)/f(0) below the clipped last step
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    for t in (0, 1, 1000, 3998):
+        assert float(s.alphas_cumprod[t]) == pytest.approx(f((t + 1) / T) / f(0), rel=1e-10)
+
+
+def test_linear_schedule_matches_scaled_diffusers():
+    s = GaussianDiffusion(DiffusionConfig(schedule="linear")).schedule
+    ref = DDPMScheduler(num_train_timesteps=T, beta_start=1e-4 / 4, beta_end=0.02 / 4)
+    torch.testing.assert_close(s.betas.float(), ref.betas, rtol=1e-5, atol=1e-9)
+
+
+def test_respacing_4000_to_1000_picks_the_documented_steps():
+    steps = space_timesteps(T, 1000)
+    ref = diffusers_ddpm()
+    ref.set_timesteps(1000)
+    assert torch.equal(steps, ref.timesteps.flip(0))
+    # improved-diffusion's space_timesteps(4000, "1000"): round(i * 3999/999), accumulated
+    cur, taken = 0.0, []
+    for _ in range(1000):
+        taken.append(round(cur))
+        cur += (T - 1) / 999
+    assert steps.tolist() == taken
+    assert steps[0] == 0 and steps[1] == 4 and steps[-1] == T - 1 and len(set(steps.tolist())) == 1000
+    gaps = np.diff(steps.numpy())
+    assert set(gaps.tolist()) == {4, 5} and (gaps == 5).sum() == 3
+    assert torch.equal(space_timesteps(T, T), torch.arange(T))
+    assert space_timesteps(T, 1).tolist() == [0]
+    for bad in (0, T + 1):
+        with pytest.raises(ValueError, match="steps"):
+            space_timesteps(T, bad)
+
+
+def test_respaced_betas_keep_alpha_bar_at_the_chosen_steps():
+    full = GaussianDiffusion().schedule
+    steps = space_timesteps(T, 50)
+    r = respace(full, steps)
+    assert torch.equal(r.timesteps, steps)
+    torch.testing.assert_close(r.alphas_cumprod, full.alphas_cumprod[steps], rtol=1e-9, atol=0)
+    abar = full.alphas_cumprod[steps]
+    expected = 1 - abar / torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    torch.testing.assert_close(r.betas, expected, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="increasing"):
+        respace(full, torch.tensor([5, 3]))
+
+
+# --- the process --------------------------------------------------------------------------------
+def test_q_sample_and_v_target_match_diffusers():
+    diff = GaussianDiffusion(DiffusionConfig(prediction="v"))
+    ref = diffusers_ddpm()
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 1, 8, 8, generator=g), torch.randn(4, 1, 8, 8, generator=g)
+    t = torch.tensor([0, 17, 2000, 3999])
+    torch.testing.assert_close(diff.q_sample(x0, t, noise), ref.add_noise(x0, noise, t), rtol=1e-5, atol=1e-5)
+    from clipsonic.diffusion.posterior import v_from_x0_eps
+
+    torch.testing.assert_close(
+        v_from_x0_eps(diff.schedule, x0, t, noise), ref.get_velocity(x0, noise, t), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("t", [0, 1, 250, 3998])
+def test_posterior_matches_bayes_rule(t):
+    diff = GaussianDiffusion()
+    g = torch.Generator().manual_seed(t)
+    x0, xt = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64), torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
+    mean, var, log_var = diff.q_posterior_mean_variance(x0, xt, torch.full((2,), t))
+    ref_mean, ref_var, _ = bayes_posterior(reference_abar(), x0, xt, t)
+    torch.testing.assert_close(mean, ref_mean.expand_as(mean), rtol=1e-5, atol=1e-7)
+    if t > 0:
+        torch.testing.assert_close(var, ref_var.expand_as(var), rtol=1e-5, atol=0)
+        torch.testing.assert_close(log_var, var.log())
+    else:  # beta~_0 = 0: its log is clipped to log beta~_1
+        assert float(var.max()) == 0.0
+        assert torch.allclose(log_var, diff.schedule.posterior_variance[1].log().expand_as(log_var))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v", "x0"])
+def test_p_mean_variance_predictions_agree(prediction):
+    """The same denoiser expressed as eps, v or x_0 gives the same p(x_{t-1} | x_t)."""
+    diff = GaussianDiffusion(DiffusionConfig(prediction=prediction))
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.rand(3, 1, 4, 4, generator=g) * 2 - 1, torch.randn(3, 1, 4, 4, generator=g)
+    var = torch.rand(3, 1, 4, 4, generator=g) * 2 - 1
+    t = torch.tensor([5, 900, 3000])
+    xt = diff.q_sample(x0, t, noise)
+    from clipsonic.diffusion.posterior import v_from_x0_eps
+
+    pred = {"epsilon": noise, "x0": x0, "v": v_from_x0_eps(diff.schedule, x0, t, noise)}[prediction]
+    out = diff.p_mean_variance(torch.cat([pred, var], 1), xt, t, clip_denoised=False)
+    torch.testing.assert_close(out["pred_x0"], x0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out["eps"], noise, rtol=1e-4, atol=1e-4)
+    true_mean, _, _ = diff.q_posterior_mean_variance(x0, xt, t)
+    torch.testing.assert_close(out["mean"], true_mean, rtol=1e-4, atol=1e-5)
+    frac = (var + 1) / 2
+    s = diff.schedule
+    expected = frac * s.log_betas[t].view(-1, 1, 1, 1) + (1 - frac) * s.posterior_log_variance_clipped[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(out["log_variance"], expected.float())
+
+
+def test_model_output_channels_are_checked():
+    with pytest.raises(ValueError, match="learn_sigma=True.*2 channels"):
+        split_output(torch.zeros(2, 1, 4, 4), 1, True)
+    with pytest.raises(ValueError, match="learn_sigma=False"):
+        split_output(torch.zeros(2, 2, 4, 4), 1, False)
+
+
+# --- losses -------------------------------------------------------------------------------------
+def test_normal_kl_matches_torch_distributions():
+    g = torch.Generator().manual_seed(2)
+    m1, m2, lv1, lv2 = (torch.randn(5, 7, generator=g, dtype=torch.float64) for _ in range(4))
+    ref = kl_divergence(Normal(m1, (0.5 * lv1).exp()), Normal(m2, (0.5 * lv2).exp()))
+    torch.testing.assert_close(normal_kl(m1, lv1, m2, lv2), ref)
+
+
+def test_discretized_likelihood_matches_cdf_differences():
+    x = torch.tensor([-1.0, -0.5, 0.0, 0.3, 1.0, 1.2], dtype=torch.float64)
+    mean = x + torch.tensor([0.002, -0.004, 0.0, 0.01, -0.003, -0.01], dtype=torch.float64)
+    log_scale = torch.full_like(x, math.log(0.004))
+    d = Normal(mean, log_scale.exp())
+    h = 1 / 255
+    ref = torch.stack([
+        d.cdf(x[0] + h)[0].log(),
+        *[(d.cdf(x + h) - d.cdf(x - h))[i].log() for i in (1, 2, 3)],
+        (1 - d.cdf(x - h))[4].log(),
+        (1 - d.cdf(x - h))[5].log(),  # beyond +1: the open top bin
+    ])
+    torch.testing.assert_close(discretized_gaussian_log_likelihood(x, mean, log_scale), ref)
+    far = discretized_gaussian_log_likelihood(torch.zeros(1), torch.ones(1), torch.full((1,), -8.0))
+    assert far.item() == pytest.approx(math.log(1e-12))  # floored: bounded loss
+
+
+class FixedOutput(torch.nn.Module):
+    """A 'network' that returns a given tensor (requires_grad) and records its inputs."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out, self.calls = out, []
+
+    def forward(self, x, t, cond, drop):
+        self.calls.append((x, t, cond, drop))
+        return self.out
+
+
+def test_vlb_term_is_the_closed_form_kl_and_decoder_nll():
+    diff = GaussianDiffusion()
+    g = torch.Generator().manual_seed(3)
+    B = 4
+    x0 = (torch.rand(B, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1)
+    x0[0, 0, 0, 0], x0[0, 0, 0, 1] = 1.0, -1.0  # edge bins at t = 0
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0, 1, 700, 3998])
+    eps = noise + 0.3 * torch.randn_like(x0)
+    v = torch.rand(x0.shape, generator=g, dtype=torch.float64) * 2 - 1
+    model = FixedOutput(torch.cat([eps, v], 1))
+    out = diff.training_losses(model, x0, torch.zeros(B, 3), t=t, noise=noise, generator=g)
+
+    abar = reference_abar()
+    xt = abar[t].sqrt().view(-1, 1, 1, 1) * x0 + (1 - abar[t]).sqrt().view(-1, 1, 1, 1) * noise
+    torch.testing.assert_close(model.calls[0][0], xt, rtol=1e-6, atol=1e-6)
+    expected = []
+    for b, tb in enumerate(t.tolist()):
+        x0_hat = (xt[b] - (1 - abar[tb]).sqrt() * eps[b]) / abar[tb].sqrt()
+        q_mean, q_var, beta = bayes_posterior(abar, x0[b], xt[b], tb)
+        p_mean, _, _ = bayes_posterior(abar, x0_hat, xt[b], tb)
+        beta_tilde = bayes_posterior(abar, x0[b], xt[b], max(tb, 1))[1]  # clipped at t = 0
+        frac = (v[b] + 1) / 2
+        p_std = (0.5 * (frac * beta.log() + (1 - frac) * beta_tilde.log())).exp()
+        if tb > 0:
+            nats = kl_divergence(Normal(q_mean, q_var.sqrt()), Normal(p_mean, p_std)).mean()
+        else:
+            d, h = Normal(p_mean, p_std), 1 / 255
+            probs = torch.where(x0[b] > 0.999, 1 - d.cdf(x0[b] - h),
+                                torch.where(x0[b] < -0.999, d.cdf(x0[b] + h), d.cdf(x0[b] + h) - d.cdf(x0[b] - h)))
+            nats = -probs.clamp(min=1e-12).log().mean()
+        expected.append(nats / math.log(2))
+    torch.testing.assert_close(out["vlb"], torch.stack(expected), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out["loss"], out["mse"] + 0.001 * T * out["vlb"])
+    torch.testing.assert_close(out["mse"], ((eps - noise) ** 2).mean((1, 2, 3)))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_vlb_trains_only_the_variance_channel(prediction):
+    diff = GaussianDiffusion(DiffusionConfig(prediction=prediction))
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.rand(4, 1, 4, 4, generator=g) * 2 - 1
+    t = torch.tensor([0, 10, 500, 3000])
+    raw = torch.randn(4, 2, 4, 4, generator=g).requires_grad_(True)
+    out = diff.training_losses(FixedOutput(raw), x0, torch.zeros(4, 3), t=t, generator=g)
+    out["vlb"].sum().backward()
+    assert torch.count_nonzero(raw.grad[:, :1]) == 0  # stop-gradient on the mean
+    assert bool((raw.grad[:, 1:].abs().sum((1, 2, 3)) > 0).all())
+    raw.grad = None
+    out = diff.training_losses(FixedOutput(raw), x0, torch.zeros(4, 3), t=t, generator=g)
+    out["mse"].sum().backward()
+    assert torch.count_nonzero(raw.grad[:, 1:]) == 0 and torch.count_nonzero(raw.grad[:, :1]) > 0
+
+
+def test_drop_mask_rate_and_the_model_sees_it():
+    diff = GaussianDiffusion(DiffusionConfig(p_uncond=0.1, loss="simple", learn_sigma=False))
+    n = 20000
+    model = FixedOutput(torch.zeros(n, 1, 1, 1))
+    out = diff.training_losses(model, torch.zeros(n, 1, 1, 1), torch.zeros(n, 2),
+                               generator=torch.Generator().manual_seed(5))
+    dropped = out["dropped"]
+    assert dropped.dtype == torch.bool and torch.equal(model.calls[0][3], dropped)
+    assert abs(int(dropped.sum()) - 0.1 * n) < 4.5 * math.sqrt(n * 0.1 * 0.9)
+    assert "vlb" not in out and torch.equal(out["loss"], out["mse"])
+    # t is uniform over all T steps
+    t = out["t"]
+    assert int(t.min()) >= 0 and int(t.max()) <= T - 1 and abs(float(t.double().mean()) - (T - 1) / 2) < 30
+    again = diff.training_losses(model, torch.zeros(n, 1, 1, 1), torch.zeros(n, 2),
+                                 generator=torch.Generator().manual_seed(5))
+    assert torch.equal(again["dropped"], dropped) and torch.equal(again["t"], t)
+    none = GaussianDiffusion(DiffusionConfig(p_uncond=0.0, loss="simple", learn_sigma=False))
+    assert not none.training_losses(model, torch.zeros(n, 1, 1, 1), torch.zeros(n, 2))["dropped"].any()
+
+
+@pytest.mark.parametrize("prediction,weight", [
+    ("epsilon", lambda snr: np.minimum(snr, 5) / snr),
+    ("v", lambda snr: np.minimum(snr, 5) / (snr + 1)),
+    ("x0", lambda snr: np.minimum(snr, 5)),
+])
+def test_min_snr_weighting(prediction, weight):
+    g = torch.Generator().manual_seed(6)
+    x0, noise = torch.rand(4, 1, 4, 4, generator=g) * 2 - 1, torch.randn(4, 1, 4, 4, generator=g)
+    t = torch.tensor([0, 100, 1500, 3990])
+    raw = torch.randn(4, 2, 4, 4, generator=g)
+    plain = GaussianDiffusion(DiffusionConfig(prediction=prediction))
+    weighted = GaussianDiffusion(DiffusionConfig(prediction=prediction, min_snr_gamma=5.0))
+    a = plain.training_losses(FixedOutput(raw), x0, torch.zeros(4, 3), t=t, noise=noise)
+    b = weighted.training_losses(FixedOutput(raw), x0, torch.zeros(4, 3), t=t, noise=noise)
+    abar = reference_abar()[t].numpy()
+    expected = torch.from_numpy(weight(abar / (1 - abar))).float()
+    torch.testing.assert_close(b["mse"], a["mse"] * expected, rtol=1e-4, atol=1e-12)
+    torch.testing.assert_close(b["vlb"], a["vlb"])
+
+
+# --- guidance -----------------------------------------------------------------------------------
+class TwoBranch(torch.nn.Module):
+    """Returns fixed conditional / unconditional outputs by drop_cond; records calls."""
+
+    def __init__(self, cond_out, uncond_out):
+        super().__init__()
+        self.cond_out, self.uncond_out, self.calls = cond_out, uncond_out, []
+
+    def forward(self, x, t, cond, drop):
+        self.calls.append((x, t, cond, drop))
+        n = x.shape[0] // self.cond_out.shape[0]
+        c, u = self.cond_out.repeat(n, 1, 1, 1), self.uncond_out.repeat(n, 1, 1, 1)
+        return torch.where(drop.view(-1, 1, 1, 1), u, c)
+
+
+def _two_branch(seed=7, channels=2):
+    g = torch.Generator().manual_seed(seed)
+    return TwoBranch(torch.randn(3, channels, 4, 4, generator=g), torch.randn(3, channels, 4, 4, generator=g))
+
+
+def test_guide_formulas():
+    c, u = torch.tensor([2.0]), torch.tensor([0.5])
+    assert guide(c, u, 1.5, "cfg").item() == pytest.approx(0.5 + 1.5 * 1.5)
+    assert guide(c, u, 1.5, "cfg-plus-one").item() == pytest.approx(2.0 + 1.5 * 1.5)
+    assert guide(c, u, 0.0, "cfg").item() == 0.5 and guide(c, u, 1.0, "cfg").item() == 2.0
+    assert guide(c, u, 0.0, "cfg-plus-one").item() == 2.0
+    with pytest.raises(ValueError, match="formula"):
+        guide(c, u, 1.0, "magic")
+
+
+def test_guided_denoiser_batches_both_branches_once():
+    model = _two_branch()
+    cond = torch.randn(3, 5)
+    x = torch.randn(3, 1, 4, 4)
+    denoise = guided_denoiser(model, cond, scale=1.5, formula="cfg", prediction="epsilon",
+                              schedule=GaussianDiffusion().schedule, learn_sigma=True)
+    eps, var = denoise(x, 1234)
+    assert len(model.calls) == 1
+    x_in, t_in, c_in, drop = model.calls[0]
+    assert x_in.shape[0] == 6 and torch.equal(x_in, torch.cat([x, x])) and torch.equal(c_in, torch.cat([cond, cond]))
+    assert drop.tolist() == [False] * 3 + [True] * 3 and t_in.tolist() == [1234] * 6 and t_in.dtype == torch.long
+    eps_c, eps_u = model.cond_out[:, :1], model.uncond_out[:, :1]
+    torch.testing.assert_close(eps, eps_u + 1.5 * (eps_c - eps_u))
+    assert torch.equal(var, model.cond_out[:, 1:])  # the conditional branch's variance
+
+
+@pytest.mark.parametrize("scale,formula,branch", [(1.0, "cfg", "cond"), (0.0, "cfg", "uncond"),
+                                                  (0.0, "cfg-plus-one", "cond")])
+def test_guidance_that_is_one_branch_runs_only_that_branch(scale, formula, branch):
+    model = _two_branch()
+    denoise = guided_denoiser(model, torch.randn(3, 5), scale=scale, formula=formula, prediction="epsilon",
+                              schedule=GaussianDiffusion().schedule, learn_sigma=True)
+    eps, var = denoise(torch.randn(3, 1, 4, 4), 10)
+    assert len(model.calls) == 1 and model.calls[0][0].shape[0] == 3
+    ref = model.cond_out if branch == "cond" else model.uncond_out
+    assert model.calls[0][3].tolist() == [branch == "uncond"] * 3
+    assert torch.equal(eps, ref[:, :1]) and torch.equal(var, ref[:, 1:])
+
+
+def test_guidance_converts_v_and_x0_to_eps_first():
+    schedule = GaussianDiffusion().schedule
+    x, t = torch.randn(3, 1, 4, 4), 2500
+    a, s = math.sqrt(float(reference_abar()[t])), math.sqrt(1 - float(reference_abar()[t]))
+    to_eps = {"v": lambda p: a * p + s * x, "x0": lambda p: (x - a * p) / s}
+    for prediction, convert in to_eps.items():
+        model = _two_branch(channels=1)
+        denoise = guided_denoiser(model, torch.randn(3, 5), scale=2.0, formula="cfg", prediction=prediction,
+                                  schedule=schedule, learn_sigma=False)
+        eps, var = denoise(x, t)
+        eps_c, eps_u = convert(model.cond_out), convert(model.uncond_out)
+        assert var is None
+        torch.testing.assert_close(eps, eps_u + 2.0 * (eps_c - eps_u), rtol=1e-4, atol=1e-4)
