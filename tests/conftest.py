@@ -11,3 +11,6 @@ import torch  # noqa: E402
 
 # 2 CPU cores in CI: keep torch from oversubscribing when pytest runs alone.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Fixtures every module may use without importing them.
+from support.tiny_clip import tiny_clip_dir  # noqa: E402, F401

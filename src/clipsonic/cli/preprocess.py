@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-audio", action="store_true", help="store each clip's audio as flac (vocoder training, FAD)")
     p.add_argument("--test-fraction", type=float, default=0.0, help="hash split for sources without splits")
     p.add_argument("--shard-size-mb", type=float, default=256.0, help="target shard size")
+    p.add_argument("--group-size", type=int, default=32,
+                   help="videos per CLIP group; shards close and progress is committed at group boundaries")
     p.add_argument("--workers", type=int, default=2, help="decoding processes (0: decode in this process)")
     p.add_argument("--device", default=None, help="device for CLIP (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=64, help="frames per CLIP batch")
@@ -74,7 +76,7 @@ def _options(args):
                         max_clips_per_video=args.max_clips_per_video, min_clip_fraction=args.min_clip_fraction,
                         silence_db=args.silence_db, keep_audio=args.keep_audio)
     return mel, PreprocessOptions(clip_model=args.clip_model, clips=clips, test_fraction=args.test_fraction,
-                                  shard_size_mb=args.shard_size_mb)
+                                  shard_size_mb=args.shard_size_mb, encode_group=args.group_size)
 
 
 def run_preprocess(args) -> None:

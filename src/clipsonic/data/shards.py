@@ -95,8 +95,8 @@ class ShardWriter:
 
 
 def remove_stale_temporaries(root: Path) -> int:
-    """Delete half-written shards left by a killed run; returns how many."""
-    stale = list(Path(root).glob(".*.tar.tmp"))
+    """Delete half-written files (shards, journal, json) left by a killed run; returns how many."""
+    stale = list(Path(root).glob(".*.tmp"))
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)

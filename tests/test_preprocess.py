@@ -1,0 +1,180 @@
+"""End to end: real videos (several codecs, plus broken ones) → dataset directory, with a tiny CLIP."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import webdataset as wds
+from support.media_files import truncate, write_video
+
+from clipsonic.audio import MelConfig
+from clipsonic.data.clips import ClipOptions
+from clipsonic.data.dataset import DatasetError, read_dataset_info
+from clipsonic.data.preprocess import PreprocessOptions, merge_parts, preprocess
+from clipsonic.encoders import load_clip
+from clipsonic.plotting import mel_band_edges_hz
+
+MEL = MelConfig(clip_samples=16384)  # 1.024 s = 32 frames keeps the test fast
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    for sub in ("dog", "piano", "bad"):
+        (root / sub).mkdir()
+    write_video(root / "dog" / "a.mp4", seconds=2.5, tone_hz=440.0)  # → 2 clips
+    write_video(root / "dog" / "b.mkv", seconds=2.2, video_codec="mpeg4", audio_codec="libmp3lame", tone_hz=550.0)
+    write_video(root / "piano" / "c.webm", seconds=1.6, video_codec="libvpx-vp9", audio_codec="libopus",
+                sample_rate=48000, tone_hz=880.0)  # → 1 clip (1.6 s: tail dropped)
+    write_video(root / "piano" / "d.avi", seconds=0.7, video_codec="mpeg4", audio_codec="libmp3lame")  # padded (≥ 0.5 clip)
+    write_video(root / "piano" / "e.mov", seconds=2.1, audio_codec="aac", channels=6, tone_hz=330.0)
+    write_video(root / "bad" / "short.mp4", seconds=0.3)  # too short
+    write_video(root / "bad" / "silent.mp4", seconds=1.5, audio=lambda t: np.zeros((2, len(t))))
+    write_video(root / "bad" / "noaudio.mp4", seconds=1.5, audio_codec=None)
+    truncate(write_video(root / "bad" / "truncated.mp4", seconds=2.0), 0.3)
+    (root / "bad" / "empty.mp4").write_bytes(b"")
+    (root / "bad" / "text.mp4").write_text("this is not a video\n" * 50)
+    return root
+
+
+def options(tiny_clip_dir, **kw):
+    base = dict(clip_model=str(tiny_clip_dir), clips=ClipOptions(keep_audio=True), test_fraction=0.3, encode_group=3)
+    return PreprocessOptions(**{**base, **kw})
+
+
+def read_samples(info):
+    out = {}
+    for split in info.splits:
+        urls = [str(p) for p in info.shard_paths(split)]
+        for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("rgb8"):
+            out[s["__key__"]] = s
+    return out
+
+
+def test_end_to_end(videos, tmp_path, tiny_clip_dir):
+    info = preprocess(videos, tmp_path / "ds", options=options(tiny_clip_dir), mel=MEL)
+    assert info.counts == {"inputs": 11, "clips": 8, "rejected": 6, "silent_clips": 1}
+    rejected = {Path(r["path"]).name: r["reason"] for r in map(json.loads, (tmp_path / "ds" / "rejected.jsonl").read_text().splitlines())}
+    assert set(rejected) == {"short.mp4", "silent.mp4", "noaudio.mp4", "truncated.mp4", "empty.mp4", "text.mp4"}
+    assert rejected["short.mp4"].startswith("too short") and rejected["silent.mp4"].startswith("silent")
+    assert rejected["noaudio.mp4"] == "no audio stream"
+    again = read_dataset_info(tmp_path / "ds")
+    assert again.mel == MEL and again.clip.dim == 32 and again.frames_per_clip == 3
+    assert sum(again.num_clips(s) for s in again.splits) == 8
+    samples = read_samples(again)
+    assert len(samples) == 8
+    enc = load_clip(tiny_clip_dir)
+    for s in samples.values():
+        assert s["mel.npy"].dtype == np.float16 and s["mel.npy"].shape == (64, 32)
+        assert s["clip.npy"].dtype == np.float16 and s["clip.npy"].shape == (3, 32)
+        np.testing.assert_allclose(np.linalg.norm(s["clip.npy"].astype(np.float32), axis=1), 1.0, atol=2e-3)
+        meta = s["json"]
+        assert meta["label"] in ("dog", "piano") and len(meta["frame_times"]) == 3
+        assert s["jpg"].shape[-1] == 3  # decoded middle frame
+        audio, rate = sf.read(io.BytesIO(s["flac"]), dtype="float32")
+        assert audio.shape == (16384,) and rate == 16000
+        # the stored embedding is the CLIP embedding of the frame at the stored time
+        from clipsonic.media import load_frames
+
+        frame = load_frames(meta["source"], meta["frame_times"][:1])[0]
+        np.testing.assert_allclose(s["clip.npy"][0].astype(np.float32), enc.encode_images([frame])[0].numpy(), atol=3e-3)
+    by_source = {}
+    for s in samples.values():
+        by_source.setdefault(Path(s["json"]["source"]).name, []).append(s["json"]["start"])
+    assert sorted(by_source["a.mp4"]) == [0.0, 1.024] and by_source["d.avi"] == [0.0]
+    # every clip of a video lands in the same split
+    split_of = {}
+    for split in again.splits:
+        for p in again.shard_paths(split):
+            for s in wds.WebDataset(str(p), shardshuffle=False, empty_check=False):
+                assert split_of.setdefault(json.loads(s["json"])["source"], split) == split
+    # the louder mel bins sit at the tone: 440 Hz for a.mp4
+    mel_a = next(s["mel.npy"] for s in samples.values() if s["json"]["source"].endswith("a.mp4"))
+    centres = mel_band_edges_hz(MEL)
+    assert int(mel_a.astype(np.float32).mean(1).argmax()) == int(np.abs(centres - 440.0).argmin())
+
+
+def test_deterministic_and_idempotent(videos, tmp_path, tiny_clip_dir):
+    a = preprocess(videos, tmp_path / "a", options=options(tiny_clip_dir), mel=MEL)
+    b = preprocess(videos, tmp_path / "b", options=options(tiny_clip_dir), mel=MEL, workers=2)
+    names = sorted(p.name for p in (tmp_path / "a").glob("*.tar"))
+    assert names == sorted(p.name for p in (tmp_path / "b").glob("*.tar")) and names
+    for n in names:
+        assert (tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes()
+    assert a.counts == b.counts
+    # a finished dataset is recognised, not rebuilt
+    mtime = (tmp_path / "a" / "dataset.json").stat().st_mtime_ns
+    preprocess(videos, tmp_path / "a", options=options(tiny_clip_dir), mel=MEL)
+    assert (tmp_path / "a" / "dataset.json").stat().st_mtime_ns == mtime
+
+
+def test_refuses_other_mel_or_clip(videos, tmp_path, tiny_clip_dir):
+    preprocess(videos, tmp_path / "ds", options=options(tiny_clip_dir), mel=MEL)
+    with pytest.raises(DatasetError, match="n_mels: 64 vs 80"):
+        preprocess(videos, tmp_path / "ds", options=options(tiny_clip_dir), mel=MEL.replace(n_mels=80))
+    from support.tiny_clip import make_tiny_clip
+
+    other = make_tiny_clip(tmp_path / "clip2", seed=1)
+    with pytest.raises(DatasetError, match="tiny_clip"):
+        preprocess(videos, tmp_path / "ds", options=options(tiny_clip_dir, clip_model=str(other)), mel=MEL)
+
+
+def test_two_way_sharded_run_merges_to_single_run(videos, tmp_path, tiny_clip_dir):
+    single = read_samples(preprocess(videos, tmp_path / "one", options=options(tiny_clip_dir), mel=MEL))
+    for i in range(2):
+        preprocess(videos, tmp_path / "two", options=options(tiny_clip_dir), mel=MEL, num_shards=2, shard_index=i)
+    merged = merge_parts(tmp_path / "two")
+    assert not list((tmp_path / "two").glob("part-*"))
+    assert merged.counts == read_dataset_info(tmp_path / "one").counts
+    both = read_samples(read_dataset_info(tmp_path / "two"))
+    assert sorted(both) == sorted(single)
+    for key in single:
+        assert np.array_equal(single[key]["mel.npy"], both[key]["mel.npy"])
+        assert np.array_equal(single[key]["clip.npy"], both[key]["clip.npy"])
+    rejected = (tmp_path / "two" / "rejected.jsonl").read_text().splitlines()
+    assert sorted(rejected) == sorted((tmp_path / "one" / "rejected.jsonl").read_text().splitlines())
+
+
+def _cli(videos, out, clip_dir):
+    return [sys.executable, "-m", "clipsonic", "-q", "preprocess", str(videos), "--out", str(out),
+            "--clip-model", str(clip_dir), "--clip-seconds", "1.024", "--workers", "0", "--group-size", "1",
+            "--shard-size-mb", "0.000001", "--keep-audio", "--test-fraction", "0.3"]
+
+
+def test_sigkill_then_resume_equals_uninterrupted(videos, tmp_path, tiny_clip_dir):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the reference run goes through the API with the options the CLI flags spell out
+    preprocess(videos, tmp_path / "ref", mel=MEL, options=options(
+        tiny_clip_dir, encode_group=1, shard_size_mb=0.000001))
+    proc = subprocess.Popen(_cli(videos, tmp_path / "run", tiny_clip_dir), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((tmp_path / "run").glob("*.tar"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "run" / "dataset.json").exists(), "the run finished before it could be killed"
+    done = subprocess.run(_cli(videos, tmp_path / "run", tiny_clip_dir), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ref_files = sorted(p.name for p in (tmp_path / "ref").iterdir())
+    assert ref_files == sorted(p.name for p in (tmp_path / "run").iterdir())  # no temporaries, no journal left
+    for name in ref_files:
+        if name != "dataset.json":
+            assert (tmp_path / "ref" / name).read_bytes() == (tmp_path / "run" / name).read_bytes(), name
+    ref, run = (json.loads((tmp_path / d / "dataset.json").read_text()) for d in ("ref", "run"))
+    assert ref == run
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "clipsonic", "preprocess", str(tmp_path / "none"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("clipsonic preprocess: error:") and "none" in r.stderr
