@@ -19,6 +19,7 @@ from clipsonic.errors import ClipsonicError
 COMMAND_MODULES = [
     "clipsonic.cli.media",
     "clipsonic.cli.preprocess",
+    "clipsonic.cli.evaluate",
 ]
 
 
