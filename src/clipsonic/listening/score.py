@@ -1,0 +1,129 @@
+"""Score a listening test: MOS ± 95% confidence interval per system and criterion (Tables 3/4 layout).
+
+The interval is Student's t: ``mean ± t_{0.975, n−1} · s / √n`` with ``s`` the sample standard
+deviation (ddof 1) of all ratings a system got on a criterion, pooled over listeners and items.
+Answers from another test (a different test id) are refused, as are two files holding the same
+listener's answers to the same trial.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from clipsonic.config import write_json_atomic
+from clipsonic.listening.make import ListeningTestError, read_key
+from clipsonic.listening.page import CRITERIA, CSV_COLUMNS
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """``(mean, half-width)`` of the Student-t confidence interval; half-width is NaN for n < 2."""
+    from scipy import stats
+
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+
+
+@dataclasses.dataclass(frozen=True)
+class MosResult:
+    system: str
+    criterion: str
+    n: int
+    mean: float
+    ci95: float
+
+
+def read_answers(path: str | os.PathLike, test_id: str) -> list[dict[str, str]]:
+    """Rows of one answers CSV, checked: expected columns, this test's id, ratings 1–5 or blank."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except FileNotFoundError:
+        raise ListeningTestError(f"{path} not found") from None
+    if not rows:
+        raise ListeningTestError(f"{path} holds no answers")
+    missing = [c for c in CSV_COLUMNS if c not in rows[0]]
+    if missing:
+        raise ListeningTestError(f"{path} is not a listening-test answers CSV (missing columns {missing})")
+    foreign = {r["test_id"] for r in rows} - {test_id}
+    if foreign:
+        raise ListeningTestError(
+            f"{path} holds answers to test {', '.join(sorted(foreign))}, not to test {test_id}: "
+            "score it with the key of the test it came from"
+        )
+    for number, row in enumerate(rows, 2):
+        for criterion in CRITERIA:
+            value = row[criterion].strip()
+            if value and value not in {"1", "2", "3", "4", "5"}:
+                raise ListeningTestError(f"{path}:{number}: {criterion} rating {value!r} is not 1–5")
+    return rows
+
+
+def score_answers(answer_files: Sequence[str | os.PathLike], test_dir: str | os.PathLike) -> list[MosResult]:
+    """MOS ± 95% CI for every (system, criterion) from the answers of all listeners."""
+    if not answer_files:
+        raise ListeningTestError("give at least one answers CSV")
+    key = read_key(test_dir)
+    trials = key["trials"]
+    ratings: dict[tuple[str, str], list[float]] = {(s, c): [] for s in key["systems"] for c in CRITERIA}
+    seen: dict[tuple[str, str], Path] = {}
+    for file in answer_files:
+        for row in read_answers(file, key["test_id"]):
+            trial = trials.get(row["trial_id"])
+            if trial is None:
+                raise ListeningTestError(f"{file}: trial {row['trial_id']!r} is not in test {key['test_id']}")
+            who = (row["listener"], row["trial_id"])
+            if who in seen:
+                raise ListeningTestError(
+                    f"listener {row['listener']!r} answered trial {row['trial_id']} in both {seen[who]} and {file}: "
+                    "pass each answers file once"
+                )
+            seen[who] = Path(file)
+            for criterion in CRITERIA:
+                if row[criterion].strip():
+                    ratings[(trial["system"], criterion)].append(float(row[criterion]))
+    return [MosResult(s, c, len(v), *mean_ci(v)) for (s, c), v in ratings.items()]
+
+
+def format_table(results: Sequence[MosResult]) -> str:
+    """Markdown: one row per system, one ``MOS ± CI`` column per criterion."""
+    systems = list(dict.fromkeys(r.system for r in results))
+    cell = {(r.system, r.criterion): r for r in results}
+    lines = ["| System | " + " | ".join(c.capitalize() for c in CRITERIA) + " |",
+             "|---|" + "---|" * len(CRITERIA)]
+    for system in systems:
+        cells = []
+        for criterion in CRITERIA:
+            r = cell[(system, criterion)]
+            if r.n == 0:
+                cells.append("–")
+            elif math.isnan(r.ci95):
+                cells.append(f"{r.mean:.2f} (n={r.n})")
+            else:
+                cells.append(f"{r.mean:.2f} ± {r.ci95:.2f} (n={r.n})")
+        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: Sequence[MosResult], out: str | os.PathLike, test_id: str) -> tuple[Path, Path]:
+    """``mos.md`` (the table) and ``mos.json`` (every number) under ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mos.md").write_text(f"MOS ± 95% CI (Student t), listening test {test_id}\n\n" + format_table(results))
+    write_json_atomic(out / "mos.json", {
+        "test_id": test_id,
+        "results": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                     for k, v in dataclasses.asdict(r).items()} for r in results],
+    })
+    return out / "mos.md", out / "mos.json"
