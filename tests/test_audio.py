@@ -111,3 +111,19 @@ def test_config_validation_and_round_trip():
     with pytest.raises(ValueError, match="sample_rate"):
         MelConfig(sample_rate=0)
     assert MelConfig().mismatch(MelConfig(n_mels=80)) == ["n_mels: 64 vs 80"]
+
+
+def test_mel_basis_is_librosas():
+    import librosa
+
+    from clipsonic.audio import mel_basis
+    from clipsonic.plotting import mel_band_edges_hz
+
+    for cfg in (MelConfig(), MelConfig(sample_rate=22050, n_fft=1024, win_length=1024, hop_length=256, n_mels=80,
+                                       fmin=30.0, fmax=11025.0, clip_samples=65536)):
+        ref = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax)
+        ours = mel_basis(cfg).numpy()
+        assert ours.dtype == np.float32 and ours.shape == ref.shape
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-8)
+        centres = librosa.mel_frequencies(n_mels=cfg.n_mels + 2, fmin=cfg.fmin, fmax=cfg.fmax)[1:-1]
+        np.testing.assert_allclose(mel_band_edges_hz(cfg), centres, rtol=1e-9)

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsonic.audio import MelConfig
+from clipsonic.audio import MelConfig, hz_to_mel, mel_to_hz
 
 
 def mel_band_edges_hz(config: MelConfig) -> np.ndarray:
     """Centre frequency (Hz) of each mel band, Slaney scale as librosa computes it."""
-    import librosa
-
-    return librosa.mel_frequencies(n_mels=config.n_mels + 2, fmin=config.fmin, fmax=config.fmax)[1:-1]
+    mels = np.linspace(hz_to_mel(config.fmin), hz_to_mel(config.fmax), config.n_mels + 2)
+    return mel_to_hz(mels)[1:-1]
 
 
 def save_mel_image(logmel: np.ndarray, config: MelConfig, path: str | os.PathLike, title: str = "") -> None:
