@@ -24,7 +24,7 @@ from clipsonic.diffusion.losses import (
 )
 from clipsonic.diffusion.respace import respace, space_timesteps
 from clipsonic.diffusion.rng import rand, randint, randn
-from clipsonic.diffusion.samplers import SAMPLERS
+from clipsonic.diffusion.samplers import SAMPLERS, SPACING
 from clipsonic.diffusion.schedule import Schedule, make_betas
 
 Model = nn.Module | Callable[..., Tensor]
@@ -37,7 +37,7 @@ class GaussianDiffusion:
         self.config = config or DiffusionConfig()
         c = self.config
         self.schedule = Schedule(make_betas(c.schedule, c.num_timesteps, c.cosine_s))
-        self._respaced: dict[int, Schedule] = {}
+        self._respaced: dict[tuple[int, str], Schedule] = {}
 
     @property
     def num_timesteps(self) -> int:
@@ -65,11 +65,13 @@ class GaussianDiffusion:
         out["eps"] = P.eps_from_prediction(c.prediction, self.schedule, xt, t, pred)
         return out
 
-    def respaced(self, steps: int) -> Schedule:
-        """The K = ``steps`` chain over space_timesteps(T, K) (cached)."""
-        if steps not in self._respaced:
-            self._respaced[steps] = respace(self.schedule, space_timesteps(self.num_timesteps, steps))
-        return self._respaced[steps]
+    def respaced(self, steps: int, spacing: str = "linspace") -> Schedule:
+        """The K = ``steps`` chain over space_timesteps(T, K, spacing) (cached)."""
+        key = (steps, spacing)
+        if key not in self._respaced:
+            grid = space_timesteps(self.num_timesteps, steps, spacing)
+            self._respaced[key] = respace(self.schedule, grid)
+        return self._respaced[key]
 
     # --- training ---------------------------------------------------------------------------
     def training_losses(
@@ -147,9 +149,11 @@ class GaussianDiffusion:
     ) -> Tensor:
         """Generate x_0 [shape] = [B, C, H, W] for conditions cond [B, D], on cond's device.
 
-        ``steps`` model evaluations over the respaced chain space_timesteps(T, steps); classifier-free
+        ``steps`` model evaluations over the respaced chain space_timesteps(T, steps, SPACING[sampler])
+        (original steps 0, 4, ..., 3999 for T = 4000, 1000 ddpm steps); classifier-free
         guidance with ``guidance_scale`` and the config's formula (one batched forward of 2B, or B
-        when the mix is a single branch). ``eta`` is DDIM's; ``x_T`` replaces the initial noise.
+        when the mix is a single branch). ``eta`` is DDIM's; ``x_T`` replaces the initial noise (float32
+        by default; the sample keeps x_T's dtype).
         Put the model in eval mode first.
         """
         # 1. Check inputs
@@ -162,13 +166,13 @@ class GaussianDiffusion:
             raise ValueError(f"x_T has shape {list(x_T.shape)}, expected {list(shape)}")
         c = self.config
         # 2. The chain and the guided network
-        schedule = self.respaced(steps)
+        schedule = self.respaced(steps, SPACING[sampler])
         denoise = guided_denoiser(
             model, cond, scale=guidance_scale, formula=c.guidance_formula, prediction=c.prediction,
             schedule=self.schedule, learn_sigma=c.learn_sigma,
         )
         # 3. Initial noise x_T ~ N(0, I)
-        x = randn(shape, generator, cond.device) if x_T is None else x_T.to(cond.device, torch.float32)
+        x = randn(shape, generator, cond.device) if x_T is None else x_T.to(cond.device)
         # 4. Denoise
         return SAMPLERS[sampler](
             denoise, x, schedule, generator=generator, eta=eta, clip_denoised=clip_denoised, progress=progress

@@ -12,19 +12,32 @@ import torch
 
 from clipsonic.diffusion.schedule import Schedule
 
+SPACINGS = ("linspace", "linspace-without-zero")
 
-def space_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
-    """K evenly spaced original steps round(linspace(0, T - 1, K)), ascending. [K] int64.
 
-    Identical to diffusers' ``timestep_spacing="linspace"`` (DDPMScheduler/DDIMScheduler) and to
-    improved-diffusion's ``space_timesteps(T, "K")``: both ends are always included. For T = 4000,
-    K = 1000: 0, 4, 8, ..., 3999 (the stride is 3999/999 = 4.003, so 3 of the gaps are 5).
+def space_timesteps(num_timesteps: int, steps: int, spacing: str = "linspace") -> torch.Tensor:
+    """K = ``steps`` evenly spaced original steps, ascending. [K] int64.
+
+    "linspace": round(linspace(0, T - 1, K)), both ends included: diffusers' DDPMScheduler and
+    DDIMScheduler with ``timestep_spacing="linspace"`` and improved-diffusion's
+    ``space_timesteps(T, "K")``. For T = 4000, K = 1000: 0, 4, 8, ..., 3999 (the stride is
+    3999/999 = 4.003, so 3 of the gaps are 5). The last step (index 0, t = 0) maps to x_0.
+    "linspace-without-zero": the top K of round(linspace(0, T - 1, K + 1)), as diffusers'
+    DPMSolverMultistepScheduler: t = 0 is not evaluated and the last step jumps from the lowest
+    evaluated step straight to x_0 (sigma = 0), which suits solvers that step in log-SNR.
     """
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must be between 1 and the {num_timesteps} training steps, got {steps}")
     # numpy, not torch: its linspace/round are what diffusers uses, so the grids agree exactly
-    grid = np.linspace(0, num_timesteps - 1, steps).round().astype(np.int64)
-    return torch.from_numpy(grid)
+    if spacing == "linspace":
+        grid = np.linspace(0, num_timesteps - 1, steps).round()
+    elif spacing == "linspace-without-zero":
+        if steps == num_timesteps:
+            raise ValueError(f"spacing {spacing!r} evaluates at most T - 1 = {num_timesteps - 1} steps")
+        grid = np.linspace(0, num_timesteps - 1, steps + 1).round()[1:]
+    else:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; use one of {list(SPACINGS)}")
+    return torch.from_numpy(grid.astype(np.int64))
 
 
 def respace(schedule: Schedule, timesteps: torch.Tensor) -> Schedule:

@@ -123,10 +123,12 @@ def dpmpp_2m(
     denoise: Denoiser, x: Tensor, schedule: Schedule, *, generator: torch.Generator | None = None,
     eta: float = 0.0, clip_denoised: bool = True, progress: Progress = None,
 ) -> Tensor:
-    """DPM-Solver++(2M), multistep second order in the data prediction (Lu et al. 2022, Algorithm 2;
-    as diffusers' DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2) with
-    the same timesteps, final sigma 0, and x0 clamped when ``clip_denoised`` (its thresholding at
-    sample_max_value 1). Deterministic: ``generator`` and ``eta`` are unused; eps only."""
+    """DPM-Solver++(2M), multistep second order in the data prediction (Lu et al. 2022, Algorithm 2).
+
+    Equals diffusers' DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)
+    on the same timesteps (SPACING["dpmpp-2m"] is its default grid), final sigma 0, with x0
+    clamped when ``clip_denoised`` (its thresholding at sample_max_value 1). Deterministic:
+    ``generator`` and ``eta`` are unused; eps only."""
     abar, abar_prev = schedule.alphas_cumprod.tolist(), schedule.alphas_cumprod_prev.tolist()
     x0_prev, h_prev = None, None
     for i, t in _steps(schedule, progress):
@@ -146,3 +148,8 @@ def _half_log_snr(abar: float) -> float:
 
 Sampler = Callable[..., Tensor]
 SAMPLERS: dict[str, Sampler] = {"ddpm": ddpm, "ddim": ddim, "dpmpp-2m": dpmpp_2m}
+
+# Which K original steps each sampler evaluates (respace.space_timesteps): the grids of the
+# diffusers schedulers each one matches. DPM-Solver++ on the "linspace" grid would take a
+# second-order log-SNR step into t = 0 (lambda jumps from ~2.4 to 5.8 at K = 20) and overshoot.
+SPACING: dict[str, str] = {"ddpm": "linspace", "ddim": "linspace", "dpmpp-2m": "linspace-without-zero"}
