@@ -221,7 +221,7 @@ def test_segments_match_the_whole_decode(video, name):
 
 @pytest.mark.parametrize("name, max_shift", [("h264_aac.mp4", 0), ("mpeg4_mp3.avi", 0), ("a.ogg", 0), ("a.wav", 0),
                                              ("a.flac", 0), ("vp9_opus.webm", 1e-3), ("h264_flac.mkv", 1e-3)])
-def test_seeking_gives_the_same_audio(video, tmp_path, monkeypatch, name, max_shift):
+def test_seeking_gives_the_same_audio(video, tmp_path, monkeypatch, caplog, name, max_shift):
     """Starts beyond AUDIO_SEEK_MIN_S seek; lowered to 0 here, the result must not move.
 
     Matroska/WebM store milliseconds, so a seek there may land up to 1 ms off. Lossless files
@@ -235,7 +235,9 @@ def test_seeking_gives_the_same_audio(video, tmp_path, monkeypatch, name, max_sh
             else video("long_" + name, **{**VIDEOS[name], "seconds": 3.5, "channels": 1, "audio": noise}))
     decoded = load_audio(path, sample_rate=SR, start=2.2, duration=0.6)
     monkeypatch.setattr(media, "AUDIO_SEEK_MIN_S", 0.0)
-    seeked = load_audio(path, sample_rate=SR, start=2.2, duration=0.6)
+    with caplog.at_level(logging.DEBUG, logger="clipsonic.media"):
+        seeked = load_audio(path, sample_rate=SR, start=2.2, duration=0.6)
+    assert "decoding from the start" not in caplog.text  # the seek was used, not the fallback
     assert seeked.shape == decoded.shape
     lags = np.arange(-40, 41)
     corr = [np.dot(seeked[50:-50], np.roll(decoded, lag)[50:-50]) for lag in lags]
@@ -282,24 +284,35 @@ def test_end_tolerance_pads_only_a_little(tmp_path):
 
 # --- frames: accurate seeking -----------------------------------------------------------------
 
-def test_accurate_seek_with_one_keyframe(video, monkeypatch):
+def test_accurate_seek_with_one_keyframe(video, monkeypatch, caplog):
     path = video("gop250.mp4", seconds=3, gop=250)
     container = av.open(str(path))
     keyframes = [p.pts for p in container.demux(video=0) if p.is_keyframe and p.pts is not None]
     assert len(keyframes) == 1  # only the first frame: every other frame needs decoding forward
     times = [2.5, 0.5, 1.5, 2.0, 1.999, 2.96]
-    for gap in (media.FRAME_SEEK_GAP_S, 0.0):  # decode through, then seek for every time
-        monkeypatch.setattr(media, "FRAME_SEEK_GAP_S", gap)
-        for t, p in zip(times, load_frames(path, times), strict=True):
-            assert close_colour(p, second_colour(t)), (gap, t, p[0, 0])
+    monkeypatch.setattr(media, "FRAME_SEEK_GAP_S", 0.0)
+    with caplog.at_level(logging.DEBUG, logger="clipsonic.media"):
+        pictures = load_frames(path, times)
+    assert "seeking" not in caplog.text  # the index shows no keyframe ahead: one decoding pass
+    for t, p in zip(times, pictures, strict=True):
+        assert close_colour(p, second_colour(t)), (t, p[0, 0])
+    for t in times:  # each call seeks (back to the one keyframe) and decodes forward
+        assert close_colour(load_frames(path, [t])[0], second_colour(t)), t
 
 
-def test_seek_lands_between_keyframes(video, monkeypatch):
+def test_seek_lands_between_keyframes(video, monkeypatch, caplog):
     path = video("gop25.mp4", seconds=6, gop=25)
     monkeypatch.setattr(media, "FRAME_SEEK_GAP_S", 0.5)
-    times = [5.5, 0.1, 3.2, 3.99, 4.0, 2.3]
-    for t, p in zip(times, load_frames(path, times), strict=True):
+    times = [5.5, 0.1, 3.2, 3.7, 3.99, 2.3]
+    with caplog.at_level(logging.DEBUG, logger="clipsonic.media"):
+        pictures = load_frames(path, times)
+    assert caplog.text.count("seeking to the keyframe") == 3  # to 2.3, 3.2 and 5.5 s; 3.7 and 3.99 decode on
+    assert "decoding from the start" not in caplog.text
+    for t, p in zip(times, pictures, strict=True):
         assert close_colour(p, second_colour(t)), (t, p[0, 0])
+    # The index holds decoding times, so a seek to 3.99 s lands on the keyframe shown at 4.0 s;
+    # the reader must notice and step back to the one before.
+    assert close_colour(load_frames(path, [3.99])[0], PALETTE[3])
 
 
 def test_variable_frame_rate(video):

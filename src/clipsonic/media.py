@@ -114,17 +114,13 @@ def _audio_stream(container: Any, path: Path) -> Any:
     return container.streams.best("audio")
 
 
-def _picture_streams(container: Any) -> list:
-    cover = av.stream.Disposition.attached_pic
-    return [s for s in container.streams.video if not s.disposition & cover]
-
-
-def _video_stream(container: Any, path: Path) -> Any:
-    streams = _picture_streams(container)
-    if not streams:
+def _video_stream(container: Any, path: Path, required: bool = True) -> Any:
+    """The best video stream that is not cover art (an attached picture)."""
+    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not streams and required:
         raise MediaError(f"{path}: no video stream (streams: {_describe_streams(container)})")
     best = container.streams.best("video")
-    return best if best in streams else streams[0]
+    return best if best in streams else (streams[0] if streams else None)
 
 
 def _origin(container: Any) -> float:
@@ -137,19 +133,19 @@ def _origin(container: Any) -> float:
 
 def _frames(container: Any, stream: Any, path: Path) -> Iterator[Any]:
     """Decoded frames of ``stream``; decoding errors become :class:`MediaError`."""
-    decoded, at = container.decode(stream), "the start"
+    decoded, last_pts = container.decode(stream), None
     while True:
         try:
             frame = next(decoded)
         except StopIteration:
             return
         except _AV_ERRORS as exc:
+            at = "the start" if last_pts is None else f"{float(last_pts * stream.time_base):.3f} s"
             raise MediaError(
                 f"{path}: decoding the {stream.type} stream failed after {at} ({_reason(exc)}); "
                 "the file may be truncated or corrupt"
             ) from exc
-        if frame.pts is not None:
-            at = f"{float(frame.pts * stream.time_base):.3f} s"
+        last_pts = frame.pts if frame.pts is not None else last_pts
         yield frame
 
 
@@ -160,8 +156,8 @@ def _seconds(frame: Any, stream: Any, origin: float, path: Path) -> float:
 
 
 def _check_rate(sample_rate: Any, path: Path) -> int:
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float, np.number)) \
-            or not math.isfinite(sample_rate) or int(sample_rate) != sample_rate or sample_rate <= 0:
+    number = isinstance(sample_rate, (int, float, np.number)) and not isinstance(sample_rate, bool)
+    if not (number and math.isfinite(sample_rate) and sample_rate > 0 and int(sample_rate) == sample_rate):
         raise MediaError(f"{path}: sample_rate must be a positive whole number of Hz, got {sample_rate!r}")
     return int(sample_rate)
 
@@ -183,8 +179,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     path = Path(path)
     with _open(path) as container:
         audio = container.streams.best("audio") if container.streams.audio else None
-        pictures = _picture_streams(container)
-        video = _video_stream(container, path) if pictures else None
+        video = _video_stream(container, path, required=False)
         actx = audio.codec_context if audio else None
         vctx = video.codec_context if video else None
         fps = video.average_rate if video else None
@@ -241,37 +236,44 @@ def _mono(frame: Any) -> np.ndarray:
         data = (data.astype(np.float32) - 128.0) / 128.0
     else:
         data = data.astype(np.float32) / float(2 ** (8 * data.dtype.itemsize - 1))
-    return data.mean(axis=0) if channels > 1 else data[0]
+    return np.add.reduce(data, axis=0) * np.float32(1.0 / channels) if channels > 1 else data[0]
 
 
 class _Resampler:
-    """Streaming soxr resampler (identity when the rates agree); output is delay-free."""
+    """Streaming soxr resampler (identity when the rates agree); output is delay-free.
+
+    Input is gathered into blocks of ~64k samples: one soxr call per decoded frame costs more
+    than the resampling itself.
+    """
 
     def __init__(self, rate_in: int, rate_out: int):
         self._stream = None if rate_in == rate_out else soxr.ResampleStream(
             rate_in, rate_out, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+        self._pending: list[np.ndarray] = []
+        self._pending_len = 0
         self.chunks: list[np.ndarray] = []
 
     def feed(self, x: np.ndarray, last: bool = False) -> None:
-        self.chunks.append(x if self._stream is None else self._stream.resample_chunk(x, last=last))
+        self._pending.append(x)
+        self._pending_len += len(x)
+        if last or self._pending_len >= 65536:
+            block = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+            self._pending, self._pending_len = [], 0
+            self.chunks.append(block if self._stream is None else self._stream.resample_chunk(block, last=last))
 
     def output(self) -> np.ndarray:
         self.feed(np.zeros(0, np.float32), last=True)
         return np.concatenate(self.chunks)
 
 
-@dataclasses.dataclass
-class _Decoded:
-    audio: np.ndarray  # [samples] at the output rate; audio[k] is the sound at (first + k) / rate s
-    first: int
-    end: float | None  # where the track ends (seconds), None when decoding stopped before it
-
-
-def _decode_audio(container: Any, path: Path, rate_out: int, lo: float, hi: float, seek: bool) -> _Decoded | None:
+def _decode_audio(container: Any, path: Path, rate_out: int, lo: float, hi: float,
+                  seek: bool) -> tuple[np.ndarray, int, float | None] | None:
     """Decode the best audio stream over ``[lo, hi)`` seconds (plus margins), resampled.
 
-    Resampling starts at a native sample that falls on the output grid (k / rate_out), so every
-    segment is a slice of the whole-file decode. Returns None when a seek landed after ``lo``.
+    Returns ``(audio, first, end)``: ``audio[k]`` is the sound at ``(first + k) / rate_out``
+    seconds; ``end`` is where the track ends, None when decoding stopped before it. Resampling
+    starts at a native sample on the output grid, so every segment is a slice of the whole
+    decode. Returns None when a seek landed after ``lo`` (the caller decodes from the top).
     """
     stream = _audio_stream(container, path)
     origin = _origin(container)
@@ -281,7 +283,7 @@ def _decode_audio(container: Any, path: Path, rate_out: int, lo: float, hi: floa
             container.seek(target, stream=stream, backward=True)
         except _AV_ERRORS:
             return None
-    resampler, rate_in, pos, first = None, 0, 0, 0
+    resampler, rate_in, pos, first, tick = None, 0, 0, 0, float(stream.time_base)
     for frame in _frames(container, stream, path):
         if resampler is None:  # the first frame places the track on the timeline
             if frame.pts is None and seek:
@@ -297,17 +299,17 @@ def _decode_audio(container: Any, path: Path, rate_out: int, lo: float, hi: floa
                 resampler.feed(np.zeros(pos - first, np.float32))
         elif frame.sample_rate != rate_in:
             raise MediaError(f"{path}: audio sample rate changes mid-stream ({rate_in} → {frame.sample_rate} Hz)")
-        elif frame.pts is not None and abs(_seconds(frame, stream, origin, path) - pos / rate_in) > 0.1:
+        elif frame.pts is not None and abs(frame.pts * tick - origin - pos / rate_in) > 0.1:
             log.debug("%s: audio timestamps jump at %.3f s; samples kept contiguous", path, pos / rate_in)
         samples = _mono(frame)
         if pos + len(samples) > first:
             resampler.feed(samples[max(first - pos, 0):])
         pos += len(samples)
         if pos / rate_in > hi + _RESAMPLE_MARGIN_S:
-            return _Decoded(resampler.output(), first * rate_out // rate_in, None)
+            return resampler.output(), first * rate_out // rate_in, None
     if resampler is None:
         raise MediaError(f"{path}: the audio stream has no decodable frames")
-    return _Decoded(resampler.output(), first * rate_out // rate_in, pos / rate_in)
+    return resampler.output(), first * rate_out // rate_in, pos / rate_in
 
 
 def load_audio(
@@ -329,8 +331,8 @@ def load_audio(
     path = Path(path)
     rate = _check_rate(sample_rate, path)
     start = _check_time(0.0 if start is None else start, "start", path)
-    if duration is not None and not (math.isfinite(float(duration)) and duration > 0):
-        raise MediaError(f"{path}: duration must be a finite number of seconds > 0, got {duration!r}")
+    if duration is not None and _check_time(duration, "duration", path) == 0:
+        raise MediaError(f"{path}: duration must be > 0 seconds, got {duration!r}")
     hi = math.inf if duration is None else start + float(duration)
     with _open(path) as container:
         seek = start > AUDIO_SEEK_MIN_S and not set(container.format.name.split(",")) & _ROUGH_SEEK_FORMATS
@@ -339,7 +341,7 @@ def load_audio(
         log.debug("%s: seeking to %.3f s missed; decoding from the start", path, start)
         with _open(path) as container:
             decoded = _decode_audio(container, path, rate, start, hi, seek=False)
-    end = decoded.end
+    audio, first, end = decoded
     if end is not None and start >= end:
         raise MediaError(f"{path}: start {start:.3f} s is at or beyond the end of the audio ({end:.3f} s)")
     if end is not None and duration is not None and hi > end + END_TOLERANCE_S:
@@ -347,9 +349,9 @@ def load_audio(
             f"{path}: segment {start:.3f}-{hi:.3f} s runs past the end of the audio ({end:.3f} s); "
             "ask for a shorter duration"
         )
-    wanted = round(float(duration) * rate) if duration is not None else round((end - start) * rate)
-    offset = round(start * rate) - decoded.first
-    out = decoded.audio[offset:offset + wanted]
+    wanted = round(float(duration) * rate) if duration is not None else round(end * rate) - round(start * rate)
+    offset = round(start * rate) - first
+    out = audio[offset:offset + wanted]
     if len(out) < wanted:  # the track ends within the tolerance
         out = np.concatenate([out, np.zeros(wanted - len(out), np.float32)])
     return np.ascontiguousarray(out, dtype=np.float32)
@@ -386,8 +388,8 @@ class _FrameCursor:
     def time(self, frame: Any) -> float:
         return _seconds(frame, self.stream, self.origin, self.path)
 
-    def _from_top(self) -> None:
-        if self.frames is not None:  # rewind by reopening: the one move every format supports
+    def _from_top(self, reopen: bool = True) -> None:
+        if reopen:  # rewind by reopening: the one move every format supports
             self.container.close()
             self.container = _open_container(self.path)
             self._reset()
@@ -396,6 +398,7 @@ class _FrameCursor:
 
     def _seek(self, t: float) -> None:
         """Position so that the next decoded frame is at or before ``t``."""
+        log.debug("%s: seeking to the keyframe before %.3f s", self.path, t)
         for back in (0.0, 1.0, 5.0, 30.0):
             target = max(t - back, 0.0) + self.origin
             try:
@@ -411,10 +414,12 @@ class _FrameCursor:
 
     def frame_at(self, t: float) -> Any:
         """The frame on screen at ``t``: pts <= t < next pts. Call with non-decreasing ``t``."""
-        if self.frames is None and t <= FRAME_SEEK_GAP_S:
-            self._from_top()
-        elif self.frames is None or (self.upcoming is not None and t - self.time(self.upcoming) > FRAME_SEEK_GAP_S):
+        # Where decoding stands: the file's start before the first call, inf at the end of the stream.
+        here = 0.0 if self.frames is None else self.time(self.upcoming) if self.upcoming is not None else math.inf
+        if t - here > FRAME_SEEK_GAP_S and self._keyframe_before(t) > here:
             self._seek(t)
+        elif self.frames is None:
+            self._from_top(reopen=False)
         while self.upcoming is not None and self.time(self.upcoming) <= t + _EPS:
             self.current, self.upcoming = self.upcoming, next(self.frames, None)
         if self.current is None:
@@ -427,6 +432,14 @@ class _FrameCursor:
                 raise MediaError(f"{self.path}: time {t:.3f} s is beyond the end of the video ({end:.3f} s)")
         return self.current
 
+    def _keyframe_before(self, t: float) -> float:
+        """Time of the indexed keyframe at or before ``t`` (inf when the file has no index):
+        seeking only pays when that keyframe lies beyond where decoding already is. Index times
+        are decoding times (dts), a few frames early with B-frames: an estimate on the safe side."""
+        entries = self.stream.index_entries
+        i = entries.search_timestamp(int(math.floor((t + self.origin) / self.stream.time_base))) if len(entries) else -1
+        return math.inf if i < 0 else float(entries[i].timestamp * self.stream.time_base) - self.origin
+
     def _duration(self, frame: Any) -> float:
         if frame.duration:
             return float(frame.duration * self.stream.time_base)
@@ -438,8 +451,9 @@ def load_frames(path: str | os.PathLike, times: Sequence[float]) -> list[np.ndar
     """RGB uint8 pictures ``[H, W, 3]`` of the frames on screen at ``times`` (seconds), in the caller's order.
 
     Accurate seeking: for each time, the frame with pts <= t < next pts, decoded forward from the
-    keyframe before it. Times are visited in sorted order and decoding runs on through gaps up
-    to :data:`FRAME_SEEK_GAP_S`, so close times cost one decoding pass. A time before the first
+    keyframe before it. Times are visited in sorted order; decoding runs on through gaps up to
+    :data:`FRAME_SEEK_GAP_S`, and through longer ones when the file's index shows no keyframe
+    in between, so close times cost one decoding pass. A time before the first
     frame gives the first frame; a time at or past the end of the last frame is a MediaError.
     """
     path = Path(path)
@@ -510,7 +524,7 @@ def save_audio(path: str | os.PathLike, audio: Any, sample_rate: int) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError, ValueError, soundfile.LibsndfileError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:  # soundfile.LibsndfileError is a RuntimeError
         raise MediaError(f"{path}: writing {fmt} failed ({_reason(exc)})") from exc
     finally:
         if tmp is not None and os.path.exists(tmp):
