@@ -310,8 +310,8 @@ def test_seek_lands_between_keyframes(video, monkeypatch, caplog):
     assert "decoding from the start" not in caplog.text
     for t, p in zip(times, pictures, strict=True):
         assert close_colour(p, second_colour(t)), (t, p[0, 0])
-    # The index holds decoding times, so a seek to 3.99 s lands on the keyframe shown at 4.0 s;
-    # the reader must notice and step back to the one before.
+    # A fresh call just before a keyframe: the seek must land on the keyframe before (3.0 s),
+    # not on the one shown at 4.0 s (the index holds decoding times, 2 frames early here).
     assert close_colour(load_frames(path, [3.99])[0], PALETTE[3])
 
 
@@ -325,6 +325,21 @@ def test_variable_frame_rate(video):
     expected = list(range(len(times))) * 2
     for k, p in zip(expected, load_frames(path, asked), strict=True):
         assert close_colour(p, PALETTE[k % len(PALETTE)], tol=24), (k, p[0, 0])
+
+
+def test_pictures_keep_their_layout(video):
+    """Not only solid colours: a left/right split must come back unmirrored and upright."""
+    def picture(t):
+        image = np.zeros((48, 64, 3), np.uint8)
+        image[:, :32] = PALETTE[0]
+        image[:24, 32:] = PALETTE[1]
+        image[24:, 32:] = PALETTE[2]
+        return image
+
+    got = load_frames(video("split.mp4", picture=picture), [1.0])[0]
+    assert close_colour(got[20:28, 4:28], PALETTE[0], tol=24)
+    assert close_colour(got[4:20, 36:60], PALETTE[1], tol=24)
+    assert close_colour(got[28:44, 36:60], PALETTE[2], tol=24)
 
 
 def test_order_and_duplicates(video):

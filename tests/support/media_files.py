@@ -51,6 +51,7 @@ _LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
 
 AudioFn = Callable[[np.ndarray], np.ndarray]
 ColourFn = Callable[[float], tuple[int, int, int]]
+PictureFn = Callable[[float], np.ndarray]
 
 
 def second_colour(t: float) -> tuple[int, int, int]:
@@ -144,6 +145,7 @@ def write_video(
     tone_hz: float | Sequence[float] = 440.0,
     audio: AudioFn | None = None,
     colour: ColourFn = second_colour,
+    picture: PictureFn | None = None,
     vfr: bool = False,
     gop: int | None = None,
     audio_start: float = 0.0,
@@ -164,6 +166,8 @@ def write_video(
             when ``audio`` is given.
         audio: ``audio(t) -> [channels, N]`` (or ``[N]`` for every channel) of sample times ``t``.
         colour: ``colour(t) -> (r, g, b)``, the solid colour of the frame that starts at ``t``.
+        picture: ``picture(t) -> uint8 [height, width, 3]`` RGB image of the frame at ``t``;
+            replaces ``colour`` when given.
         vfr: variable frame rate (see :func:`frame_times`).
         gop: keyframe interval in frames (for libx264 also disables scene-cut keyframes, so the
             colour changes do not become keyframes); ``None`` = the encoder's default.
@@ -199,7 +203,7 @@ def write_video(
         sig = _signal(seconds, sample_rate, channels, tone_hz, audio) if a else None
         image = np.empty((size[1], size[0], 3), np.uint8)
         for t in times:
-            image[...] = colour(float(t))
+            image[...] = picture(float(t)) if picture else colour(float(t))
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = int(t / tb)
             frame.time_base = tb
