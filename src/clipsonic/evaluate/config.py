@@ -1,0 +1,60 @@
+"""What an evaluation run does: one frozen config, written into ``results.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from clipsonic.config import Config
+
+#: every query mode the evaluation knows; IQ needs no label, the others query with the label text
+ALL_MODES = ("iq", "zs", "pd", "shift", "knn")
+TEXT_MODES = ("zs", "pd", "shift", "knn")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(Config):
+    """Table 1 and the guidance figure of the paper, on any model and test split."""
+
+    # Query modes to generate with; empty: every mode the model supports (pd needs a prior).
+    modes: tuple[str, ...] = ()
+    # The guidance scale of the table (the paper's best FAD was at w = 1.5).
+    guidance: float = 1.5
+    # Extra guidance scales for the sweep figure (the table's w is always included).
+    sweep: tuple[float, ...] = ()
+    # Sampling steps and sampler; None: the pipeline's defaults.
+    steps: int | None = None
+    sampler: str | None = None
+    # How many test clips (spread evenly over the split); None: all.
+    num_clips: int | None = None
+    split: str = "test"
+    # FAD backbone: "vggish" as the paper; "mel-stats" only checks plumbing.
+    embedder: str = "vggish"
+    embedder_weights: str | None = None
+    # LAION-CLAP checkpoint for the CLAP score; None: no CLAP column (unless embedder is "clap").
+    clap_weights: str | None = None
+    # Clip i is generated with seed + i, the same for every mode and w (common random numbers).
+    seed: int = 0
+    # Text queries: the CLIP query of the text modes and the CLAP text, from the clip's label.
+    # The paper does not state its templates; "{label}" uses the class name as is.
+    text_template: str = "{label}"
+    clap_template: str = "{label}"
+    # Clips per pipeline call.
+    batch_size: int = 8
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.modes if m not in ALL_MODES]
+        if unknown:
+            raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(ALL_MODES)}")
+        for name in ("text_template", "clap_template"):
+            if "{label}" not in getattr(self, name):
+                raise ValueError(f"{name} {getattr(self, name)!r} must contain {{label}}")
+        if self.num_clips is not None and self.num_clips < 2:
+            raise ValueError("num_clips must be at least 2 (FAD needs two embeddings per set)")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+
+    @property
+    def guidance_scales(self) -> tuple[float, ...]:
+        """Every w to generate at, ascending, the table's included."""
+        return tuple(sorted({float(self.guidance), *map(float, self.sweep)}))

@@ -1,0 +1,170 @@
+"""Writing an evaluation: ``results.json`` (every number), ``results.md`` (Table 1's layout) and
+``guidance_sweep.png`` (FAD and CLAP score against w, one line per mode)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from clipsonic.config import write_json_atomic
+
+RESULTS_FORMAT = "clipsonic-evaluation"
+MODE_TITLES = {
+    "iq": "CLIPSonic-IQ (image query)",
+    "zs": "CLIPSonic-ZS (text, zero-shot)",
+    "pd": "CLIPSonic-PD (text, diffusion prior)",
+    "shift": "text + modality-gap shift",
+    "knn": "text + nearest image embeddings",
+    "reconstruction": "Vocoder reconstruction (upper bound)",
+    "reference": "Real audio (reference set)",
+}
+
+
+@dataclasses.dataclass
+class SetResult:
+    """The numbers of one set of audio: a (mode, w) of generations, the reconstruction or the reference."""
+
+    name: str  # "pd/w1.5", "reconstruction", "reference"
+    mode: str  # a query mode, "reconstruction" or "reference"
+    guidance: float | None
+    clips: int = 0  # audio files that were embedded
+    embeddings: int = 0  # embedding frames pooled for FAD
+    excluded: list[str] = dataclasses.field(default_factory=list)  # keys left out (NaN audio)
+    fad: float | None = None
+    clap: float | None = None
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    config: dict[str, Any]
+    model: dict[str, Any]
+    dataset: dict[str, Any]
+    embedder: dict[str, Any]
+    clap: dict[str, Any] | None
+    sets: list[SetResult]
+    notes: list[str]
+
+    def table_rows(self) -> list[SetResult]:
+        """Modes at the table's w (in ALL_MODES order), then reconstruction, then reference."""
+        w = float(self.config["guidance"])
+        order = list(MODE_TITLES)
+        rows = [s for s in self.sets if s.guidance is None or math.isclose(s.guidance, w)]
+        return sorted(rows, key=lambda s: order.index(s.mode))
+
+    def sweep(self) -> dict[str, list[SetResult]]:
+        """Per mode, its sets ordered by w (only modes generated at more than one w)."""
+        by_mode: dict[str, list[SetResult]] = {}
+        for s in self.sets:
+            if s.guidance is not None:
+                by_mode.setdefault(s.mode, []).append(s)
+        return {m: sorted(v, key=lambda s: s.guidance) for m, v in by_mode.items() if len(v) > 1}
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def format_markdown(ev: Evaluation) -> str:
+    w = float(ev.config["guidance"])
+    lines = [
+        "# CLIPSonic evaluation",
+        "",
+        f"Model `{ev.model.get('path')}`; {ev.dataset.get('clips')} clips of the `{ev.dataset.get('split')}` split "
+        f"of `{ev.dataset.get('path')}`; guidance w = {w:g}; steps {ev.config.get('steps') or 'default'}; "
+        f"sampler {ev.config.get('sampler') or 'default'}; seed {ev.config.get('seed')}.",
+        "",
+        f"FAD embedder: {ev.embedder['description']}.",
+        f"CLAP score: {ev.clap['description'] if ev.clap else 'not computed (pass --clap-weights)'}.",
+        "",
+        "| System | FAD ↓ | CLAP score ↑ | clips |",
+        "|---|---|---|---|",
+    ]
+    for s in ev.table_rows():
+        flag = " ⚠" if s.problems else ""
+        lines.append(f"| {MODE_TITLES.get(s.mode, s.mode)} | {_fmt(s.fad, 2)}{flag} | {_fmt(s.clap, 3)} | {s.clips} |")
+    sweep = ev.sweep()
+    if sweep:
+        scales = sorted({s.guidance for sets in sweep.values() for s in sets})
+        lines += ["", "## Guidance sweep (FAD / CLAP score)", "",
+                  "| Mode | " + " | ".join(f"w = {g:g}" for g in scales) + " |",
+                  "|---|" + "---|" * len(scales)]
+        for mode, sets in sweep.items():
+            cells = {s.guidance: f"{_fmt(s.fad, 2)} / {_fmt(s.clap, 3)}" for s in sets}
+            lines.append(f"| {mode} | " + " | ".join(cells.get(g, "") for g in scales) + " |")
+    notes = list(ev.notes) + [f"{s.name}: {p}" for s in ev.sets for p in s.problems]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(ev: Evaluation, path: str | os.PathLike) -> Path | None:
+    """FAD and CLAP score against w, one line per mode; None when no mode has two or more w."""
+    sweep = ev.sweep()
+    if not sweep:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [("fad", "FAD ↓")] + ([("clap", "CLAP score ↑")] if ev.clap else [])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), dpi=100, squeeze=False)
+    recon = next((s for s in ev.sets if s.mode == "reconstruction"), None)
+    for ax, (metric, title) in zip(axes[0], metrics, strict=True):
+        for mode, sets in sweep.items():
+            points = [(s.guidance, getattr(s, metric)) for s in sets if getattr(s, metric) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=mode.upper())
+        if recon is not None and getattr(recon, metric) is not None:
+            ax.axhline(getattr(recon, metric), color="gray", linestyle="--", label="reconstruction")
+        ax.set_xlabel("guidance scale w")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    if not ev.embedder.get("comparable", True):
+        fig.suptitle(f"FAD on {ev.embedder['name']}: a sanity metric, not comparable with published FADs",
+                     fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_report(ev: Evaluation, out: str | os.PathLike) -> list[Path]:
+    """Write the three report files under ``out``; returns the paths written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "results.json", _clean({
+        "format": RESULTS_FORMAT, "version": 1,
+        "config": ev.config, "model": ev.model, "dataset": ev.dataset,
+        "embedder": ev.embedder, "clap": ev.clap, "notes": ev.notes,
+        "table": [s.name for s in ev.table_rows()],
+        "sets": [dataclasses.asdict(s) for s in ev.sets],
+    }))
+    (out / "results.md").write_text(format_markdown(ev))
+    written = [out / "results.json", out / "results.md"]
+    plot = plot_sweep(ev, out / "guidance_sweep.png")
+    if plot is not None:
+        written.append(plot)
+    return written
+
+
+def set_names(modes: Sequence[str], scales: Sequence[float]) -> list[tuple[str, str, float]]:
+    """``(name, mode, w)`` of every generated set, e.g. ``("pd/w1.5", "pd", 1.5)``."""
+    return [(f"{m}/w{g:g}", m, float(g)) for m in modes for g in scales]

@@ -1,0 +1,215 @@
+"""``run_evaluation``: Table 1 and the guidance sweep of the paper for one model on one test split.
+
+1. Read the test clips (labels, middle-frame CLIP embeddings, log-mels, real audio).
+2. Write the reference set (the real audio) and the vocoder's reconstruction of the real mels.
+3. Generate every (mode, w): IQ from the clip's frame embedding, the text modes from its label.
+4. Embed every set (cached by file content), FAD against the reference, CLAP score vs the label.
+5. Write results.json, results.md and guidance_sweep.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from clipsonic.data.dataset import read_dataset_info
+from clipsonic.embedders import AudioEmbedder, TextAudioEmbedder, load_embedder
+from clipsonic.errors import ClipsonicError
+from clipsonic.evaluate.cache import EmbeddingCache, open_set_dir, write_manifest
+from clipsonic.evaluate.config import ALL_MODES, TEXT_MODES, EvalConfig
+from clipsonic.evaluate.generator import Generator, load_generator
+from clipsonic.evaluate.report import Evaluation, SetResult, set_names, write_report
+from clipsonic.evaluate.testset import EvalClip, load_test_clips
+from clipsonic.metrics import EmbeddingStats, MetricError, clap_score, fad_from_stats
+
+log = logging.getLogger(__name__)
+
+#: ``progress(done, total, what)`` after each unit of work
+Progress = Callable[[int, int, str], None]
+
+
+class EvaluationError(ClipsonicError):
+    """The evaluation cannot run on these inputs (no audio in the split, unsupported mode, …)."""
+
+
+@dataclasses.dataclass
+class _Counter:
+    total: int
+    callback: Progress | None
+    done: int = 0
+
+    def __call__(self, what: str, n: int = 1) -> None:
+        self.done += n
+        if self.callback is not None:
+            self.callback(self.done, self.total, what)
+
+
+def resolve_modes(requested: Sequence[str], supported: Sequence[str], clips: Sequence[EvalClip],
+                  notes: list[str]) -> list[str]:
+    """The modes to run: explicit ones must be supported; by default all the model supports."""
+    if requested:
+        missing = [m for m in requested if m not in supported]
+        if missing:
+            raise EvaluationError(f"the model cannot run mode(s) {missing} (it supports {', '.join(supported)}); "
+                                  "pd needs a model exported with a prior")
+        modes = list(dict.fromkeys(requested))
+    else:
+        modes = [m for m in ALL_MODES if m in supported]
+        notes += [f"mode {m} skipped: the model does not support it" for m in ALL_MODES if m not in supported]
+    if not any(c.label for c in clips):
+        skipped = [m for m in modes if m in TEXT_MODES]
+        if skipped:
+            notes.append(f"the split has no labels: text modes {', '.join(skipped)} skipped, and no CLAP score")
+        modes = [m for m in modes if m not in TEXT_MODES]
+    elif not all(c.label for c in clips):
+        notes.append(f"{sum(not c.label for c in clips)} clip(s) without a label are left out of the text modes "
+                     "and of the CLAP score")
+    if not modes:
+        raise EvaluationError("no mode left to evaluate")
+    return modes
+
+
+def _save_one(path: Path, audio: np.ndarray, sample_rate: int, excluded: list[str]) -> None:
+    """Write one clip's audio; non-finite audio is not written and its key is recorded."""
+    from clipsonic.media import save_audio
+
+    if not np.all(np.isfinite(audio)):
+        log.warning("%s is NaN/inf; left out of the evaluation", path)
+        excluded.append(path.stem)
+        return
+    save_audio(path, audio, sample_rate)
+
+
+def _produce(folder: Path, settings: dict, clips: Sequence[EvalClip], make: Callable[[list[int]], list[np.ndarray]],
+             batch_size: int, sample_rate: int, result: SetResult, tick: Callable[[str, int], None]) -> None:
+    """Fill ``folder`` with the audio of every clip, calling ``make(indices)`` only for missing files."""
+    open_set_dir(folder, settings)
+    todo = [i for i, c in enumerate(clips) if not (folder / f"{c.key}.wav").is_file()]
+    tick(result.name, len(clips) - len(todo))
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        for i, wav in zip(batch, make(batch), strict=True):
+            _save_one(folder / f"{clips[i].key}.wav", np.asarray(wav, dtype=np.float32), sample_rate, result.excluded)
+        tick(result.name, len(batch))
+    write_manifest(folder, [{"file": f"{c.key}.wav", "item": c.key, "query": c.label or ""}
+                            for c in clips if (folder / f"{c.key}.wav").is_file()])
+
+
+def _score(result: SetResult, folder: Path, clips: Sequence[EvalClip], reference: EmbeddingStats | None,
+           fad_cache: EmbeddingCache, clap_cache: EmbeddingCache | None, clap_template: str,
+           tick: Callable[[str, int], None]) -> EmbeddingStats:
+    stats = EmbeddingStats(fad_cache.embedder.dim)
+    texts, audio_emb = [], []
+    for clip in clips:
+        path = folder / f"{clip.key}.wav"
+        if not path.is_file():
+            continue
+        stats.update(fad_cache.audio(path))
+        result.clips += 1
+        if clap_cache is not None and clip.label:
+            texts.append(clap_template.format(label=clip.label))
+            audio_emb.append(clap_cache.audio(path).mean(axis=0))
+        tick(f"embed {result.name}", 1)
+    result.embeddings = stats.count
+    result.problems += stats.problems()
+    if reference is not None:
+        try:
+            result.fad = fad_from_stats(reference, stats)
+        except MetricError as exc:
+            result.problems.append(f"no FAD: {exc}")
+    if texts:
+        result.clap = clap_score(clap_cache.texts(texts), np.stack(audio_emb))
+    return stats
+
+
+def _embedders(config: EvalConfig) -> tuple[AudioEmbedder, TextAudioEmbedder | None]:
+    fad = load_embedder(config.embedder, config.embedder_weights, device=config.device)
+    if isinstance(fad, TextAudioEmbedder) and config.clap_weights in (None, config.embedder_weights):
+        return fad, fad
+    clap = load_embedder("clap", config.clap_weights, device=config.device) if config.clap_weights else None
+    return fad, clap  # type: ignore[return-value]
+
+
+def run_evaluation(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                   config: EvalConfig | None = None, *, generator: Generator | None = None,
+                   progress: Progress | None = None) -> Evaluation:
+    """Evaluate ``model_dir`` on ``data_dir``'s test split; writes everything under ``out_dir``."""
+    config = config or EvalConfig()
+    out = Path(out_dir)
+    notes: list[str] = []
+    # 1. Inputs
+    info = read_dataset_info(data_dir)
+    gen = generator or load_generator(model_dir, config)
+    gen.check_dataset(info)
+    clips = load_test_clips(info, config.split, config.num_clips)
+    no_audio = [c.key for c in clips if c.audio is None]
+    if no_audio:
+        raise EvaluationError(f"{info.root}: {len(no_audio)} '{config.split}' clip(s) have no stored audio "
+                              f"(e.g. {no_audio[0]}); FAD needs the real audio: re-run preprocess with --keep-audio")
+    modes = resolve_modes(config.modes, gen.modes, clips, notes)
+    fad_embedder, clap_embedder = _embedders(config)
+    if not fad_embedder.comparable:
+        notes.append(f"FAD uses {fad_embedder.name}: a plumbing/sanity metric, NOT comparable with published FADs")
+    cache = out / "embeddings"
+    fad_cache = EmbeddingCache(cache, fad_embedder)
+    clap_cache = EmbeddingCache(cache, clap_embedder) if clap_embedder is not None else None
+    generated = set_names(modes, config.guidance_scales)
+    tick = _Counter(total=len(clips) * 2 * (2 + len(generated)), callback=progress)
+
+    # 2. Reference (real audio) and vocoder reconstruction of the real mels
+    reference = SetResult("reference", "reference", None)
+    folders = {"reference": out / "audio" / "reference", "reconstruction": out / "audio" / "reconstruction"}
+    _produce(folders["reference"], {"dataset": str(info.root), "split": config.split}, clips,
+             lambda idx: [clips[i].audio for i in idx], config.batch_size, info.mel.sample_rate, reference, tick)
+    ref_stats = _score(reference, folders["reference"], clips, None, fad_cache, clap_cache, config.clap_template, tick)
+    recon = SetResult("reconstruction", "reconstruction", None)
+    _produce(folders["reconstruction"], {**gen.settings(), "dataset": str(info.root)}, clips,
+             lambda idx: gen.reconstruct([clips[i].logmel for i in idx]), config.batch_size, gen.sample_rate,
+             recon, tick)
+    results = [reference, recon]
+
+    # 3. Generations per (mode, w); clip i always gets seed + i (common random numbers across modes and w)
+    seeds = {c.key: config.seed + i for i, c in enumerate(clips)}
+    for name, mode, w in generated:
+        result = SetResult(name, mode, w)
+        subset = [c for c in clips if mode == "iq" or c.label]
+        queries = [None if mode == "iq" else config.text_template.format(label=c.label) for c in subset]
+        settings = {**gen.settings(), "mode": mode, "guidance": w, "seed": config.seed,
+                    "text_template": config.text_template, "dataset": str(info.root)}
+        tick(name, 2 * (len(clips) - len(subset)))
+
+        def make(idx: list[int], mode=mode, w=w, subset=subset, queries=queries) -> list[np.ndarray]:
+            picked = [subset[i] for i in idx]
+            return gen.generate(mode, picked, [queries[i] for i in idx], w, [seeds[c.key] for c in picked])
+
+        folders[name] = out / "audio" / mode / f"w{w:g}"
+        _produce(folders[name], settings, subset, make, config.batch_size, gen.sample_rate, result, tick)
+        results.append(result)
+
+    # 4. Scores (reference statistics first; every set against them)
+    for result in results[1:]:
+        subset = clips if result.mode in ("iq", "reconstruction") else [c for c in clips if c.label]
+        _score(result, folders[result.name], subset, ref_stats, fad_cache, clap_cache, config.clap_template, tick)
+    log.info("embeddings: %d computed, %d from cache", fad_cache.misses, fad_cache.hits)
+
+    # 5. Report
+    evaluation = Evaluation(
+        config=config.to_dict(), model=gen.describe(),
+        dataset={"path": str(info.root), "split": config.split, "clips": len(clips),
+                 "split_clips": info.num_clips(config.split), "clip_model": info.clip.describe()},
+        embedder=_describe(fad_embedder),
+        clap=_describe(clap_embedder) if clap_embedder is not None else None,
+        sets=results, notes=notes,
+    )
+    write_report(evaluation, out)
+    return evaluation
+
+
+def _describe(embedder: AudioEmbedder) -> dict:
+    return {"name": embedder.name, "cache_id": embedder.cache_id, "comparable": embedder.comparable,
+            "description": embedder.description, "sample_rate": embedder.sample_rate, "dim": embedder.dim}
