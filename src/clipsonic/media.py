@@ -327,6 +327,8 @@ def load_audio(
     With ``duration``, exactly ``round(duration * sample_rate)`` samples come back; a segment
     running up to :data:`END_TOLERANCE_S` past the end of the track is zero-padded, one running
     further is a :class:`MediaError`. Without it, everything from ``start`` to the end.
+    Starts beyond :data:`AUDIO_SEEK_MIN_S` seek; Matroska/WebM keep millisecond timestamps, so
+    there a seek may place the sound up to 1 ms off (elsewhere seeking changes nothing).
     """
     path = Path(path)
     rate = _check_rate(sample_rate, path)
