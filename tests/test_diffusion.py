@@ -139,7 +139,8 @@ def test_q_sample_and_v_target_match_diffusers():
 def test_posterior_matches_bayes_rule(t):
     diff = GaussianDiffusion()
     g = torch.Generator().manual_seed(t)
-    x0, xt = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64), torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
+    x0 = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
+    xt = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
     mean, var, log_var = diff.q_posterior_mean_variance(x0, xt, torch.full((2,), t))
     ref_mean, ref_var, _ = bayes_posterior(reference_abar(), x0, xt, t)
     torch.testing.assert_close(mean, ref_mean.expand_as(mean), rtol=1e-5, atol=1e-7)
@@ -170,7 +171,8 @@ def test_p_mean_variance_predictions_agree(prediction):
     torch.testing.assert_close(out["mean"], true_mean, rtol=1e-4, atol=1e-5)
     frac = (var + 1) / 2
     s = diff.schedule
-    expected = frac * s.log_betas[t].view(-1, 1, 1, 1) + (1 - frac) * s.posterior_log_variance_clipped[t].view(-1, 1, 1, 1)
+    max_log, min_log = s.log_betas[t].view(-1, 1, 1, 1), s.posterior_log_variance_clipped[t].view(-1, 1, 1, 1)
+    expected = frac * max_log + (1 - frac) * min_log
     torch.testing.assert_close(out["log_variance"], expected.float())
 
 

@@ -291,3 +291,21 @@ def test_tiny_network_trains_and_samples():
         for sampler in SAMPLERS:
             out = diff.sample(net, (2, 1, 8, 8), cond[:2], sampler=sampler, steps=5, generator=g)
             assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all() and out.abs().max() <= 1.0 + 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_follows_the_input_device_and_a_cpu_generator_reproduces_cpu_results():
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    diff = GaussianDiffusion()
+    x0, cond = torch.rand(4, 1, 8, 8) * 2 - 1, torch.randn(4, 4)
+    results = {}
+    for device in ("cpu", "cuda"):
+        net.to(device)
+        losses = diff.training_losses(net, x0.to(device), cond.to(device), generator=torch.Generator().manual_seed(1))
+        samples = {s: diff.sample(net, (4, 1, 8, 8), cond.to(device), sampler=s, steps=6,
+                                  generator=torch.Generator().manual_seed(2)) for s in SAMPLERS}
+        assert all(v.device.type == device for v in [*losses.values(), *samples.values()])
+        results[device] = {k: v.cpu() for k, v in (losses | samples).items()}
+    for key, value in results["cpu"].items():
+        torch.testing.assert_close(results["cuda"][key], value, rtol=1e-4, atol=1e-4, msg=key)

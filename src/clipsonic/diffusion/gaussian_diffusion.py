@@ -52,7 +52,9 @@ class GaussianDiffusion:
         """(mean, variance, log variance) of q(x_{t-1} | x_t, x_0), each [B, C, H, W]."""
         return P.q_posterior_mean_variance(self.schedule, x0, xt, t)
 
-    def p_mean_variance(self, model_out: Tensor, xt: Tensor, t: Tensor, clip_denoised: bool = True) -> dict[str, Tensor]:
+    def p_mean_variance(
+        self, model_out: Tensor, xt: Tensor, t: Tensor, clip_denoised: bool = True
+    ) -> dict[str, Tensor]:
         """p(x_{t-1} | x_t) from a raw model output [B, 2C or C, H, W] at original steps t [B].
 
         Returns ``mean``, ``variance``, ``log_variance``, ``pred_x0`` (clamped to [-1, 1] when
@@ -100,6 +102,7 @@ class GaussianDiffusion:
             raise ValueError(f"got {batch} examples but {cond.shape[0]} conditions")
         if t is None:
             t = randint(self.num_timesteps, (batch,), generator, device)
+        t = t.to(device=device, dtype=torch.long)
         if noise is None:
             noise = randn(x0.shape, generator, device, x0.dtype)
         dropped = rand((batch,), generator, device) < c.p_uncond
@@ -161,7 +164,10 @@ class GaussianDiffusion:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
         shape = tuple(shape)
         if len(shape) < 2 or cond.ndim != 2 or cond.shape[0] != shape[0]:
-            raise ValueError(f"need shape [B, C, ...] and cond [B, D] with the same B, got {list(shape)} and {list(cond.shape)}")
+            raise ValueError(
+                "need shape [B, C, ...] and cond [B, D] with the same B, "
+                f"got {list(shape)} and {list(cond.shape)}"
+            )
         if x_T is not None and tuple(x_T.shape) != shape:
             raise ValueError(f"x_T has shape {list(x_T.shape)}, expected {list(shape)}")
         c = self.config

@@ -34,7 +34,8 @@ def _steps(schedule: Schedule, progress: Progress):
 
 
 def ddpm_step(
-    schedule: Schedule, i: int, x: Tensor, eps: Tensor, var_values: Tensor | None, noise: Tensor, clip_denoised: bool
+    schedule: Schedule, i: int, x: Tensor, eps: Tensor, var_values: Tensor | None, noise: Tensor,
+    clip_denoised: bool,
 ) -> Tensor:
     """x_{i-1} ~ p(x_{i-1} | x_i) = N(mu~(x_i, x0_hat), sigma_i^2) (Ho et al. 2020, Algorithm 2).
 
