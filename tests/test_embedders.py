@@ -243,3 +243,39 @@ def test_clap_wrapper_feeds_48k_ten_second_clips_and_loads_weights(tmp_path, mon
     torch.save({"state_dict": {"other.weight": torch.zeros(1)}}, tmp_path / "wrong.pt")
     with pytest.raises(EmbedderError, match="does not fit"):
         ClapEmbedder(tmp_path / "wrong.pt", device="cpu")
+
+
+# --- PANNs CNN14 ------------------------------------------------------------------------------
+
+
+def test_panns_log_mel_matches_librosa():
+    import librosa
+
+    from clipsonic.embedders import panns
+
+    wav = np.random.default_rng(3).normal(scale=0.1, size=32000).astype(np.float32)
+    mel = librosa.feature.melspectrogram(y=wav, sr=32000, n_fft=1024, hop_length=320, win_length=1024,
+                                         window="hann", center=True, pad_mode="reflect", power=2.0,
+                                         n_mels=64, fmin=50, fmax=14000)
+    expected = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None).T  # [frames, 64]
+    ours = panns.log_mel(torch.from_numpy(wav)[None].double())[0].numpy()
+    assert ours.shape == (101, 64)
+    np.testing.assert_allclose(ours, expected, atol=1e-3)
+
+
+def test_panns_network_shapes_and_missing_weights(tmp_path):
+    from clipsonic.embedders import panns
+
+    torch.manual_seed(0)
+    net = panns.Cnn14(channels=(4, 8, 8, 8, 8, 16)).eval()
+    with torch.no_grad():
+        out = net(panns.log_mel(torch.randn(2, 32000) * 0.1))
+    assert out.shape == (2, 16) and bool((out >= 0).all())  # ReLU'd fc1 embedding
+    with torch.device("meta"):
+        keys = set(panns.Cnn14().state_dict())
+    assert {"bn0.running_mean", "conv_block6.conv2.weight", "fc1.weight"} <= keys  # the release's names
+    with pytest.raises(EmbedderError, match=r"Cnn14_mAP=0\.431\.pth"):
+        load_embedder("panns", tmp_path / "nope.pth")
+    torch.save({"model": {"fc1.weight": torch.zeros(1)}}, tmp_path / "bad.pth")
+    with pytest.raises(EmbedderError, match="not a PANNs CNN14 checkpoint"):
+        load_embedder("panns", tmp_path / "bad.pth")

@@ -13,7 +13,95 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_evaluate(sub)
     _register_listening(sub)
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _modes(text: str) -> tuple[str, ...]:
+    return tuple(m.strip().lower() for m in text.split(",") if m.strip())
+
+
+def _register_evaluate(sub: argparse._SubParsersAction) -> None:
+    from clipsonic.embedders import EMBEDDERS
+    from clipsonic.evaluate.config import ALL_MODES
+
+    p = sub.add_parser(
+        "evaluate",
+        help="FAD and CLAP score per query mode (the paper's Table 1), guidance sweeps",
+        description="For each test clip: generate with IQ (its middle frame) and with the text modes from its "
+                    "label; score every set against the real test audio (FAD) and against the label (CLAP "
+                    "score); the vocoder's reconstruction of the real mels is the upper-bound row. Writes "
+                    "results.json, results.md, guidance_sweep.png and all audio (audio/<mode>/w<w>/, with "
+                    "manifests for `listening-test make`). Generated audio and embeddings are cached: rerunning "
+                    "with another --embedder or --clap-weights regenerates nothing.",
+        epilog=examples(
+            "clipsonic evaluate --model runs/vgg/pipeline --data data/vgg --out reports/vgg "
+            "--embedder-weights ~/weights/vggish.safetensors --clap-weights ~/weights/630k-audioset-best.pt",
+            "clipsonic evaluate --model M --data D --out R --modes iq,zs,pd --sweep 0,0.5,1,1.5,2,3,4 --num-clips 500",
+            "clipsonic evaluate --model M --data D --out R --embedder mel-stats --num-clips 8 --steps 25   # plumbing check",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", type=Path, required=True, help="pipeline directory (output of training)")
+    p.add_argument("--data", type=Path, required=True, help="dataset directory with a test split stored with audio")
+    p.add_argument("--out", type=Path, required=True, help="report directory")
+    p.add_argument("--modes", type=_modes, default=(),
+                   help=f"comma-separated, of {','.join(ALL_MODES)} (default: all the model supports)")
+    p.add_argument("--guidance", type=float, default=1.5, help="guidance scale w of the table (default 1.5)")
+    p.add_argument("--sweep", type=_floats, default=(), metavar="W,W,…",
+                   help="also generate at these w and plot FAD / CLAP score against w")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's)")
+    p.add_argument("--sampler", default=None, help="sampler name (default: the pipeline's)")
+    p.add_argument("--num-clips", type=int, default=None, help="evaluate N clips spread over the split (default: all)")
+    p.add_argument("--split", default="test", help="dataset split (default: test)")
+    p.add_argument("--embedder", choices=EMBEDDERS, default="vggish",
+                   help="FAD backbone (default vggish, as the paper; mel-stats is a weight-free sanity check "
+                        "whose FAD is not comparable with published numbers)")
+    p.add_argument("--embedder-weights", default=None, help="weights file of the FAD embedder")
+    p.add_argument("--clap-weights", default=None, help="LAION-CLAP checkpoint for the CLAP score (e.g. 630k-audioset-best.pt)")
+    p.add_argument("--seed", type=int, default=0, help="clip i is generated with seed + i")
+    p.add_argument("--text-template", default="{label}", help="text query built from the label (default '{label}')")
+    p.add_argument("--clap-template", default="{label}", help="CLAP text built from the label (default '{label}')")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per generation call")
+    p.add_argument("--device", default=None, help="cuda, cpu, … (default: cuda if available)")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from clipsonic.config import ConfigError
+    from clipsonic.evaluate import EvalConfig, run_evaluation
+
+    try:
+        config = EvalConfig(modes=args.modes, guidance=args.guidance, sweep=args.sweep, steps=args.steps,
+                            sampler=args.sampler, num_clips=args.num_clips, split=args.split,
+                            embedder=args.embedder, embedder_weights=args.embedder_weights,
+                            clap_weights=args.clap_weights, seed=args.seed, text_template=args.text_template,
+                            clap_template=args.clap_template, batch_size=args.batch_size, device=args.device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    with tqdm(total=0, unit="clip", disable=None, dynamic_ncols=True) as bar:
+        def progress(done: int, total: int, what: str) -> None:
+            bar.total = total
+            bar.set_description(what, refresh=False)
+            bar.update(done - bar.n)
+
+        run_evaluation(args.model, args.data, args.out, config, progress=progress)
+    print((args.out / "results.md").read_text(), end="")
+    print(f"\nwrote {args.out / 'results.json'}, {args.out / 'results.md'}"
+          + (f", {args.out / 'guidance_sweep.png'}" if (args.out / "guidance_sweep.png").is_file() else ""))
+    return 0
 
 
 # --- listening-test ---------------------------------------------------------------------------

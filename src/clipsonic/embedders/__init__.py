@@ -1,13 +1,9 @@
 """Audio embedders for FAD and the CLAP score, behind one small interface (:class:`AudioEmbedder`).
 
-=============  ==========================================================  ==================
-name           what                                                        weights
-=============  ==========================================================  ==================
-``mel-stats``  per-band mean/std of 0.96-s log-mel patches (sanity only)   none
-``vggish``     VGGish, 128-d per 0.96 s at 16 kHz (the classic FAD)        local safetensors
-``clap``       LAION-CLAP, 512-d per 10-s clip at 48 kHz; also texts       local checkpoint +
-                                                                           ``laion-clap``
-=============  ==========================================================  ==================
+- ``mel-stats``: per-band mean/std of 0.96-s log-mel patches; no weights; a sanity check only.
+- ``vggish``: VGGish, 128-d per 0.96 s at 16 kHz (the classic FAD); local safetensors.
+- ``panns``: PANNs CNN14, 2048-d per clip at 32 kHz; local ``Cnn14_mAP=0.431.pth``.
+- ``clap``: LAION-CLAP, 512-d per 10-s clip at 48 kHz, and texts; local checkpoint + ``laion-clap``.
 
 Each heavy model is imported only when asked for; a missing package or weights file raises
 :class:`EmbedderError` naming the file and how to get it.
@@ -19,7 +15,7 @@ import os
 
 from clipsonic.embedders.base import AudioEmbedder, EmbedderError, TextAudioEmbedder
 
-EMBEDDERS = ("mel-stats", "vggish", "clap")
+EMBEDDERS = ("mel-stats", "vggish", "panns", "clap")
 
 __all__ = ["EMBEDDERS", "AudioEmbedder", "EmbedderError", "TextAudioEmbedder", "load_embedder"]
 
@@ -36,6 +32,10 @@ def load_embedder(name: str, weights: str | os.PathLike | None = None, device: s
         from clipsonic.embedders.vggish import VGGishEmbedder
 
         return VGGishEmbedder(weights, device=device)
+    if name == "panns":
+        from clipsonic.embedders.panns import PannsEmbedder
+
+        return PannsEmbedder(weights, device=device)
     if name == "clap":
         from clipsonic.embedders.clap import ClapEmbedder
 

@@ -1,0 +1,143 @@
+"""PANNs CNN14 (Kong et al. 2020): 2048-d per clip at 32 kHz, the FAD backbone of AudioLDM-style papers.
+
+The network is defined here with the module names of the released ``Cnn14_mAP=0.431.pth``
+(``bn0``, ``conv_block1..6``, ``fc1``, ``fc_audioset``), loaded from a local file: that ``.pth``
+(read with ``torch.load(weights_only=True)``: tensors only) or a ``.safetensors`` of its
+``model`` state dict. Front end as the original (torchlibrosa): STFT with n_fft 1024, hop 320,
+periodic Hann window, centred with reflect padding → power → Slaney mel (64 bands, 50–14000 Hz)
+→ 10·log10(max(mel, 1e-10)). The STFT/mel weights of the checkpoint are fixed functions and are
+recomputed here, not loaded. The embedding is ``relu(fc1(pooled))``, the 2048-d layer before the
+AudioSet classifier.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipsonic.embedders.base import (
+    AudioEmbedder,
+    EmbedderError,
+    quick_fingerprint,
+    resolve_weights,
+)
+
+SAMPLE_RATE = 32000
+N_FFT = 1024
+HOP = 320
+N_MELS = 64
+FMIN, FMAX = 50.0, 14000.0
+WEIGHTS_FILE = "Cnn14_mAP=0.431.pth"
+HOW_TO_GET = (
+    "Download Cnn14_mAP=0.431.pth once (PANNs, Kong et al.; Zenodo record 3987831) and pass it with "
+    "--embedder-weights PATH (or put it in $CLIPSONIC_WEIGHTS)."
+)
+_CHANNELS = (64, 128, 256, 512, 1024, 2048)
+
+
+@functools.lru_cache(maxsize=1)
+def mel_basis() -> np.ndarray:
+    """``[64, 513]`` Slaney mel filterbank (librosa defaults, as torchlibrosa builds it)."""
+    import librosa
+
+    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX)
+
+
+def log_mel(wav: torch.Tensor) -> torch.Tensor:
+    """``[B, samples]`` 32 kHz → ``[B, frames, 64]`` dB log-mel, ``frames = samples // 320 + 1``."""
+    window = torch.hann_window(N_FFT, periodic=True, dtype=wav.dtype, device=wav.device)
+    spec = torch.stft(wav, N_FFT, HOP, N_FFT, window, center=True, pad_mode="reflect", return_complex=True)
+    power = spec.real ** 2 + spec.imag ** 2  # [B, 513, frames]
+    basis = torch.from_numpy(mel_basis()).to(wav)  # [64, 513]
+    mel = torch.matmul(basis, power)
+    return (10.0 * torch.log10(torch.clamp(mel, min=1e-10))).transpose(1, 2)
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.bn2 = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor, pool: int) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return F.avg_pool2d(x, pool) if pool > 1 else x
+
+
+class Cnn14(nn.Module):
+    """``[B, frames, 64]`` log-mel → ``[B, 2048]`` embedding (the AudioSet head ``fc_audioset`` is unused)."""
+
+    def __init__(self, channels: tuple[int, ...] = _CHANNELS):
+        super().__init__()
+        self.bn0 = nn.BatchNorm2d(N_MELS)
+        widths = (1, *channels)  # other widths only for tests: the released weights are _CHANNELS
+        for i in range(6):
+            self.add_module(f"conv_block{i + 1}", ConvBlock(widths[i], widths[i + 1]))
+        self.fc1 = nn.Linear(widths[-1], widths[-1])
+        self.fc_audioset = nn.Linear(widths[-1], 527)
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        x = self.bn0(logmel[:, None].transpose(1, 3)).transpose(1, 3)  # BatchNorm per mel band: [B, 1, T, 64]
+        for i in range(6):
+            x = getattr(self, f"conv_block{i + 1}")(x, pool=2 if i < 5 else 1)  # → [B, 2048, T/32, 64/32]
+        x = x.mean(dim=3)  # over frequency: [B, 2048, T']
+        x = F.max_pool1d(x, 3, 1, 1) + F.avg_pool1d(x, 3, 1, 1)
+        x = x.max(dim=2).values + x.mean(dim=2)  # [B, 2048]
+        return F.relu(self.fc1(x))
+
+
+def load_cnn14_state(path) -> dict[str, torch.Tensor]:
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise EmbedderError(f"{path} could not be read as a tensors-only checkpoint ({exc}). {HOW_TO_GET}") from None
+    if isinstance(state, dict) and "model" in state:
+        state = state["model"]
+    with torch.device("meta"):
+        own = Cnn14().state_dict()
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise EmbedderError(f"{path} is not a PANNs CNN14 checkpoint: missing {missing[:3]}. {HOW_TO_GET}")
+    return {k: state[k].float() if state[k].is_floating_point() else state[k] for k in own}
+
+
+class PannsEmbedder(AudioEmbedder):
+    name = "panns"
+    sample_rate = SAMPLE_RATE
+    dim = 2048
+    comparable = True
+    description = "PANNs CNN14 (2048-d per clip, 32 kHz; the FAD backbone of AudioLDM-style evaluations)"
+
+    def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device | None = None):
+        path = resolve_weights(weights, WEIGHTS_FILE, "PANNs CNN14", HOW_TO_GET)
+        state = load_cnn14_state(path)
+        with torch.device("meta"):
+            model = Cnn14()
+        model.load_state_dict(state, assign=True)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.eval().to(self.device)
+        self._id = f"panns-cnn14-{quick_fingerprint(path)}"
+
+    @property
+    def cache_id(self) -> str:
+        return self._id
+
+    @torch.no_grad()
+    def _embed(self, wav: np.ndarray) -> np.ndarray:
+        if len(wav) < 32 * HOP:  # five 2×2 poolings need at least 32 frames
+            wav = np.pad(wav, (0, 32 * HOP - len(wav)))
+        x = torch.from_numpy(wav)[None].to(self.device)
+        return self.model(log_mel(x)).cpu().numpy()
