@@ -1,0 +1,96 @@
+"""Bridges from CLIP text embeddings to the image-embedding space the mel model was trained on.
+
+CLIP's image and text embeddings of the same thing are close but not interchangeable: the two
+modalities occupy separate cones of the sphere (the *modality gap*, Liang et al. 2022). The mel
+model only ever saw image embeddings, so a text query is first mapped by one of these bridges,
+selected by the pipeline's ``mode``:
+
+==========  =====================================================================================
+``zs``      zero-shot transfer (the paper's ZS): the CLIP text embedding itself.
+``pd``      a diffusion prior (the paper's PD, as in DALL-E 2): samples a plausible image
+            embedding for the text (clipsonic.prior).
+``shift``   training-free: add the training set's mean image embedding minus the mean text
+            embedding of a prompt set, renormalise (closing the gap on average).
+``knn``     training-free retrieval: the renormalised mean of the k training image embeddings
+            nearest (cosine) to the text embedding.
+==========  =====================================================================================
+
+``shift`` and ``knn`` go beyond the paper; they need only the pipeline's ``stats`` component.
+All embeddings here are ``[B, D]`` float32; every bridge returns L2-normalised rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from clipsonic.errors import ClipsonicError
+
+IMAGE_MODES = ("iq",)
+TEXT_MODES = ("zs", "pd", "shift", "knn")
+MODES = IMAGE_MODES + TEXT_MODES
+DEFAULT_KNN_K = 8  # enough neighbours to average out one odd frame, few enough to stay on topic
+# Templates that turn the training labels into the prompt set of the shift bridge.
+SHIFT_TEMPLATES = ("{label}", "the sound of {label}")
+# The shift bridge's prompt set when the training data had no labels: everyday sound captions,
+# so the mean text embedding is that of typical queries rather than of any one topic.
+GENERIC_PROMPTS = (
+    "a dog barking", "a cat meowing", "birds chirping", "a rooster crowing", "a cow mooing",
+    "a car engine", "a train passing", "a siren wailing", "a car horn honking", "an airplane flying over",
+    "rain falling", "thunder rumbling", "wind blowing", "ocean waves", "a stream of water",
+    "a fire crackling", "people talking", "a crowd cheering", "people clapping", "a baby crying",
+    "a man speaking", "a woman singing", "children laughing", "footsteps", "a door knocking",
+    "someone playing the piano", "someone playing the guitar", "a violin solo", "a drum beat",
+    "a trumpet playing", "a flute melody", "an orchestra", "a saxophone", "a church bell ringing",
+    "a clock ticking", "a telephone ringing", "typing on a keyboard", "a vacuum cleaner",
+    "a chainsaw", "a helicopter", "a motorcycle", "a lawn mower", "glass breaking", "a gunshot",
+    "fireworks", "a whistle", "an alarm beeping", "water boiling", "frying food", "a toilet flushing",
+)
+
+
+class BridgeError(ClipsonicError):
+    """A bridge cannot be applied (missing statistics, an empty bank, bad k)."""
+
+
+def zero_shot(text_emb: torch.Tensor) -> torch.Tensor:
+    """ZS: the text embedding ``[B, D]`` itself (renormalised)."""
+    return F.normalize(text_emb.float(), dim=-1)
+
+
+def modality_shift(text_emb: torch.Tensor, mean_image: torch.Tensor, mean_text: torch.Tensor) -> torch.Tensor:
+    """``normalize(t + mean_image − mean_text)`` for text embeddings ``[B, D]``, means ``[D]``."""
+    return F.normalize(text_emb.float() + mean_image.float() - mean_text.float(), dim=-1)
+
+
+def nearest_images(text_emb: torch.Tensor, bank: torch.Tensor, k: int = DEFAULT_KNN_K) -> torch.Tensor:
+    """Mean of the ``k`` rows of ``bank`` ``[N, D]`` with the highest cosine to each text ``[B, D]``, renormalised.
+
+    ``k`` larger than N uses the whole bank.
+    """
+    if bank.ndim != 2 or bank.shape[0] == 0:
+        raise BridgeError("the knn bridge needs a non-empty image bank (the pipeline's stats/image_bank)")
+    if k < 1:
+        raise BridgeError(f"knn needs k >= 1, got {k}")
+    bank = F.normalize(bank.float(), dim=-1)
+    sims = F.normalize(text_emb.float(), dim=-1) @ bank.T  # [B, N]
+    top = sims.topk(min(k, bank.shape[0]), dim=-1).indices  # [B, k]
+    return F.normalize(bank[top].mean(dim=1), dim=-1)
+
+
+def shift_prompts(labels: Sequence[str | None]) -> list[str]:
+    """The shift bridge's prompt set: the training labels through :data:`SHIFT_TEMPLATES`, or
+    :data:`GENERIC_PROMPTS` when no label is known."""
+    names = sorted({label for label in labels if label})
+    if not names:
+        return list(GENERIC_PROMPTS)
+    return [template.format(label=name) for name in names for template in SHIFT_TEMPLATES]
+
+
+def mean_text_embedding(encoder, prompts: Sequence[str]) -> torch.Tensor:
+    """Mean ``[D]`` of the L2-normalised CLIP text embeddings of ``prompts`` (not renormalised,
+    like the stored mean image embedding, so the shift is the difference of the two centroids)."""
+    if not prompts:
+        raise BridgeError("the shift bridge needs at least one prompt")
+    return encoder.encode_texts(list(prompts)).mean(dim=0)

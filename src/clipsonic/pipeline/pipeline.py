@@ -1,0 +1,307 @@
+"""``CLIPSonicPipeline``: text, image or video in; audio out.
+
+    pipe = CLIPSonicPipeline.from_pretrained("runs/vgg/pipeline")
+    out = pipe(text="dog barking", mode="pd", guidance_scale=1.5, num_inference_steps=50, seed=0)
+    out.audios        # float32 [B, samples] at out.sample_rate
+    out.mels          # float32 log-mel [B, 64, frames]
+    out.condition     # float32 [B, D]: the embeddings the mel model was conditioned on
+
+Modes (clipsonic.bridges): ``iq`` for images and videos; for text ``zs``, ``pd`` (needs a prior),
+``shift`` and ``knn`` (need the stats component). Default: image/video → iq; text → pd when the
+pipeline has a prior, else zs.
+
+``negative_text``: its embedding, bridged like a text query (in the query's mode, or the default
+text mode for image/video queries), replaces the learned null condition in the unconditional
+branch of classifier-free guidance, so guidance steers *away* from it: with the default "cfg"
+formula ``eps = eps(neg) + w · (eps(query) − eps(neg))``. At w = 1 the unconditional branch is not
+evaluated and the negative has no effect.
+
+Seeds: output row i (query-major: query q's samples are rows q·num_samples …) draws its initial
+noise, then its prior sample, from its own generator (``seed + i``), so a batch gives exactly what
+the same queries give one at a time. The stochastic samplers (``ddpm``, ``ddim`` with eta > 0)
+draw fresh noise at every step from one generator per sampler call; to keep that per-row, rows
+are then sampled one after another (slower on a GPU than one batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from clipsonic import bridges
+from clipsonic.audio import MelConfig, denormalize
+from clipsonic.data.dataset import ClipModelRef
+from clipsonic.diffusion import SAMPLERS, DiffusionConfig, GaussianDiffusion
+from clipsonic.errors import ClipsonicError
+from clipsonic.pipeline import loading
+from clipsonic.pipeline.queries import (
+    DEFAULT_VIDEO_FRAMES,
+    MAX_SECONDS,
+    QueryError,
+    encode_query,
+    expand_seeds,
+    parse_query,
+    resolve_frames,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STEPS = 50
+DEFAULT_SAMPLER = "ddim"
+
+
+class PipelineError(ClipsonicError):
+    """The pipeline cannot do what was asked (a mode it lacks, bad settings)."""
+
+
+@dataclasses.dataclass
+class CLIPSonicOutput:
+    """What a pipeline call returns; B = queries × num_samples rows, query-major."""
+
+    audios: np.ndarray  # float32 [B, frames * hop]
+    sample_rate: int
+    mels: np.ndarray  # float32 log-mel [B, n_mels, frames]
+    condition: np.ndarray  # float32 [B, D]: the (bridged) embeddings the mel model was conditioned on
+    mode: str
+    queries: list[str]  # [B] a short name of each row's query
+    seeds: list[int] | None  # [B] per-row seeds (None when generators were passed)
+    durations: list[float] | None = None  # [B] seconds of each row's video, for video queries
+    mel_config: MelConfig | None = None  # the front end of ``mels``
+
+
+class _NegativeConditioned(nn.Module):
+    """Wraps the mel model so its unconditional branch sees ``negative`` [B, D] instead of the null vector.
+
+    The guided denoiser passes each sample's condition with ``drop_cond`` set on the unconditional
+    rows, in sample order (all B of them, whichever guidance layout it uses).
+    """
+
+    def __init__(self, model: nn.Module, negative: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.negative = model, negative
+
+    def forward(self, x, t, cond, drop_cond=None):
+        if drop_cond is None or not bool(drop_cond.any()):
+            return self.model(x, t, cond, drop_cond)
+        if int(drop_cond.sum()) != self.negative.shape[0]:
+            raise PipelineError(f"{int(drop_cond.sum())} unconditional rows for {self.negative.shape[0]} negatives")
+        cond = cond.clone()
+        cond[drop_cond] = self.negative.to(cond.dtype)
+        return self.model(x, t, cond, torch.zeros_like(drop_cond))
+
+
+class CLIPSonicPipeline:
+    """The components of a pipeline directory, and the one way to run them: :meth:`__call__`."""
+
+    def __init__(self, *, unet: nn.Module, diffusion: DiffusionConfig, encoder, mel: MelConfig, clip: ClipModelRef,
+                 stats=None, prior=None, vocoder=None, training: dict[str, Any] | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        from clipsonic.vocoder.griffinlim import GriffinLimVocoder
+
+        self.unet = unet.eval().requires_grad_(False)
+        self.diffusion = GaussianDiffusion(diffusion)
+        self.encoder, self.mel, self.clip = encoder, mel, clip
+        self.stats, self.prior = stats, prior
+        self.vocoder_is_fallback = vocoder is None
+        self.vocoder = vocoder if vocoder is not None else GriffinLimVocoder(mel).to(self.device)
+        self.training = dict(training or {})
+        self.dtype = dtype  # autocast dtype of the mel model (None: float32)
+        self._mean_text: dict[tuple[str, ...], torch.Tensor] = {}
+
+    # --- loading and saving -------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = None,
+                        dtype: torch.dtype | str | None = None, *, clip_model: str | None = None,
+                        vocoder: str | os.PathLike | None = None, check_clip: bool = True) -> CLIPSonicPipeline:
+        """Load a pipeline directory (see clipsonic.export for its layout).
+
+        Args:
+            device: default cuda when available, else cpu.
+            dtype: float16 / bfloat16 run the mel model under autocast (GPU); default float32.
+            clip_model: load the CLIP from here instead of the name in model_index.json (e.g. a local
+                copy); its weights must be the same (fingerprint checked unless ``check_clip=False``).
+            vocoder: a vocoder directory to use instead of the pipeline's, or "griffin-lim".
+        """
+        return cls(**loading.load_components(path, device, dtype, clip_model=clip_model, vocoder=vocoder,
+                                             check_clip=check_clip))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write this pipeline as a directory ``from_pretrained`` reads (the Griffin-Lim fallback is not saved)."""
+        return loading.save_components(self, directory)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def sample_rate(self) -> int:
+        return self.mel.sample_rate
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The modes this pipeline can run (pd needs a prior; shift and knn the stats component)."""
+        have = {"iq": True, "zs": True, "pd": self.prior is not None, "shift": self.stats is not None,
+                "knn": self.stats is not None and len(self.stats.image_bank) > 0}
+        return tuple(m for m in bridges.MODES if have[m])
+
+    def default_mode(self, kind: str) -> str:
+        """iq for image, video and embedding queries; for text pd with a prior, else zs."""
+        if kind != "text":
+            return "iq"
+        return "pd" if self.prior is not None else "zs"
+
+    def to(self, device: str | torch.device) -> CLIPSonicPipeline:
+        self.unet.to(device)
+        self.vocoder.to(device)
+        if self.prior is not None:
+            self.prior.to(device)
+        return self
+
+    # --- the bridges ---------------------------------------------------------------------------
+    def _bridge(self, mode: str, texts: list[str], emb: torch.Tensor, generators: list[torch.Generator], *,
+                prior_guidance_scale: float | None, prior_steps: int | None, knn_k: int) -> torch.Tensor:
+        """Text embeddings [B, D] → image-space embeddings [B, D] by ``mode`` (iq: unchanged)."""
+        if mode in ("iq", "zs"):
+            return bridges.zero_shot(emb)
+        if mode == "pd":
+            return self.prior.sample(texts, emb, self.encoder, generators=generators,
+                                     guidance_scale=prior_guidance_scale, steps=prior_steps)
+        if mode == "shift":
+            prompts = tuple(bridges.shift_prompts(self.stats.bank_labels))
+            if prompts not in self._mean_text:
+                self._mean_text[prompts] = bridges.mean_text_embedding(self.encoder, prompts)
+            return bridges.modality_shift(emb, self.stats.mean_image_embedding, self._mean_text[prompts])
+        return bridges.nearest_images(emb, self.stats.image_bank, knn_k)
+
+    def _check(self, kind: str, mode: str | None, guidance_scale: float, steps: int, sampler: str,
+               num_samples: int) -> str:
+        mode = mode or self.default_mode(kind)
+        if mode not in bridges.MODES:
+            raise PipelineError(f"unknown mode {mode!r}; choose one of {list(bridges.MODES)}")
+        if (mode == "iq") != (kind != "text"):
+            raise PipelineError(f"mode {mode!r} does not take a {kind} query "
+                                f"({'iq is for images and videos' if mode == 'iq' else 'text modes: ' + ', '.join(bridges.TEXT_MODES)})")
+        if mode not in self.modes:
+            need = "a prior component (clipsonic prior attach)" if mode == "pd" else "the stats component (re-export the run)"
+            raise PipelineError(f"mode {mode!r} needs {need}; this pipeline can run {', '.join(self.modes)}")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or not guidance_scale >= 0:
+            raise PipelineError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.diffusion.num_timesteps:
+            raise PipelineError(f"num_inference_steps must be an integer in 1..{self.diffusion.num_timesteps}, got {steps!r}")
+        if sampler not in SAMPLERS:
+            raise PipelineError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise PipelineError(f"num_samples must be a positive integer, got {num_samples!r}")
+        return mode
+
+    # --- generation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        text: str | Sequence[str] | None = None,
+        image: Any = None,
+        video: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        image_embeds: torch.Tensor | np.ndarray | None = None,
+        *,
+        mode: str | None = None,
+        guidance_scale: float = 1.5,
+        num_inference_steps: int = DEFAULT_STEPS,
+        sampler: str = DEFAULT_SAMPLER,
+        seed: int | Sequence[int] | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        num_samples: int = 1,
+        seconds: float | None = None,
+        negative_text: str | None = None,
+        video_frames: str = "mean",
+        num_frames: int = DEFAULT_VIDEO_FRAMES,
+        eta: float = 0.0,
+        prior_guidance_scale: float | None = None,
+        prior_steps: int | None = None,
+        knn_k: int = bridges.DEFAULT_KNN_K,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> CLIPSonicOutput:
+        """Generate ``num_samples`` clips per query (see the module docstring for modes, seeds, negatives).
+
+        Exactly one query: ``text``, ``image`` (path / PIL / uint8 array, or a list), ``video`` (path(s)),
+        or ``image_embeds`` (precomputed CLIP image embeddings ``[Q, D]``, conditioned on as IQ).
+
+        ``seconds`` rounds to a multiple of the UNet's downsampling (8 frames = 0.256 s); default:
+        the video's length for video queries, else one training clip. At most MAX_SECONDS (60 s).
+        ``video_frames``: "mean" of ``num_frames`` frames, "first" or "middle".
+        """
+        # 1. Check inputs
+        query = parse_query(text, image, video, image_embeds)
+        mode = self._check(query.kind, mode, guidance_scale, num_inference_steps, sampler, num_samples)
+        if negative_text is not None and not (isinstance(negative_text, str) and negative_text.strip()):
+            raise QueryError("negative_text must be a non-empty string")
+        if query.kind != "video":  # lengths are checked before any slow work
+            frames = resolve_frames(seconds, None, self.mel, self.unet.config.downsample_factor)
+
+        # 2. Encode the query with CLIP: [Q, D]
+        emb, durations = encode_query(query, self.encoder, pooling=video_frames, num_frames=num_frames,
+                                      max_seconds=seconds or MAX_SECONDS)
+        if query.kind == "video":
+            frames = resolve_frames(seconds, durations, self.mel, self.unet.config.downsample_factor)
+
+        # 3. One row per output (query-major) and one generator per row; x_T first, so a seed gives
+        #    the same initial noise in every mode
+        batch = len(query) * num_samples
+        rows = torch.arange(len(query)).repeat_interleave(num_samples)  # [B] query index of each row
+        gens, seeds = expand_seeds(seed, generator, batch)
+        shape = (1, self.unet.config.in_channels, self.mel.n_mels, frames)
+        x_T = torch.cat([torch.randn(shape, generator=g, device=g.device) for g in gens])  # [B, 1, n_mels, F]
+
+        # 4. Bridge to the image-embedding space: [B, D]
+        texts = [query.items[int(r)] for r in rows] if query.kind == "text" else []
+        bridge = dict(prior_guidance_scale=prior_guidance_scale, prior_steps=prior_steps, knn_k=knn_k)
+        cond = self._bridge(mode, texts, emb[rows], gens, **bridge)
+        negative = None
+        if negative_text is not None:
+            neg_mode = mode if mode != "iq" else self.default_mode("text")
+            neg_emb = self.encoder.encode_texts([negative_text.strip()]).expand(batch, -1)
+            negative = self._bridge(neg_mode, [negative_text.strip()] * batch, neg_emb, gens, **bridge)
+
+        # 5. Denoise: x_0 [B, 1, n_mels, F] in [-1, 1]
+        x0 = self._denoise(cond, negative, x_T, gens, sampler=sampler, steps=num_inference_steps,
+                           guidance_scale=float(guidance_scale), eta=eta, progress=progress)
+
+        # 6. Post-process: log-mel → waveform
+        logmel = denormalize(x0[:, 0].float(), self.mel)  # [B, n_mels, F]
+        audio = self.vocoder(logmel.to(self.vocoder.device))  # [B, F * hop]
+        return CLIPSonicOutput(
+            audios=audio.float().cpu().numpy(), sample_rate=self.sample_rate, mels=logmel.cpu().numpy(),
+            condition=cond.float().cpu().numpy(), mode=mode, queries=[query.describe(int(r)) for r in rows],
+            seeds=seeds, durations=[durations[int(r)] for r in rows] if durations else None, mel_config=self.mel)
+
+    def _denoise(self, cond: torch.Tensor, negative: torch.Tensor | None, x_T: torch.Tensor,
+                 gens: list[torch.Generator], *, sampler: str, steps: int, guidance_scale: float, eta: float,
+                 progress: Callable[[int, int], None] | None) -> torch.Tensor:
+        """Run the sampler on all rows at once, or row by row when it draws noise at every step."""
+        device = self.device
+        stochastic = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
+        groups = [[i] for i in range(len(cond))] if stochastic and len(cond) > 1 else [list(range(len(cond)))]
+        outputs = []
+        for n, rows in enumerate(groups):
+            model = self.unet if negative is None else _NegativeConditioned(self.unet, negative[rows].to(device))
+            report = None if progress is None else (lambda i, k, n=n: progress(n * k + i, len(groups) * k))
+            autocast = (torch.autocast(device.type, dtype=self.dtype) if self.dtype not in (None, torch.float32)
+                        else contextlib.nullcontext())
+            with autocast:
+                outputs.append(self.diffusion.sample(
+                    model, tuple(x_T[rows].shape), cond[rows].to(device), sampler=sampler, steps=steps,
+                    guidance_scale=guidance_scale, generator=gens[rows[0]], eta=eta, progress=report,
+                    x_T=x_T[rows].to(device)))
+        return torch.cat(outputs)
+
+    def __repr__(self) -> str:
+        return (f"CLIPSonicPipeline(clip={self.clip.model!r}, modes={list(self.modes)}, "
+                f"vocoder={'griffin-lim (fallback)' if self.vocoder_is_fallback else self.vocoder!r})")

@@ -1,0 +1,34 @@
+"""Diffusion priors: CLIP text embedding → CLIP image embedding (the paper's PD mode).
+
+    from clipsonic.prior import load_prior, attach_prior
+    prior = load_prior("pipeline/prior")          # ours (train-prior) or a Karlo PriorTransformer
+    image_emb = prior.sample(texts, text_emb, encoder, generators=[...])   # [B, D], L2-normalised
+
+Files: ``network.py`` (our PriorNet), ``ours.py`` (it + Gaussian diffusion, its directory),
+``karlo.py`` (diffusers PriorTransformer checkpoints), ``loading.py`` (any prior directory),
+``attach.py`` (into a pipeline), ``data.py`` (image-caption pairs), ``train.py`` (train-prior).
+"""
+
+from clipsonic.prior.attach import attach_prior
+from clipsonic.prior.base import Prior, PriorError, check_same_clip
+from clipsonic.prior.loading import load_prior, resolve_prior_dir
+from clipsonic.prior.network import PRIOR_PRESETS, PriorNet, PriorNetConfig
+from clipsonic.prior.ours import DiffusionPrior, PriorConfig
+from clipsonic.prior.train import PriorTrainConfig, PriorTrainResult, train_prior
+
+__all__ = [
+    "PRIOR_PRESETS",
+    "DiffusionPrior",
+    "Prior",
+    "PriorConfig",
+    "PriorError",
+    "PriorNet",
+    "PriorNetConfig",
+    "PriorTrainConfig",
+    "PriorTrainResult",
+    "attach_prior",
+    "check_same_clip",
+    "load_prior",
+    "resolve_prior_dir",
+    "train_prior",
+]
