@@ -2,8 +2,11 @@
 
 Written through the real :class:`ShardWriter` / :func:`encode_sample`, as ``clipsonic preprocess
 --keep-audio`` would: per clip a class tone with a little noise (``flac``, 16 kHz), its BigVGAN
-log-mel (``mel.npy``), K "frame embeddings" = class prototype + noise, L2-normalised
-(``clip.npy``), and ``json`` with the label. Everything is a pure function of ``seed``.
+log-mel (``mel.npy``), K frame embeddings (``clip.npy``), the middle frame (``jpg``: a picture of
+one colour per class) and ``json`` with the label. With ``encoder`` (a CLIP from
+``clipsonic.encoders.load_clip``) the embeddings are that CLIP's embeddings of the class picture,
+as preprocess computes them; without, class prototype + noise, L2-normalised. Everything is a
+pure function of ``seed``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from clipsonic.data.dataset import ClipModelRef, DatasetInfo
 from clipsonic.data.shards import ShardWriter, encode_sample
 
 LABELS = ("dog barking", "violin", "car engine", "rain", "flute", "siren")
+COLOURS = ((230, 30, 30), (30, 200, 40), (40, 60, 230), (240, 220, 40), (230, 40, 220), (30, 220, 220))
 
 
 def pipeline_refs(pipeline_dir: str | Path) -> tuple[MelConfig, ClipModelRef]:
@@ -39,14 +43,32 @@ def class_tone(class_index: int, variant: int, samples: int, sample_rate: int, r
     return wav.astype(np.float32)
 
 
+def class_picture(class_index: int) -> np.ndarray:
+    """uint8 ``[32, 32, 3]``: one colour per class."""
+    return np.broadcast_to(np.array(COLOURS[class_index % len(COLOURS)], np.uint8), (32, 32, 3)).copy()
+
+
+def _jpg(picture: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(picture).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
 def make_eval_dataset(root: str | Path, mel: MelConfig, clip: ClipModelRef, *, test_clips: int = 6,
                       train_clips: int = 0, n_classes: int = 3, frames_per_clip: int = 3, labels: bool = True,
-                      audio: bool = True, seed: int = 0) -> DatasetInfo:
+                      audio: bool = True, encoder=None, label_names: tuple[str, ...] = LABELS,
+                      seed: int = 0) -> DatasetInfo:
     """Write ``root`` with a ``test`` split (and optionally a ``train`` split) of class tones."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    prototypes = rng.normal(size=(n_classes, clip.dim))
+    if encoder is not None:
+        prototypes = encoder.encode_images([class_picture(c) for c in range(n_classes)]).numpy().astype(np.float64)
+    else:
+        prototypes = rng.normal(size=(n_classes, clip.dim))
+    noise = 0.0 if encoder is not None else 0.3
     splits = {}
     for split, count in (("train", train_clips), ("test", test_clips)):
         if count == 0:
@@ -57,18 +79,18 @@ def make_eval_dataset(root: str | Path, mel: MelConfig, clip: ClipModelRef, *, t
             c = i % n_classes
             wav = class_tone(c, i // n_classes, mel.clip_samples, mel.sample_rate, rng)
             logmel = mel_spectrogram(torch.from_numpy(wav), mel).numpy()
-            emb = prototypes[c] + 0.3 * rng.normal(size=(frames_per_clip, clip.dim))
+            emb = prototypes[c] + noise * rng.normal(size=(frames_per_clip, clip.dim))
             emb /= np.linalg.norm(emb, axis=1, keepdims=True)
             meta = {"source": f"synthetic/{split}-{i:05d}.mp4", "start": 0.0, "split": split,
                     "frame_times": [float(t) for t in np.linspace(0.5, 3.5, frames_per_clip)]}
             if labels:
-                meta["label"] = LABELS[c % len(LABELS)]
+                meta["label"] = label_names[c % len(label_names)]
             flac = None
             if audio:
                 buf = io.BytesIO()
                 soundfile.write(buf, wav, mel.sample_rate, format="FLAC", subtype="PCM_16")
                 flac = buf.getvalue()
-            writer.write(encode_sample(f"{split}-{i:05d}", logmel, emb, meta, flac=flac))
+            writer.write(encode_sample(f"{split}-{i:05d}", logmel, emb, meta, jpg=_jpg(class_picture(c)), flac=flac))
         writer.finalize()
         splits[split] = {"shards": names, "clips": count}
     info = DatasetInfo(root=root, mel=mel, clip=clip, frames_per_clip=frames_per_clip, splits=splits,

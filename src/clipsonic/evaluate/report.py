@@ -96,7 +96,11 @@ def format_markdown(ev: Evaluation) -> str:
         for mode, sets in sweep.items():
             cells = {s.guidance: f"{_fmt(s.fad, 2)} / {_fmt(s.clap, 3)}" for s in sets}
             lines.append(f"| {mode} | " + " | ".join(cells.get(g, "") for g in scales) + " |")
-    notes = list(ev.notes) + [f"{s.name}: {p}" for s in ev.sets for p in s.problems]
+    problems: dict[str, list[str]] = {}  # the same problem in many sets: one line naming them
+    for s in ev.sets:
+        for p in s.problems:
+            problems.setdefault(p, []).append(s.name)
+    notes = list(ev.notes) + [f"{', '.join(names)}: {p}" for p, names in problems.items()]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

@@ -152,6 +152,8 @@ def run_evaluation(model_dir: str | os.PathLike, data_dir: str | os.PathLike, ou
         raise EvaluationError(f"{info.root}: {len(no_audio)} '{config.split}' clip(s) have no stored audio "
                               f"(e.g. {no_audio[0]}); FAD needs the real audio: re-run preprocess with --keep-audio")
     modes = resolve_modes(config.modes, gen.modes, clips, notes)
+    if "iq" in modes and gen.describe().get("iq_condition"):
+        notes.append(f"IQ conditions on the {gen.describe()['iq_condition']}")
     fad_embedder, clap_embedder = _embedders(config)
     if not fad_embedder.comparable:
         notes.append(f"FAD uses {fad_embedder.name}: a plumbing/sanity metric, NOT comparable with published FADs")
