@@ -150,6 +150,10 @@ def test_evaluate_refuses_bad_inputs(tiny_pipeline_dir, tmp_path, capsys):  # no
     code = cli_main(["evaluate", "--model", str(tiny_pipeline_dir), "--data", str(tmp_path / "ok"), "--out",
                      str(tmp_path / "r"), "--modes", "iq,xyz"])
     assert code == 2 and "unknown mode" in capsys.readouterr().err
+    code = cli_main(["evaluate", "--model", str(tiny_pipeline_dir), "--data", str(tmp_path / "ok"), "--out",
+                     str(tmp_path / "r"), "--embedder", "mel-stats", "--sampler", "euler-magic", "--device", "cpu"])
+    assert code == 2 and "unknown sampler 'euler-magic'" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "audio").exists()  # refused before any audio was written
 
 
 class _NaNForFirstClip(PipelineGenerator):

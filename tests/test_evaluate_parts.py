@@ -33,6 +33,7 @@ def test_load_test_clips_reads_labels_frames_mels_and_audio(tmp_path):
     info = make_eval_dataset(tmp_path / "data", MEL, CLIP, test_clips=5)
     clips = load_test_clips(read_dataset_info(tmp_path / "data"), "test", num_clips=3)
     assert [c.key for c in clips] == ["test-00000", "test-00002", "test-00004"]
+    assert [c.index for c in clips] == [0, 2, 4]  # split positions: they seed each clip
     assert [c.label for c in clips] == [LABELS[0], LABELS[2], LABELS[1]]
     c = clips[0]
     assert c.image_embedding.shape == (16,) and np.linalg.norm(c.image_embedding) == pytest.approx(1, abs=1e-2)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from clipsonic.data.dataset import DatasetInfo
+from clipsonic.errors import ClipsonicError
 from clipsonic.evaluate.config import EvalConfig
 from clipsonic.evaluate.generator import model_fingerprint
 from clipsonic.evaluate.testset import EvalClip
@@ -34,6 +35,12 @@ class PipelineGenerator:
         self.pipe = pipe if pipe is not None else CLIPSonicPipeline.from_pretrained(self.model_dir, device=config.device)
         self.steps = config.steps or DEFAULT_STEPS
         self.sampler = config.sampler or DEFAULT_SAMPLER
+        from clipsonic.diffusion import SAMPLERS
+
+        if self.sampler not in SAMPLERS:  # refused before any audio is made, not after the reference sets
+            raise ClipsonicError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(sorted(SAMPLERS))}")
+        if not 1 <= self.steps <= self.pipe.diffusion.num_timesteps:
+            raise ClipsonicError(f"--steps must be in 1..{self.pipe.diffusion.num_timesteps}, got {self.steps}")
         self.sample_rate = int(self.pipe.sample_rate)
         self.modes = tuple(self.pipe.modes)
         self.seconds: float | None = None

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -135,12 +136,68 @@ def _embedders(config: EvalConfig) -> tuple[AudioEmbedder, TextAudioEmbedder | N
     return fad, clap  # type: ignore[return-value]
 
 
+@dataclasses.dataclass
+class _Run:
+    """What every step of one evaluation shares."""
+
+    out: Path
+    config: EvalConfig
+    gen: Generator
+    clips: list[EvalClip]
+    data: dict  # identifies the dataset's content: cached audio is reused only for the same
+    fad_cache: EmbeddingCache
+    clap_cache: EmbeddingCache | None
+    tick: _Counter
+    folders: dict[str, Path] = dataclasses.field(default_factory=dict)
+
+    def score(self, result: SetResult, clips: Sequence[EvalClip], reference: EmbeddingStats | None) -> EmbeddingStats:
+        return _score(result, self.folders[result.name], clips, reference, self.fad_cache, self.clap_cache,
+                      self.config.clap_template, self.tick)
+
+
+def _real_sets(run: _Run, sample_rate: int) -> tuple[list[SetResult], EmbeddingStats]:
+    """The reference set (real audio, its statistics) and the vocoder's reconstruction of the real mels."""
+    clips, batch = run.clips, run.config.batch_size
+    reference = SetResult("reference", "reference", None)
+    run.folders["reference"] = run.out / "audio" / "reference"
+    _produce(run.folders["reference"], run.data, clips, lambda idx: [clips[i].audio for i in idx], batch,
+             sample_rate, reference, run.tick)
+    stats = run.score(reference, clips, None)
+    recon = SetResult("reconstruction", "reconstruction", None)
+    run.folders["reconstruction"] = run.out / "audio" / "reconstruction"
+    _produce(run.folders["reconstruction"], {**run.gen.settings(), **run.data}, clips,
+             lambda idx: run.gen.reconstruct([clips[i].logmel for i in idx]), batch, run.gen.sample_rate,
+             recon, run.tick)
+    return [reference, recon], stats
+
+
+def _generated_sets(run: _Run, modes: Sequence[str]) -> list[SetResult]:
+    """Audio for every (mode, w); clip i of the split always gets seed + i (common random numbers)."""
+    results = []
+    cfg = run.config
+    for name, mode, w in set_names(modes, cfg.guidance_scales):
+        result = SetResult(name, mode, w)
+        subset = [c for c in run.clips if mode == "iq" or c.label]
+        queries = [None if mode == "iq" else cfg.text_template.format(label=c.label) for c in subset]
+        settings = {**run.gen.settings(), **run.data, "mode": mode, "guidance": w, "seed": cfg.seed,
+                    "text_template": cfg.text_template}
+        run.tick(name, 2 * (len(run.clips) - len(subset)))
+
+        def make(idx: list[int], mode=mode, w=w, subset=subset, queries=queries) -> list[np.ndarray]:
+            picked = [subset[i] for i in idx]
+            return run.gen.generate(mode, picked, [queries[i] for i in idx], w, [cfg.seed + c.index for c in picked])
+
+        run.folders[name] = run.out / "audio" / mode / f"w{w:g}"
+        _produce(run.folders[name], settings, subset, make, cfg.batch_size, run.gen.sample_rate, result, run.tick)
+        results.append(result)
+    return results
+
+
 def run_evaluation(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                    config: EvalConfig | None = None, *, generator: Generator | None = None,
                    progress: Progress | None = None) -> Evaluation:
     """Evaluate ``model_dir`` on ``data_dir``'s test split; writes everything under ``out_dir``."""
     config = config or EvalConfig()
-    out = Path(out_dir)
     notes: list[str] = []
     # 1. Inputs
     info = read_dataset_info(data_dir)
@@ -157,56 +214,29 @@ def run_evaluation(model_dir: str | os.PathLike, data_dir: str | os.PathLike, ou
     fad_embedder, clap_embedder = _embedders(config)
     if not fad_embedder.comparable:
         notes.append(f"FAD uses {fad_embedder.name}: a plumbing/sanity metric, NOT comparable with published FADs")
-    cache = out / "embeddings"
-    fad_cache = EmbeddingCache(cache, fad_embedder)
-    clap_cache = EmbeddingCache(cache, clap_embedder) if clap_embedder is not None else None
-    generated = set_names(modes, config.guidance_scales)
-    tick = _Counter(total=len(clips) * 2 * (2 + len(generated)), callback=progress)
+    out = Path(out_dir)
+    data = {"dataset": str(info.root), "split": config.split,
+            "dataset_json": hashlib.sha256((info.root / "dataset.json").read_bytes()).hexdigest()[:16]}
+    n_sets = 2 + len(modes) * len(config.guidance_scales)
+    run = _Run(out, config, gen, clips, data, EmbeddingCache(out / "embeddings", fad_embedder),
+               EmbeddingCache(out / "embeddings", clap_embedder) if clap_embedder is not None else None,
+               _Counter(total=len(clips) * 2 * n_sets, callback=progress))
 
-    # 2. Reference (real audio) and vocoder reconstruction of the real mels
-    reference = SetResult("reference", "reference", None)
-    folders = {"reference": out / "audio" / "reference", "reconstruction": out / "audio" / "reconstruction"}
-    _produce(folders["reference"], {"dataset": str(info.root), "split": config.split}, clips,
-             lambda idx: [clips[i].audio for i in idx], config.batch_size, info.mel.sample_rate, reference, tick)
-    ref_stats = _score(reference, folders["reference"], clips, None, fad_cache, clap_cache, config.clap_template, tick)
-    recon = SetResult("reconstruction", "reconstruction", None)
-    _produce(folders["reconstruction"], {**gen.settings(), "dataset": str(info.root)}, clips,
-             lambda idx: gen.reconstruct([clips[i].logmel for i in idx]), config.batch_size, gen.sample_rate,
-             recon, tick)
-    results = [reference, recon]
-
-    # 3. Generations per (mode, w); clip i always gets seed + i (common random numbers across modes and w)
-    seeds = {c.key: config.seed + i for i, c in enumerate(clips)}
-    for name, mode, w in generated:
-        result = SetResult(name, mode, w)
-        subset = [c for c in clips if mode == "iq" or c.label]
-        queries = [None if mode == "iq" else config.text_template.format(label=c.label) for c in subset]
-        settings = {**gen.settings(), "mode": mode, "guidance": w, "seed": config.seed,
-                    "text_template": config.text_template, "dataset": str(info.root)}
-        tick(name, 2 * (len(clips) - len(subset)))
-
-        def make(idx: list[int], mode=mode, w=w, subset=subset, queries=queries) -> list[np.ndarray]:
-            picked = [subset[i] for i in idx]
-            return gen.generate(mode, picked, [queries[i] for i in idx], w, [seeds[c.key] for c in picked])
-
-        folders[name] = out / "audio" / mode / f"w{w:g}"
-        _produce(folders[name], settings, subset, make, config.batch_size, gen.sample_rate, result, tick)
-        results.append(result)
-
-    # 4. Scores (reference statistics first; every set against them)
-    for result in results[1:]:
-        subset = clips if result.mode in ("iq", "reconstruction") else [c for c in clips if c.label]
-        _score(result, folders[result.name], subset, ref_stats, fad_cache, clap_cache, config.clap_template, tick)
-    log.info("embeddings: %d computed, %d from cache", fad_cache.misses, fad_cache.hits)
+    # 2. Reference and reconstruction; 3. generations per (mode, w)
+    results, ref_stats = _real_sets(run, info.mel.sample_rate)
+    generated = _generated_sets(run, modes)
+    # 4. Scores: every set against the reference statistics
+    for result in results[1:] + generated:
+        run.score(result, clips if result.mode in ("iq", "reconstruction") else [c for c in clips if c.label], ref_stats)
+    log.info("embeddings: %d computed, %d from cache", run.fad_cache.misses, run.fad_cache.hits)
 
     # 5. Report
     evaluation = Evaluation(
         config=config.to_dict(), model=gen.describe(),
         dataset={"path": str(info.root), "split": config.split, "clips": len(clips),
                  "split_clips": info.num_clips(config.split), "clip_model": info.clip.describe()},
-        embedder=_describe(fad_embedder),
-        clap=_describe(clap_embedder) if clap_embedder is not None else None,
-        sets=results, notes=notes,
+        embedder=_describe(fad_embedder), clap=_describe(clap_embedder) if clap_embedder is not None else None,
+        sets=results + generated, notes=notes,
     )
     write_report(evaluation, out)
     return evaluation

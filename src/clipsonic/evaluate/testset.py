@@ -27,6 +27,7 @@ class EvalClip:
     image_embedding: np.ndarray  # [D] float32, L2-normalised (the middle stored frame)
     logmel: np.ndarray  # [n_mels, frames] float32
     audio: np.ndarray | None  # [samples] float32 at the dataset's sample rate (None: no flac stored)
+    index: int = 0  # position in the split (stable whatever --num-clips picks: it seeds the clip)
 
 
 def pick_indices(total: int, count: int | None) -> list[int]:
@@ -83,7 +84,7 @@ def load_test_clips(info: DatasetInfo, split: str = "test", num_clips: int | Non
         audio = _decode_audio(sample["flac"], key, info.mel.sample_rate) if "flac" in sample else None
         label = meta.get("label")
         clips.append(EvalClip(key, str(label) if label not in (None, "") else None,
-                              frames[frames.shape[0] // 2], logmel, audio))
+                              frames[frames.shape[0] // 2], logmel, audio, index))
     if not clips:
         raise DatasetError(f"{info.root}: no samples read from the '{split}' split")
     log.info("evaluation set: %d of %d '%s' clips", len(clips), total, split)
