@@ -279,3 +279,13 @@ def test_panns_network_shapes_and_missing_weights(tmp_path):
     torch.save({"model": {"fc1.weight": torch.zeros(1)}}, tmp_path / "bad.pth")
     with pytest.raises(EmbedderError, match="not a PANNs CNN14 checkpoint"):
         load_embedder("panns", tmp_path / "bad.pth")
+
+
+def test_vggish_convert_command(tmp_path, capsys):
+    from clipsonic.embedders.vggish import main
+
+    assert main(["only-one-arg"]) == 2
+    torch.save({"x": torch.zeros(1)}, tmp_path / "not-vggish.pth")
+    assert main([str(tmp_path / "not-vggish.pth"), str(tmp_path / "out.safetensors")]) == 2
+    assert "does not hold VGGish weights" in capsys.readouterr().err
+    assert not (tmp_path / "out.safetensors").exists()

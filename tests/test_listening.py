@@ -166,3 +166,11 @@ def test_cli_make(tmp_path):
     assert code == 0
     assert len(read_key(tmp_path / "t")["trials"]) == 4
     assert cli_main(["listening-test", "make", "--systems", "no-equals-sign", "--out", str(tmp_path / "u")]) == 2
+
+
+def test_score_finds_the_key_above_the_answers(test_dir, capsys):
+    key = read_key(test_dir)
+    (test_dir / "answers").mkdir()
+    answers = write_answers(test_dir / "answers" / "ann.csv", key, "ann", {"CLIPSonic-PD": [(5, 5)]})
+    assert cli_main(["listening-test", "score", str(answers)]) == 0  # no --test: key.json two folders up
+    assert "| CLIPSonic-PD | 5.00 (n=1) |" in capsys.readouterr().out
