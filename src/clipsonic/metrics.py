@@ -193,14 +193,17 @@ def _as_frames(embeddings: np.ndarray) -> np.ndarray:
     return x
 
 
-def fad_from_stats(reference: EmbeddingStats, generated: EmbeddingStats) -> float:
-    """FAD between two sets of statistics; raises when either has fewer than 2 embeddings."""
+def fad_from_stats(reference: EmbeddingStats, generated: EmbeddingStats, warn: bool = True) -> float:
+    """FAD between two sets of statistics; raises when either has fewer than 2 embeddings.
+
+    ``warn``: log :meth:`EmbeddingStats.problems` (callers that report them otherwise pass False).
+    """
     if reference.dim != generated.dim:
         raise MetricError(f"reference embeddings are {reference.dim}-d but generated ones {generated.dim}-d")
     for name, stats in (("reference", reference), ("generated", generated)):
         if stats.count < 2:
             raise MetricError(f"the {name} set has {stats.count} embedding(s); FAD needs at least 2")
-        for problem in stats.problems():
+        for problem in stats.problems() if warn else ():
             log.warning("FAD %s set: %s", name, problem)
     return frechet_distance(reference.mean, reference.covariance, generated.mean, generated.covariance)
 

@@ -120,7 +120,7 @@ def _score(result: SetResult, folder: Path, clips: Sequence[EvalClip], reference
     result.problems += stats.problems()
     if reference is not None:
         try:
-            result.fad = fad_from_stats(reference, stats)
+            result.fad = fad_from_stats(reference, stats, warn=False)  # problems go to the report
         except MetricError as exc:
             result.problems.append(f"no FAD: {exc}")
     if texts:
@@ -229,6 +229,12 @@ def run_evaluation(model_dir: str | os.PathLike, data_dir: str | os.PathLike, ou
     for result in results[1:] + generated:
         run.score(result, clips if result.mode in ("iq", "reconstruction") else [c for c in clips if c.label], ref_stats)
     log.info("embeddings: %d computed, %d from cache", run.fad_cache.misses, run.fad_cache.hits)
+    problems: dict[str, list[str]] = {}
+    for result in results + generated:
+        for problem in result.problems:
+            problems.setdefault(problem, []).append(result.name)
+    for problem, names in problems.items():
+        log.warning("%s: %s", ", ".join(names), problem)
 
     # 5. Report
     evaluation = Evaluation(
