@@ -129,8 +129,11 @@ def _score(result: SetResult, folder: Path, clips: Sequence[EvalClip], reference
 
 
 def _embedders(config: EvalConfig) -> tuple[AudioEmbedder, TextAudioEmbedder | None]:
-    fad = load_embedder(config.embedder, config.embedder_weights, device=config.device)
-    if isinstance(fad, TextAudioEmbedder) and config.clap_weights in (None, config.embedder_weights):
+    weights = config.embedder_weights
+    if config.embedder == "clap" and weights is None:  # --embedder clap --clap-weights X: one CLAP for both
+        weights = config.clap_weights
+    fad = load_embedder(config.embedder, weights, device=config.device)
+    if isinstance(fad, TextAudioEmbedder) and config.clap_weights in (None, weights):
         return fad, fad
     clap = load_embedder("clap", config.clap_weights, device=config.device) if config.clap_weights else None
     return fad, clap  # type: ignore[return-value]
