@@ -174,3 +174,14 @@ def test_nan_audio_is_left_out_and_reported(tiny_pipeline_dir, tmp_path):  # noq
     assert zs.excluded == ["test-00000"] and zs.clips == 2 and zs.fad is not None
     assert not (tmp_path / "r" / "audio" / "zs" / "w1.5" / "test-00000.wav").exists()
     assert json.loads((tmp_path / "r" / "results.json").read_text())["sets"][2]["excluded"] == ["test-00000"]
+
+
+def test_clap_as_fad_embedder_reuses_one_model(tmp_path, monkeypatch):
+    from clipsonic.evaluate.run import _embedders
+
+    monkeypatch.setitem(sys.modules, "laion_clap", types.SimpleNamespace(CLAP_Module=_StandInClap))
+    torch.save({"state_dict": torch.nn.Linear(4, 512).state_dict()}, tmp_path / "clap.pt")
+    fad, clap = _embedders(EvalConfig(embedder="clap", clap_weights=str(tmp_path / "clap.pt"), device="cpu"))
+    assert fad is clap and fad.name == "clap"
+    fad, clap = _embedders(EvalConfig(embedder="mel-stats", device="cpu"))
+    assert fad.name == "mel-stats" and clap is None
