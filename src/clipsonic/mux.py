@@ -94,7 +94,7 @@ def mux_audio(video: str | os.PathLike, audio: np.ndarray, sample_rate: int, out
     try:
         _remux(video, audio, sample_rate, start, Path(tmp), fmt, codec)
         os.replace(tmp, out)
-    except av.error.FFmpegError as exc:
+    except (av.error.FFmpegError, ValueError) as exc:  # PyAV refuses some codec/container pairs with ValueError
         raise MuxError(f"cannot copy the video of {video} into {out} ({exc}); a container that "
                        f"stores its codec (often the input's own extension) avoids this") from None
     finally:

@@ -64,7 +64,7 @@ def make_tiny_pipeline(path: str | Path, clip_dir: str | Path, with_prior: bool 
     extra = {}
     if with_prior:
         extra["prior"] = DiffusionPrior(net, prior_config, clip, training={"note": "random"}).save_pretrained
-    return write_pipeline_dir(path, unet=unet, diffusion=DiffusionConfig(num_timesteps=1000),
+    return write_pipeline_dir(path, unet=unet, diffusion=DiffusionConfig(num_timesteps=1000, prediction="v"),
                               mel=MelConfig(clip_samples=TINY_FRAMES * 512), clip=clip, stats=stats,
                               training={"dataset": "none: random weights for tests"}, extra_components=extra)
 

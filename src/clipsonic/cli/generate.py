@@ -79,9 +79,26 @@ def _read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+class _LazyBar:
+    """A tqdm bar over sampling steps, created at the first step (so early errors print no bar)."""
 
+    def __init__(self, desc: str | None) -> None:
+        self.desc, self.bar = desc, None
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="step", dynamic_ncols=True, file=sys.stderr)
+        self.bar.total, self.bar.n = total, done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_generate(args: argparse.Namespace) -> int:
     from clipsonic.pipeline import DEFAULT_STEPS, CLIPSonicPipeline
     from clipsonic.pipeline.outputs import check_target, save_generation
     from clipsonic.pipeline.queries import QueryError, parse_query
@@ -99,23 +116,24 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"note: {args.model} has no vocoder; using Griffin-Lim (lower quality; see clipsonic train-vocoder)",
               file=sys.stderr)
     per_call = args.batch_size if query.kind == "text" else 1
-    steps = args.steps or DEFAULT_STEPS
-    bar = tqdm(total=len(query), unit="query", dynamic_ncols=True, file=sys.stderr)
+    steps = DEFAULT_STEPS if args.steps is None else args.steps
     written = []
-    try:
-        for start in range(0, len(query), per_call):
-            items = query.items[start:start + per_call]
-            rows = len(items) * args.num_samples
-            seeds = None if args.seed is None else [args.seed + start * args.num_samples + i for i in range(rows)]
+    for start in range(0, len(query), per_call):
+        items = query.items[start:start + per_call]
+        rows = len(items) * args.num_samples
+        seeds = None if args.seed is None else [args.seed + start * args.num_samples + i for i in range(rows)]
+        # the bar appears with the first sampling step, after the query files were read and checked
+        bar = _LazyBar(f"{start + 1}-{start + len(items)}/{len(query)}" if len(query) > 1 else None)
+        try:
             out = pipe(**{query.kind: items}, mode=args.mode, guidance_scale=args.guidance, num_inference_steps=steps,
                        sampler=args.sampler, seed=seeds, num_samples=args.num_samples, seconds=args.seconds,
-                       negative_text=args.negative, video_frames=args.video_frames, num_frames=args.num_frames)
-            written += save_generation(out, args.out, videos=[items[int(i) // args.num_samples] for i in range(rows)]
-                                       if query.kind == "video" else None, save_mel=args.save_mel,
-                                       first_index=start * args.num_samples)
-            bar.update(len(items))
-    finally:
-        bar.close()
+                       negative_text=args.negative, video_frames=args.video_frames, num_frames=args.num_frames,
+                       progress=bar.update)
+        finally:
+            bar.close()
+        videos = [items[i // args.num_samples] for i in range(rows)] if query.kind == "video" else None
+        written += save_generation(out, args.out, videos=videos, save_mel=args.save_mel,
+                                   first_index=start * args.num_samples)
     for path in written:
         print(path)
     log.info("mode %s, guidance %g, %s %d steps", out.mode, args.guidance, args.sampler, steps)

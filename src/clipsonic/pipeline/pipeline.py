@@ -243,6 +243,12 @@ class CLIPSonicPipeline:
         mode = self._check(query.kind, mode, guidance_scale, num_inference_steps, sampler, num_samples)
         if negative_text is not None and not (isinstance(negative_text, str) and negative_text.strip()):
             raise QueryError("negative_text must be a non-empty string")
+        if prior_steps is not None and (isinstance(prior_steps, bool) or not isinstance(prior_steps, int) or prior_steps < 1):
+            raise PipelineError(f"prior_steps must be a positive integer, got {prior_steps!r}")
+        if prior_guidance_scale is not None and not prior_guidance_scale >= 0:
+            raise PipelineError(f"prior_guidance_scale must be >= 0, got {prior_guidance_scale!r}")
+        if isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1:
+            raise PipelineError(f"knn_k must be a positive integer, got {knn_k!r}")
         if query.kind != "video":  # lengths are checked before any slow work
             frames = resolve_frames(seconds, None, self.mel, self.unet.config.downsample_factor)
 
