@@ -214,8 +214,10 @@ def griffin_lim(
     window = torch.hann_window(config.win_length, device=logmel.device)
     kw = dict(n_fft=config.n_fft, hop_length=config.hop_length, win_length=config.win_length, window=window)
     length = (frames - 1) * config.hop_length
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    angles = torch.exp(2j * math.pi * torch.rand(mag.shape, generator=gen)).to(mag.device)
+    # one starting phase per row, from the same seed: a clip's audio must not depend on its batch
+    gen = torch.Generator(device="cpu")
+    phases = torch.stack([torch.rand(mag.shape[1:], generator=gen.manual_seed(seed)) for _ in range(mag.shape[0])])
+    angles = torch.exp(2j * math.pi * phases).to(mag.device)
     prev = torch.zeros_like(angles)
     for _ in range(n_iter):
         wav = torch.istft(mag * angles, center=True, length=length, **kw)
