@@ -234,7 +234,7 @@ def test_seeking_gives_the_same_audio(video, tmp_path, monkeypatch, caplog, name
     path = (write_audio(tmp_path / name, seconds=3, sample_rate=48000, audio=noise) if name.startswith("a.")
             else video("long_" + name, **{**VIDEOS[name], "seconds": 3.5, "channels": 1, "audio": noise}))
     decoded = load_audio(path, sample_rate=SR, start=2.2, duration=0.6)
-    monkeypatch.setattr(media, "AUDIO_SEEK_MIN_S", 0.0)
+    monkeypatch.setattr(media.audio, "AUDIO_SEEK_MIN_S", 0.0)
     with caplog.at_level(logging.DEBUG, logger="clipsonic.media"):
         seeked = load_audio(path, sample_rate=SR, start=2.2, duration=0.6)
     assert "decoding from the start" not in caplog.text  # the seek was used, not the fallback
@@ -290,7 +290,7 @@ def test_accurate_seek_with_one_keyframe(video, monkeypatch, caplog):
     keyframes = [p.pts for p in container.demux(video=0) if p.is_keyframe and p.pts is not None]
     assert len(keyframes) == 1  # only the first frame: every other frame needs decoding forward
     times = [2.5, 0.5, 1.5, 2.0, 1.999, 2.96]
-    monkeypatch.setattr(media, "FRAME_SEEK_GAP_S", 0.0)
+    monkeypatch.setattr(media.frames, "FRAME_SEEK_GAP_S", 0.0)
     with caplog.at_level(logging.DEBUG, logger="clipsonic.media"):
         pictures = load_frames(path, times)
     assert "seeking" not in caplog.text  # the index shows no keyframe ahead: one decoding pass
@@ -302,7 +302,7 @@ def test_accurate_seek_with_one_keyframe(video, monkeypatch, caplog):
 
 def test_seek_lands_between_keyframes(video, monkeypatch, caplog):
     path = video("gop25.mp4", seconds=6, gop=25)
-    monkeypatch.setattr(media, "FRAME_SEEK_GAP_S", 0.5)
+    monkeypatch.setattr(media.frames, "FRAME_SEEK_GAP_S", 0.5)
     times = [5.5, 0.1, 3.2, 3.7, 3.99, 2.3]
     with caplog.at_level(logging.DEBUG, logger="clipsonic.media"):
         pictures = load_frames(path, times)
