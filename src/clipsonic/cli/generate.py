@@ -90,8 +90,8 @@ class _LazyBar:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=self.desc, unit="step", dynamic_ncols=True, file=sys.stderr)
-        self.bar.total, self.bar.n = total, done
-        self.bar.refresh()
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -87,13 +88,14 @@ def run_train_prior(args: argparse.Namespace) -> int:
     if args.templates:
         flags["templates"] = tuple(args.templates)
     config = run_config(args.out, flags, args.resume)  # refuses a bad resume before any slow work
-    bar = tqdm(total=config.max_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=config.max_steps, unit="step", dynamic_ncols=True, file=sys.stderr,
+               disable=os.environ.get("RANK", "0") != "0")  # one bar under a multi-process launcher
 
     def progress(step: int, total: int, last: dict) -> None:
-        bar.total, bar.n = total, step
+        bar.total = total
         if last:
             bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
-        bar.refresh()
+        bar.update(step - bar.n)  # tqdm rate-limits its redraws
 
     try:
         result = train_prior(args.pairs, args.out, config, resume=args.resume, clip_model=args.clip_model,
@@ -101,6 +103,8 @@ def run_train_prior(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     m = result.metrics
+    if not result.main_process:  # under a launcher, one process reports
+        return 0
     if m:
         print(f"{result.prior_dir}: {result.steps} steps; held-out mean cosine to the image embedding: "
               f"text {m['cos_zs']:.3f} (zs), shift {m['cos_shift']:.3f}, prior {m['cos_prior']:.3f}")

@@ -98,7 +98,8 @@ class PriorTrainResult:
     run_dir: Path
     prior_dir: Path
     steps: int
-    metrics: dict[str, float]  # the last validation record
+    metrics: dict[str, float]  # the last validation record (empty on processes other than the main one)
+    main_process: bool = True
 
 
 def run_config(run_dir: Path, flags: dict[str, Any], resume: bool) -> PriorTrainConfig:
@@ -310,7 +311,8 @@ def train_prior(source: str | os.PathLike, run_dir: str | os.PathLike, config: P
         _export(DiffusionPrior(ema.model, prior_config, pairs.clip, training=training), prior_dir)
     logs.close()
     accelerator.wait_for_everyone()
-    return PriorTrainResult(run_dir=run_dir, prior_dir=prior_dir, steps=step, metrics=metrics)
+    return PriorTrainResult(run_dir=run_dir, prior_dir=prior_dir, steps=step, metrics=metrics,
+                            main_process=accelerator.is_main_process)
 
 
 def _export(prior: DiffusionPrior, target: Path) -> None:
