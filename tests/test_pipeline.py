@@ -222,3 +222,25 @@ def test_pd_mode_without_prior_is_refused(tiny_pipeline_dir):  # noqa: F811
     assert pipe.default_mode("text") == "zs"
     with pytest.raises(PipelineError, match="needs a prior"):
         pipe(text="a", mode="pd", **FAST)
+
+
+def test_an_attached_vocoder_is_used_and_saved(tiny_pipeline_dir, tmp_path):  # noqa: F811
+    import shutil
+
+    from clipsonic.vocoder.griffinlim import GriffinLimConfig, GriffinLimVocoder
+    from clipsonic.vocoder.loading import attach_vocoder
+
+    pipe_dir = shutil.copytree(tiny_pipeline_dir, tmp_path / "pipe")
+    default = CLIPSonicPipeline.from_pretrained(pipe_dir, device="cpu")
+    mel = default.mel
+    GriffinLimVocoder(mel, GriffinLimConfig(n_iter=4, seed=1)).save_pretrained(tmp_path / "voc")
+    attach_vocoder(pipe_dir, tmp_path / "voc")
+    pipe = CLIPSonicPipeline.from_pretrained(pipe_dir, device="cpu")
+    assert not pipe.vocoder_is_fallback and pipe.vocoder.config.n_iter == 4
+    out = pipe(text="a dog", mode="zs", seed=0, **FAST)
+    assert not np.allclose(out.audios, default(text="a dog", mode="zs", seed=0, **FAST).audios)
+    assert np.array_equal(out.mels, default(text="a dog", mode="zs", seed=0, **FAST).mels)
+    copy = CLIPSonicPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "copy"), device="cpu")
+    assert np.array_equal(copy(text="a dog", mode="zs", seed=0, **FAST).audios, out.audios)
+    forced = CLIPSonicPipeline.from_pretrained(pipe_dir, device="cpu", vocoder="griffin-lim")
+    assert forced.vocoder.config.n_iter == GriffinLimConfig().n_iter
