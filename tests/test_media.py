@@ -458,3 +458,15 @@ def test_save_audio_is_atomic_and_rejects_bad_input(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.flac"]  # no temporary files left
     with pytest.raises(MediaError, match="use .wav or .flac"):
         save_audio(tmp_path / "x.mp3", np.zeros(10, np.float32), 16000)
+
+
+def test_saved_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        save_audio(tmp_path / "a.wav", np.zeros(160, np.float32), 16000)
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.wav").stat().st_mode) == 0o644

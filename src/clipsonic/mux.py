@@ -11,12 +11,12 @@ complete: ``out`` is either the whole result or untouched.
 from __future__ import annotations
 
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from clipsonic.config import atomic_output
 from clipsonic.errors import ClipsonicError
 
 # Output container by extension → (FFmpeg format, audio encoder). AAC where the container is
@@ -88,17 +88,12 @@ def mux_audio(video: str | os.PathLike, audio: np.ndarray, sample_rate: int, out
     n = int(round(duration * sample_rate))
     audio = np.clip(np.pad(audio[:n], (0, max(0, n - audio.size))), -1.0, 1.0)
     fmt, codec = CONTAINERS[suffix]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=f".tmp{suffix}")
-    os.close(fd)
     try:
-        _remux(video, audio, sample_rate, start, Path(tmp), fmt, codec)
-        os.replace(tmp, out)
+        with atomic_output(out) as tmp:
+            _remux(video, audio, sample_rate, start, tmp, fmt, codec)
     except (av.error.FFmpegError, ValueError) as exc:  # PyAV refuses some codec/container pairs with ValueError
         raise MuxError(f"cannot copy the video of {video} into {out} ({exc}); a container that "
                        f"stores its codec (often the input's own extension) avoids this") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return out
 
 

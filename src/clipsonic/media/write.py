@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile
 
+from clipsonic.config import atomic_output
 from clipsonic.media._container import MediaError, _check_rate, _reason
 
 log = logging.getLogger(__name__)
@@ -56,17 +56,8 @@ def save_audio(path: str | os.PathLike, audio: Any, sample_rate: int) -> None:
         log.warning("%s: audio peaks at %.3f, beyond [-1, 1]; scaling it down %.2f dB instead of clipping",
                     path, peak, 20 * math.log10(peak))
         data = data / np.float32(peak)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            soundfile.write(fh, data, rate, format=fmt)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            soundfile.write(tmp, data, rate, format=fmt)
     except (OSError, RuntimeError, ValueError) as exc:  # soundfile.LibsndfileError is a RuntimeError
         raise MediaError(f"{path}: writing {fmt} failed ({_reason(exc)})") from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
