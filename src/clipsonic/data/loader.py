@@ -1,0 +1,253 @@
+"""Streaming training batches from a dataset directory's WebDataset shards, with an exact position.
+
+Every process (rank) reads an endless stream of batches. Each of its DataLoader workers plays
+one *role*; a (rank, role) pair is a *reader slot*, ``slot = rank · W + role`` of
+``S = world_size · W`` slots. The order of everything is a pure function of
+``(seed, epoch, slot)``:
+
+1. Epoch ``e``'s shard order is a permutation drawn from ``(seed, e)``, the same on all slots.
+2. Split: with at least ``S`` shards, slot ``s`` reads shards ``order[s::S]`` (shard-level split);
+   with fewer (a tiny dataset, one shard on two ranks), every slot reads all shards in that order
+   and keeps the samples whose running index ``i`` has ``i % S == s`` (sample-level split).
+   Either way the slots of one epoch partition the split.
+3. A shuffle buffer (``shuffle_buffer`` samples) drawn from ``(seed, e, slot)`` mixes the stream.
+4. Each sample gives ``mel`` (the log-mel normalised to about [-1, 1], ``[1, 64, F]`` float32)
+   and ``cond``: one of its K frame embeddings (``[D]`` float32), row chosen from
+   ``(seed, e, key)`` so a clip sees different frames in different epochs.
+5. A worker batches ``batch_size`` consecutive samples of its stream; when epoch ``e`` ends it
+   carries on with ``e + 1`` (batches may straddle epochs; training counts steps, not epochs).
+
+Position: the DataLoader delivers batches from workers 0, 1, …, W−1, 0, … in turn, so a rank's
+stream is known exactly from the number of batches taken and, per role, the ``(epoch, samples
+consumed in that epoch)`` reached. :meth:`TrainStream.position` returns that as JSON; a stream
+built with it continues with exactly the batch that would have come next (skipped samples are
+re-read from the shards but not decoded). A position saved with another world size, worker count,
+batch size, seed or shard list cannot be continued exactly: the stream then restarts each role at
+the start of the earliest epoch recorded, with a warning.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipsonic.audio import MelConfig, normalize
+from clipsonic.data.dataset import DatasetError, DatasetInfo
+
+log = logging.getLogger(__name__)
+
+# Files a training sample needs; flac/jpg bytes are skipped by the tar reader.
+TRAIN_FIELDS = ("mel.npy", "clip.npy", "json")
+
+
+def decode_npy(payload: bytes) -> np.ndarray:
+    """A ``.npy`` payload → array (never unpickles)."""
+    return np.load(io.BytesIO(payload), allow_pickle=False)
+
+
+def iter_raw_samples(paths: Iterable[str], fields: Iterable[str] = TRAIN_FIELDS) -> Iterator[dict[str, Any]]:
+    """Undecoded samples (``__key__`` + the requested files as bytes) of the shards, in order."""
+    import webdataset as wds
+
+    wanted = set(fields)
+
+    def select(name: str) -> bool:
+        return name.split(".", 1)[-1] in wanted
+
+    for path in paths:
+        for sample in wds.tariterators.tarfile_samples([{"url": str(path)}], select_files=select):
+            missing = [f for f in wanted if f not in sample]
+            if missing:
+                raise DatasetError(f"{path}: sample {sample['__key__']!r} has no {missing}; re-run preprocess")
+            yield sample
+
+
+def _rng(*words: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(w) & 0xFFFFFFFF for w in words]))
+
+
+@dataclass(frozen=True)
+class StreamLayout:
+    """What shapes a rank's sample order: equal layouts give equal streams."""
+
+    shards: tuple[str, ...]
+    batch_size: int
+    seed: int
+    rank: int
+    world_size: int
+    num_workers: int  # DataLoader workers (0: read in the training process = one role)
+    shuffle_buffer: int
+
+    @property
+    def roles(self) -> int:
+        return max(1, self.num_workers)
+
+    @property
+    def slots(self) -> int:
+        return self.world_size * self.roles
+
+    def key(self) -> dict[str, Any]:
+        """The fields a saved position must match to be continued exactly (rank excluded: each rank saves its own)."""
+        return {"shards": list(self.shards), "batch_size": self.batch_size, "seed": self.seed,
+                "world_size": self.world_size, "num_workers": self.num_workers, "shuffle_buffer": self.shuffle_buffer}
+
+
+def epoch_samples(layout: StreamLayout, role: int, epoch: int) -> Iterator[dict[str, Any]]:
+    """Slot (layout.rank, role)'s undecoded samples of one epoch, shuffled; see the module doc, steps 1–3."""
+    slot = layout.rank * layout.roles + role
+    order = [layout.shards[i] for i in _rng(layout.seed, epoch).permutation(len(layout.shards))]
+    if len(order) >= layout.slots:  # shard-level split
+        stream: Iterable[dict[str, Any]] = iter_raw_samples(order[slot::layout.slots])
+    else:  # sample-level split: every slot reads everything and keeps its residue class
+        stream = (s for i, s in enumerate(iter_raw_samples(order)) if i % layout.slots == slot)
+    return _shuffle(stream, layout.shuffle_buffer, _rng(layout.seed, epoch, 1, slot))
+
+
+def _shuffle(stream: Iterable[dict[str, Any]], size: int, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+    """Buffer shuffle: keep ``size`` samples, emit a random one for each new arrival, drain at the end."""
+    buffer: list[dict[str, Any]] = []
+    for sample in stream:
+        buffer.append(sample)
+        if len(buffer) >= max(1, size):
+            i = int(rng.integers(len(buffer)))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            yield buffer.pop()
+    while buffer:
+        i = int(rng.integers(len(buffer)))
+        buffer[i], buffer[-1] = buffer[-1], buffer[i]
+        yield buffer.pop()
+
+
+def decode_train_sample(raw: dict[str, Any], mel_config: MelConfig, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw sample → (mel ``[1, 64, F]`` float32 in diffusion space, cond ``[D]`` float32, one of K rows)."""
+    logmel = decode_npy(raw["mel.npy"]).astype(np.float32)  # [64, F]
+    clip = decode_npy(raw["clip.npy"]).astype(np.float32)  # [K, D]
+    if clip.ndim != 2 or logmel.ndim != 2:
+        raise DatasetError(f"sample {raw['__key__']!r}: mel.npy {logmel.shape} / clip.npy {clip.shape} are not 2-d")
+    row = int(_rng(seed, epoch, zlib.crc32(raw["__key__"].encode())).integers(clip.shape[0]))
+    mel = normalize(torch.from_numpy(logmel), mel_config).numpy()[None]
+    return mel, clip[row]
+
+
+class _RoleStream(torch.utils.data.IterableDataset):
+    """Endless batches of one role (one per DataLoader worker, or one in-process)."""
+
+    def __init__(self, layout: StreamLayout, mel_config: MelConfig, starts: list[tuple[int, int]], rotation: int):
+        super().__init__()
+        self.layout, self.mel_config, self.starts, self.rotation = layout, mel_config, starts, rotation
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        role = ((info.id if info is not None else 0) + self.rotation) % self.layout.roles
+        return role_batches(self.layout, self.mel_config, role, *self.starts[role])
+
+
+def role_batches(layout: StreamLayout, mel_config: MelConfig, role: int, epoch: int, offset: int) -> Iterator[dict[str, Any]]:
+    """Batches of one role from (epoch, samples consumed in it): ``mel [B, 1, 64, F]``, ``cond [B, D]``, ``keys``,
+    and the position after the batch (``role``, ``epoch``, ``offset``)."""
+    mels: list[np.ndarray] = []
+    conds: list[np.ndarray] = []
+    keys: list[str] = []
+    while True:
+        seen = 0
+        for i, raw in enumerate(epoch_samples(layout, role, epoch)):
+            seen += 1
+            if i < offset:
+                continue  # consumed before the resume: re-read, not decoded
+            mel, cond = decode_train_sample(raw, mel_config, layout.seed, epoch)
+            mels.append(mel)
+            conds.append(cond)
+            keys.append(raw["__key__"])
+            if len(keys) == layout.batch_size:
+                yield {"mel": torch.from_numpy(np.stack(mels)), "cond": torch.from_numpy(np.stack(conds)),
+                       "keys": keys, "role": role, "epoch": epoch, "offset": i + 1}
+                mels, conds, keys = [], [], []
+        if seen == 0:
+            raise DatasetError(
+                f"reader slot {layout.rank * layout.roles + role} of {layout.slots} got no samples in epoch {epoch}: "
+                f"the split has fewer clips than world_size × workers ({layout.world_size} × {layout.roles}); "
+                "use fewer --num-workers or processes"
+            )
+        epoch, offset = epoch + 1, 0
+
+
+class TrainStream:
+    """A rank's endless, exactly resumable stream of training batches (see the module doc).
+
+    Iterating yields dicts ``{"mel": [B, 1, 64, F] float32, "cond": [B, D] float32, "keys": [B] str, …}``;
+    :meth:`position` is the JSON-able place reached, to pass back as ``position`` when resuming.
+    """
+
+    def __init__(self, info: DatasetInfo, layout: StreamLayout, position: dict[str, Any] | None = None,
+                 pin_memory: bool = False):
+        if not layout.shards:
+            raise DatasetError(f"{info.root}: the training split has no shards; re-run preprocess")
+        self.info, self.layout, self.pin_memory = info, layout, pin_memory
+        self.batches, self.roles = self._resolve(position)
+
+    def _resolve(self, position: dict[str, Any] | None) -> tuple[int, list[tuple[int, int]]]:
+        fresh = [(0, 0)] * self.layout.roles
+        if position is None:
+            return 0, fresh
+        roles = [tuple(r) for r in position["roles"]]
+        if position.get("layout") == self.layout.key() and len(roles) == self.layout.roles:
+            return int(position["batches"]), roles  # type: ignore[return-value]
+        epoch = min(e for e, _ in roles)
+        log.warning("the saved data position was made with another data layout (world size, workers, batch "
+                    "size, seed or shards); restarting the data stream at the start of epoch %d", epoch)
+        return int(position["batches"]), [(epoch, 0)] * self.layout.roles
+
+    def position(self) -> dict[str, Any]:
+        """``{"batches", "epoch" (earliest role's), "samples" (taken by this rank), "roles": [[epoch, offset]…], "layout"}``."""
+        return {"batches": self.batches, "epoch": min(e for e, _ in self.roles),
+                "samples": self.batches * self.layout.batch_size,
+                "roles": [list(r) for r in self.roles], "layout": self.layout.key()}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rotation = self.batches % self.layout.roles  # the DataLoader starts at worker 0: give it the next role
+        dataset = _RoleStream(self.layout, self.info.mel, list(self.roles), rotation)
+        if self.layout.num_workers == 0:
+            source: Iterable[dict[str, Any]] = iter(dataset)
+        else:
+            source = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.layout.num_workers,
+                                                 pin_memory=self.pin_memory, prefetch_factor=4)
+        expected = rotation
+        for batch in source:
+            role = int(batch["role"])
+            if role != expected:  # cannot happen with in-order delivery; never mis-record a position
+                raise RuntimeError(f"data stream out of order: expected role {expected}, got {role}")
+            self.roles[role] = (int(batch["epoch"]), int(batch["offset"]))
+            self.batches += 1
+            expected = (expected + 1) % self.layout.roles
+            yield batch
+
+
+def load_fixed_samples(info: DatasetInfo, split: str, limit: int) -> dict[str, Any]:
+    """The first ``limit`` samples of a split in shard order, each with its middle frame's embedding.
+
+    Returns ``{"mel": [N, 1, 64, F] float32 (diffusion space), "cond": [N, D] float32, "keys", "labels"}``
+    (deterministic: the same every call; used for validation losses and sample conditions).
+    """
+    import json
+
+    mels, conds, keys, labels = [], [], [], []
+    for raw in iter_raw_samples(str(p) for p in info.shard_paths(split)):
+        if len(keys) >= limit:
+            break
+        logmel = decode_npy(raw["mel.npy"]).astype(np.float32)
+        clip = decode_npy(raw["clip.npy"]).astype(np.float32)
+        mels.append(normalize(torch.from_numpy(logmel), info.mel).numpy()[None])
+        conds.append(clip[clip.shape[0] // 2])
+        keys.append(raw["__key__"])
+        labels.append(json.loads(raw["json"]).get("label"))
+    if not keys:
+        raise DatasetError(f"{info.root}: the '{split}' split has no samples")
+    return {"mel": torch.from_numpy(np.stack(mels)), "cond": torch.from_numpy(np.stack(conds)),
+            "keys": keys, "labels": labels}
