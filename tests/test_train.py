@@ -1,0 +1,178 @@
+"""`clipsonic train`: exact resume, logs, faults (NaN, corrupt checkpoint, mismatched data), CLI errors."""
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from support.synthetic_dataset import make_synthetic_dataset, synthetic_mel_config
+
+from clipsonic.cli import main
+from clipsonic.data.dataset import DatasetError
+from clipsonic.errors import ClipsonicError
+from clipsonic.train import (
+    RunConfig,
+    RunDirError,
+    TrainingError,
+    list_checkpoints,
+    read_config_file,
+    read_metrics,
+    resolve_run_config,
+    train,
+)
+from clipsonic.train.config import ConfigFile
+
+# Tiny and fast: 12 clips of 16 frames, batches of 4, two DataLoader workers (their rotation and
+# epoch boundaries are part of what resume must reproduce).
+FLAGS = dict(preset="tiny", batch_size=4, lr=1e-3, num_workers=2, log_every=1, val_every=0, sample_every=0,
+             save_every=10, keep_last=5, prediction="v")
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("ds") / "d", 12, 3, frames=16, shards=2, test_clips=4)
+
+
+@pytest.fixture(scope="module")
+def straight(ds, tmp_path_factory):
+    """40 steps in one go, with validation and samples on (they must not disturb the trajectory)."""
+    run = tmp_path_factory.mktemp("runs") / "straight"
+    train(ds.root, run, flags={**FLAGS, "max_steps": 40, "save_every": 20, "val_every": 20, "sample_every": 40},
+          config_file=ConfigFile({"sample_steps": 4, "val_samples": 4}, {}, {}), export=False)
+    return run
+
+
+def losses(run):
+    return {r["step"]: r["loss"] for r in read_metrics(run, "train")}
+
+
+def weights(run, step, which="model"):
+    return load_file(str(run / "checkpoints" / f"step-{step:07d}" / which / "model.safetensors"))
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_straight_run_layout_and_logs(straight):
+    assert [s for s, _ in list_checkpoints(straight)] == [40, 20]
+    ckpt = straight / "checkpoints" / "step-0000040"
+    names = sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file())
+    assert names == ["ema/config.json", "ema/model.safetensors", "model/config.json", "model/model.safetensors",
+                     "optimizer.json", "optimizer.safetensors", "rank-00000.safetensors", "state.json"]
+    assert not list(straight.rglob("*.pkl")) and not list(straight.rglob("*.pt")) and not list(straight.rglob("*.bin"))
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 40 and state["samples_seen"] == 160
+    train_records = read_metrics(straight, "train")
+    assert [r["step"] for r in train_records] == list(range(1, 41))
+    first, last = train_records[0], train_records[-1]
+    assert {"loss", "mse", "vlb", "lr", "grad_norm", "samples_per_s"} <= first.keys()
+    assert any(k.startswith("loss_q") for k in first)
+    assert last["loss"] < first["loss"]
+    val = read_metrics(straight, "val")
+    assert [r["step"] for r in val] == [20, 40] and val[1]["mse"] < val[0]["mse"] and "ema_loss" in val[0]
+    assert [r["step"] for r in read_metrics(straight, "sample")] == [40]
+    assert (straight / "samples" / "step-0000040.png").stat().st_size > 1000
+    assert (straight / "samples" / "step-0000040.wav").stat().st_size > 1000
+    assert list((straight / "tensorboard").glob("events.out.tfevents.*"))
+    # EMA differs from the weights but has moved away from the initial ones
+    assert not torch.equal(weights(straight, 40)["conv_out.weight"], weights(straight, 40, "ema")["conv_out.weight"])
+    assert weights(straight, 40, "ema")["conv_out.weight"].abs().sum() > 0  # zero-initialised layer
+
+
+def test_resume_equals_straight(ds, straight, tmp_path):
+    run = tmp_path / "resumed"
+    train(ds.root, run, flags={**FLAGS, "max_steps": 20}, export=False)
+    train(ds.root, run, flags={**FLAGS, "max_steps": 40}, resume=True, export=False)
+    assert [s for s, _ in list_checkpoints(run)][0] == 40
+    a, b = losses(run), losses(straight)
+    assert sorted(a) == list(range(1, 41))
+    for step in range(1, 41):
+        assert a[step] == pytest.approx(b[step], rel=1e-5, abs=1e-7), step
+    assert_same_weights(weights(run, 40), weights(straight, 40))
+    assert_same_weights(weights(run, 40, "ema"), weights(straight, 40, "ema"))
+
+
+def test_corrupt_last_checkpoint_falls_back(ds, straight, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    bad = run / "checkpoints" / "step-0000040" / "model" / "model.safetensors"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING):
+        train(ds.root, run, flags={**FLAGS, "max_steps": 40}, resume=True, export=False)
+    assert "skipping corrupt checkpoint" in caplog.text and "falling back to step-0000020" in caplog.text
+    a, b = losses(run), losses(straight)
+    assert sorted(a) == list(range(1, 41))  # steps 21-40 re-logged once, not twice
+    assert all(a[s] == pytest.approx(b[s], rel=1e-5, abs=1e-7) for s in range(21, 41))
+    assert_same_weights(weights(run, 40), weights(straight, 40))
+
+
+def test_nan_mel_stops_with_step_and_clip_named(tmp_path):
+    info = make_synthetic_dataset(tmp_path / "d", 4, 2, frames=16, shards=1, nan_keys=["clip-00002"])
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError) as err:
+        train(info.root, run, flags={**FLAGS, "num_workers": 0, "max_steps": 5, "save_every": 1})
+    message = str(err.value)
+    assert "step 1:" in message and "clip-00002 (NaN/inf in its mel)" in message
+    assert "clip-00001" not in message  # only the bad clip is named
+    assert list_checkpoints(run) == [] and not (run / "pipeline").exists()
+
+
+def test_dataset_that_does_not_fit_the_run_is_refused(straight, tmp_path):
+    other_mel = make_synthetic_dataset(tmp_path / "mel", 4, 2, frames=16, shards=1,
+                                       mel=synthetic_mel_config(16).replace(fmax=7000.0))
+    with pytest.raises(DatasetError) as err:
+        train(other_mel.root, straight, flags={**FLAGS, "max_steps": 41}, resume=True)
+    assert str(other_mel.root) in str(err.value) and str(straight) in str(err.value) and "fmax" in str(err.value)
+    other_dim = make_synthetic_dataset(tmp_path / "dim", 4, 2, frames=16, dim=8, shards=1)
+    with pytest.raises(DatasetError, match="8-d.*expects 16-d"):
+        train(other_dim.root, straight, flags={**FLAGS, "max_steps": 41}, resume=True)
+    other_clip = make_synthetic_dataset(tmp_path / "clip", 4, 2, frames=16, shards=1, clip_model="other/clip")
+    with pytest.raises(DatasetError, match="other/clip"):
+        train(other_clip.root, straight, flags={**FLAGS, "max_steps": 41}, resume=True)
+    assert [s for s, _ in list_checkpoints(straight)] == [40, 20]  # untouched
+
+
+def test_run_dir_rules_and_resume_flags(ds, straight, tmp_path):
+    with pytest.raises(RunDirError, match="already holds a run"):
+        train(ds.root, straight, flags=FLAGS)
+    with pytest.raises(RunDirError, match="no run to resume"):
+        train(ds.root, tmp_path / "new", flags=FLAGS, resume=True)
+    with pytest.raises(ClipsonicError, match="lr=0.001; resuming with lr=0.01"):
+        train(ds.root, straight, flags={**FLAGS, "lr": 1e-2}, resume=True)
+
+
+def test_saved_config_reproduces_the_run(ds, straight, tmp_path):
+    saved = RunConfig.load(straight / "config.json")
+    assert saved.train.preset == "tiny" and saved.unet.cond_dim == 16 and saved.diffusion.prediction == "v"
+    assert resolve_run_config(16, read_config_file(straight / "config.json")) == saved
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"train": {"preset": "small"}, "unet": {"dropout": 0.0}, "diffusion": {"p_uncond": 0.2}}))
+    cfg = resolve_run_config(16, read_config_file(partial), {"batch_size": 8, "prediction": "x0"})
+    assert (cfg.train.preset, cfg.train.batch_size, cfg.unet.base_channels, cfg.unet.dropout) == ("small", 8, 64, 0.0)
+    assert (cfg.diffusion.p_uncond, cfg.diffusion.prediction) == (0.2, "x0")
+    partial.write_text(json.dumps({"train": {"batch": 8}}))
+    with pytest.raises(ClipsonicError, match="unknown key.*'batch'"):
+        read_config_file(partial)
+    partial.write_text(json.dumps({"unet": {"cond_dim": 768}}))
+    with pytest.raises(ClipsonicError, match="cond_dim=768 but the dataset needs 16"):
+        resolve_run_config(16, read_config_file(partial))
+
+
+def test_cli_errors_are_one_line(ds, straight, tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
+    assert "not a clipsonic dataset" in capsys.readouterr().err
+    assert main(["train", str(ds.root), "--out", str(straight), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass --resume" in err
+    assert main(["train", str(ds.root)]) == 2
+    assert "--out RUN_DIR is required" in capsys.readouterr().err
+    assert main(["train", "export", str(tmp_path)]) == 2
+    assert "not a clipsonic run directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "accelerate launch" in capsys.readouterr().out
