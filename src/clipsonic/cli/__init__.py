@@ -20,7 +20,6 @@ COMMAND_MODULES = [
     "clipsonic.cli.media",
     "clipsonic.cli.preprocess",
     "clipsonic.cli.evaluate",
-    "clipsonic.cli.vocoder",
     "clipsonic.cli.train",
     "clipsonic.cli.generate",
     "clipsonic.cli.prior",
