@@ -2,7 +2,11 @@
 
 import json
 import logging
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -176,3 +180,29 @@ def test_cli_errors_are_one_line(ds, straight, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "accelerate launch" in capsys.readouterr().out
+
+
+def cli_args(ds, run, **overrides):
+    flags = {**FLAGS, **overrides}
+    args = [sys.executable, "-m", "clipsonic", "-q", "train", str(ds.root), "--out", str(run), "--no-export"]
+    for key, value in flags.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def test_sigkill_during_save_then_resume(ds, straight, tmp_path):
+    run = tmp_path / "killed"
+    env = {**os.environ, "CLIPSONIC_FAULT": "kill-in-save:20"}
+    proc = subprocess.run(cli_args(ds, run, max_steps=40), env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [s for s, _ in list_checkpoints(run)] == [10]
+    assert (run / "checkpoints" / ".tmp-step-0000020" / "model" / "model.safetensors").is_file()  # half a save
+    assert max(losses(run)) >= 20  # the killed run had logged past its last checkpoint
+    proc = subprocess.run(cli_args(ds, run, max_steps=40) + ["--resume"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not (run / "checkpoints" / ".tmp-step-0000020").exists()
+    assert [s for s, _ in list_checkpoints(run)] == [40, 30, 20, 10]
+    a, b = losses(run), losses(straight)
+    assert sorted(a) == list(range(1, 41))
+    assert all(a[s] == pytest.approx(b[s], rel=1e-5, abs=1e-7) for s in range(1, 41))
+    assert_same_weights(weights(run, 40), weights(straight, 40))

@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "made by `clipsonic preprocess`, on CPU, one GPU, or many (`accelerate launch`). "
                     "Checkpoints, metrics.jsonl, TensorBoard logs and samples go to RUN_DIR; at the end the "
                     "EMA weights are exported as a pipeline directory (RUN_DIR/pipeline).\n\n"
-                    "`clipsonic train export RUN_DIR [--out DIR] [--step N]` exports a run on demand.",
+                    "`clipsonic train export RUN_DIR [--out DIR] [--step N]` exports a run on demand.\n\n"
+                    "Several processes on a machine without GPUs: `accelerate launch --multi_gpu --num_processes N` "
+                    "or torchrun (accelerate's --cpu flag alone starts a single process unless given an MPI hostfile).",
         epilog=examples(
             "clipsonic train data/music --out runs/music                      # the paper's settings (GPU)",
             "clipsonic train data/mine --out runs/cpu --preset tiny --batch-size 16 --max-steps 2000 "
@@ -25,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "clipsonic train data/music --out runs/music --resume              # continue from the last checkpoint",
             "clipsonic train data/music --out runs/b --config runs/music/config.json   # reproduce a run",
             "accelerate launch --num_processes 2 -m clipsonic train data/vgg --out runs/vgg --precision bf16",
+            "accelerate launch --multi_gpu --num_processes 2 -m clipsonic train data/x --out runs/x --preset tiny"
+            "   # 2 CPU processes (gloo)",
             "clipsonic train export runs/music --out pipelines/music --step 200000",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -52,10 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, help="seed of initial weights, data order and noise (default 0)")
     g.add_argument("--num-workers", type=int, help="data-loading processes per training process (default 2)")
     g.add_argument("--prediction", choices=["epsilon", "v", "x0"], help="what the network predicts (default epsilon)")
-    g.add_argument("--no-export", action="store_true", help="do not export RUN_DIR/pipeline at the end")
+    g.add_argument("--no-export", action="store_true", help="do not export RUN_DIR/pipeline at the end of this invocation")
     e = p.add_argument_group("export")
     e.add_argument("--step", type=int, help="(export) the checkpoint to export (default: newest readable)")
-    e.add_argument("--data", type=Path, help="(export) dataset for the statistics (default: the run's)")
+    e.add_argument("--data", dest="stats_data", type=Path,
+                   help="(export) dataset for the statistics (default: the run's)")
     p.add_argument("--debug-weight-hashes", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run_train)
 
@@ -76,12 +81,11 @@ def run_train(args: argparse.Namespace) -> int:
     from clipsonic.train import read_config_file, train
 
     flags = {name: getattr(args, name) for name in FLAG_NAMES}
-    if args.no_export:
-        flags["export_at_end"] = False
     config_file = read_config_file(args.config) if args.config is not None else None
     with _Progress() as progress:
         run_dir = train(args.data, args.out, config_file=config_file, flags=flags, resume=args.resume,
-                        progress=progress, weight_hashes=args.debug_weight_hashes)
+                        progress=progress, export=False if args.no_export else None,
+                        weight_hashes=args.debug_weight_hashes)
     if _is_main_process():
         pipeline = run_dir / "pipeline"
         print(f"run: {run_dir}" + (f"\npipeline: {pipeline}" if pipeline.is_dir() else ""))
@@ -94,7 +98,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
     if args.run is None:
         raise ClipsonicError("usage: clipsonic train export RUN_DIR [--out DIR] [--step N]")
-    out = export_run(args.run, out=args.out, step=args.step, data_dir=args.data)
+    out = export_run(args.run, out=args.out, step=args.step, data_dir=args.stats_data)
     print(f"pipeline: {out}")
     return 0
 

@@ -63,6 +63,7 @@ class Trainer:
 
     def __init__(self, setup: RunSetup, accelerator, weight_hashes: bool = False):
         self.setup, self.accelerator, self.weight_hashes = setup, accelerator, weight_hashes
+        self.keys_seen: list[str] = []  # with weight_hashes: the clips this process trained on, in order
         self.config, self.run_dir = setup.config.train, setup.run_dir
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.device = accelerator.device
@@ -139,6 +140,8 @@ class Trainer:
             t0 = time.perf_counter()
             batch = next(batches)
             data_s += time.perf_counter() - t0
+            if self.weight_hashes:
+                self.keys_seen.extend(batch["keys"])
             x0 = batch["mel"].to(self.device, non_blocking=True)  # [B, 1, 64, F]
             cond = batch["cond"].to(self.device, non_blocking=True)  # [B, D]
             sync = contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(self.model)
@@ -257,14 +260,15 @@ class Trainer:
                 "epoch": position["epoch"], "samples_seen": position["samples"] * self.world}
 
     def _write_weight_hash(self) -> None:
-        """Debug aid (hidden CLI flag): each process writes a hash of its weights, to compare across ranks."""
+        """Debug aid (hidden CLI flag): each process writes a hash of its weights and the clips it saw
+        (in this invocation), to compare across ranks."""
         digest = hashlib.sha256()
         for name, tensor in sorted(self.accelerator.unwrap_model(self.model).state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
         write_json_atomic(self.run_dir / "debug" / f"weights-rank{self.rank}.json",
                           {"step": self.step, "sha256": digest.hexdigest(), "world_size": self.world,
-                           "data_position": self.stream.position()})
+                           "data_position": self.stream.position(), "keys_seen": self.keys_seen})
 
 
 def train(data_dir: str | Path, run_dir: str | Path, *, config_file: ConfigFile | None = None,
@@ -279,7 +283,9 @@ def train(data_dir: str | Path, run_dir: str | Path, *, config_file: ConfigFile 
 
     setup = prepare_run(data_dir, run_dir, config_file=config_file, flags=flags, resume=resume)
     try:
-        accelerator = Accelerator(mixed_precision=setup.config.train.precision)
+        # cpu=True on machines without CUDA: then several launched processes (`accelerate launch
+        # --multi_gpu`, torchrun) form a gloo group instead of each training alone.
+        accelerator = Accelerator(mixed_precision=setup.config.train.precision, cpu=not torch.cuda.is_available())
     except ValueError as exc:
         raise TrainingError(f"--precision {setup.config.train.precision}: {exc}") from None
     accelerator.wait_for_everyone()  # every process has read the run dir before rank 0 writes to it
