@@ -1,0 +1,124 @@
+"""Building blocks of :class:`~clipsonic.models.unet.MelUNet`, after improved-diffusion's ``unet.py``.
+
+Every block is a plain ``nn.Module`` whose forward has no data-dependent Python branches, so the
+whole network traces under ``torch.compile(fullgraph=True)``. Shapes: ``x`` is ``[B, C, H, W]``
+(``H`` mel bins, ``W`` frames), ``emb`` is the conditioning vector ``[B, E]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timestep indices, improved-diffusion's layout.
+
+    ``emb[:, i] = cos(t · ω_i)`` and ``emb[:, half + i] = sin(t · ω_i)`` with
+    ``ω_i = max_period^(−i/half)``. With ``max_period = 10000`` the slowest frequency turns by
+    only 0.4 rad over ``t ∈ [0, 4000]``, so every index up to 4000 maps to a distinct vector and
+    no rescaling of ``t`` is needed (improved-diffusion feeds raw indices for T = 4000 too).
+
+    Args:
+        t: ``[B]`` timestep indices (int or float).
+        dim: embedding width (an odd width gets a zero last column).
+    Returns:
+        ``[B, dim]`` float32.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]  # [B, half]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero a layer's parameters so a residual branch (or the network output) starts at 0."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """Residual block with AdaGN: ``GroupNorm(h) · (1 + scale) + shift``, scale/shift from ``emb``.
+
+    ``x → GN → SiLU → conv3x3 → AdaGN(emb) → SiLU → dropout → conv3x3 (zero-init) → + skip(x)``.
+    The zero-initialised last conv makes the block the identity at construction (improved-diffusion).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch)  # → [scale, shift]
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """``x [B, in_ch, H, W]``, ``emb [B, E]`` → ``[B, out_ch, H, W]``."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # [B, out_ch, 1, 1] each
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over all ``H·W`` positions, residual, output projection zero-init.
+
+    Cost grows with ``(H·W)²``: used only at coarse resolutions (see ``MelUNetConfig.attention_levels``).
+    """
+
+    def __init__(self, channels: int, num_heads: int, groups: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = zero_module(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [B, C, H, W]`` → ``[B, C, H, W]`` (``emb`` unused; accepted for a uniform call)."""
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
+        q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # each [B, heads, H·W, C/heads]
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, H·W, C/heads]
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    """Strided 3×3 conv: ``[B, C, H, W] → [B, C, H/2, W/2]`` (improved-diffusion's conv_resample)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest ×2 then 3×3 conv: ``[B, C, H, W] → [B, C, 2H, 2W]``."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class EmbedSequential(nn.Sequential):
+    """A ``Sequential`` whose layers all take ``(x, emb)``: one UNet stage (res-block [+ attention] [+ resample])."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        for layer in self:
+            x = layer(x, emb)
+        return x

@@ -1,0 +1,315 @@
+"""The mel diffusion network: a UNet over ``[B, 1, 64, frames]`` log-mels conditioned on a CLIP vector.
+
+It knows nothing of diffusion (improved-diffusion's split): it maps a noisy mel, timestep indices
+and a CLIP embedding to ``[ε, v]`` (``learn_sigma``) or ``ε``; ``clipsonic.diffusion`` decides what
+those channels mean.
+
+Why our own UNet and not diffusers' ``UNet2DModel(class_embed_type="identity",
+resnet_time_scale_shift="scale_shift")``: that model does give AdaGN with an added condition, but
+(1) its ``attention_head_dim`` and ``norm_num_groups`` are single numbers for the whole network,
+so improved-diffusion's fixed 4 heads and narrow CPU presets cannot both be expressed; (2) it has
+no zero-init of the output conv or of the residual branches, no stem to halve the resolution, and
+needs our projection and null vector wrapped around it anyway; (3) most importantly, saved
+checkpoints would be keyed by diffusers' internal module names, which have been renamed between
+releases while we accept ``diffusers>=0.30``. The network below is improved-diffusion's (blocks in
+``layers.py``), readable in one sitting, with state-dict keys that only this package controls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from clipsonic.config import Config, ConfigError, write_json_atomic
+from clipsonic.errors import ClipsonicError
+from clipsonic.models.layers import (
+    AttentionBlock,
+    Downsample,
+    EmbedSequential,
+    ResBlock,
+    Upsample,
+    timestep_embedding,
+    zero_module,
+)
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class ModelLoadError(ClipsonicError):
+    """A saved network directory is missing a file or its weights do not fit its config."""
+
+
+class MelShapeError(ClipsonicError, ValueError):
+    """An input tensor has a shape the network cannot process (wrong channels, frames, batch)."""
+
+
+@dataclass(frozen=True)
+class MelUNetConfig(Config):
+    """Architecture of :class:`MelUNet`. Defaults are the ``"paper"`` preset (improved-diffusion's
+    ImageNet-64 UNet: the paper trains Improved DDPM on 64-band mels and does not state the size)."""
+
+    in_channels: int = 1  # one log-mel "image" channel
+    learn_sigma: bool = True  # output [ε, v] (2·in channels): Improved DDPM's learned variance range
+    cond_dim: int = 768  # CLIP ViT-L/14 embedding width (the public CLIP priors live in that space)
+    base_channels: int = 128  # improved-diffusion 64×64: 128
+    channel_mult: tuple[int, ...] = (1, 2, 3, 4)  # per level; 64 bins → 64, 32, 16, 8 (3 downsamplings)
+    num_res_blocks: int = 3  # per level on the way down; the way up has one more (skip of the resample)
+    # Levels (0 = finest) that get self-attention after each res-block. If the coarsest level is
+    # listed, the middle block gets attention too. Attention costs (H·W)²: keep it coarse.
+    attention_levels: tuple[int, ...] = (2, 3)  # 16×F/4 and 8×F/8, as improved-diffusion's 16 and 8
+    num_heads: int = 4  # improved-diffusion's fixed head count (ignored when head_channels > 0)
+    head_channels: int = 0  # > 0: heads = channels // head_channels instead (guided-diffusion style)
+    # improved-diffusion used 0.3 on CIFAR-10 and 0 on ImageNet-64; VGGSound (~200k clips) and
+    # MUSIC (far fewer) are much smaller than ImageNet, so some dropout.
+    dropout: float = 0.1
+    norm_groups: int = 32  # GroupNorm groups; must divide every level's channel count
+    # Pixel-unshuffle the input by this factor (1 = none): 2 turns [1, 64, F] into [4, 32, F/2]
+    # before the first conv, so the full-resolution level costs 4× less (tiny preset: 0.31 instead
+    # of 1.7 s per batch-16 step on 2 cores). The output is shuffled back: [2, 64, F] per mel.
+    # Only the CPU-sized presets use it.
+    patch_size: int = 1
+
+    def __post_init__(self) -> None:
+        levels = len(self.channel_mult)
+        sizes = (levels, self.in_channels, self.cond_dim, self.base_channels, self.num_res_blocks, self.norm_groups, self.patch_size, *self.channel_mult)
+        if min(sizes) < 1:
+            raise ConfigError(f"MelUNetConfig: channel counts, channel_mult, num_res_blocks and patch_size must be positive: {self}")
+        bad_levels = [i for i in self.attention_levels if not 0 <= i < levels]
+        if bad_levels:
+            raise ConfigError(f"MelUNetConfig: attention_levels {bad_levels} outside 0..{levels - 1} (one per channel_mult entry)")
+        for i, mult in enumerate(self.channel_mult):
+            ch = self.base_channels * mult
+            if ch % self.norm_groups:
+                raise ConfigError(f"MelUNetConfig: level {i} has {ch} channels, not divisible by norm_groups={self.norm_groups}")
+            heads = self.heads_at(ch)
+            if i in self.attention_levels and (heads < 1 or ch % heads or (self.head_channels > 0 and ch % self.head_channels)):
+                raise ConfigError(f"MelUNetConfig: level {i} has {ch} channels, not divisible into attention heads ({self.num_heads=}, {self.head_channels=})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"MelUNetConfig: dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def out_channels(self) -> int:
+        return 2 * self.in_channels if self.learn_sigma else self.in_channels
+
+    @property
+    def downsample_factor(self) -> int:
+        """Mel bins and frames must be multiples of this (patching × 2^(levels − 1))."""
+        return self.patch_size * 2 ** (len(self.channel_mult) - 1)
+
+    def heads_at(self, channels: int) -> int:
+        return channels // self.head_channels if self.head_channels > 0 else self.num_heads
+
+
+UNET_PRESETS: dict[str, MelUNetConfig] = {
+    # improved-diffusion's 64×64 class model (~121M parameters with 4 heads): GPU only.
+    "paper": MelUNetConfig(),
+    # One GPU trains it in hours; 2 CPU cores can train it in the background (~1.7 s per batch-16
+    # step of [1, 64, 128]) and sample from it. Patching as in "tiny"; attention only at 8×F/8
+    # (and the middle): adding the 16×F/4 level (the paper's finer attention resolution) cost
+    # ~40 % more per CPU step for 0.3M parameters.
+    "small": MelUNetConfig(
+        base_channels=64, channel_mult=(1, 2, 3), num_res_blocks=2, attention_levels=(2,),
+        num_heads=4, dropout=0.1, norm_groups=32, patch_size=2,
+    ),
+    # CPU tests, demos and quick experiments: patching halves the resolution before the first conv
+    # and attention only runs at 8×F/8 (and the middle): ~0.31 s per batch-16 step of [1, 64, 128] on 2 cores.
+    "tiny": MelUNetConfig(
+        base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=(2,),
+        num_heads=2, dropout=0.0, norm_groups=8, patch_size=2,
+    ),
+}
+
+
+class MelUNet(nn.Module):
+    """UNet mapping a noisy log-mel, timestep indices and a CLIP vector to ``[ε, v]`` (or ``ε``).
+
+    Conditioning (improved-diffusion + classifier-free guidance): ``emb = MLP(sinusoid(t)) +
+    Linear(√D · c)`` where ``c`` is the CLIP vector, or the learned ``null_cond`` where
+    ``drop_cond`` is set; every res-block applies AdaGN from ``emb``. The ``√D`` makes an
+    L2-normalised CLIP vector (components ~1/√D) a unit-RMS input, so the condition starts at the
+    magnitude of improved-diffusion's N(0, 1) class embeddings instead of ~30× below the timestep's.
+
+    Set ``model.gradient_checkpointing = True`` to recompute each stage's activations in the
+    backward pass (training only): it trades ~30 % more compute for far less memory.
+    """
+
+    def __init__(self, config: MelUNetConfig):
+        super().__init__()
+        self.config = config
+        self.gradient_checkpointing = False
+        c = config
+        emb_dim = 4 * c.base_channels
+        self.time_mlp = nn.Sequential(nn.Linear(c.base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.cond_proj = nn.Linear(c.cond_dim, emb_dim)
+        # Unit-norm random start, like the L2-normalised CLIP vectors it stands in for.
+        self.null_cond = nn.Parameter(torch.randn(c.cond_dim) / c.cond_dim**0.5)
+        self.patch_in = nn.PixelUnshuffle(c.patch_size)  # [B, C, H, W] → [B, C·p², H/p, W/p]
+        self.patch_out = nn.PixelShuffle(c.patch_size)  # inverse, on the output
+
+        def res(in_ch: int, out_ch: int) -> ResBlock:
+            return ResBlock(in_ch, out_ch, emb_dim, c.dropout, c.norm_groups)
+
+        def attn(ch: int) -> AttentionBlock:
+            return AttentionBlock(ch, c.heads_at(ch), c.norm_groups)
+
+        # Down path: every stage's output is kept as a skip for the up path (improved-diffusion).
+        ch = c.base_channels
+        self.conv_in = nn.Conv2d(c.in_channels * c.patch_size**2, ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        skip_chs = [ch]
+        for level, mult in enumerate(c.channel_mult):
+            for _ in range(c.num_res_blocks):
+                layers: list[nn.Module] = [res(ch, mult * c.base_channels)]
+                ch = mult * c.base_channels
+                if level in c.attention_levels:
+                    layers.append(attn(ch))
+                self.down.append(EmbedSequential(*layers))
+                skip_chs.append(ch)
+            if level < len(c.channel_mult) - 1:
+                self.down.append(EmbedSequential(Downsample(ch)))
+                skip_chs.append(ch)
+
+        coarse_attn = len(c.channel_mult) - 1 in c.attention_levels
+        self.middle = EmbedSequential(res(ch, ch), *([attn(ch)] if coarse_attn else []), res(ch, ch))
+
+        # Up path: one more res-block per level than down, each eating one skip.
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(c.channel_mult))):
+            for i in range(c.num_res_blocks + 1):
+                layers = [res(ch + skip_chs.pop(), mult * c.base_channels)]
+                ch = mult * c.base_channels
+                if level in c.attention_levels:
+                    layers.append(attn(ch))
+                if level > 0 and i == c.num_res_blocks:
+                    layers.append(Upsample(ch))
+                self.up.append(EmbedSequential(*layers))
+
+        self.norm_out = nn.GroupNorm(c.norm_groups, ch)
+        # Zero-init (improved-diffusion): the untrained network outputs exactly 0.
+        self.conv_out = zero_module(nn.Conv2d(ch, c.out_channels * c.patch_size**2, 3, padding=1))
+        log.info("MelUNet: %.2fM parameters", self.num_parameters() / 1e6)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        drop_cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the network output for a batch of noisy mels.
+
+        Args:
+            x: ``[B, C, 64, F]`` noisy log-mels; bins and frames multiples of ``config.downsample_factor``.
+            t: ``[B]`` timestep indices (long; floats allowed), e.g. in ``[0, 4000)``.
+            cond: ``[B, D]`` CLIP embeddings.
+            drop_cond: optional ``[B]`` bool; where True the learned ``null_cond`` replaces ``cond``,
+                so one batched call serves both branches of classifier-free guidance.
+        Returns:
+            ``[B, 2C, 64, F]`` (``[ε, v]``) when ``learn_sigma``, else ``[B, C, 64, F]``.
+        """
+        self._check_inputs(x, t, cond, drop_cond)
+        cond = cond.to(self.null_cond.dtype)
+        if drop_cond is not None:
+            cond = torch.where(drop_cond[:, None], self.null_cond[None, :], cond)  # [B, D]
+        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        emb = emb + self.cond_proj(cond * self.config.cond_dim**0.5)  # [B, 4·base]
+
+        h = self.conv_in(self.patch_in(x))
+        skips = [h]
+        for stage in self.down:
+            h = self._run(stage, h, emb)
+            skips.append(h)
+        h = self._run(self.middle, h, emb)
+        for stage in self.up:
+            h = self._run(stage, torch.cat([h, skips.pop()], dim=1), emb)
+        out = self.conv_out(nn.functional.silu(self.norm_out(h)))
+        return self.patch_out(out)
+
+    def _run(self, stage: EmbedSequential, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(stage, h, emb, use_reentrant=False)
+        return stage(h, emb)
+
+    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, drop_cond: torch.Tensor | None) -> None:
+        c, m = self.config, self.config.downsample_factor
+        if x.ndim != 4 or x.shape[1] != c.in_channels or x.shape[2] % m or x.shape[3] % m:
+            raise MelShapeError(
+                f"MelUNet expects x of shape [B, {c.in_channels}, bins, frames] with bins and frames "
+                f"multiples of {m}; got {list(x.shape)}: crop or pad the mel to a multiple of {m} frames"
+            )
+        b = x.shape[0]
+        if t.shape != (b,):
+            raise MelShapeError(f"MelUNet expects t of shape [{b}] (one timestep per mel); got {list(t.shape)}")
+        if cond.shape != (b, c.cond_dim):
+            raise MelShapeError(
+                f"MelUNet expects cond of shape [{b}, {c.cond_dim}]; got {list(cond.shape)} "
+                f"(a {cond.shape[-1]}-d CLIP embedding needs a model built with cond_dim={cond.shape[-1]})"
+            )
+        if drop_cond is not None and (drop_cond.shape != (b,) or drop_cond.dtype != torch.bool):
+            raise MelShapeError(f"MelUNet expects drop_cond as a bool tensor of shape [{b}]; got {drop_cond.dtype} {list(drop_cond.shape)}")
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of parameters (all, or only those with ``requires_grad``)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> MelUNet:
+        """Build a preset from :data:`UNET_PRESETS`, e.g. ``MelUNet.from_preset("tiny", cond_dim=512)``."""
+        if name not in UNET_PRESETS:
+            raise ConfigError(f"unknown MelUNet preset {name!r}; choose one of {sorted(UNET_PRESETS)}")
+        try:
+            config = dataclasses.replace(UNET_PRESETS[name], **overrides)
+        except TypeError as exc:
+            known = sorted(f.name for f in dataclasses.fields(MelUNetConfig))
+            raise ConfigError(f"MelUNet preset {name!r}: {exc}; known keys are {known}") from None
+        return cls(config)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (no pickle) into ``directory``."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(directory / CONFIG_NAME, self.config.to_dict())
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "class": "MelUNet"})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> MelUNet:
+        """Load a directory written by :meth:`save_pretrained`; reads JSON and safetensors only."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise ModelLoadError(f"{directory}: no {path.name}; expected a folder written by MelUNet.save_pretrained")
+        try:
+            data = json.loads(config_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelLoadError(f"{config_path}: not valid JSON ({exc})") from None
+        model = cls(MelUNetConfig.from_dict(data, source=str(config_path)))
+        state = load_file(str(weights_path))  # safetensors: tensors only, nothing executed
+        missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
+        if missing or unexpected:
+            raise ModelLoadError(
+                f"{weights_path}: weights do not fit {config_path.name} (missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}); the two files come from different models"
+            )
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:  # shape mismatch
+            raise ModelLoadError(f"{weights_path}: weights do not fit {config_path.name}: {exc}") from None
+        return model.to(device)
