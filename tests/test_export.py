@@ -30,7 +30,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     ds = make_synthetic_dataset(root / "d", 10, 3, frames=16, shards=2)
     run = root / "run"
-    train(ds.root, run, flags=dict(preset="tiny", batch_size=4, max_steps=6, save_every=3, num_workers=0,
+    train(ds.root, run, flags=dict(preset="tiny", batch_size=2, grad_accum=2, max_steps=6, save_every=3, num_workers=0,
                                    val_every=0, sample_every=0, log_every=3),
           config_file=ConfigFile({"bank_size": 12}, {}, {}))  # exports RUN_DIR/pipeline at the end
     return run
@@ -52,6 +52,8 @@ def test_export_round_trip(run):
     assert index.components == {"unet": "unet", "scheduler": "scheduler", "stats": "stats", "prior": None, "vocoder": None}
     assert index.clip.dim == 16 and index.clip.model == "synthetic/clip" and index.mel.clip_frames == 16
     assert index.training["steps"] == 6 and index.training["preset"] == "tiny" and index.training["train_clips"] == 10
+    state = json.loads((run / "checkpoints" / "step-0000006" / "state.json").read_text())
+    assert state["samples_seen"] == 6 * 2 * 2  # steps × micro-batches × batch
     raw_index = json.loads((pipe / "model_index.json").read_text())
     assert raw_index["_class_name"] == "CLIPSonicPipeline" and "clipsonic_version" in raw_index
     # the UNet is the EMA of the last checkpoint

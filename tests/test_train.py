@@ -206,3 +206,25 @@ def test_sigkill_during_save_then_resume(ds, straight, tmp_path):
     assert sorted(a) == list(range(1, 41))
     assert all(a[s] == pytest.approx(b[s], rel=1e-5, abs=1e-7) for s in range(1, 41))
     assert_same_weights(weights(run, 40), weights(straight, 40))
+
+
+def test_bf16_autocast_run(ds, tmp_path):
+    run = tmp_path / "bf16"
+    args = cli_args(ds, run, max_steps=3, num_workers=0, val_every=3, sample_every=3, precision="bf16")
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)  # own process: one precision each
+    assert proc.returncode == 0, proc.stderr
+    assert all(r["loss"] is not None for r in read_metrics(run, "train") + read_metrics(run, "val"))
+    assert RunConfig.load(run / "config.json").train.precision == "bf16"
+    assert [s for s, _ in list_checkpoints(run)] == [3]
+
+
+def test_out_of_memory_names_the_batch_size(ds, tmp_path, monkeypatch):
+    from clipsonic.diffusion import GaussianDiffusion
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(GaussianDiffusion, "training_losses", oom)
+    with pytest.raises(TrainingError, match=r"out of GPU memory at --batch-size 4 .*e\.g\. 2\).*--grad-accum"):
+        train(ds.root, tmp_path / "oom", flags={**FLAGS, "num_workers": 0, "max_steps": 2})
+    assert list_checkpoints(tmp_path / "oom") == []
