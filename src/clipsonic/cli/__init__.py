@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "clipsonic.cli.media",
     "clipsonic.cli.preprocess",
     "clipsonic.cli.evaluate",
+    "clipsonic.cli.vocoder",
     "clipsonic.cli.train",
     "clipsonic.cli.generate",
     "clipsonic.cli.prior",
