@@ -33,6 +33,7 @@ import logging
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,8 +95,9 @@ class StreamLayout:
         return self.world_size * self.roles
 
     def key(self) -> dict[str, Any]:
-        """The fields a saved position must match to be continued exactly (rank excluded: each rank saves its own)."""
-        return {"shards": list(self.shards), "batch_size": self.batch_size, "seed": self.seed,
+        """The fields a saved position must match to be continued exactly (rank excluded: each rank saves
+        its own; shard names, not paths, so a moved dataset still resumes exactly)."""
+        return {"shards": [Path(s).name for s in self.shards], "batch_size": self.batch_size, "seed": self.seed,
                 "world_size": self.world_size, "num_workers": self.num_workers, "shuffle_buffer": self.shuffle_buffer}
 
 

@@ -42,7 +42,8 @@ class MetricsLog:
         self._truncate_after(start_step)
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        # purge_step drops events an interrupted run wrote after the checkpoint we resume from
+        self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1)
 
     def _truncate_after(self, step: int) -> None:
         if not self.path.is_file():

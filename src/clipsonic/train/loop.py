@@ -89,8 +89,7 @@ class Trainer:
                               batch_size=self.config.batch_size, seed=self.config.seed, rank=self.rank,
                               world_size=self.world, num_workers=self.config.num_workers,
                               shuffle_buffer=self.config.shuffle_buffer)
-        self.stream = TrainStream(setup.info, layout, ckpt.data_position if ckpt else None,
-                                  pin_memory=self.device.type == "cuda")
+        self.stream = TrainStream(setup.info, layout, _data_position(ckpt), pin_memory=self.device.type == "cuda")
         main = accelerator.is_main_process
         self.monitor = Monitor(setup.info, self.diffusion, self.config, self.device) if main else None
         self.logs = MetricsLog(self.run_dir, self.step, enabled=main)
@@ -271,6 +270,13 @@ class Trainer:
                            "data_position": self.stream.position(), "keys_seen": self.keys_seen})
 
 
+def _data_position(ckpt: Checkpoint | None) -> dict[str, Any] | None:
+    """This process's saved data position; a process the checkpoint did not have starts at its epoch."""
+    if ckpt is None or ckpt.data_position is not None:
+        return ckpt.data_position if ckpt else None
+    return {"batches": 0, "roles": [[int(ckpt.state.get("epoch", 0)), 0]], "layout": None}
+
+
 def train(data_dir: str | Path, run_dir: str | Path, *, config_file: ConfigFile | None = None,
           flags: dict[str, Any] | None = None, resume: bool = False, progress: Progress | None = None,
           export: bool | None = None, weight_hashes: bool = False) -> Path:
@@ -299,7 +305,6 @@ def train(data_dir: str | Path, run_dir: str | Path, *, config_file: ConfigFile 
     if do_export and accelerator.is_main_process and step >= setup.config.train.max_steps:
         from clipsonic.train.export import export_run
 
-        export_run(setup.run_dir)
-    accelerator.wait_for_everyone()
+        export_run(setup.run_dir)  # no barrier after: a long statistics pass must not time out the others
     log.info("training finished at step %d: %s", step, setup.run_dir)
     return setup.run_dir

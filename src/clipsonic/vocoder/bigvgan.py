@@ -13,7 +13,6 @@ becomes ``hop`` samples. Each transposed conv uses kernel ``k`` and stride ``u``
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import warnings
@@ -148,7 +147,11 @@ class BigVGANVocoder(Vocoder):
         super().__init__(mel_config)
         check_generator_fits(config, mel_config)
         self.config = config
-        generator = build_generator(config, mel_config.n_mels) if generator is None else copy.deepcopy(generator)
+        trained, generator = generator, build_generator(config, mel_config.n_mels)
+        if trained is not None:
+            # a state-dict copy, not deepcopy: a weight-normed module that has run forward holds
+            # non-leaf weight tensors, which deepcopy refuses
+            generator.load_state_dict(trained.state_dict())
         self.generator = strip_weight_norm(generator).eval().requires_grad_(False)
 
     @classmethod
