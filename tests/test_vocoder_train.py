@@ -54,7 +54,7 @@ def test_tiny_preset_learns_on_harmonic_audio(harmonic_folder, tmp_path):
     config = train_config_for_preset("tiny", max_steps=60, val_every=20, save_every=60, num_val=2,
                                      val_segment_size=8192)
     result = train_vocoder(harmonic_folder, tmp_path / "run", config)
-    steps, losses = zip(*result.val_history)
+    steps, losses = zip(*result.val_history, strict=True)
     assert steps == (0, 20, 40, 60)
     assert losses[-1] < 0.75 * losses[0], losses  # measured: ~5.7 → ~3.3
     assert min(losses[1:]) < losses[0] - 1.0, losses
