@@ -244,3 +244,29 @@ def test_an_attached_vocoder_is_used_and_saved(tiny_pipeline_dir, tmp_path):  # 
     assert np.array_equal(copy(text="a dog", mode="zs", seed=0, **FAST).audios, out.audios)
     forced = CLIPSonicPipeline.from_pretrained(pipe_dir, device="cpu", vocoder="griffin-lim")
     assert forced.vocoder.config.n_iter == GriffinLimConfig().n_iter
+
+
+def test_bundled_clip_makes_the_folder_self_contained(tiny_pipeline_dir, tiny_clip_dir, tmp_path):  # noqa: F811
+    import json
+    import shutil
+
+    from clipsonic.export import PipelineDirError, attach_clip
+    from support.tiny_clip import make_tiny_clip
+
+    own = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline_dir, own)
+    clip_copy = tmp_path / "clip-copy"
+    shutil.copytree(tiny_clip_dir, clip_copy)
+    attach_clip(own, clip_copy)
+    assert json.loads((own / "model_index.json").read_text())["components"]["clip"] == "clip"
+    shutil.rmtree(clip_copy)  # the CLIP the index names is gone: the bundled copy serves
+    index = json.loads((own / "model_index.json").read_text())
+    index["clip_model"]["model"] = str(clip_copy)
+    (own / "model_index.json").write_text(json.dumps(index))
+    moved = tmp_path / "moved"
+    own.rename(moved)
+    pipe = CLIPSonicPipeline.from_pretrained(moved, device="cpu")
+    assert pipe(text="rain", mode="zs", seed=0, **FAST).audios.shape == (1, TINY_FRAMES * HOP)
+    other = make_tiny_clip(tmp_path / "other-clip", seed=7)
+    with pytest.raises(PipelineDirError, match="bundle the CLIP it was trained with"):
+        attach_clip(moved, other)

@@ -12,6 +12,8 @@ Layout (diffusers-style; JSON and safetensors only, so loading never runs code f
     stats/config.json       what the statistics were computed from
     stats/stats.safetensors "mean_image_embedding" [D] float32; "image_bank" [N, D] float16
     stats/bank.json         {"keys": [N], "labels": [N] (null when unknown)} of the bank's rows
+    clip/                   optional: the CLIP itself (an HF CLIPModel directory), so the folder is
+                            self-contained; ``clip_model.model`` then names where it came from
     README.md               model card
 
 ``mean_image_embedding`` is the plain mean of every frame embedding of every training clip; it is
@@ -44,7 +46,7 @@ from clipsonic.errors import ClipsonicError
 
 MODEL_INDEX_NAME = "model_index.json"
 PIPELINE_CLASS = "CLIPSonicPipeline"
-STANDARD_COMPONENTS = ("unet", "scheduler", "stats", "prior", "vocoder")
+STANDARD_COMPONENTS = ("unet", "scheduler", "stats", "prior", "vocoder", "clip")
 STATS_WEIGHTS = "stats.safetensors"
 BANK_NAME = "bank.json"
 
@@ -134,6 +136,46 @@ def write_pipeline_dir(out: str | os.PathLike, *, unet, diffusion, mel: MelConfi
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def set_component(pipeline_dir: str | os.PathLike, name: str, write: Callable[[Path], None]) -> Path:
+    """Write component ``name`` of an existing pipeline: ``write(folder)`` fills a temporary sibling,
+    which then replaces ``pipeline_dir/name``; ``model_index.json`` and the model card follow.
+
+    Readers see the old component or the new one, never a half-written folder.
+    """
+    pipeline_dir = Path(pipeline_dir)
+    index = read_model_index(pipeline_dir)
+    target = pipeline_dir / name
+    tmp = pipeline_dir / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+        _swap_in(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    data = json.loads((pipeline_dir / MODEL_INDEX_NAME).read_text())
+    data["components"][name] = name
+    write_json_atomic(pipeline_dir / MODEL_INDEX_NAME, data)
+    stats = load_stats(pipeline_dir) if index.component_dir("stats") is not None else None
+    (pipeline_dir / "README.md").write_text(model_card(data, stats))
+    return target
+
+
+def attach_clip(pipeline_dir: str | os.PathLike, clip_dir: str | os.PathLike) -> Path:
+    """Copy the pipeline's own CLIP (a local HF directory) into ``pipeline_dir/clip``.
+
+    The pipeline then loads offline wherever it is moved. The copy must have the weights the
+    pipeline was trained with (same fingerprint), else :class:`PipelineDirError`.
+    """
+    from clipsonic.encoders import load_clip
+
+    index = read_model_index(pipeline_dir)
+    encoder = load_clip(clip_dir, device="cpu")
+    if encoder.fingerprint != index.clip.fingerprint or encoder.dim != index.clip.dim:
+        raise PipelineDirError(f"{clip_dir} holds CLIP weights {encoder.fingerprint} ({encoder.dim}-d) but {pipeline_dir} "
+                               f"was trained with {index.clip.describe()}; bundle the CLIP it was trained with")
+    return set_component(pipeline_dir, "clip", lambda folder: shutil.copytree(clip_dir, folder))
 
 
 def _swap_in(tmp: Path, out: Path) -> None:

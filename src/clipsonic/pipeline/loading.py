@@ -51,11 +51,13 @@ def load_components(path: str | os.PathLike, device: str | torch.device | None, 
     if unet.config.learn_sigma != diffusion.learn_sigma:
         raise PipelineLoadError(f"{path}: unet learn_sigma={unet.config.learn_sigma} but the scheduler's is "
                                 f"{diffusion.learn_sigma}")
-    encoder = load_clip(clip_model or index.clip.model, device=device)
+    # a bundled clip/ makes the folder self-contained; --clip-model still wins
+    clip_source = clip_model or index.component_dir("clip") or index.clip.model
+    encoder = load_clip(clip_source, device=device)
     if encoder.dim != index.clip.dim or (check_clip and encoder.fingerprint != index.clip.fingerprint):
         raise PipelineLoadError(
             f"{path} was trained with {index.clip.describe()} but the CLIP loaded from "
-            f"{clip_model or index.clip.model} is {encoder.dim}-d with weights {encoder.fingerprint[:12]}; "
+            f"{clip_source} is {encoder.dim}-d with weights {encoder.fingerprint[:12]}; "
             "pass the CLIP the pipeline was trained with (--clip-model)")
     stats = load_stats(path) if index.component_dir("stats") is not None else None
     prior = _load_prior(index, device)
