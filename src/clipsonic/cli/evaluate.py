@@ -34,6 +34,7 @@ def _modes(text: str) -> tuple[str, ...]:
 def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     from clipsonic.embedders import EMBEDDERS
     from clipsonic.evaluate.config import ALL_MODES
+    from clipsonic.evaluate.relevance import CLASSIFIERS
 
     p = sub.add_parser(
         "evaluate",
@@ -49,6 +50,7 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
             "--embedder-weights ~/weights/vggish.safetensors --clap-weights ~/weights/630k-audioset-best.pt",
             "clipsonic evaluate --model M --data D --out R --modes iq,zs,pd --sweep 0,0.5,1,1.5,2,3,4 --num-clips 500",
             "clipsonic evaluate --model M --data D --out R --embedder mel-stats --num-clips 8 --steps 25   # plumbing check",
+            "clipsonic evaluate --model M --data D --out R --captions captions.json --classifier sonicworld",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -72,6 +74,12 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="clip i is generated with seed + i")
     p.add_argument("--text-template", default="{label}", help="text query built from the label (default '{label}')")
     p.add_argument("--clap-template", default="{label}", help="CLAP text built from the label (default '{label}')")
+    p.add_argument("--captions", default=None, metavar="FILE",
+                   help="JSON {label: [caption, ...]}: text modes query clip i with caption i %% n of its label "
+                        "instead of --text-template")
+    p.add_argument("--classifier", default=None, metavar="NAME",
+                   help=f"audio classifier for a relevance column (accuracy on the label), one of "
+                        f"{', '.join(sorted(CLASSIFIERS))}; it only scores: cached audio is reused")
     p.add_argument("--batch-size", type=int, default=8, help="clips per generation call")
     p.add_argument("--device", default=None, help="cuda, cpu, … (default: cuda if available)")
     p.set_defaults(func=run_evaluate)
@@ -88,7 +96,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                             sampler=args.sampler, num_clips=args.num_clips, split=args.split,
                             embedder=args.embedder, embedder_weights=args.embedder_weights,
                             clap_weights=args.clap_weights, seed=args.seed, text_template=args.text_template,
-                            clap_template=args.clap_template, batch_size=args.batch_size, device=args.device)
+                            clap_template=args.clap_template, captions=args.captions, classifier=args.classifier,
+                            batch_size=args.batch_size, device=args.device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     with tqdm(total=0, unit="clip", disable=None, dynamic_ncols=True) as bar:

@@ -38,6 +38,12 @@ class EvalConfig(Config):
     # The paper does not state its templates; "{label}" uses the class name as is.
     text_template: str = "{label}"
     clap_template: str = "{label}"
+    # JSON file {label: [caption, …]}: text modes query clip i with captions[label][i % n] instead
+    # of text_template (labels it lacks keep the template); the CLAP text stays clap_template.
+    captions: str | None = None
+    # Audio classifier for the relevance column (fraction of clips it labels as their label), e.g.
+    # "sonicworld"; None: no relevance. It only scores, so it never regenerates audio.
+    classifier: str | None = None
     # Clips per pipeline call.
     batch_size: int = 8
     device: str | None = None

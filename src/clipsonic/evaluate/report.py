@@ -1,5 +1,5 @@
 """Writing an evaluation: ``results.json`` (every number), ``results.md`` (Table 1's layout) and
-``guidance_sweep.png`` (FAD and CLAP score against w, one line per mode)."""
+``guidance_sweep.png`` (FAD, CLAP score and relevance against w, one line per mode)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ class SetResult:
     fad: float | None = None
     clap: float | None = None
     problems: list[str] = dataclasses.field(default_factory=list)
+    # the classifier's accuracy on the label, overall and per label (None: no classifier / no clip judged)
+    relevance: float | None = None
+    relevance_by_label: dict[str, float] = dataclasses.field(default_factory=dict)
+    relevance_clips: int = 0  # clips judged: labelled, label known to the classifier, audio written
 
 
 @dataclasses.dataclass
@@ -48,6 +52,7 @@ class Evaluation:
     clap: dict[str, Any] | None
     sets: list[SetResult]
     notes: list[str]
+    classifier: dict[str, Any] | None = None  # name, labels (count), chance; None: no relevance column
 
     def table_rows(self) -> list[SetResult]:
         """Modes at the table's w (in ALL_MODES order), then reconstruction, then reference."""
@@ -80,21 +85,28 @@ def format_markdown(ev: Evaluation) -> str:
         "",
         f"FAD embedder: {ev.embedder['description']}.",
         f"CLAP score: {ev.clap['description'] if ev.clap else 'not computed (pass --clap-weights)'}.",
-        "",
-        "| System | FAD ↓ | CLAP score ↑ | clips |",
-        "|---|---|---|---|",
     ]
+    judged = ev.classifier is not None
+    if judged:
+        chance = ev.classifier.get("chance")
+        lines.append(f"Relevance: fraction of clips the classifier `{ev.classifier['name']}` labels as their label; "
+                     f"chance level 1/{ev.classifier['labels']} = {_fmt(chance, 3)}.")
+    lines += ["", "| System | FAD ↓ | CLAP score ↑ |" + (" relevance ↑ |" if judged else "") + " clips |",
+              "|---|---|---|---|" + ("---|" if judged else "")]
     for s in ev.table_rows():
         flag = " ⚠" if s.problems else ""
-        lines.append(f"| {MODE_TITLES.get(s.mode, s.mode)} | {_fmt(s.fad, 2)}{flag} | {_fmt(s.clap, 3)} | {s.clips} |")
+        relevance = f" {_fmt(s.relevance, 3)} |" if judged else ""
+        lines.append(f"| {MODE_TITLES.get(s.mode, s.mode)} | {_fmt(s.fad, 2)}{flag} | {_fmt(s.clap, 3)} |{relevance}"
+                     f" {s.clips} |")
     sweep = ev.sweep()
     if sweep:
         scales = sorted({s.guidance for sets in sweep.values() for s in sets})
-        lines += ["", "## Guidance sweep (FAD / CLAP score)", "",
+        lines += ["", f"## Guidance sweep (FAD / CLAP score{' / relevance' if judged else ''})", "",
                   "| Mode | " + " | ".join(f"w = {g:g}" for g in scales) + " |",
                   "|---|" + "---|" * len(scales)]
         for mode, sets in sweep.items():
-            cells = {s.guidance: f"{_fmt(s.fad, 2)} / {_fmt(s.clap, 3)}" for s in sets}
+            cells = {s.guidance: f"{_fmt(s.fad, 2)} / {_fmt(s.clap, 3)}"
+                     + (f" / {_fmt(s.relevance, 3)}" if judged else "") for s in sets}
             lines.append(f"| {mode} | " + " | ".join(cells.get(g, "") for g in scales) + " |")
     problems: dict[str, list[str]] = {}  # the same problem in many sets: one line naming them
     for s in ev.sets:
@@ -107,7 +119,7 @@ def format_markdown(ev: Evaluation) -> str:
 
 
 def plot_sweep(ev: Evaluation, path: str | os.PathLike) -> Path | None:
-    """FAD and CLAP score against w, one line per mode; None when no mode has two or more w."""
+    """FAD, CLAP score and relevance against w, one line per mode; None when no mode has two or more w."""
     sweep = ev.sweep()
     if not sweep:
         return None
@@ -116,7 +128,8 @@ def plot_sweep(ev: Evaluation, path: str | os.PathLike) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [("fad", "FAD ↓")] + ([("clap", "CLAP score ↑")] if ev.clap else [])
+    metrics = ([("fad", "FAD ↓")] + ([("clap", "CLAP score ↑")] if ev.clap else [])
+               + ([("relevance", f"relevance ({ev.classifier['name']}) ↑")] if ev.classifier else []))
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), dpi=100, squeeze=False)
     recon = next((s for s in ev.sets if s.mode == "reconstruction"), None)
     for ax, (metric, title) in zip(axes[0], metrics, strict=True):
@@ -126,6 +139,8 @@ def plot_sweep(ev: Evaluation, path: str | os.PathLike) -> Path | None:
                 ax.plot(*zip(*points, strict=True), marker="o", label=mode.upper())
         if recon is not None and getattr(recon, metric) is not None:
             ax.axhline(getattr(recon, metric), color="gray", linestyle="--", label="reconstruction")
+        if metric == "relevance" and ev.classifier.get("chance"):
+            ax.axhline(ev.classifier["chance"], color="gray", linestyle=":", label="chance")
         ax.set_xlabel("guidance scale w")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -157,7 +172,7 @@ def write_report(ev: Evaluation, out: str | os.PathLike) -> list[Path]:
     write_json_atomic(out / "results.json", _clean({
         "format": RESULTS_FORMAT, "version": 1,
         "config": ev.config, "model": ev.model, "dataset": ev.dataset,
-        "embedder": ev.embedder, "clap": ev.clap, "notes": ev.notes,
+        "embedder": ev.embedder, "clap": ev.clap, "classifier": ev.classifier, "notes": ev.notes,
         "table": [s.name for s in ev.table_rows()],
         "sets": [dataclasses.asdict(s) for s in ev.sets],
     }))

@@ -2,8 +2,10 @@
 
 1. Read the test clips (labels, middle-frame CLIP embeddings, log-mels, real audio).
 2. Write the reference set (the real audio) and the vocoder's reconstruction of the real mels.
-3. Generate every (mode, w): IQ from the clip's frame embedding, the text modes from its label.
-4. Embed every set (cached by file content), FAD against the reference, CLAP score vs the label.
+3. Generate every (mode, w): IQ from the clip's frame embedding, the text modes from its label
+   (through text_template, or a caption of the label from the captions file).
+4. Embed every set (cached by file content), FAD against the reference, CLAP score vs the label,
+   relevance (an audio classifier's accuracy on the label) when a classifier is given.
 5. Write results.json, results.md and guidance_sweep.png.
 """
 
@@ -20,10 +22,24 @@ import numpy as np
 
 from clipsonic.data.dataset import read_dataset_info
 from clipsonic.embedders import AudioEmbedder, TextAudioEmbedder, load_embedder
-from clipsonic.errors import ClipsonicError
 from clipsonic.evaluate.cache import EmbeddingCache, open_set_dir, write_manifest
+from clipsonic.evaluate.captions import (
+    Captions,
+    captions_digest,
+    load_captions,
+    text_query,
+    uncaptioned_note,
+)
 from clipsonic.evaluate.config import ALL_MODES, TEXT_MODES, EvalConfig
+from clipsonic.evaluate.errors import EvaluationError
 from clipsonic.evaluate.generator import Generator, load_generator
+from clipsonic.evaluate.relevance import (
+    AudioClassifier,
+    describe_classifier,
+    judge_files,
+    load_classifier,
+    unknown_label_note,
+)
 from clipsonic.evaluate.report import Evaluation, SetResult, set_names, write_report
 from clipsonic.evaluate.testset import EvalClip, load_test_clips
 from clipsonic.metrics import EmbeddingStats, MetricError, clap_score, fad_from_stats
@@ -32,10 +48,6 @@ log = logging.getLogger(__name__)
 
 #: ``progress(done, total, what)`` after each unit of work
 Progress = Callable[[int, int, str], None]
-
-
-class EvaluationError(ClipsonicError):
-    """The evaluation cannot run on these inputs (no audio in the split, unsupported mode, …)."""
 
 
 @dataclasses.dataclass
@@ -87,8 +99,12 @@ def _save_one(path: Path, audio: np.ndarray, sample_rate: int, excluded: list[st
 
 
 def _produce(folder: Path, settings: dict, clips: Sequence[EvalClip], make: Callable[[list[int]], list[np.ndarray]],
-             batch_size: int, sample_rate: int, result: SetResult, tick: Callable[[str, int], None]) -> None:
-    """Fill ``folder`` with the audio of every clip, calling ``make(indices)`` only for missing files."""
+             batch_size: int, sample_rate: int, result: SetResult, tick: Callable[[str, int], None],
+             queries: Sequence[str | None] | None = None) -> None:
+    """Fill ``folder`` with the audio of every clip, calling ``make(indices)`` only for missing files.
+
+    The manifest's query is ``queries[i]`` (the text a text mode generated from), else the label.
+    """
     open_set_dir(folder, settings)
     todo = [i for i, c in enumerate(clips) if not (folder / f"{c.key}.wav").is_file()]
     tick(result.name, len(clips) - len(todo))
@@ -97,8 +113,9 @@ def _produce(folder: Path, settings: dict, clips: Sequence[EvalClip], make: Call
         for i, wav in zip(batch, make(batch), strict=True):
             _save_one(folder / f"{clips[i].key}.wav", np.asarray(wav, dtype=np.float32), sample_rate, result.excluded)
         tick(result.name, len(batch))
-    write_manifest(folder, [{"file": f"{c.key}.wav", "item": c.key, "query": c.label or ""}
-                            for c in clips if (folder / f"{c.key}.wav").is_file()])
+    shown = [(queries[i] if queries is not None else None) or c.label or "" for i, c in enumerate(clips)]
+    write_manifest(folder, [{"file": f"{c.key}.wav", "item": c.key, "query": q}
+                            for c, q in zip(clips, shown, strict=True) if (folder / f"{c.key}.wav").is_file()])
 
 
 def _score(result: SetResult, folder: Path, clips: Sequence[EvalClip], reference: EmbeddingStats | None,
@@ -151,11 +168,24 @@ class _Run:
     fad_cache: EmbeddingCache
     clap_cache: EmbeddingCache | None
     tick: _Counter
+    captions: Captions | None = None
+    classifier: AudioClassifier | None = None
     folders: dict[str, Path] = dataclasses.field(default_factory=dict)
 
     def score(self, result: SetResult, clips: Sequence[EvalClip], reference: EmbeddingStats | None) -> EmbeddingStats:
-        return _score(result, self.folders[result.name], clips, reference, self.fad_cache, self.clap_cache,
-                      self.config.clap_template, self.tick)
+        stats = _score(result, self.folders[result.name], clips, reference, self.fad_cache, self.clap_cache,
+                       self.config.clap_template, self.tick)
+        if self.classifier is not None:
+            self.judge(result, clips)
+        return stats
+
+    def judge(self, result: SetResult, clips: Sequence[EvalClip]) -> None:
+        """Relevance of the audio the set wrote, over its clips whose label the classifier knows."""
+        folder, known = self.folders[result.name], set(self.classifier.labels)
+        judged = [c for c in clips if c.label in known and (folder / f"{c.key}.wav").is_file()]
+        rel = judge_files(self.classifier, [folder / f"{c.key}.wav" for c in judged], [c.label for c in judged],
+                          self.config.batch_size)
+        result.relevance, result.relevance_by_label, result.relevance_clips = rel.accuracy, rel.by_label, rel.clips
 
 
 def _real_sets(run: _Run, sample_rate: int) -> tuple[list[SetResult], EmbeddingStats]:
@@ -181,9 +211,11 @@ def _generated_sets(run: _Run, modes: Sequence[str]) -> list[SetResult]:
     for name, mode, w in set_names(modes, cfg.guidance_scales):
         result = SetResult(name, mode, w)
         subset = [c for c in run.clips if mode == "iq" or c.label]
-        queries = [None if mode == "iq" else cfg.text_template.format(label=c.label) for c in subset]
+        queries = [None if mode == "iq" else text_query(c, cfg.text_template, run.captions) for c in subset]
         settings = {**run.gen.settings(), **run.data, "mode": mode, "guidance": w, "seed": cfg.seed,
                     "text_template": cfg.text_template}
+        if run.captions is not None and mode in TEXT_MODES:  # absent otherwise: earlier caches stay valid
+            settings["captions"] = captions_digest(run.captions)
         run.tick(name, 2 * (len(run.clips) - len(subset)))
 
         def make(idx: list[int], mode=mode, w=w, subset=subset, queries=queries) -> list[np.ndarray]:
@@ -191,18 +223,23 @@ def _generated_sets(run: _Run, modes: Sequence[str]) -> list[SetResult]:
             return run.gen.generate(mode, picked, [queries[i] for i in idx], w, [cfg.seed + c.index for c in picked])
 
         run.folders[name] = run.out / "audio" / mode / f"w{w:g}"
-        _produce(run.folders[name], settings, subset, make, cfg.batch_size, run.gen.sample_rate, result, run.tick)
+        _produce(run.folders[name], settings, subset, make, cfg.batch_size, run.gen.sample_rate, result, run.tick,
+                 queries)
         results.append(result)
     return results
 
 
 def run_evaluation(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                    config: EvalConfig | None = None, *, generator: Generator | None = None,
-                   progress: Progress | None = None) -> Evaluation:
-    """Evaluate ``model_dir`` on ``data_dir``'s test split; writes everything under ``out_dir``."""
+                   classifier: AudioClassifier | None = None, progress: Progress | None = None) -> Evaluation:
+    """Evaluate ``model_dir`` on ``data_dir``'s test split; writes everything under ``out_dir``.
+
+    ``classifier`` (else ``config.classifier`` by name) adds the relevance column.
+    """
     config = config or EvalConfig()
     notes: list[str] = []
-    # 1. Inputs
+    # 1. Inputs (a bad captions file or classifier is refused before any work)
+    captions, classifier = _captions_and_classifier(config, classifier)
     info = read_dataset_info(data_dir)
     gen = generator or load_generator(model_dir, config)
     gen.check_dataset(info)
@@ -212,6 +249,7 @@ def run_evaluation(model_dir: str | os.PathLike, data_dir: str | os.PathLike, ou
         raise EvaluationError(f"{info.root}: {len(no_audio)} '{config.split}' clip(s) have no stored audio "
                               f"(e.g. {no_audio[0]}); FAD needs the real audio: re-run preprocess with --keep-audio")
     modes = resolve_modes(config.modes, gen.modes, clips, notes)
+    notes += _query_notes(config, captions, clips, modes, classifier)
     if "iq" in modes and gen.describe().get("iq_condition"):
         notes.append(f"IQ conditions on the {gen.describe()['iq_condition']}")
     fad_embedder, clap_embedder = _embedders(config)
@@ -223,7 +261,7 @@ def run_evaluation(model_dir: str | os.PathLike, data_dir: str | os.PathLike, ou
     n_sets = 2 + len(modes) * len(config.guidance_scales)
     run = _Run(out, config, gen, clips, data, EmbeddingCache(out / "embeddings", fad_embedder),
                EmbeddingCache(out / "embeddings", clap_embedder) if clap_embedder is not None else None,
-               _Counter(total=len(clips) * 2 * n_sets, callback=progress))
+               _Counter(total=len(clips) * 2 * n_sets, callback=progress), captions, classifier)
 
     # 2. Reference and reconstruction; 3. generations per (mode, w)
     results, ref_stats = _real_sets(run, info.mel.sample_rate)
@@ -246,9 +284,36 @@ def run_evaluation(model_dir: str | os.PathLike, data_dir: str | os.PathLike, ou
                  "split_clips": info.num_clips(config.split), "clip_model": info.clip.describe()},
         embedder=_describe(fad_embedder), clap=_describe(clap_embedder) if clap_embedder is not None else None,
         sets=results + generated, notes=notes,
+        classifier=describe_classifier(classifier) if classifier is not None else None,
     )
     write_report(evaluation, out)
     return evaluation
+
+
+def _captions_and_classifier(config: EvalConfig, classifier: AudioClassifier | None
+                             ) -> tuple[Captions | None, AudioClassifier | None]:
+    captions = load_captions(config.captions) if config.captions else None
+    if classifier is None and config.classifier:
+        classifier = load_classifier(config.classifier)
+    if classifier is not None and not isinstance(classifier, AudioClassifier):
+        raise TypeError(f"classifier {classifier!r} has no labels / classify(audio, sample_rate)")
+    return captions, classifier
+
+
+def _query_notes(config: EvalConfig, captions: Captions | None, clips: Sequence[EvalClip], modes: Sequence[str],
+                 classifier: AudioClassifier | None) -> list[str]:
+    """What the report must say about the text queries and the relevance column."""
+    notes = []
+    if captions is not None and any(m in TEXT_MODES for m in modes):
+        notes.append(f"text modes query with captions from {config.captions} (clip i: caption i % n of its label)")
+        missing = uncaptioned_note(clips, captions, str(config.captions))
+        if missing:
+            notes.append(missing)
+    if classifier is not None:  # its chance level is in the report's header and results.json "classifier"
+        unknown = unknown_label_note([c.label for c in clips], classifier)
+        if unknown:
+            notes.append(unknown)
+    return notes
 
 
 def _describe(embedder: AudioEmbedder) -> dict:
