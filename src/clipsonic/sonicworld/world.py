@@ -1,0 +1,332 @@
+"""SonicWorld: eight concepts, each a coloured shape that makes one kind of sound, rendered to videos.
+
+A concept ties a picture (a colour AND a shape on a dark background) to a sound (a fundamental,
+a timbre and a rhythm, see :mod:`clipsonic.sonicworld.sounds`) and to words (nouns and sound
+words for captions). :func:`render_world` writes the whole world as real H.264 + AAC mp4 videos
+with a ``manifest.csv`` that ``clipsonic preprocess`` reads, a ``world.json``, and a folder of
+captioned pictures for the prior. Every clip is a pure function of (seed, split, concept, index).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from clipsonic.config import Config, atomic_output, write_bytes_atomic, write_json_atomic
+from clipsonic.errors import ClipsonicError
+from clipsonic.sonicworld.sounds import SAMPLE_RATE, synthesize
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+_SPLIT_CODE = {"train": 0, "test": 1, "captions": 2, "clip": 3}  # independent random streams
+
+
+class WorldError(ClipsonicError):
+    """An unknown concept or split, or a world that cannot be written."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Concept:
+    """One thing of the world: how it looks, how it sounds, and what people call it."""
+
+    name: str
+    colour: tuple[int, int, int]
+    shape: str
+    f0: float  # Hz, nominal fundamental
+    timbre: str  # key of sounds.TIMBRES
+    rhythm: str  # key of sounds.RHYTHMS
+    nouns: tuple[str, ...]  # each names colour and shape, so a caption alone picks the concept
+    sounds: tuple[str, ...]  # sound words (participles)
+
+
+# Fundamentals ≥ 1.4× apart; high fundamentals get timbres whose partials stay below 7.5 kHz.
+CONCEPTS: tuple[Concept, ...] = (
+    Concept("red_circle", (225, 30, 30), "circle", 180.0, "saw", "steady",
+            ("red circle", "red ball", "red disc"), ("humming", "droning")),
+    Concept("blue_square", (40, 70, 235), "square", 250.0, "square", "pulse2",
+            ("blue square", "blue box", "blue block"), ("buzzing", "throbbing")),
+    Concept("green_triangle", (30, 195, 50), "triangle", 350.0, "reed", "pulse3",
+            ("green triangle", "green pyramid", "green wedge"), ("honking", "tooting")),
+    Concept("yellow_star", (240, 220, 40), "star", 500.0, "bright", "pulse5",
+            ("yellow star", "golden star", "yellow sparkle"), ("rattling", "twinkling")),
+    Concept("magenta_cross", (225, 40, 225), "cross", 700.0, "hollow", "tremolo6",
+            ("magenta cross", "pink cross", "purple plus"), ("warbling", "wobbling")),
+    Concept("cyan_ring", (30, 215, 225), "ring", 1000.0, "soft", "steady",
+            ("cyan ring", "turquoise ring", "cyan hoop"), ("whistling", "singing")),
+    Concept("orange_diamond", (250, 140, 20), "diamond", 1400.0, "bell", "pulse4",
+            ("orange diamond", "orange rhombus", "orange gem"), ("ringing", "chiming")),
+    Concept("white_stripes", (245, 245, 245), "stripes", 2000.0, "sine", "tremolo3",
+            ("white stripes", "white lines", "white bars"), ("squeaking", "peeping")),
+)
+CONCEPT_NAMES = tuple(c.name for c in CONCEPTS)
+
+# Held-out templates reuse only words of the training templates, so every test caption is made of
+# training words in a new order; no test caption equals a training caption (tested).
+TRAIN_TEMPLATES = ("a {noun} {sound}", "the {sound} {noun}", "a {noun} that is {sound}",
+                   "the sound of a {sound} {noun}", "a video of a {noun} {sound}",
+                   "the {noun} is {sound}", "{sound} {noun}")
+TEST_TEMPLATES = ("the {noun} that is {sound}", "a video of the {sound} {noun}",
+                  "a {sound} {noun}", "the sound of the {noun} {sound}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig(Config):
+    """How much of the world to render, and how."""
+
+    seed: int = 0
+    train_videos_per_concept: int = 24
+    test_videos_per_concept: int = 4
+    # 3.072 s = 49152 samples = 96 mel frames at hop 512: a multiple of 8 frames, as the UNet needs.
+    seconds: float = 3.072
+    fps: int = 8  # slow drift needs few frames; CLIPSonic samples one frame per clip anyway
+    size: int = 64  # square frames; even, for 4:2:0 chroma
+    sample_rate: int = SAMPLE_RATE
+    caption_images_per_concept: int = 4
+
+    def __post_init__(self) -> None:
+        if self.size < 16 or self.size % 2:
+            raise ValueError(f"size must be an even number ≥ 16 pixels, got {self.size}")
+        if self.train_videos_per_concept < 0 or self.test_videos_per_concept < 0:
+            raise ValueError("videos per concept must be ≥ 0")
+        if self.seconds <= 0 or self.fps <= 0:
+            raise ValueError(f"seconds and fps must be > 0, got {self.seconds} and {self.fps}")
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.seconds * self.sample_rate))
+
+    @property
+    def num_frames(self) -> int:
+        """Frames covering the whole sound (the last one may outlast it by under a frame)."""
+        return math.ceil(self.seconds * self.fps - 1e-9)
+
+
+def concept(which: Concept | int | str) -> Concept:
+    """A concept by itself, its index, or its name."""
+    if isinstance(which, Concept):
+        return which
+    if isinstance(which, (int, np.integer)) and 0 <= which < len(CONCEPTS):
+        return CONCEPTS[int(which)]
+    if isinstance(which, str) and which in CONCEPT_NAMES:
+        return CONCEPTS[CONCEPT_NAMES.index(which)]
+    raise WorldError(f"unknown concept {which!r}; use an index 0-{len(CONCEPTS) - 1} or one of {list(CONCEPT_NAMES)}")
+
+
+def captions(which: Concept | int | str, split: str = "train") -> list[str]:
+    """The concept's captions: every ``split`` template × noun × sound word, in a fixed order."""
+    templates = {"train": TRAIN_TEMPLATES, "test": TEST_TEMPLATES}.get(split)
+    if templates is None:
+        raise WorldError(f"unknown caption split {split!r}; use 'train' or 'test'")
+    c = concept(which)
+    return [t.format(noun=n, sound=s) for t in templates for n in c.nouns for s in c.sounds]
+
+
+def clip_rng(config: WorldConfig, split: str, index: int, number: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Independent (picture, sound) generators of one clip, from (seed, split, concept, number)."""
+    seq = np.random.SeedSequence([config.seed, _SPLIT_CODE[split], index, number])
+    picture, sound = seq.spawn(2)
+    return np.random.default_rng(picture), np.random.default_rng(sound)
+
+
+# --- pictures ----------------------------------------------------------------------------------
+
+_SUPERSAMPLE = 4  # draw at 4× and downsample: anti-aliased edges
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float) -> list[list[tuple[float, float]]]:
+    """The shape's filled polygons (in pixels) for centre (cx, cy) and half-extent r."""
+    def at(radius: float, degrees: float) -> tuple[float, float]:
+        a = math.radians(degrees)
+        return cx + radius * math.sin(a), cy - radius * math.cos(a)
+
+    if shape == "square":
+        s = 0.85 * r
+        return [[(cx - s, cy - s), (cx + s, cy - s), (cx + s, cy + s), (cx - s, cy + s)]]
+    if shape == "triangle":
+        return [[at(r, a) for a in (0, 120, 240)]]
+    if shape == "star":
+        return [[at(r if k % 2 == 0 else 0.42 * r, 36 * k) for k in range(10)]]
+    if shape == "diamond":
+        return [[(cx, cy - r), (cx + 0.7 * r, cy), (cx, cy + r), (cx - 0.7 * r, cy)]]
+    if shape == "cross":
+        w = 0.32 * r
+        return [[(cx - r, cy - w), (cx + r, cy - w), (cx + r, cy + w), (cx - r, cy + w)],
+                [(cx - w, cy - r), (cx + w, cy - r), (cx + w, cy + r), (cx - w, cy + r)]]
+    if shape == "stripes":  # four bars in a square, gaps between them
+        h = 2 * r / 7
+        return [[(cx - r, cy - r + k * h), (cx + r, cy - r + k * h), (cx + r, cy - r + (k + 1) * h),
+                 (cx - r, cy - r + (k + 1) * h)] for k in (0, 2, 4, 6)]
+    raise WorldError(f"unknown shape {shape!r}")
+
+
+def draw(c: Concept, centre: tuple[float, float], radius: float, background: tuple[int, int, int],
+         size: int) -> np.ndarray:
+    """The concept's shape on a plain background: uint8 ``[size, size, 3]`` (no noise)."""
+    from PIL import Image, ImageDraw
+
+    k = _SUPERSAMPLE
+    image = Image.new("RGB", (size * k, size * k), tuple(background))
+    pen = ImageDraw.Draw(image)
+    cx, cy, r = centre[0] * k, centre[1] * k, radius * k
+    if c.shape == "circle":
+        pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=c.colour)
+    elif c.shape == "ring":
+        pen.ellipse([cx - r, cy - r, cx + r, cy + r], outline=c.colour, width=max(1, round(0.38 * r)))
+    else:
+        for points in _polygon(c.shape, cx, cy, r):
+            pen.polygon(points, fill=c.colour)
+    return np.asarray(image.resize((size, size), Image.Resampling.BOX))
+
+
+def render_frames(which: Concept | int | str, rng: np.random.Generator, size: int = 64,
+                  times: np.ndarray | None = None) -> np.ndarray:
+    """Frames of one video ``[T, size, size, 3]`` uint8 at ``times`` (seconds; default ``[0]``).
+
+    Random per video: background (dark), object size (30-55 % of the frame), start position and a
+    slow drift (1-4 px/s, kept inside the frame); per frame: Gaussian pixel noise (σ = 4 levels).
+    """
+    c = concept(which)
+    times = np.zeros(1) if times is None else np.asarray(times, dtype=np.float64)
+    background = tuple(int(v) for v in rng.integers(0, 70, 3))
+    radius = rng.uniform(0.30, 0.55) * size / 2
+    lo, hi = radius, size - radius
+    start = rng.uniform(lo, hi, 2)
+    angle, speed = rng.uniform(0, 2 * np.pi), rng.uniform(1.0, 4.0)
+    velocity = speed * np.array([math.cos(angle), math.sin(angle)])
+    frames = np.empty((len(times), size, size, 3), np.uint8)
+    for i, t in enumerate(times):
+        centre = np.clip(start + velocity * t, lo, hi)
+        clean = draw(c, (float(centre[0]), float(centre[1])), radius, background, size)
+        noisy = clean + rng.normal(0.0, 4.0, clean.shape)
+        frames[i] = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    return frames
+
+
+def make_clip(config: WorldConfig, split: str, index: int, number: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clip ``number`` of concept ``index`` in ``split``: frames ``[T, H, W, 3]`` uint8, audio float32 ``[N]``."""
+    c = concept(index)
+    picture_rng, sound_rng = clip_rng(config, split, index, number)
+    frames = render_frames(c, picture_rng, config.size, np.arange(config.num_frames) / config.fps)
+    audio = synthesize(c.f0, c.timbre, c.rhythm, config.num_samples, sound_rng, sample_rate=config.sample_rate)
+    return frames, audio
+
+
+# --- files -------------------------------------------------------------------------------------
+
+def rgb_to_yuv420p(image: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``[H, W, 3]`` → planar BT.601 limited-range 4:2:0 ``[3H/2, W]`` (FFmpeg's layout).
+
+    Done here, in numpy, so the pixels x264 sees do not depend on swscale's version or CPU paths.
+    """
+    rgb = image.astype(np.float64)
+    y = 16 + rgb @ np.array([65.481, 128.553, 24.966]) / 255
+    cb = 128 + rgb @ np.array([-37.797, -74.203, 112.0]) / 255
+    cr = 128 + rgb @ np.array([112.0, -93.786, -18.214]) / 255
+    h, w = y.shape
+
+    def half(plane: np.ndarray) -> np.ndarray:  # 2×2 means: [H, W] → [H/2 * W/2] rows of the plane
+        return plane.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).reshape(h // 4, w)
+
+    planes = np.concatenate([y, half(cb), half(cr)])
+    return np.clip(np.rint(planes), 0, 255).astype(np.uint8)
+
+
+def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray, fps: int,
+              sample_rate: int = SAMPLE_RATE) -> Path:
+    """Write H.264 (yuv420p) + AAC (mono) mp4, atomically. Same inputs give the same bytes."""
+    import av
+
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        container = av.open(str(tmp), "w", format="mp4", options={"fflags": "+bitexact"})
+        try:
+            # Byte-identical re-renders: one thread, and no macroblock-tree rate control, whose
+            # output varied from run to run on identical input (libx264 core 165 in PyAV 18).
+            video = container.add_stream("libx264", rate=fps, options={"x264-params": "mbtree=0"})
+            video.codec_context.thread_count = 1
+            video.width, video.height = frames.shape[2], frames.shape[1]
+            video.pix_fmt = "yuv420p"
+            video.codec_context.time_base = Fraction(1, fps)
+            sound = container.add_stream("aac", rate=sample_rate)
+            sound.layout = "mono"
+            sound.codec_context.bit_rate = 64000  # keeps the band up to ~7.5 kHz at 16 kHz mono
+            for i, image in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(image), format="yuv420p")
+                frame.pts, frame.time_base = i, Fraction(1, fps)
+                for packet in video.encode(frame):
+                    container.mux(packet)
+            for packet in video.encode(None):
+                container.mux(packet)
+            block = 1024
+            for s in range(0, len(audio), block):
+                chunk = np.ascontiguousarray(audio[None, s:s + block], dtype=np.float32)
+                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = sample_rate, s, Fraction(1, sample_rate)
+                for packet in sound.encode(frame):
+                    container.mux(packet)
+            for packet in sound.encode(None):
+                container.mux(packet)
+        finally:
+            container.close()
+    return path
+
+
+def render_world(out_dir: str | os.PathLike, config: WorldConfig | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> Path:
+    """Write the world under ``out_dir`` and return the path of its ``manifest.csv``.
+
+    Layout: ``videos/{train,test}/<concept>_<i>.mp4``; ``manifest.csv`` (path,label,split; paths
+    relative to it); ``world.json`` (config + concept table); ``captions/<concept>_<i>.png`` each
+    with ``.txt`` holding its concept's training captions, one per line (the prior's folder source).
+    ``progress(done, total)`` is called after each file.
+    """
+    config = config or WorldConfig()
+    out = Path(out_dir)
+    began = time.perf_counter()
+    jobs = [(s, i, n) for s in SPLITS for i in range(len(CONCEPTS))
+            for n in range(config.train_videos_per_concept if s == "train" else config.test_videos_per_concept)]
+    total = len(jobs) + len(CONCEPTS) * config.caption_images_per_concept
+    rows = []
+    for done, (split, index, number) in enumerate(jobs, 1):
+        rel = Path("videos", split, f"{CONCEPT_NAMES[index]}_{number}.mp4")
+        write_mp4(out / rel, *make_clip(config, split, index, number), fps=config.fps, sample_rate=config.sample_rate)
+        rows.append((rel.as_posix(), CONCEPT_NAMES[index], split))
+        if progress:
+            progress(done, total)
+    done = len(jobs)
+    for index, c in enumerate(CONCEPTS):
+        for number in range(config.caption_images_per_concept):
+            frame = render_frames(c, clip_rng(config, "captions", index, number)[0], config.size)[0]
+            _write_captioned_png(out / "captions" / f"{c.name}_{number}.png", frame, captions(c, "train"))
+            done += 1
+            if progress:
+                progress(done, total)
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(("path", "label", "split"))
+    writer.writerows(rows)
+    write_bytes_atomic(out / "manifest.csv", table.getvalue().encode())
+    write_json_atomic(out / "world.json", {"config": config.to_dict(),
+                                           "concepts": [dataclasses.asdict(c) for c in CONCEPTS]})
+    log.info("SonicWorld: %d videos and %d captioned pictures in %s (%.1f s)", len(jobs),
+             total - len(jobs), out, time.perf_counter() - began)
+    return out / "manifest.csv"
+
+
+def _write_captioned_png(path: Path, frame: np.ndarray, lines: list[str]) -> None:
+    from PIL import Image
+
+    with atomic_output(path) as tmp:
+        Image.fromarray(frame).save(tmp, format="PNG")
+    write_bytes_atomic(path.with_suffix(".txt"), ("\n".join(lines) + "\n").encode())
