@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
 from PIL import Image
 from support.media_files import write_video
@@ -46,3 +47,20 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     assert not (tmp_path / "x.wav").exists() and not (tmp_path / "x.png").exists()
     r = run("mel")
     assert r.returncode == 2 and "required" in r.stderr
+
+
+def test_top_level_help_lists_every_command(capsys):
+    from clipsonic.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    commands = build_parser()._subparsers._group_actions[0].choices  # every registered command
+    for name in ("mel", "resynth", "preprocess", "train", "train-prior", "train-vocoder", "generate", "vocode",
+                 "evaluate", "listening-test", "demo"):
+        assert name in commands and name in text, name
+    for name in commands:  # every sub-command's own --help formats (argparse %-formats help strings)
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0, name

@@ -250,8 +250,9 @@ def test_bundled_clip_makes_the_folder_self_contained(tiny_pipeline_dir, tiny_cl
     import json
     import shutil
 
-    from clipsonic.export import PipelineDirError, attach_clip
     from support.tiny_clip import make_tiny_clip
+
+    from clipsonic.export import PipelineDirError, attach_clip
 
     own = tmp_path / "pipe"
     shutil.copytree(tiny_pipeline_dir, own)

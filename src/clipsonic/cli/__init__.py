@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "clipsonic.cli.train",
     "clipsonic.cli.generate",
     "clipsonic.cli.prior",
+    "clipsonic.cli.demo",
 ]
 
 

@@ -119,7 +119,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def _register_listening(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "listening-test",
-        help="build a listening-test web page, or score the answers (MOS ± 95% CI)",
+        help="build a listening-test web page, or score the answers (MOS ± 95%% CI)",
         description="Listening tests as in the paper: `make` writes a static page (no server) that plays "
                     "trials in random order with hidden system names and collects 1-5 ratings of fidelity "
                     "and relevance; `score` turns the answers CSVs into MOS ± 95% CI per system.",

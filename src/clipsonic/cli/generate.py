@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "clips longer than the training length work (the UNet is convolutional in time) but drift "
                     "from what it learned. Without a vocoder component the audio is made with Griffin-Lim.",
         epilog=examples(
+            "clipsonic generate --text 'the red ball that is humming' -o hum.wav   # the built-in model",
+            "clipsonic generate --list-builtin-prompts",
             "clipsonic generate --model pipelines/vgg --text 'a dog barking' -o dog.wav",
             "clipsonic generate --model pipelines/vgg --text 'rain on a roof' --mode zs --guidance 3 --seed 1",
             "clipsonic generate --model pipelines/vgg --image cat.jpg --num-samples 4 -o cats/",
@@ -37,7 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", type=Path, required=True, metavar="DIR", help="pipeline directory")
+    p.add_argument("--model", type=Path, metavar="DIR",
+                   help="pipeline directory (default: the built-in SonicWorld model; see --list-builtin-prompts)")
+    p.add_argument("--list-builtin-prompts", action="store_true",
+                   help="print text queries the built-in model knows, and exit")
     q = p.add_argument_group("query (exactly one kind)")
     q.add_argument("--text", action="append", help="text query (repeatable)")
     q.add_argument("--image", action="append", type=Path, help="image file (repeatable)")
@@ -103,6 +108,11 @@ def run_generate(args: argparse.Namespace) -> int:
     from clipsonic.pipeline.outputs import check_target, save_generation
     from clipsonic.pipeline.queries import QueryError, parse_query
 
+    if args.list_builtin_prompts:
+        from clipsonic.builtin import builtin_prompts
+
+        print("\n".join(builtin_prompts()))
+        return 0
     if args.prompts is not None and args.text:
         raise QueryError("give --text or --prompts, not both")
     if args.batch_size < 1:
@@ -113,7 +123,7 @@ def run_generate(args: argparse.Namespace) -> int:
     pipe = CLIPSonicPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                              clip_model=args.clip_model, vocoder=args.vocoder)
     if pipe.vocoder_is_fallback:
-        print(f"note: {args.model} has no vocoder; using Griffin-Lim (lower quality; see clipsonic train-vocoder)",
+        print(f"note: {args.model or 'the built-in model'} has no vocoder; using Griffin-Lim (lower quality; see clipsonic train-vocoder)",
               file=sys.stderr)
     per_call = args.batch_size if query.kind == "text" else 1
     steps = DEFAULT_STEPS if args.steps is None else args.steps
