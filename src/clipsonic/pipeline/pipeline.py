@@ -119,10 +119,11 @@ class CLIPSonicPipeline:
 
     # --- loading and saving -------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = None,
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | str | None = None, *, clip_model: str | None = None,
                         vocoder: str | os.PathLike | None = None, check_clip: bool = True) -> CLIPSonicPipeline:
-        """Load a pipeline directory (see clipsonic.export for its layout).
+        """Load a pipeline directory (see clipsonic.export for its layout); no ``path``: the built-in
+        SonicWorld model (:mod:`clipsonic.builtin`).
 
         Args:
             device: default cuda when available, else cpu.
@@ -131,6 +132,10 @@ class CLIPSonicPipeline:
                 copy); its weights must be the same (fingerprint checked unless ``check_clip=False``).
             vocoder: a vocoder directory to use instead of the pipeline's, or "griffin-lim".
         """
+        if path is None:
+            from clipsonic.builtin import builtin_dir
+
+            path = builtin_dir()
         return cls(**loading.load_components(path, device, dtype, clip_model=clip_model, vocoder=vocoder,
                                              check_clip=check_clip))
 

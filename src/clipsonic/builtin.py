@@ -1,0 +1,109 @@
+"""The built-in model: a SonicWorld pipeline shipped inside the package.
+
+``CLIPSonicPipeline.from_pretrained()`` and ``clipsonic generate`` without ``--model`` load it, offline
+and at once. It is a whole pipeline directory (UNet, scheduler, statistics, prior, vocoder and its own
+CLIP; JSON and safetensors only, ≤ :data:`MAX_BYTES`) made by ``clipsonic demo`` and
+:func:`install_builtin`; its ``README.md`` records the command and the measured numbers, and
+``prompts.txt`` lists what it knows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from clipsonic.errors import ClipsonicError
+
+log = logging.getLogger(__name__)
+
+BUILTIN_DIR = Path(__file__).parent / "builtin" / "sonicworld"
+MAX_BYTES = 20 * 1024 * 1024
+PROMPTS_NAME = "prompts.txt"
+# only what loading reads: a pipeline folder also holds nothing else, but be explicit
+_KEEP_SUFFIXES = (".json", ".safetensors", ".txt", ".md")
+
+
+class BuiltinError(ClipsonicError):
+    """The built-in model is missing or too large."""
+
+
+def builtin_dir() -> Path:
+    """The built-in pipeline's directory; :class:`BuiltinError` when this install has none."""
+    if not (BUILTIN_DIR / "model_index.json").is_file():
+        raise BuiltinError(f"this clipsonic install has no built-in model ({BUILTIN_DIR} is missing); "
+                           "pass --model DIR, or reinstall clipsonic")
+    return BUILTIN_DIR
+
+
+def builtin_prompts() -> list[str]:
+    """Example text queries the built-in model knows (one per line of its ``prompts.txt``)."""
+    path = builtin_dir() / PROMPTS_NAME
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def install_builtin(demo_dir: str | os.PathLike, target: str | os.PathLike = BUILTIN_DIR, *,
+                    command: str = "clipsonic demo") -> Path:
+    """Copy a finished demo's pipeline (with its bundled CLIP) to ``target`` as the built-in model.
+
+    Adds ``prompts.txt`` (held-out captions, one per concept and template) and a model card with
+    the command and the demo's ``metrics.json`` headline; refuses a pipeline over :data:`MAX_BYTES`.
+    """
+    from clipsonic.sonicworld.world import CONCEPTS, captions
+
+    demo_dir, target = Path(demo_dir), Path(target)
+    source = demo_dir / "run" / "pipeline"
+    metrics_path = demo_dir / "metrics.json"
+    if not (source / "clip" / "config.json").is_file() or not metrics_path.is_file():
+        raise BuiltinError(f"{demo_dir} is not a finished demo (needs run/pipeline with clip/ and metrics.json); "
+                           "run `clipsonic demo --out DIR` to the end first")
+    files = [p for p in source.rglob("*") if p.is_file() and p.suffix in _KEEP_SUFFIXES]
+    size = sum(p.stat().st_size for p in files)
+    if size > MAX_BYTES:
+        raise BuiltinError(f"{source} is {size / 2**20:.1f} MiB; the built-in model must stay under "
+                           f"{MAX_BYTES / 2**20:.0f} MiB (use smaller presets)")
+    metrics = json.loads(metrics_path.read_text())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        for path in files:
+            dest = tmp / path.relative_to(source)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+        prompts = [text for c in CONCEPTS for text in captions(c, "test")[:3]]
+        (tmp / PROMPTS_NAME).write_text("\n".join(prompts) + "\n", encoding="utf-8")
+        with open(tmp / "README.md", "a", encoding="utf-8") as card:
+            card.write(_card(command, metrics, size))
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("built-in model installed at %s (%.1f MiB)", target, size / 2**20)
+    return target
+
+
+def _card(command: str, metrics: dict, size: int) -> str:
+    h = metrics.get("headline", {})
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    return (f"\n## The built-in SonicWorld model\n\nMade with `{command}` then "
+            f"`python -m clipsonic.builtin DEMO_DIR` ({metrics.get('wall_seconds', 0) / 60:.1f} min on the machine "
+            f"that made it; {size / 2**20:.1f} MiB).\n\n"
+            f"Relevance on the demo's test videos and held-out captions (oracle classifier, chance "
+            f"{fmt(metrics.get('chance'))}): IQ {fmt(h.get('iq_relevance'))}, ZS {fmt(h.get('zs_relevance'))}, "
+            f"PD {fmt(h.get('pd_relevance'))}. It knows only SonicWorld's 8 concepts: see `prompts.txt`.\n")
+
+
+if __name__ == "__main__":  # python -m clipsonic.builtin DEMO_DIR [TARGET]
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python -m clipsonic.builtin DEMO_DIR [TARGET]")
+    print(install_builtin(*sys.argv[1:]))

@@ -1,0 +1,101 @@
+"""The built-in model: installing a finished demo's pipeline, loading it with no path, its prompts;
+and the shipped SonicWorld model itself, judged by the world's oracle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from support.tiny_pipeline import tiny_pipeline_dir  # noqa: F401
+
+from clipsonic import builtin
+from clipsonic.builtin import BuiltinError, builtin_dir, builtin_prompts, install_builtin
+from clipsonic.cli import main
+from clipsonic.export import attach_clip
+from clipsonic.pipeline import CLIPSonicPipeline
+
+
+@pytest.fixture()
+def finished_demo(tmp_path, tiny_pipeline_dir, tiny_clip_dir):  # noqa: F811
+    demo = tmp_path / "demo"
+    shutil.copytree(tiny_pipeline_dir, demo / "run" / "pipeline")
+    attach_clip(demo / "run" / "pipeline", tiny_clip_dir)
+    (demo / "metrics.json").write_text(json.dumps({"headline": {"iq_relevance": 1.0, "zs_relevance": 0.25,
+                                                                "pd_relevance": 0.9}, "chance": 0.125,
+                                                   "wall_seconds": 1500}))
+    return demo
+
+
+def test_install_then_load_with_no_path(finished_demo, tmp_path, monkeypatch):
+    target = tmp_path / "pkg" / "builtin" / "sonicworld"
+    monkeypatch.setattr(builtin, "BUILTIN_DIR", target)
+    with pytest.raises(BuiltinError, match="no built-in model"):
+        builtin_dir()
+    install_builtin(finished_demo, target, command="clipsonic demo --out runs/x")
+    assert builtin_dir() == target
+    card = (target / "README.md").read_text()
+    assert "clipsonic demo --out runs/x" in card and "PD 0.900" in card
+    prompts = builtin_prompts()
+    assert len(prompts) == 24 and "the red circle that is humming" in prompts
+    pipe = CLIPSonicPipeline.from_pretrained(device="cpu")
+    assert pipe(text="rain", mode="zs", seed=0, num_inference_steps=2).audios.shape[0] == 1
+    install_builtin(finished_demo, target)  # replacing an installed model leaves no debris
+    assert sorted(p.name for p in target.parent.iterdir()) == ["sonicworld"]
+
+
+def test_install_refuses_unfinished_or_oversized(finished_demo, tmp_path, monkeypatch):
+    (finished_demo / "metrics.json").unlink()
+    with pytest.raises(BuiltinError, match="not a finished demo"):
+        install_builtin(finished_demo, tmp_path / "t")
+    (finished_demo / "metrics.json").write_text("{}")
+    monkeypatch.setattr(builtin, "MAX_BYTES", 1000)
+    with pytest.raises(BuiltinError, match="must stay under"):
+        install_builtin(finished_demo, tmp_path / "t")
+    assert not (tmp_path / "t").exists()
+
+
+# --- the shipped model -------------------------------------------------------------------------
+
+def test_shipped_model_is_small_and_self_contained():
+    root = builtin_dir()
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    assert size <= builtin.MAX_BYTES
+    assert not [p for p in root.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl", ".ckpt")]
+    components = json.loads((root / "model_index.json").read_text())["components"]
+    assert all(components[c] for c in ("unet", "scheduler", "stats", "prior", "clip"))
+
+
+def test_list_builtin_prompts(capsys):
+    assert main(["generate", "--list-builtin-prompts"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == builtin_prompts() and len(lines) >= 8
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return CLIPSonicPipeline.from_pretrained(device="cpu")
+
+
+def test_shipped_model_generates_every_concept_and_the_oracle_agrees(shipped, tmp_path):
+    from clipsonic.sonicworld import CONCEPTS, OracleClassifier, WorldConfig, captions, make_clip
+
+    oracle = OracleClassifier()
+    texts = [captions(c, "test")[1] for c in CONCEPTS]
+    frames = [make_clip(WorldConfig(seed=123), "test", k, 0)[0][0] for k in range(len(CONCEPTS))]  # unseen videos
+    agree = {}
+    for mode, query in (("iq", {"image": frames}), ("pd", {"text": texts})):
+        out = shipped(**query, mode=mode, seed=0, num_inference_steps=25)
+        assert out.audios.shape[0] == len(CONCEPTS) and np.isfinite(out.audios).all()
+        agree[mode] = int((oracle.classify_audio(out.audios, out.sample_rate) == np.arange(len(CONCEPTS))).sum())
+    assert agree["iq"] >= 7 and agree["pd"] >= 6, agree  # "most concepts"; chance is 1 of 8
+
+
+def test_generate_cli_uses_the_builtin_model(tmp_path):
+    out = tmp_path / "hum.wav"
+    assert main(["generate", "--text", "the red circle that is humming", "--steps", "10", "-o", str(out)]) == 0
+    import soundfile as sf
+
+    audio, rate = sf.read(out)
+    assert rate == 16000 and len(audio) > 8000 and np.abs(audio).max() > 0.01
