@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support.media_files import write_audio, write_video
+from support.media_files import write_audio, write_frameless_video, write_video
 from support.tiny_pipeline import COLOURS, TINY_FRAMES, solid_image, tiny_pipeline_dir  # noqa: F401
 
 from clipsonic.errors import ClipsonicError
@@ -195,6 +195,22 @@ def test_unreadable_files_raise_clear_errors(pipe, tmp_path):
     (tmp_path / "empty.mp4").write_bytes(b"")
     with pytest.raises(ClipsonicError, match="empty.mp4"):
         pipe(video=tmp_path / "empty.mp4", **FAST)
+
+
+@pytest.mark.parametrize("name, audio_seconds, error, match", [
+    # Matroska keeps the empty video stream: probing passes, decoding finds nothing
+    ("frameless.mkv", 1.0, ClipsonicError, "the video stream has no decodable frames"),
+    # mp4 drops an empty track on writing: the file reads as audio-only
+    ("frameless.mp4", 1.0, QueryError, "has no video stream"),
+    # no audio either: an mp4 with no stream and no timestamps
+    ("nothing.mp4", None, ClipsonicError, "cannot tell the duration"),
+])
+def test_a_video_with_no_frames_raises_one_line_naming_the_file(pipe, tmp_path, name, audio_seconds, error, match):
+    path = write_frameless_video(tmp_path / name, audio_seconds=audio_seconds)
+    with pytest.raises(error, match=match) as raised:
+        pipe(video=path, **FAST)
+    message = str(raised.value)
+    assert message.startswith(str(path)) and "\n" not in message
 
 
 def test_loading_refuses_another_clip_and_missing_components(tiny_pipeline_dir, tmp_path):  # noqa: F811

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import webdataset as wds
-from support.media_files import truncate, write_video
+from support.media_files import truncate, write_audio, write_video
 
 from clipsonic.audio import MelConfig
+from clipsonic.cli import main
 from clipsonic.data.clips import ClipOptions
 from clipsonic.data.dataset import DatasetError, read_dataset_info
-from clipsonic.data.preprocess import PreprocessOptions, merge_parts, preprocess
+from clipsonic.data.preprocess import PreprocessOptions, _resolve_sharding, preprocess
 from clipsonic.encoders import load_clip
 from clipsonic.plotting import mel_band_edges_hz
 
@@ -127,11 +128,19 @@ def test_refuses_other_mel_or_clip(videos, tmp_path, tiny_clip_dir):
         preprocess(videos, tmp_path / "ds", options=options(tiny_clip_dir, clip_model=str(other)), mel=MEL)
 
 
-def test_two_way_sharded_run_merges_to_single_run(videos, tmp_path, tiny_clip_dir):
+def test_two_way_sharded_run_merges_to_single_run(videos, tmp_path, tiny_clip_dir, monkeypatch, capsys):
     single = read_samples(preprocess(videos, tmp_path / "one", options=options(tiny_clip_dir), mel=MEL))
-    for i in range(2):
-        preprocess(videos, tmp_path / "two", options=options(tiny_clip_dir), mel=MEL, num_shards=2, shard_index=i)
-    merged = merge_parts(tmp_path / "two")
+    preprocess(videos, tmp_path / "two", options=options(tiny_clip_dir), mel=MEL, num_shards=2, shard_index=0)
+    # the second part as a launcher (torchrun/accelerate) would start it: the split comes from the environment
+    with monkeypatch.context() as env:  # undone before reading: webdataset splits by WORLD_SIZE too
+        env.setenv("WORLD_SIZE", "2")
+        env.setenv("RANK", "1")
+        part = preprocess(videos, tmp_path / "two", options=options(tiny_clip_dir), mel=MEL)
+    assert part.root == tmp_path / "two" / "part-00001-of-00002"
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["part-00000-of-00002", "part-00001-of-00002"]
+    assert main(["-q", "preprocess", "merge", str(tmp_path / "two")]) == 0
+    assert "11 inputs → 8 clips" in capsys.readouterr().out
+    merged = read_dataset_info(tmp_path / "two")
     assert not list((tmp_path / "two").glob("part-*"))
     assert merged.counts == read_dataset_info(tmp_path / "one").counts
     both = read_samples(read_dataset_info(tmp_path / "two"))
@@ -141,6 +150,38 @@ def test_two_way_sharded_run_merges_to_single_run(videos, tmp_path, tiny_clip_di
         assert np.array_equal(single[key]["clip.npy"], both[key]["clip.npy"])
     rejected = (tmp_path / "two" / "rejected.jsonl").read_text().splitlines()
     assert sorted(rejected) == sorted((tmp_path / "one" / "rejected.jsonl").read_text().splitlines())
+
+
+def test_shard_split_comes_from_the_launcher_environment_unless_given(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    assert _resolve_sharding(None, None) == (1, 0)  # no launcher: one part
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    assert _resolve_sharding(None, None) == (4, 3)
+    assert _resolve_sharding(2, 1) == (2, 1)  # --num-shards/--shard-index win over the environment
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(DatasetError, match=r"--shard-index 4 must be in \[0, --num-shards 4\)"):
+        _resolve_sharding(None, None)
+
+
+def test_audio_only_inputs_in_a_manifest_are_rejected_and_the_rest_written(tmp_path, tiny_clip_dir):
+    media = tmp_path / "media"
+    media.mkdir()
+    write_video(media / "video.mp4", seconds=2.2, tone_hz=440.0)  # → 2 clips
+    write_audio(media / "song.wav", seconds=2.2)
+    write_audio(media / "song.mp4", seconds=2.2)  # an mp4 holding only AAC audio
+    write_video(media / "other.mkv", seconds=1.2, tone_hz=660.0)  # → 1 clip
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label\nmedia/video.mp4,dog\nmedia/song.wav,music\nmedia/song.mp4,music\nmedia/other.mkv,cat\n")
+    info = preprocess(manifest, tmp_path / "ds", options=options(tiny_clip_dir, test_fraction=0.0), mel=MEL)
+    assert info.counts == {"inputs": 4, "clips": 3, "rejected": 2, "silent_clips": 0}
+    rejected = [json.loads(line) for line in (tmp_path / "ds" / "rejected.jsonl").read_text().splitlines()]
+    assert sorted((Path(r["path"]).name, r["reason"]) for r in rejected) == [
+        ("song.mp4", "no video stream"), ("song.wav", "no video stream")]
+    samples = read_samples(info)
+    assert sorted(Path(s["json"]["source"]).name for s in samples.values()) == ["other.mkv", "video.mp4", "video.mp4"]
+    assert {s["json"]["label"] for s in samples.values()} == {"dog", "cat"}
 
 
 def _cli(videos, out, clip_dir):

@@ -247,6 +247,29 @@ def write_audio(
     return path
 
 
+def write_frameless_video(path: str | Path, *, audio_seconds: float | None = 1.0, sample_rate: int = 44100,
+                          tone_hz: float = 440.0) -> Path:
+    """A file whose video stream (H.264, 64×48) holds no frame at all, plus an audio track of
+    ``audio_seconds`` (``None``: no audio). What FFmpeg writes depends on the container: Matroska
+    keeps the empty video stream beside the audio; mp4/mov drop it (the file reads as audio-only,
+    and without audio as a file with no stream and no timestamps). Returns ``Path(path)``.
+    """
+    path = Path(path)
+    container = av.open(str(path), "w", format=_FORMATS[path.suffix.lower()])
+    try:
+        v = container.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = _add_audio_stream(container, "aac", sample_rate, 2) if audio_seconds is not None else None
+        container.start_encoding()  # write the header even when no packet ever comes
+        if a is not None:
+            _encode_audio(container, a, _signal(audio_seconds, sample_rate, 2, tone_hz, None), sample_rate, 0.0)
+        for packet in v.encode(None):
+            container.mux(packet)
+    finally:
+        container.close()
+    return path
+
+
 def truncate(path: str | Path, fraction: float = 0.5) -> Path:
     """Cut a file to ``fraction`` of its bytes in place (a download that stopped half-way)."""
     path = Path(path)

@@ -87,15 +87,16 @@ def resolve_modes(requested: Sequence[str], supported: Sequence[str], clips: Seq
     return modes
 
 
-def _save_one(path: Path, audio: np.ndarray, sample_rate: int, excluded: list[str]) -> None:
-    """Write one clip's audio; non-finite audio is not written and its key is recorded."""
+def _save_one(path: Path, audio: np.ndarray, sample_rate: int, excluded: list[str]) -> float:
+    """Write one clip's audio; returns the peak-limiting gain in dB. Non-finite audio is not
+    written and its key is recorded."""
     from clipsonic.media import save_audio
 
     if not np.all(np.isfinite(audio)):
         log.warning("%s is NaN/inf; left out of the evaluation", path)
         excluded.append(path.stem)
-        return
-    save_audio(path, audio, sample_rate)
+        return 0.0
+    return save_audio(path, audio, sample_rate, warn=False)
 
 
 def _produce(folder: Path, settings: dict, clips: Sequence[EvalClip], make: Callable[[list[int]], list[np.ndarray]],
@@ -108,11 +109,17 @@ def _produce(folder: Path, settings: dict, clips: Sequence[EvalClip], make: Call
     open_set_dir(folder, settings)
     todo = [i for i, c in enumerate(clips) if not (folder / f"{c.key}.wav").is_file()]
     tick(result.name, len(clips) - len(todo))
+    gains = []
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
         for i, wav in zip(batch, make(batch), strict=True):
-            _save_one(folder / f"{clips[i].key}.wav", np.asarray(wav, dtype=np.float32), sample_rate, result.excluded)
+            gains.append(_save_one(folder / f"{clips[i].key}.wav", np.asarray(wav, dtype=np.float32), sample_rate,
+                                   result.excluded))
         tick(result.name, len(batch))
+    limited = [g for g in gains if g > 0]
+    if limited:  # one line per set, not one per file
+        log.warning("%s: %d of %d clips peaked beyond [-1, 1] and were scaled down (up to %.1f dB) instead of clipped",
+                    result.name, len(limited), len(gains), max(limited))
     shown = [(queries[i] if queries is not None else None) or c.label or "" for i, c in enumerate(clips)]
     write_manifest(folder, [{"file": f"{c.key}.wav", "item": c.key, "query": q}
                             for c, q in zip(clips, shown, strict=True) if (folder / f"{c.key}.wav").is_file()])

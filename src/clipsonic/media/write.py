@@ -39,11 +39,13 @@ def _channels_last(audio: Any, path: Path) -> np.ndarray:
     return np.ascontiguousarray(data.T, dtype=np.float32)
 
 
-def save_audio(path: str | os.PathLike, audio: Any, sample_rate: int) -> None:
+def save_audio(path: str | os.PathLike, audio: Any, sample_rate: int, *, warn: bool = True) -> float:
     """Write ``[samples]`` or ``[C, samples]`` float audio to a 16-bit .wav or .flac, atomically.
 
-    Values beyond [-1, 1] are not clipped: a warning is logged and the whole signal is scaled
-    down so its peak is 1. The file appears under its name only once completely written.
+    Values beyond [-1, 1] are not clipped: the whole signal is scaled down so its peak is 1 and a
+    warning is logged (``warn=False``: a debug line; batch writers report once, from the return
+    value). Returns the gain applied in dB (0.0 when none). The file appears under its name only
+    once completely written.
     """
     path = Path(path)
     fmt = _WRITE_FORMATS.get(path.suffix.lower())
@@ -52,12 +54,16 @@ def save_audio(path: str | os.PathLike, audio: Any, sample_rate: int) -> None:
     rate = _check_rate(sample_rate, path)
     data = _channels_last(audio, path)
     peak = float(np.abs(data).max()) if data.size else 0.0
+    gain_db = 0.0
     if peak > 1.0:
-        log.warning("%s: audio peaks at %.3f, beyond [-1, 1]; scaling it down %.2f dB instead of clipping",
-                    path, peak, 20 * math.log10(peak))
+        gain_db = 20 * math.log10(peak)
+        log.log(logging.WARNING if warn else logging.DEBUG,
+                "%s: audio peaks at %.3f, beyond [-1, 1]; scaling it down %.2f dB instead of clipping",
+                path, peak, gain_db)
         data = data / np.float32(peak)
     try:
         with atomic_output(path) as tmp:
             soundfile.write(tmp, data, rate, format=fmt)
     except (OSError, RuntimeError, ValueError) as exc:  # soundfile.LibsndfileError is a RuntimeError
         raise MediaError(f"{path}: writing {fmt} failed ({_reason(exc)})") from exc
+    return gain_db

@@ -71,8 +71,8 @@ class DemoConfig(Config):
 def demo_config(fast: bool = False) -> DemoConfig:
     """The full demo (≤ 30 minutes on 2 CPU cores) or ``--fast`` (≤ 5 minutes)."""
     if fast:
-        return DemoConfig(world=WorldConfig(train_videos_per_concept=10, test_videos_per_concept=3),
-                          clip_steps=250, unet_steps=500, prior_steps=400, vocoder_steps=0, sweep=(3.0,))
+        return DemoConfig(world=WorldConfig(train_videos_per_concept=8, test_videos_per_concept=2),
+                          clip_steps=150, unet_steps=400, prior_steps=400, vocoder_steps=0, sweep=(3.0,))
     return DemoConfig(vocoder_steps=600)
 
 

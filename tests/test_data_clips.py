@@ -1,0 +1,81 @@
+"""The clip rule of clipsonic.data.clips: where clips start, and what a short video gives."""
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+from support.media_files import write_video
+
+from clipsonic.audio import MelConfig
+from clipsonic.data.clips import ClipOptions, extract_clips, plan_clip_starts
+from clipsonic.data.sources import SourceItem
+
+MEL = MelConfig(clip_samples=16384)  # 1.024-s clips
+CLIP = MEL.clip_seconds
+
+
+def starts(seconds, segment_start=0.0, **options):
+    return plan_clip_starts(segment_start, seconds, MEL, ClipOptions(**options))
+
+
+def test_back_to_back_clips_drop_the_short_tail():
+    assert starts(2.5) == [0.0, CLIP]  # 0.452 s left over: dropped
+    assert starts(2 * CLIP) == [0.0, CLIP]  # an exact fit keeps the last clip
+    assert starts(2 * CLIP - 0.0005) == [0.0, CLIP]  # container durations are rounded: 1 ms of slack
+    assert starts(2 * CLIP - 0.01) == [0.0]
+
+
+def test_stride_and_segment_start():
+    # clips every 0.5 s while they fit: the last starts at 1.5 and ends at 2.524 <= 3
+    assert starts(3.0, stride_seconds=0.5) == [0.0, 0.5, 1.0, 1.5]
+    # a VGGSound row 10 s into its video: times stay on the video's clock
+    assert starts(3.0, segment_start=10.0, stride_seconds=0.5) == [10.0, 10.5, 11.0, 11.5]
+    # a stride longer than a clip leaves gaps
+    assert starts(5.0, stride_seconds=2.0) == [0.0, 2.0]
+
+
+def test_a_long_video_gives_many_clips_up_to_the_cap():
+    ten_minutes = starts(600.0)
+    assert len(ten_minutes) == int((600.0 - CLIP) // CLIP) + 1 == 585
+    np.testing.assert_allclose(np.diff(ten_minutes), CLIP)
+    assert ten_minutes[-1] + CLIP <= 600.0
+    assert starts(600.0, max_clips_per_video=50) == ten_minutes[:50]
+    assert starts(600.0, stride_seconds=0.25, max_clips_per_video=3) == [0.0, 0.25, 0.5]
+
+
+@pytest.mark.parametrize("seconds, min_fraction, expected", [
+    (0.7, 0.5, [0.0]),  # shorter than a clip but >= half of it: one (padded) clip
+    (0.512, 0.5, [0.0]),  # exactly the fraction
+    (0.3, 0.5, []),  # too short
+    (0.7, 0.8, []),  # a stricter fraction rejects it
+    (0.0, 0.5, []),
+])
+def test_a_video_shorter_than_a_clip(seconds, min_fraction, expected):
+    assert starts(seconds, min_clip_fraction=min_fraction) == expected
+
+
+def test_the_single_short_clip_is_zero_padded_and_its_frames_stay_inside_the_video(tmp_path):
+    path = write_video(tmp_path / "short.mp4", seconds=0.7, tone_hz=440.0)
+    result = extract_clips(SourceItem(path, key="short.mp4"), MEL, ClipOptions(keep_audio=True))
+    assert result.reason is None and len(result.clips) == 1
+    clip = result.clips[0]
+    audio, rate = sf.read(io.BytesIO(clip.flac), dtype="float32")
+    assert rate == 16000 and audio.shape == (MEL.clip_samples,)
+    real = int(0.7 * rate)
+    assert np.abs(audio[:real - 1600]).max() > 0.3  # the tone (amplitude 0.5; AAC edges aside)
+    assert not audio[real + 800:].any()  # silence after the end, to the clip's length
+    # the K frames are the centres of 3 equal parts of the decoded audio's span (AAC rounds 0.7 s
+    # up to whole codec frames), not of the whole padded clip: all inside the video
+    span = 2 * clip.meta["frame_times"][1]
+    assert 0.7 <= span < 0.75
+    np.testing.assert_allclose(clip.meta["frame_times"], [span / 6, span / 2, span * 5 / 6], atol=1e-6)
+    assert clip.meta["frame_times"][-1] < 0.7
+    assert clip.mel.shape == (MEL.n_mels, MEL.clip_samples // MEL.hop_length)
+
+
+def test_a_too_short_video_is_rejected_with_the_numbers(tmp_path):
+    path = write_video(tmp_path / "tiny.mp4", seconds=0.3)
+    result = extract_clips(SourceItem(path, key="tiny.mp4"), MEL, ClipOptions())
+    assert result.clips == [] and result.reason.startswith("too short")
+    assert "need 0.51 s" in result.reason
