@@ -160,6 +160,9 @@ def test_shard_split_comes_from_the_launcher_environment_unless_given(monkeypatc
     monkeypatch.setenv("RANK", "3")
     assert _resolve_sharding(None, None) == (4, 3)
     assert _resolve_sharding(2, 1) == (2, 1)  # --num-shards/--shard-index win over the environment
+    monkeypatch.setenv("RANK", "1")
+    assert _resolve_sharding(2, None) == (2, 1)  # --num-shards alone under a launcher: each rank its part
+    monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(DatasetError, match=r"--shard-index 4 must be in \[0, --num-shards 4\)"):
         _resolve_sharding(None, None)

@@ -46,11 +46,13 @@ def builtin_prompts() -> list[str]:
 
 
 def install_builtin(demo_dir: str | os.PathLike, target: str | os.PathLike = BUILTIN_DIR, *,
-                    command: str = "clipsonic demo") -> Path:
+                    command: str = "clipsonic demo", griffin_lim: bool = False) -> Path:
     """Copy a finished demo's pipeline (with its bundled CLIP) to ``target`` as the built-in model.
 
-    Adds ``prompts.txt`` (held-out captions, one per concept and template) and a model card with
-    the command and the demo's ``metrics.json`` headline; refuses a pipeline over :data:`MAX_BYTES`.
+    Adds ``prompts.txt`` (held-out captions, three per concept) and a model card with the command
+    and the demo's ``metrics.json`` headline; refuses a pipeline over :data:`MAX_BYTES`.
+    ``griffin_lim``: leave the demo's vocoder out, so the model vocodes with Griffin-Lim (chosen
+    when the demo's "reconstruction" row shows the CPU-trained vocoder below Griffin-Lim).
     """
     from clipsonic.sonicworld.world import CONCEPTS, captions
 
@@ -60,7 +62,8 @@ def install_builtin(demo_dir: str | os.PathLike, target: str | os.PathLike = BUI
     if not (source / "clip" / "config.json").is_file() or not metrics_path.is_file():
         raise BuiltinError(f"{demo_dir} is not a finished demo (needs run/pipeline with clip/ and metrics.json); "
                            "run `clipsonic demo --out DIR` to the end first")
-    files = [p for p in source.rglob("*") if p.is_file() and p.suffix in _KEEP_SUFFIXES]
+    files = [p for p in source.rglob("*") if p.is_file() and p.suffix in _KEEP_SUFFIXES
+             and not (griffin_lim and p.relative_to(source).parts[0] == "vocoder")]
     size = sum(p.stat().st_size for p in files)
     if size > MAX_BYTES:
         raise BuiltinError(f"{source} is {size / 2**20:.1f} MiB; the built-in model must stay under "
@@ -73,10 +76,15 @@ def install_builtin(demo_dir: str | os.PathLike, target: str | os.PathLike = BUI
             dest = tmp / path.relative_to(source)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, dest)
+        index = json.loads((tmp / "model_index.json").read_text())
+        index["clip_model"]["model"] = "sonicworld-clip (bundled in clip/)"  # not the demo's local path
+        if griffin_lim:
+            index["components"]["vocoder"] = None
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         prompts = [text for c in CONCEPTS for text in captions(c, "test")[:3]]
         (tmp / PROMPTS_NAME).write_text("\n".join(prompts) + "\n", encoding="utf-8")
         with open(tmp / "README.md", "a", encoding="utf-8") as card:
-            card.write(_card(command, metrics, size))
+            card.write(_card(command, metrics, size, griffin_lim))
         old = target.with_name(f".{target.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():
@@ -89,21 +97,41 @@ def install_builtin(demo_dir: str | os.PathLike, target: str | os.PathLike = BUI
     return target
 
 
-def _card(command: str, metrics: dict, size: int) -> str:
+def _card(command: str, metrics: dict, size: int, griffin_lim: bool) -> str:
     h = metrics.get("headline", {})
+    recon = metrics.get("table", {}).get("reconstruction", {})
+    vocoder = ("It vocodes with Griffin-Lim: the demo's CPU-trained tiny BigVGAN reconstructed the real mels "
+               f"at FAD {fmt_or_na(recon.get('fad'))} (mel-stats), worse than Griffin-Lim.\n" if griffin_lim
+               else "It vocodes with the demo's tiny BigVGAN.\n")
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    install = "python -m clipsonic.builtin DEMO_DIR" + (" --griffin-lim" if griffin_lim else "")
     return (f"\n## The built-in SonicWorld model\n\nMade with `{command}` then "
-            f"`python -m clipsonic.builtin DEMO_DIR` ({metrics.get('wall_seconds', 0) / 60:.1f} min on the machine "
+            f"`{install}` ({metrics.get('wall_seconds', 0) / 60:.1f} min on the machine "
             f"that made it; {size / 2**20:.1f} MiB).\n\n"
             f"Relevance on the demo's test videos and held-out captions (oracle classifier, chance "
             f"{fmt(metrics.get('chance'))}): IQ {fmt(h.get('iq_relevance'))}, ZS {fmt(h.get('zs_relevance'))}, "
-            f"PD {fmt(h.get('pd_relevance'))}. It knows only SonicWorld's 8 concepts: see `prompts.txt`.\n")
+            f"PD {fmt(h.get('pd_relevance'))}. It knows only SonicWorld's 8 concepts: see `prompts.txt`. "
+            + vocoder)
 
 
-if __name__ == "__main__":  # python -m clipsonic.builtin DEMO_DIR [TARGET]
-    import sys
+def fmt_or_na(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
 
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m clipsonic.builtin DEMO_DIR [--target DIR] [--griffin-lim] [--command TEXT]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m clipsonic.builtin", description=install_builtin.__doc__)
+    parser.add_argument("demo_dir", type=Path)
+    parser.add_argument("--target", type=Path, default=BUILTIN_DIR)
+    parser.add_argument("--griffin-lim", action="store_true", help="leave the demo's vocoder out")
+    parser.add_argument("--command", default="clipsonic demo", help="the command that made DEMO_DIR (model card)")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if len(sys.argv) not in (2, 3):
-        sys.exit("usage: python -m clipsonic.builtin DEMO_DIR [TARGET]")
-    print(install_builtin(*sys.argv[1:]))
+    print(install_builtin(args.demo_dir, args.target, command=args.command, griffin_lim=args.griffin_lim))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

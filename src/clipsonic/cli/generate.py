@@ -122,8 +122,8 @@ def run_generate(args: argparse.Namespace) -> int:
     check_target(args.out, len(query) * args.num_samples, query.kind)
     pipe = CLIPSonicPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                              clip_model=args.clip_model, vocoder=args.vocoder)
-    if pipe.vocoder_is_fallback:
-        print(f"note: {args.model or 'the built-in model'} has no vocoder; using Griffin-Lim (lower quality; see clipsonic train-vocoder)",
+    if pipe.vocoder_is_fallback and args.model is not None:  # the built-in model chose Griffin-Lim (its card says why)
+        print(f"note: {args.model} has no vocoder; using Griffin-Lim (lower quality; see clipsonic train-vocoder)",
               file=sys.stderr)
     per_call = args.batch_size if query.kind == "text" else 1
     steps = DEFAULT_STEPS if args.steps is None else args.steps

@@ -102,7 +102,10 @@ def _resolve_sharding(num_shards, shard_index) -> tuple[int, int]:
     if num_shards is None:  # launched by torchrun/accelerate: one part per process
         num_shards = int(os.environ.get("WORLD_SIZE", "1"))
         shard_index = int(os.environ.get("RANK", "0"))
-    shard_index = 0 if shard_index is None else shard_index
+    if shard_index is None:
+        # --num-shards alone: under a launcher each process is its rank's part; by hand, part 0
+        # (two processes silently writing the same part would be worse than either)
+        shard_index = int(os.environ.get("RANK", "0"))
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise DatasetError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
     return num_shards, shard_index

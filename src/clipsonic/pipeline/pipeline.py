@@ -165,6 +165,8 @@ class CLIPSonicPipeline:
         return "pd" if self.prior is not None else "zs"
 
     def to(self, device: str | torch.device) -> CLIPSonicPipeline:
+        """Move every network (CLIP, UNet, prior, vocoder) to ``device``."""
+        self.encoder.model.to(device)  # the encoder reads its device from its model's parameters
         self.unet.to(device)
         self.vocoder.to(device)
         if self.prior is not None:

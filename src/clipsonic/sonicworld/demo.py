@@ -80,8 +80,8 @@ def demo_config(fast: bool = False) -> DemoConfig:
 _EXPECTED = {
     False: {"world": 30, "clip": 90, "data": 60, "unet": 420, "prior": 120, "vocoder": 420, "evaluate": 240,
             "gallery": 40, "report": 10},
-    True: {"world": 12, "clip": 50, "data": 25, "unet": 130, "prior": 30, "vocoder": 0, "evaluate": 60,
-           "gallery": 20, "report": 5},
+    True: {"world": 5, "clip": 37, "data": 12, "unet": 90, "prior": 5, "vocoder": 0, "evaluate": 57,
+           "gallery": 10, "report": 2},
 }
 
 

@@ -1,0 +1,83 @@
+"""`clipsonic demo --fast` end to end (the CI's proof that the whole method learns), and its parts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clipsonic.cli import main
+from clipsonic.sonicworld.demo import DemoConfig, DemoError, _Clock, demo_config, run_demo
+
+pytestmark = pytest.mark.slow
+
+# Bars well above chance (1/8) for a 5-minute CPU run. Measured on the fast demo: IQ 1.00, PD 1.00,
+# ZS 0.42 (the world-CLIP's modality gap), shift 0.77, knn 1.00 (relevance by the oracle, w = 1.5).
+IQ_BAR, PD_BAR, PRIOR_GAIN = 0.8, 0.7, 0.2
+
+
+@pytest.fixture(scope="module")
+def fast_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "fast"
+    assert main(["-q", "demo", "--fast", "--out", str(out)]) == 0
+    return out
+
+
+def test_fast_demo_learns_the_world(fast_demo):
+    metrics = json.loads((fast_demo / "metrics.json").read_text())
+    h = metrics["headline"]
+    assert metrics["chance"] == 0.125
+    assert h["iq_relevance"] >= IQ_BAR and h["pd_relevance"] >= PD_BAR, h
+    assert h["pd_relevance"] >= h["zs_relevance"] + PRIOR_GAIN, h  # the prior closes much of the gap
+    assert metrics["table"]["reference"]["relevance"] == 1.0  # the oracle is exact on real audio
+    for mode in ("iq", "zs", "pd", "shift", "knn"):
+        row = metrics["table"][mode]
+        assert row["clips"] > 0 and row["fad"] is not None and 0.0 <= row["relevance"] <= 1.0
+        assert set(metrics["sweep"][mode]) == {"1.5", "3"}
+    assert metrics["modality_gap"]["mean_gap_distance"] > 0.5
+    assert set(metrics["step_seconds"]) == {"world", "clip", "data", "unet", "prior", "evaluate", "gallery", "report"}
+
+
+def test_fast_demo_report_links_every_file(fast_demo):
+    import re
+
+    page = (fast_demo / "report.html").read_text()
+    links = re.findall(r"(?:src|href)=['\"]([^'\"]+)['\"]", page)
+    assert len([x for x in links if x.endswith(".wav")]) == 8 * 5
+    assert "guidance_sweep.png" in links and "modality_gap.png" in links
+    assert all((fast_demo / x).is_file() for x in links), [x for x in links if not (fast_demo / x).is_file()]
+
+
+def test_rerun_reuses_the_finished_steps_and_refuses_other_settings(fast_demo):
+    import time
+
+    began = time.perf_counter()
+    again = run_demo(fast_demo, fast=True)
+    assert again["step_seconds"]["unet"] < 5 and again["step_seconds"]["clip"] < 5
+    assert time.perf_counter() - began < 120  # the evaluation's audio is cached too
+    with pytest.raises(DemoError, match="other settings"):
+        run_demo(fast_demo, demo_config(fast=False))
+
+
+def test_refuses_a_folder_that_is_not_a_demo(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(DemoError, match="not a demo folder"):
+        run_demo(tmp_path, fast=True)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_time_left_estimate_scales_with_the_machine():
+    seen = []
+    clock = _Clock({"a": 10.0, "b": 30.0}, seen.append)
+    clock.began -= 20  # this machine took 20 s for what was expected to take 10
+    clock.start("a")
+    clock.finish()
+    clock.start("b")
+    assert seen[-1].step == "b" and seen[-1].index == 2 and seen[-1].count == 2
+    assert seen[-1].remaining == pytest.approx(60, rel=0.05)  # 30 s expected × 2 (twice slower)
+
+
+def test_fast_is_smaller_than_full():
+    fast, full = demo_config(True), demo_config(False)
+    assert isinstance(full, DemoConfig) and fast.unet_steps < full.unet_steps and fast.vocoder_steps == 0
+    assert full.vocoder_steps > 0 and full.prediction == "v"
