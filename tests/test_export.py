@@ -49,7 +49,8 @@ def dataset_embeddings(ds_root):
 def test_export_round_trip(run):
     pipe = run / "pipeline"
     index = read_model_index(pipe)
-    assert index.components == {"unet": "unet", "scheduler": "scheduler", "stats": "stats", "prior": None, "vocoder": None}
+    assert index.components == {"unet": "unet", "scheduler": "scheduler", "stats": "stats", "prior": None, "vocoder": None,
+                                "clip": None}
     assert index.clip.dim == 16 and index.clip.model == "synthetic/clip" and index.mel.clip_frames == 16
     assert index.training["steps"] == 6 and index.training["preset"] == "tiny" and index.training["train_clips"] == 10
     state = json.loads((run / "checkpoints" / "step-0000006" / "state.json").read_text())

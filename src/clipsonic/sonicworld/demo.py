@@ -78,8 +78,8 @@ def demo_config(fast: bool = False) -> DemoConfig:
 
 # Expected seconds of each step on 2 CPU cores (measured), for the time-left estimate.
 _EXPECTED = {
-    False: {"world": 30, "clip": 90, "data": 60, "unet": 420, "prior": 120, "vocoder": 420, "evaluate": 240,
-            "gallery": 40, "report": 10},
+    False: {"world": 13, "clip": 50, "data": 10, "unet": 400, "prior": 16, "vocoder": 240, "evaluate": 170,
+            "gallery": 10, "report": 2},
     True: {"world": 5, "clip": 37, "data": 12, "unet": 90, "prior": 5, "vocoder": 0, "evaluate": 57,
            "gallery": 10, "report": 2},
 }
