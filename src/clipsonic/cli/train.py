@@ -55,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--val-every", type=int, help="validation loss on the test split every N steps (0: never)")
     g.add_argument("--seed", type=int, help="seed of initial weights, data order and noise (default 0)")
     g.add_argument("--num-workers", type=int, help="data-loading processes per training process (default 2)")
-    g.add_argument("--prediction", choices=["epsilon", "v", "x0"], help="what the network predicts (default epsilon)")
+    g.add_argument("--prediction", choices=["epsilon", "v", "x0"], help="what the network predicts: epsilon (the paper's, default) or v, which "
+                                                             "learns much faster for CPU-sized models (SonicWorld, 400 steps: "
+                                                             "IQ relevance 1.00 vs 0.71; benchmarks/bench_recipe.py)")
     g.add_argument("--no-export", action="store_true", help="do not export RUN_DIR/pipeline at the end of this invocation")
     e = p.add_argument_group("export")
     e.add_argument("--step", type=int, help="(export) the checkpoint to export (default: newest readable)")
