@@ -179,10 +179,17 @@ def attach_clip(pipeline_dir: str | os.PathLike, clip_dir: str | os.PathLike) ->
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename the complete folder ``tmp`` to ``out``. A folder cannot be renamed over a non-empty
+    one, so an old ``out`` is renamed aside first, put back if the second rename fails, then deleted."""
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
         os.replace(out, old)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old.exists():
+            os.replace(old, out)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
