@@ -72,7 +72,7 @@ def collect_metrics(out: Path, config, evaluation, gallery: dict, step_seconds: 
         if s.guidance == w:
             table[s.mode] = row
     clip_report = json.loads((out / "clip" / "clip_report.json").read_text())
-    gap_keys = [k for k in clip_report if k not in ("config", "world")]
+    gap_keys = [k for k in clip_report if k not in ("config", "world", "train_seconds", "final_loss")]
     iq, zs, pd = (table.get(m, {}).get("relevance") for m in ("iq", "zs", "pd"))
     return {
         "format": "clipsonic-demo", "config": config.to_dict(), "guidance": w,
