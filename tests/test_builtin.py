@@ -99,3 +99,15 @@ def test_generate_cli_uses_the_builtin_model(tmp_path):
 
     audio, rate = sf.read(out)
     assert rate == 16000 and len(audio) > 8000 and np.abs(audio).max() > 0.01
+
+
+def test_installed_folder_is_readable_by_others(finished_demo, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        target = install_builtin(finished_demo, tmp_path / "t")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755

@@ -71,6 +71,9 @@ def install_builtin(demo_dir: str | os.PathLike, target: str | os.PathLike = BUI
     metrics = json.loads(metrics_path.read_text())
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's private 0700 would hide an installed model from other users
     try:
         for path in files:
             dest = tmp / path.relative_to(source)
