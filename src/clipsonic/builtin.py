@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from clipsonic.config import swap_in_directory
 from clipsonic.errors import ClipsonicError
 
 log = logging.getLogger(__name__)
@@ -88,12 +89,7 @@ def install_builtin(demo_dir: str | os.PathLike, target: str | os.PathLike = BUI
         (tmp / PROMPTS_NAME).write_text("\n".join(prompts) + "\n", encoding="utf-8")
         with open(tmp / "README.md", "a", encoding="utf-8") as card:
             card.write(_card(command, metrics, size, griffin_lim))
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in_directory(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("built-in model installed at %s (%.1f MiB)", target, size / 2**20)

@@ -11,8 +11,10 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import typing
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,14 +71,18 @@ class Config:
 
     @classmethod
     def load(cls: type[C], path: str | os.PathLike) -> C:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_config_json(path), source=str(path))
+
+
+def read_config_json(path: str | os.PathLike) -> Any:
+    """The parsed JSON of a config file; :class:`ConfigError` naming the file when missing or malformed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
 
 
 def _plain(value: Any) -> Any:
@@ -124,3 +130,21 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def swap_in_directory(tmp: Path, target: Path) -> None:
+    """Move the complete directory ``tmp`` to ``target``, replacing what was there.
+
+    A directory cannot be renamed over a non-empty one, so the old one is renamed aside first
+    and put back if the second rename fails; readers see the old or the new, never a mixture.
+    """
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    if target.exists():
+        os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old.exists():
+            os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

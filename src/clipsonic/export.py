@@ -40,7 +40,7 @@ import torch
 
 from clipsonic import __version__
 from clipsonic.audio import MelConfig
-from clipsonic.config import ConfigError, write_json_atomic
+from clipsonic.config import ConfigError, swap_in_directory, write_json_atomic
 from clipsonic.data.dataset import ClipModelRef
 from clipsonic.errors import ClipsonicError
 
@@ -131,7 +131,7 @@ def write_pipeline_dir(out: str | os.PathLike, *, unet, diffusion, mel: MelConfi
                  "components": components, "training": training or {}}
         write_json_atomic(tmp / MODEL_INDEX_NAME, index)
         (tmp / "README.md").write_text(model_card(index, stats))
-        _swap_in(tmp, out)
+        swap_in_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -151,7 +151,7 @@ def set_component(pipeline_dir: str | os.PathLike, name: str, write: Callable[[P
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         write(tmp)
-        _swap_in(tmp, target)
+        swap_in_directory(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     data = json.loads((pipeline_dir / MODEL_INDEX_NAME).read_text())
@@ -176,21 +176,6 @@ def attach_clip(pipeline_dir: str | os.PathLike, clip_dir: str | os.PathLike) ->
         raise PipelineDirError(f"{clip_dir} holds CLIP weights {encoder.fingerprint} ({encoder.dim}-d) but {pipeline_dir} "
                                f"was trained with {index.clip.describe()}; bundle the CLIP it was trained with")
     return set_component(pipeline_dir, "clip", lambda folder: shutil.copytree(clip_dir, folder))
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename the complete folder ``tmp`` to ``out``. A folder cannot be renamed over a non-empty
-    one, so an old ``out`` is renamed aside first, put back if the second rename fails, then deleted."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old.exists():
-            os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_model_index(directory: str | os.PathLike) -> ModelIndex:

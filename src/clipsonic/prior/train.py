@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from clipsonic.config import Config, ConfigError, write_json_atomic
+from clipsonic.config import Config, ConfigError, swap_in_directory, write_json_atomic
 from clipsonic.diffusion import GaussianDiffusion
 from clipsonic.prior.base import PriorError
 from clipsonic.prior.data import DEFAULT_TEMPLATES, PAIRS_NAME, PairSet, collect_pairs
@@ -318,13 +318,9 @@ def train_prior(source: str | os.PathLike, run_dir: str | os.PathLike, config: P
 def _export(prior: DiffusionPrior, target: Path) -> None:
     """Write the prior into a temporary sibling, then swap it in: never half a prior directory."""
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
     try:
         prior.save_pretrained(tmp)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
+        swap_in_directory(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     log.info("saved the prior to %s", target)

@@ -264,14 +264,20 @@ def load_checkpoint(path: Path, rank: int) -> Checkpoint:
         raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
 
 
-def load_latest_checkpoint(run_dir: Path, rank: int, step: int | None = None) -> Checkpoint | None:
-    """The newest readable checkpoint (or exactly ``step``); corrupt ones are skipped with a warning."""
+def checkpoints_at(run_dir: Path, step: int | None = None) -> list[tuple[int, Path]]:
+    """``list_checkpoints``, or only the one of ``step`` (:class:`CheckpointError` naming the steps there are)."""
     found = list_checkpoints(run_dir)
     if step is not None:
         found = [(s, p) for s, p in found if s == step]
         if not found:
             raise CheckpointError(f"{run_dir} has no checkpoint of step {step} "
                                   f"(has {[s for s, _ in list_checkpoints(run_dir)] or 'none'})")
+    return found
+
+
+def load_latest_checkpoint(run_dir: Path, rank: int, step: int | None = None) -> Checkpoint | None:
+    """The newest readable checkpoint (or exactly ``step``); corrupt ones are skipped with a warning."""
+    found = checkpoints_at(run_dir, step)
     for i, (_, path) in enumerate(found):
         try:
             return load_checkpoint(path, rank)

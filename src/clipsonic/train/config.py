@@ -15,12 +15,11 @@ diffusion config; a file that sets them otherwise is refused.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from clipsonic.config import Config, ConfigError
+from clipsonic.config import Config, ConfigError, read_config_json
 from clipsonic.diffusion import DiffusionConfig
 from clipsonic.models import UNET_PRESETS, MelUNetConfig
 
@@ -116,12 +115,7 @@ class ConfigFile:
 def read_config_file(path: str | os.PathLike) -> ConfigFile:
     """Read a ``--config`` JSON file; unknown sections or keys are refused."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    data = read_config_json(path)
     sections = {"train": TrainConfig, "unet": MelUNetConfig, "diffusion": DiffusionConfig}
     if not isinstance(data, dict) or set(data) - set(sections):
         raise ConfigError(f"{path}: expected a JSON object with sections {sorted(sections)}, "

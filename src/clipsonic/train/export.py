@@ -15,7 +15,7 @@ from clipsonic.data.dataset import DatasetError, DatasetInfo, read_dataset_info
 from clipsonic.data.loader import decode_npy, iter_raw_samples
 from clipsonic.export import PipelineStats, write_pipeline_dir
 from clipsonic.models import MelUNet
-from clipsonic.train.checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
+from clipsonic.train.checkpoint import CheckpointError, checkpoints_at, verify_checkpoint
 from clipsonic.train.run_dir import check_dataset_fits_run, read_run_config, read_run_info
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,7 @@ def compute_dataset_stats(info: DatasetInfo, bank_size: int, split: str = "train
 
 
 def _pick_checkpoint(run_dir: Path, step: int | None) -> tuple[int, Path]:
-    found = list_checkpoints(run_dir)
-    if step is not None:
-        found = [(s, p) for s, p in found if s == step]
-        if not found:
-            raise CheckpointError(f"{run_dir} has no checkpoint of step {step} "
-                                  f"(has {[s for s, _ in list_checkpoints(run_dir)] or 'none'})")
+    found = checkpoints_at(run_dir, step)
     for s, path in found:
         try:
             verify_checkpoint(path)

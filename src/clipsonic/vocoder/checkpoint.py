@@ -111,24 +111,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise VocoderError(f"{path}: unreadable checkpoint ({exc}); delete it to resume from the one before") from None
 
 
-def swap_in_directory(tmp: Path, target: Path) -> None:
-    """Move the complete directory ``tmp`` to ``target``, replacing what was there.
-
-    A directory cannot be renamed over a non-empty one, so the old one is renamed aside first
-    and put back if the second rename fails; readers see the old or the new, never a mixture.
-    """
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    if target.exists():
-        os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        if old.exists():
-            os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 

@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 
 from clipsonic.audio import MelConfig, mel_spectrogram
-from clipsonic.config import write_json_atomic
+from clipsonic.config import swap_in_directory, write_json_atomic
 from clipsonic.vocoder.base import CONFIG_NAME, Vocoder, VocoderError
 from clipsonic.vocoder.bigvgan import BigVGANVocoder
-from clipsonic.vocoder.checkpoint import swap_in_directory
 from clipsonic.vocoder.griffinlim import GriffinLimVocoder
 
 log = logging.getLogger(__name__)

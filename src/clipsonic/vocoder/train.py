@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from clipsonic.audio import MelConfig
-from clipsonic.config import Config, write_json_atomic
+from clipsonic.config import Config, swap_in_directory, write_json_atomic
 from clipsonic.vocoder.base import VocoderError
 from clipsonic.vocoder.bigvgan import (
     BigVGANVocoder,
@@ -35,11 +35,7 @@ from clipsonic.vocoder.bigvgan import (
     check_generator_fits,
     preset_config,
 )
-from clipsonic.vocoder.checkpoint import (
-    list_checkpoints,
-    load_checkpoint,
-    swap_in_directory,
-)
+from clipsonic.vocoder.checkpoint import list_checkpoints, load_checkpoint
 from clipsonic.vocoder.discriminators import DiscriminatorConfig
 
 log = logging.getLogger(__name__)
