@@ -100,9 +100,9 @@ def _card(command: str, metrics: dict, size: int, griffin_lim: bool) -> str:
     h = metrics.get("headline", {})
     recon = metrics.get("table", {}).get("reconstruction", {})
     vocoder = ("It vocodes with Griffin-Lim: the demo's CPU-trained tiny BigVGAN reconstructed the real mels "
-               f"at FAD {fmt_or_na(recon.get('fad'))} (mel-stats), worse than Griffin-Lim.\n" if griffin_lim
+               f"at FAD {_fmt(recon.get('fad'), 1)} (mel-stats), worse than Griffin-Lim.\n" if griffin_lim
                else "It vocodes with the demo's tiny BigVGAN.\n")
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    fmt = _fmt
     install = "python -m clipsonic.builtin DEMO_DIR" + (" --griffin-lim" if griffin_lim else "")
     return (f"\n## The built-in SonicWorld model\n\nMade with `{command}` then "
             f"`{install}` ({metrics.get('wall_seconds', 0) / 60:.1f} min on the machine "
@@ -113,8 +113,8 @@ def _card(command: str, metrics: dict, size: int, griffin_lim: bool) -> str:
             + vocoder)
 
 
-def fmt_or_na(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> int:
