@@ -13,11 +13,10 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from clipsonic.config import swap_in_directory
 from clipsonic.errors import ClipsonicError
+from clipsonic.files import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +69,7 @@ def install_builtin(demo_dir: str | os.PathLike, target: str | os.PathLike = BUI
         raise BuiltinError(f"{source} is {size / 2**20:.1f} MiB; the built-in model must stay under "
                            f"{MAX_BYTES / 2**20:.0f} MiB (use smaller presets)")
     metrics = json.loads(metrics_path.read_text())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's private 0700 would hide an installed model from other users
-    try:
+    with atomic_directory(target) as tmp:
         for path in files:
             dest = tmp / path.relative_to(source)
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -89,9 +83,6 @@ def install_builtin(demo_dir: str | os.PathLike, target: str | os.PathLike = BUI
         (tmp / PROMPTS_NAME).write_text("\n".join(prompts) + "\n", encoding="utf-8")
         with open(tmp / "README.md", "a", encoding="utf-8") as card:
             card.write(_card(command, metrics, size, griffin_lim))
-        swap_in_directory(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("built-in model installed at %s (%.1f MiB)", target, size / 2**20)
     return target
 

@@ -40,9 +40,10 @@ import torch
 
 from clipsonic import __version__
 from clipsonic.audio import MelConfig
-from clipsonic.config import ConfigError, swap_in_directory, write_json_atomic
+from clipsonic.config import ConfigError
 from clipsonic.data.dataset import ClipModelRef
 from clipsonic.errors import ClipsonicError
+from clipsonic.files import atomic_directory, write_json_atomic
 
 MODEL_INDEX_NAME = "model_index.json"
 PIPELINE_CLASS = "CLIPSonicPipeline"
@@ -112,10 +113,7 @@ def write_pipeline_dir(out: str | os.PathLike, *, unet, diffusion, mel: MelConfi
     out = Path(out)
     if out.exists() and not (out / MODEL_INDEX_NAME).is_file():
         raise PipelineDirError(f"{out} exists and is not a pipeline directory; refusing to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_directory(out) as tmp:
         components: dict[str, str | None] = {name: None for name in STANDARD_COMPONENTS}
         unet.save_pretrained(tmp / "unet")
         diffusion.save(tmp / "scheduler" / "config.json")
@@ -131,10 +129,6 @@ def write_pipeline_dir(out: str | os.PathLike, *, unet, diffusion, mel: MelConfi
                  "components": components, "training": training or {}}
         write_json_atomic(tmp / MODEL_INDEX_NAME, index)
         (tmp / "README.md").write_text(model_card(index, stats))
-        swap_in_directory(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -147,13 +141,8 @@ def set_component(pipeline_dir: str | os.PathLike, name: str, write: Callable[[P
     pipeline_dir = Path(pipeline_dir)
     index = read_model_index(pipeline_dir)
     target = pipeline_dir / name
-    tmp = pipeline_dir / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_directory(target) as tmp:
         write(tmp)
-        swap_in_directory(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     data = json.loads((pipeline_dir / MODEL_INDEX_NAME).read_text())
     data["components"][name] = name
     write_json_atomic(pipeline_dir / MODEL_INDEX_NAME, data)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsonic.config import atomic_output
 from clipsonic.errors import ClipsonicError
+from clipsonic.files import atomic_output
 
 # Output container by extension → (FFmpeg format, audio encoder). AAC where the container is
 # usually played by browsers and phones; Opus is WebM's only common choice.

@@ -21,11 +21,12 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from clipsonic.audio import MelConfig
-from clipsonic.config import Config, write_bytes_atomic, write_json_atomic
+from clipsonic.config import Config
 from clipsonic.data.clips import ClipOptions, ItemResult, extract_clips
 from clipsonic.data.dataset import ClipModelRef, DatasetError, DatasetInfo, read_dataset_info
 from clipsonic.data.shards import ShardWriter, encode_sample, remove_stale_temporaries
 from clipsonic.data.sources import Problem, SourceItem, collect_sources, hash_split
+from clipsonic.files import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 JOURNAL = ".progress.json"

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from clipsonic.config import write_bytes_atomic, write_json_atomic
 from clipsonic.embedders import AudioEmbedder, TextAudioEmbedder
+from clipsonic.files import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from clipsonic.config import write_json_atomic
+from clipsonic.files import write_json_atomic
 
 RESULTS_FORMAT = "clipsonic-evaluation"
 MODE_TITLES = {

@@ -25,8 +25,8 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
-from clipsonic.config import write_bytes_atomic, write_json_atomic
 from clipsonic.errors import ClipsonicError
+from clipsonic.files import write_bytes_atomic, write_json_atomic
 from clipsonic.listening.page import render_page
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from clipsonic.config import write_json_atomic
+from clipsonic.files import write_json_atomic
 from clipsonic.listening.make import ListeningTestError, read_key
 from clipsonic.listening.page import CRITERIA, CSV_COLUMNS
 

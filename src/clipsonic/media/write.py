@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import soundfile
 
-from clipsonic.config import atomic_output
+from clipsonic.files import atomic_output
 from clipsonic.media._container import MediaError, _check_rate, _reason
 
 log = logging.getLogger(__name__)

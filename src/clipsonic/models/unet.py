@@ -29,8 +29,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from clipsonic.config import Config, ConfigError, write_json_atomic
+from clipsonic.config import Config, ConfigError
 from clipsonic.errors import ClipsonicError
+from clipsonic.files import write_json_atomic
 from clipsonic.models.layers import (
     AttentionBlock,
     Downsample,

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from clipsonic import __version__
-from clipsonic.config import write_json_atomic
 from clipsonic.data.dataset import ClipModelRef
+from clipsonic.files import write_json_atomic
 from clipsonic.prior.base import CONFIG_NAME, Prior, PriorError, per_sample_noise
 
 TYPE_NAME = "karlo"

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from clipsonic import __version__
-from clipsonic.config import Config, ConfigError, write_json_atomic
+from clipsonic.config import Config, ConfigError
 from clipsonic.data.dataset import ClipModelRef
 from clipsonic.diffusion import SAMPLERS, DiffusionConfig, GaussianDiffusion
+from clipsonic.files import write_json_atomic
 from clipsonic.prior.base import CONFIG_NAME, Prior, PriorError, per_sample_noise
 from clipsonic.prior.network import PriorNet, PriorNetConfig
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -30,8 +29,9 @@ from typing import Any
 
 import torch
 
-from clipsonic.config import Config, ConfigError, swap_in_directory, write_json_atomic
+from clipsonic.config import Config, ConfigError
 from clipsonic.diffusion import GaussianDiffusion
+from clipsonic.files import atomic_directory, write_json_atomic
 from clipsonic.prior.base import PriorError
 from clipsonic.prior.data import DEFAULT_TEMPLATES, PAIRS_NAME, PairSet, collect_pairs
 from clipsonic.prior.network import PRIOR_PRESETS, PriorNet, prior_preset
@@ -317,10 +317,6 @@ def train_prior(source: str | os.PathLike, run_dir: str | os.PathLike, config: P
 
 def _export(prior: DiffusionPrior, target: Path) -> None:
     """Write the prior into a temporary sibling, then swap it in: never half a prior directory."""
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_directory(target) as tmp:
         prior.save_pretrained(tmp)
-        swap_in_directory(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("saved the prior to %s", target)

@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipsonic.config import Config, write_json_atomic
+from clipsonic.config import Config
 from clipsonic.encoders import _quiet_transformers, load_clip  # the former: no tqdm bar when saving
+from clipsonic.files import write_json_atomic
 from clipsonic.sonicworld.tokenizer import (
     BOS,
     CLIP_IMAGE_MEAN,

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from clipsonic.audio import MelConfig
-from clipsonic.config import Config, write_json_atomic
+from clipsonic.config import Config
 from clipsonic.errors import ClipsonicError
+from clipsonic.files import write_json_atomic
 from clipsonic.sonicworld.world import CONCEPTS, WorldConfig, captions
 
 log = logging.getLogger(__name__)

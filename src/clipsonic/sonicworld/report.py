@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from clipsonic.config import atomic_output
+from clipsonic.files import atomic_output
 from clipsonic.sonicworld.world import CONCEPT_NAMES, CONCEPTS, captions
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from clipsonic.config import write_bytes_atomic, write_json_atomic
+from clipsonic.files import write_bytes_atomic, write_json_atomic
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 END_OF_WORD = "</w>"

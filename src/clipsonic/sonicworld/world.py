@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsonic.config import Config, atomic_output, write_bytes_atomic, write_json_atomic
+from clipsonic.config import Config
 from clipsonic.errors import ClipsonicError
+from clipsonic.files import atomic_output, write_bytes_atomic, write_json_atomic
 from clipsonic.sonicworld.sounds import SAMPLE_RATE, synthesize
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ from typing import Any
 import torch
 
 from clipsonic import __version__
-from clipsonic.config import write_json_atomic
 from clipsonic.errors import ClipsonicError
+from clipsonic.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 

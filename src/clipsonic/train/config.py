@@ -19,8 +19,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from clipsonic.config import Config, ConfigError, read_config_json
+from clipsonic.config import Config, ConfigError
 from clipsonic.diffusion import DiffusionConfig
+from clipsonic.files import read_json
 from clipsonic.models import UNET_PRESETS, MelUNetConfig
 
 PRECISIONS = ("no", "bf16", "fp16")
@@ -115,7 +116,7 @@ class ConfigFile:
 def read_config_file(path: str | os.PathLike) -> ConfigFile:
     """Read a ``--config`` JSON file; unknown sections or keys are refused."""
     path = Path(path)
-    data = read_config_json(path)
+    data = read_json(path)
     sections = {"train": TrainConfig, "unet": MelUNetConfig, "diffusion": DiffusionConfig}
     if not isinstance(data, dict) or set(data) - set(sections):
         raise ConfigError(f"{path}: expected a JSON object with sections {sorted(sections)}, "

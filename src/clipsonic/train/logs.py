@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from clipsonic.config import write_bytes_atomic
+from clipsonic.files import write_bytes_atomic
 
 METRICS_NAME = "metrics.jsonl"
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from clipsonic.config import write_json_atomic
 from clipsonic.data.loader import StreamLayout, TrainStream
 from clipsonic.diffusion import GaussianDiffusion
 from clipsonic.errors import ClipsonicError
+from clipsonic.files import write_json_atomic
 from clipsonic.models import MelUNet
 from clipsonic.train.checkpoint import (
     Checkpoint,

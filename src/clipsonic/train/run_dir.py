@@ -15,9 +15,9 @@ from typing import Any
 
 from clipsonic import __version__
 from clipsonic.audio import MelConfig
-from clipsonic.config import write_json_atomic
 from clipsonic.data.dataset import DatasetError, DatasetInfo, read_dataset_info
 from clipsonic.errors import ClipsonicError
+from clipsonic.files import write_json_atomic
 from clipsonic.train.config import ConfigFile, RunConfig, apply_resume_flags, resolve_run_config
 
 CONFIG_NAME = "config.json"

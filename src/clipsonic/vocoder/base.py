@@ -20,8 +20,8 @@ import torch
 
 from clipsonic import __version__
 from clipsonic.audio import MelConfig
-from clipsonic.config import write_json_atomic
 from clipsonic.errors import ClipsonicError
+from clipsonic.files import write_json_atomic
 
 CONFIG_NAME = "config.json"
 

@@ -16,13 +16,12 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import torch
 
 from clipsonic.audio import MelConfig, mel_spectrogram
-from clipsonic.config import swap_in_directory, write_json_atomic
+from clipsonic.files import atomic_directory, write_json_atomic
 from clipsonic.vocoder.base import CONFIG_NAME, Vocoder, VocoderError
 from clipsonic.vocoder.bigvgan import BigVGANVocoder
 from clipsonic.vocoder.griffinlim import GriffinLimVocoder
@@ -88,12 +87,8 @@ def attach_vocoder(pipeline_dir: str | os.PathLike, vocoder_dir: str | os.PathLi
     if isinstance(index.get("mel"), dict):
         vocoder.check_compatible(MelConfig.from_dict(index["mel"], source=f"{index_path}:mel"), what=str(pipeline_dir))
     target = pipeline_dir / "vocoder"
-    tmp = pipeline_dir / f".vocoder.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        shutil.copytree(source, tmp)
-        swap_in_directory(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_directory(target) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
     if _point_index_at_vocoder(index):
         write_json_atomic(index_path, index)
     log.info("attached %s vocoder from %s to %s", vocoder.type_name, source, target)

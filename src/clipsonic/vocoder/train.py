@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
-import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +25,8 @@ from typing import Any
 import torch
 
 from clipsonic.audio import MelConfig
-from clipsonic.config import Config, swap_in_directory, write_json_atomic
+from clipsonic.config import Config
+from clipsonic.files import atomic_directory, write_json_atomic
 from clipsonic.vocoder.base import VocoderError
 from clipsonic.vocoder.bigvgan import (
     BigVGANVocoder,
@@ -177,12 +176,8 @@ def build_models(config: VocoderTrainConfig, mel: MelConfig) -> tuple[torch.nn.M
 def export_vocoder(generator: torch.nn.Module, config: VocoderTrainConfig, mel: MelConfig, target: Path) -> Path:
     """Write the inference directory for ``generator`` at ``target`` (temp dir, then rename)."""
     vocoder = BigVGANVocoder(mel, preset_config(config.preset), generator)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_directory(target) as tmp:
         vocoder.save_pretrained(tmp)
-        swap_in_directory(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -1,0 +1,127 @@
+"""Every file clipsonic writes goes through here: atomic files and folders, and the one JSON reader.
+
+Readers never see half a file or half a folder, and a failure (or a kill) leaves what was there:
+files and folders are written beside their target under a dot-name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from clipsonic.errors import ClipsonicError
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """The parsed JSON at ``path``; a :class:`ClipsonicError` naming the file, and ``what`` it should be, otherwise."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ClipsonicError(f"{path}: no such file (expected a {what})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ClipsonicError(f"{path}: not a readable {what} ({exc})") from None
+
+
+def read_versioned_json(path: str | os.PathLike, fmt: str, version: int) -> dict[str, Any]:
+    """A JSON object with ``"format": fmt`` and ``"version": version``; one line naming both versions otherwise."""
+    data = read_json(path, f"{fmt} file")
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise ClipsonicError(f"{path}: not a {fmt} file")
+    if data.get("version") != version:
+        raise ClipsonicError(f"{path}: {fmt} version {data.get('version')} was written by another clipsonic; "
+                             f"this one reads version {version} (use the clipsonic that wrote it, or re-create it)")
+    return data
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to a temporary file in the same folder, then rename: readers never see half a file."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(payload)
+
+
+def _default_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
+
+    The temporary (``.{name}.XXXX.tmp``, which resumable writers clean up) is removed on error. The
+    file gets the usual permissions (umask), not mkstemp's private 0600.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _default_file_mode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``target``; on success it replaces ``target`` whole.
+
+    A folder cannot be renamed over a non-empty one, so the old one is renamed aside first and put
+    back if the second rename fails: readers see the old folder or the new one, never a mixture.
+    The temporary is removed on error.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        if target.exists():
+            os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if old.exists():
+                os.replace(old, target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(target.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder below ``root`` (and ``root``): what a rename then publishes is on disk."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    for path in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
+        fsync_dir(path)
