@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# lint-imports: the import contract in pyproject.toml (the core imports no application, no cycles)
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: setup

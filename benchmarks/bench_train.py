@@ -49,9 +49,9 @@ def bench_model(info, preset: str, batch: int, steps: int, workers: int, root: P
     """Median samples/s and data-wait fraction of the training loop's log windows (first window dropped)."""
     run = root / f"run-{preset}"
     window = max(1, steps // 4)
-    train(info.root, run, flags=dict(preset=preset, batch_size=batch, max_steps=steps, log_every=window,
-                                     save_every=10**9, val_every=0, sample_every=0, num_workers=workers),
-          export=False)
+    train(info.root, run, {"train": dict(preset=preset, batch_size=batch, max_steps=steps, log_every=window,
+                                          save_every=10**9, val_every=0, sample_every=0, num_workers=workers,
+                                          export_at_end=False)})
     records = read_metrics(run, "train")[1:]
     return {"samples_per_s": statistics.median(r["samples_per_s"] for r in records),
             "data_wait_frac": statistics.median(r["data_wait_frac"] for r in records)}

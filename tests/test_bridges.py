@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from clipsonic import bridges
+from clipsonic.errors import ClipsonicError
 
 
 def _unit(*rows):
@@ -49,7 +50,7 @@ def test_nearest_images_accepts_a_float16_bank_and_batches():
 
 @pytest.mark.parametrize("bank, k", [(torch.zeros(0, 3), 1), (torch.eye(3), 0)])
 def test_nearest_images_refuses_an_empty_bank_or_bad_k(bank, k):
-    with pytest.raises(bridges.BridgeError):
+    with pytest.raises(ClipsonicError):
         bridges.nearest_images(_unit([1, 0, 0]), bank, k=k)
 
 
@@ -66,5 +67,5 @@ def test_mean_text_embedding_is_the_plain_mean(tiny_clip_dir):
     mean = bridges.mean_text_embedding(encoder, prompts)
     assert torch.allclose(mean, encoder.encode_texts(prompts).mean(0), atol=1e-6)
     assert mean.norm() < 1.0  # not renormalised: it is a centroid
-    with pytest.raises(bridges.BridgeError):
+    with pytest.raises(ClipsonicError):
         bridges.mean_text_embedding(encoder, [])

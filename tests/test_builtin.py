@@ -11,10 +11,13 @@ import pytest
 from support.tiny_pipeline import tiny_pipeline_dir  # noqa: F401
 
 from clipsonic import builtin
-from clipsonic.builtin import BuiltinError, builtin_dir, builtin_prompts, install_builtin
+from clipsonic.builtin import builtin_prompts, install_builtin
 from clipsonic.cli import main
+from clipsonic.errors import ClipsonicError
 from clipsonic.export import attach_clip
 from clipsonic.pipeline import CLIPSonicPipeline
+from clipsonic.pipeline import pipeline as pipeline_module
+from clipsonic.sonicworld.report import write_metrics
 
 
 @pytest.fixture()
@@ -22,19 +25,20 @@ def finished_demo(tmp_path, tiny_pipeline_dir, tiny_clip_dir):  # noqa: F811
     demo = tmp_path / "demo"
     shutil.copytree(tiny_pipeline_dir, demo / "run" / "pipeline")
     attach_clip(demo / "run" / "pipeline", tiny_clip_dir)
-    (demo / "metrics.json").write_text(json.dumps({"headline": {"iq_relevance": 1.0, "zs_relevance": 0.25,
-                                                                "pd_relevance": 0.9}, "chance": 0.125,
-                                                   "wall_seconds": 1500}))
+    write_metrics(demo, {"headline": {"iq_relevance": 1.0, "zs_relevance": 0.25, "pd_relevance": 0.9},
+                         "chance": 0.125, "wall_seconds": 1500})
     return demo
 
 
 def test_install_then_load_with_no_path(finished_demo, tmp_path, monkeypatch):
     target = tmp_path / "pkg" / "builtin" / "sonicworld"
     monkeypatch.setattr(builtin, "BUILTIN_DIR", target)
-    with pytest.raises(BuiltinError, match="no built-in model"):
-        builtin_dir()
+    monkeypatch.setattr(pipeline_module, "BUILTIN_DIR", target)
+    with pytest.raises(ClipsonicError, match="no built-in model"):
+        builtin_prompts()
+    with pytest.raises(ClipsonicError, match="no built-in model"):
+        CLIPSonicPipeline.from_pretrained(device="cpu")
     install_builtin(finished_demo, target, command="clipsonic demo --out runs/x")
-    assert builtin_dir() == target
     card = (target / "README.md").read_text()
     assert "clipsonic demo --out runs/x" in card and "PD 0.900" in card
     prompts = builtin_prompts()
@@ -47,11 +51,14 @@ def test_install_then_load_with_no_path(finished_demo, tmp_path, monkeypatch):
 
 def test_install_refuses_unfinished_or_oversized(finished_demo, tmp_path, monkeypatch):
     (finished_demo / "metrics.json").unlink()
-    with pytest.raises(BuiltinError, match="not a finished demo"):
+    with pytest.raises(ClipsonicError, match="not a finished demo"):
+        install_builtin(finished_demo, tmp_path / "t")
+    write_metrics(finished_demo, {"config": {}})  # what a demo writes when it starts
+    with pytest.raises(ClipsonicError, match="not a finished demo"):
         install_builtin(finished_demo, tmp_path / "t")
     (finished_demo / "metrics.json").write_text("{}")
     monkeypatch.setattr(builtin, "MAX_BYTES", 1000)
-    with pytest.raises(BuiltinError, match="must stay under"):
+    with pytest.raises(ClipsonicError, match="must stay under"):
         install_builtin(finished_demo, tmp_path / "t")
     assert not (tmp_path / "t").exists()
 
@@ -59,7 +66,7 @@ def test_install_refuses_unfinished_or_oversized(finished_demo, tmp_path, monkey
 # --- the shipped model -------------------------------------------------------------------------
 
 def test_shipped_model_is_small_and_self_contained():
-    root = builtin_dir()
+    root = pipeline_module.BUILTIN_DIR
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert size <= builtin.MAX_BYTES
     assert not [p for p in root.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl", ".ckpt")]

@@ -1,5 +1,7 @@
-"""`clipsonic --version`, `clipsonic mel`, `clipsonic resynth` on real files, and their errors."""
+"""`clipsonic --version`, `clipsonic mel`, `clipsonic resynth` on real files, their errors, the command list
+and the hidden old spellings."""
 
+import argparse
 import subprocess
 import sys
 
@@ -57,10 +59,49 @@ def test_top_level_help_lists_every_command(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     commands = build_parser()._subparsers._group_actions[0].choices  # every registered command
-    for name in ("mel", "resynth", "preprocess", "train", "train-prior", "train-vocoder", "generate", "vocode",
-                 "evaluate", "listening-test", "demo"):
+    for name in ("mel", "preprocess", "train", "train-prior", "train-vocoder", "export", "attach", "generate",
+                 "vocode", "evaluate", "listening-test", "demo"):
         assert name in commands and name in text, name
+    for name in ("resynth", "prior", "vocoder"):  # old spellings: hidden aliases, not listed
+        assert name not in commands and f"\n    {name} " not in text, name
     for name in commands:  # every sub-command's own --help formats (argparse %-formats help strings)
         with pytest.raises(SystemExit) as exc:
             main([name, "--help"])
         assert exc.value.code == 0, name
+        assert "examples:" in capsys.readouterr().out, name
+
+
+@pytest.mark.parametrize("old, new", [
+    (["resynth", "in.wav"], "vocode --griffin-lim --iters 64 in.wav"),
+    (["train", "export", "run"], "export run"),
+    (["vocoder", "export", "run", "--checkpoint", "run/checkpoints/step-00000002", "-o", "v"], "export run"),
+    (["prior", "attach", "p", "r"], "attach prior p r"),
+    (["vocoder", "attach", "p", "v"], "attach vocoder p v"),
+    (["preprocess", "merge", "data"], "preprocess --merge data"),
+])
+def test_old_spellings_still_parse_and_say_what_replaces_them(old, new, monkeypatch, caplog):
+    seen = {}
+    monkeypatch.setattr("argparse.ArgumentParser.parse_args",
+                        lambda self, argv: seen.setdefault("argv", argv) and argparse.Namespace(func=None, quiet=True))
+    monkeypatch.setattr("argparse.ArgumentParser.print_help", lambda self: None)
+    main(["-q", *old])
+    assert " ".join(seen["argv"]).startswith(f"-q {new}")
+    assert f"`clipsonic {' '.join(old[:2]) if old[0] != 'resynth' else 'resynth'}` is deprecated" in caplog.text
+
+
+def test_old_flag_spellings_are_hidden_aliases(caplog):
+    from clipsonic.cli import build_parser
+    from clipsonic.cli.options import overrides
+
+    args = build_parser().parse_args(["generate", "--text", "a", "--guidance", "3"])
+    assert args.guidance_scale == 3.0 and "--guidance is deprecated; use --guidance-scale" in caplog.text
+    args = build_parser().parse_args(["export", "run", "--checkpoint", "run/checkpoints/step-00000002", "--output", "o"])
+    assert args.step == 2 and str(args.out) == "o"
+    args = build_parser().parse_args(["train-prior", "d", "--out", "r", "--template", "a, {label}", "--template", "b"])
+    assert overrides(args) == {"train": {"templates": ("a, {label}", "b")}}
+    args = build_parser().parse_args(["train", "d", "--out", "r", "--no-export"])
+    assert overrides(args) == {"train": {"export_at_end": False}}
+    args = build_parser().parse_args(["preprocess", "v", "--out", "d", "--stride", "2", "--group-size", "4"])
+    assert overrides(args) == {"options": {"clips": {"stride_seconds": 2.0}, "encode_group": 4}}
+    args = build_parser().parse_args(["train-vocoder", "d", "--out", "r", "--discriminator", "mbd"])
+    assert overrides(args) == {"discriminator": {"kind": "mbd"}}

@@ -1,22 +1,26 @@
 """The streaming loader: partitions across ranks and workers, determinism, exact resume, decoding."""
 
+import io
 import logging
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 from support.synthetic_dataset import make_synthetic_dataset
 
 from clipsonic.audio import normalize
-from clipsonic.data.dataset import DatasetError
 from clipsonic.data.loader import (
     StreamLayout,
     TrainStream,
+    decode_flac,
     decode_npy,
     epoch_samples,
     iter_raw_samples,
+    iter_split,
     load_fixed_samples,
 )
+from clipsonic.errors import ClipsonicError
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +121,7 @@ def test_batches_decode_mel_and_one_of_k_embeddings(ds):
 
 def test_too_few_clips_for_the_readers(tmp_path):
     info = make_synthetic_dataset(tmp_path / "d", 1, 1, frames=16, shards=1)
-    with pytest.raises(DatasetError, match="fewer clips than world_size"):
+    with pytest.raises(ClipsonicError, match="fewer clips than world_size"):
         take(TrainStream(info, layout(info, world_size=2, rank=1, batch_size=1)), 1)
 
 
@@ -127,3 +131,26 @@ def test_fixed_samples(ds):
     assert fixed["labels"] == ["class0", "class1", "class2"]
     assert fixed["mel"].shape == (3, 1, 64, 16) and fixed["cond"].shape == (3, 16)
     torch.testing.assert_close(fixed["cond"].norm(dim=1), torch.ones(3), atol=2e-3, rtol=0)
+
+
+def test_iter_split_decodes_the_fields_asked_for(ds, tmp_path):
+    samples = list(iter_split(ds, "test", fields=("clip.npy", "json"), optional=("flac",)))
+    assert [s["__key__"] for s in samples] == ["test-00000", "test-00001", "test-00002"]
+    assert all(set(s) == {"__key__", "clip.npy", "json"} for s in samples)  # no flac stored: absent, not an error
+    assert samples[1]["clip.npy"].dtype == np.float32 and samples[1]["json"]["label"] == "class1"
+    with pytest.raises(ClipsonicError, match="has no \\['flac'\\]"):
+        next(iter_split(ds, "test", fields=("flac",)))
+    with pytest.raises(ClipsonicError, match="no 'valid' split"):
+        next(iter_split(ds, "valid"))
+
+
+def test_decode_flac_gives_the_stored_audio_at_the_dataset_rate():
+    wav = (0.5 * np.sin(np.arange(1600) / 5)).astype(np.float32)
+    buf = io.BytesIO()
+    soundfile.write(buf, np.stack([wav, wav], 1), 16000, format="FLAC", subtype="PCM_16")
+    out = decode_flac(buf.getvalue(), 16000, "k")
+    assert out.shape == (1600,) and np.abs(out - wav).max() < 1e-4  # stereo averaged, 16-bit exact
+    with pytest.raises(ClipsonicError, match="16000 Hz in a 48000 Hz dataset"):
+        decode_flac(buf.getvalue(), 48000, "k")
+    with pytest.raises(ClipsonicError, match="'k': its flac audio cannot be decoded"):
+        decode_flac(b"not flac", 16000, "k")

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from clipsonic.data.sources import SourceError, collect_sources, hash_split, sample_key
+from clipsonic.data.sources import collect_sources, hash_split, sample_key
+from clipsonic.errors import ClipsonicError
 
 
 def touch(path):
@@ -23,9 +24,9 @@ def test_folder_recursive_with_labels(tmp_path):
 
 
 def test_empty_folder_and_missing_source(tmp_path):
-    with pytest.raises(SourceError, match="no video files"):
+    with pytest.raises(ClipsonicError, match="no video files"):
         collect_sources(tmp_path)
-    with pytest.raises(SourceError, match="no such file"):
+    with pytest.raises(ClipsonicError, match="no such file"):
         collect_sources(tmp_path / "nope")
 
 
@@ -44,7 +45,7 @@ def test_vggsound_csv_both_naming_schemes(tmp_path):
     reasons = [p.reason for p in problems]
     assert len(problems) == 3
     assert "missing file" in reasons[0] and "not a number" in reasons[1] and "unreadable VGGSound row" in reasons[2]
-    with pytest.raises(SourceError, match="--video-dir"):
+    with pytest.raises(ClipsonicError, match="--video-dir"):
         collect_sources(csv)
 
 
@@ -59,7 +60,7 @@ def test_music_json(tmp_path):
     assert len(problems) == 1 and "f2" in problems[0].reason
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
-    with pytest.raises(SourceError, match="not a MUSIC JSON"):
+    with pytest.raises(ClipsonicError, match="not a MUSIC JSON"):
         collect_sources(bad, video_dir=videos)
 
 
@@ -82,7 +83,7 @@ def test_duplicates_refused(tmp_path):
     touch(tmp_path / "v" / "a.mp4")
     csv = tmp_path / "m.csv"
     csv.write_text("path\nv/a.mp4\nv/a.mp4\n")
-    with pytest.raises(SourceError, match="duplicate"):
+    with pytest.raises(ClipsonicError, match="duplicate"):
         collect_sources(csv)
 
 

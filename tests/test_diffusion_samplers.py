@@ -64,7 +64,9 @@ def test_ddpm_learned_range_step_matches_diffusers(steps):
         expected = ref.step(torch.cat([eps, v], 1), t, x, generator=torch.Generator().manual_seed(9)).prev_sample
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
         i = int((schedule.timesteps == t).nonzero())
-        got = ddpm_step(schedule, i, x, eps, v, noise, clip_denoised=True)
+        abar = schedule.alphas_cumprod[i].item()
+        x0 = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
+        got = ddpm_step(schedule, i, x, x0, v, noise, clip_denoised=True)
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9, msg=f"t={t}")
 
 
@@ -79,17 +81,22 @@ def test_ddim_step_matches_diffusers(eta):
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
         expected = ref.step(eps, t, x, eta=eta, use_clipped_model_output=True,
                             variance_noise=noise if eta > 0 else None).prev_sample
-        got = ddim_step(abar[t], abar[t - 4] if t >= 4 else 1.0, x, eps, eta=eta, noise=noise, clip_denoised=True)
+        x0 = (x - math.sqrt(1 - abar[t]) * eps) / math.sqrt(abar[t])
+        got = ddim_step(abar[t], abar[t - 4] if t >= 4 else 1.0, x, x0, eta=eta, noise=noise, clip_denoised=True)
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9, msg=f"t={t}")
 
 
 ABAR = reference_abar()
 
 
+def _fake_x0(x, t):
+    """A deterministic, smooth, nonlinear stand-in for a network's x_0 estimate (it leaves [-1, 1])."""
+    return 1.2 * torch.tanh(1.3 * x) * (1 - 0.5 * t / T) + 0.1 * torch.sin(3 * x)
+
+
 def _fake_eps(x, t):
-    """A deterministic, smooth, nonlinear stand-in for a network: eps of a bounded x_0 guess."""
-    x0 = 1.2 * torch.tanh(1.3 * x) * (1 - 0.5 * t / T) + 0.1 * torch.sin(3 * x)  # leaves [-1, 1]
-    return (x - math.sqrt(ABAR[t]) * x0) / math.sqrt(1 - ABAR[t])
+    """The same stand-in as eps, for diffusers' schedulers."""
+    return (x - math.sqrt(ABAR[t]) * _fake_x0(x, t)) / math.sqrt(1 - ABAR[t])
 
 
 @pytest.mark.parametrize("steps,clip", [(20, False), (20, True), (7, False)])
@@ -112,7 +119,7 @@ def test_dpmpp_2m_trajectory_matches_diffusers(steps, clip):
 
     def denoise(x, t):
         path.append(x)
-        return _fake_eps(x, t), None
+        return _fake_x0(x, t), None
 
     schedule = respace(GaussianDiffusion().schedule, grid)
     out = dpmpp_2m(denoise, x_T, schedule, clip_denoised=clip)
@@ -121,7 +128,7 @@ def test_dpmpp_2m_trajectory_matches_diffusers(steps, clip):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"step {k}")  # diffusers steps in float32
     torch.testing.assert_close(out, x, rtol=1e-5, atol=1e-5)
     # and the second-order correction matters at this tolerance: first order (DDIM) differs
-    first_order = SAMPLERS["ddim"](lambda x, t: (_fake_eps(x, t), None), x_T, schedule, clip_denoised=clip)
+    first_order = SAMPLERS["ddim"](lambda x, t: (_fake_x0(x, t), None), x_T, schedule, clip_denoised=clip)
     assert (first_order - out).abs().max() > 1e-3
 
 

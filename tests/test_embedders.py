@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from clipsonic.embedders import EmbedderError, load_embedder
+from clipsonic.embedders import load_embedder
 from clipsonic.embedders import vggish_input as vi
 from clipsonic.embedders.base import prepare_waveform
 from clipsonic.embedders.clap import CLIP_SAMPLES, ClapEmbedder, crop_or_pad
 from clipsonic.embedders.mel_stats import MelStatsEmbedder
 from clipsonic.embedders.vggish import VGGish, VGGishEmbedder, convert_torchvggish
+from clipsonic.errors import ClipsonicError
 from clipsonic.metrics import EmbeddingStats, fad_from_stats
 
 SR = 16000
@@ -118,15 +119,15 @@ def test_vggish_embedder_loads_converted_weights(vggish_weights):
 
 
 def test_vggish_missing_or_wrong_weights_say_what_to_do(tmp_path, vggish_weights):
-    with pytest.raises(EmbedderError, match=r"nope\.safetensors does not exist.*vggish-10086976\.pth"):
+    with pytest.raises(ClipsonicError, match=r"nope\.safetensors does not exist.*vggish-10086976\.pth"):
         VGGishEmbedder(tmp_path / "nope.safetensors")
     from safetensors.torch import save_file
 
     save_file({"features.0.weight": torch.zeros(64, 1, 3, 3)}, str(tmp_path / "bad.safetensors"))
-    with pytest.raises(EmbedderError, match="missing"):
+    with pytest.raises(ClipsonicError, match="missing"):
         VGGishEmbedder(tmp_path / "bad.safetensors")
     torch.save({"something": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(EmbedderError, match="does not hold VGGish weights"):
+    with pytest.raises(ClipsonicError, match="does not hold VGGish weights"):
         convert_torchvggish(tmp_path / "other.pth", tmp_path / "x.safetensors")
 
 
@@ -167,14 +168,14 @@ def test_mel_stats_fad_separates_different_sounds():
 
 
 def test_waveform_checks():
-    with pytest.raises(EmbedderError, match="NaN"):
+    with pytest.raises(ClipsonicError, match="NaN"):
         prepare_waveform(np.array([0.0, np.nan, 0.0]), SR, SR)
-    with pytest.raises(EmbedderError, match="mono"):
+    with pytest.raises(ClipsonicError, match="mono"):
         prepare_waveform(np.zeros((2, 100)), SR, SR)
-    with pytest.raises(EmbedderError, match="empty"):
+    with pytest.raises(ClipsonicError, match="empty"):
         prepare_waveform(np.zeros(0), SR, SR)
     assert prepare_waveform(np.zeros(1600), SR, 48000).shape == (4800,)
-    with pytest.raises(EmbedderError, match="unknown embedder"):
+    with pytest.raises(ClipsonicError, match="unknown embedder"):
         load_embedder("openl3")
     assert load_embedder("mel-stats").name == "mel-stats"
 
@@ -192,9 +193,9 @@ def test_crop_or_pad_is_deterministic_repeat_pad():
 def test_clap_without_package_gives_install_hint(tmp_path, monkeypatch):
     (tmp_path / "630k-audioset-best.pt").write_bytes(b"x")
     monkeypatch.setitem(sys.modules, "laion_clap", None)  # import laion_clap → ImportError
-    with pytest.raises(EmbedderError, match="pip install --no-deps laion-clap"):
+    with pytest.raises(ClipsonicError, match="pip install --no-deps laion-clap"):
         ClapEmbedder(tmp_path / "630k-audioset-best.pt")
-    with pytest.raises(EmbedderError, match="missing.pt does not exist.*--clap-weights"):
+    with pytest.raises(ClipsonicError, match="missing.pt does not exist.*--clap-weights"):
         ClapEmbedder(tmp_path / "missing.pt")
 
 
@@ -241,7 +242,7 @@ def test_clap_wrapper_feeds_48k_ten_second_clips_and_loads_weights(tmp_path, mon
     assert clap.cache_id.startswith("clap-HTSAT-tiny-")
 
     torch.save({"state_dict": {"other.weight": torch.zeros(1)}}, tmp_path / "wrong.pt")
-    with pytest.raises(EmbedderError, match="does not fit"):
+    with pytest.raises(ClipsonicError, match="does not fit"):
         ClapEmbedder(tmp_path / "wrong.pt", device="cpu")
 
 
@@ -274,10 +275,10 @@ def test_panns_network_shapes_and_missing_weights(tmp_path):
     with torch.device("meta"):
         keys = set(panns.Cnn14().state_dict())
     assert {"bn0.running_mean", "conv_block6.conv2.weight", "fc1.weight"} <= keys  # the release's names
-    with pytest.raises(EmbedderError, match=r"Cnn14_mAP=0\.431\.pth"):
+    with pytest.raises(ClipsonicError, match=r"Cnn14_mAP=0\.431\.pth"):
         load_embedder("panns", tmp_path / "nope.pth")
     torch.save({"model": {"fc1.weight": torch.zeros(1)}}, tmp_path / "bad.pth")
-    with pytest.raises(EmbedderError, match="not a PANNs CNN14 checkpoint"):
+    with pytest.raises(ClipsonicError, match="not a PANNs CNN14 checkpoint"):
         load_embedder("panns", tmp_path / "bad.pth")
 
 

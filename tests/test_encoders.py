@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from support.tiny_clip import make_tiny_clip, tiny_clip_dir  # noqa: F401
 
-from clipsonic.encoders import EncoderError, load_clip
+from clipsonic.encoders import load_clip
+from clipsonic.errors import ClipsonicError
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +76,14 @@ def test_pil_and_numpy_images_of_any_mode_embed_alike(encoder):
 @pytest.mark.parametrize("bad", [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.float32),
                                  np.zeros((8, 8, 4), np.uint8), np.zeros((0, 8, 3), np.uint8), "frame.jpg"])
 def test_bad_images_are_refused_naming_their_index(encoder, bad):
-    with pytest.raises(EncoderError, match="image 1"):
+    with pytest.raises(ClipsonicError, match="image 1"):
         encoder.encode_images([np.zeros((8, 8, 3), np.uint8), bad])
 
 
 def test_texts_must_be_a_list_of_strings(encoder):
-    with pytest.raises(EncoderError, match="list"):
+    with pytest.raises(ClipsonicError, match="list"):
         encoder.encode_texts("a dog barking")
-    with pytest.raises(EncoderError, match="text 1"):
+    with pytest.raises(ClipsonicError, match="text 1"):
         encoder.encode_texts(["a dog", None])
 
 
@@ -157,7 +158,7 @@ def test_hub_id_in_the_local_cache_loads_offline(encoder, tiny_clip_dir, tmp_pat
 def test_unknown_hub_id_offline_says_what_to_download(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(EncoderError) as err:
+    with pytest.raises(ClipsonicError) as err:
         load_clip("openai/clip-vit-large-patch14")
     message = str(err.value)
     assert "hf download openai/clip-vit-large-patch14" in message and "--local-dir DIR" in message
@@ -199,6 +200,6 @@ def test_directories_that_are_not_clip_models_are_refused_by_name(case, expected
         weights.write_bytes(weights.read_bytes()[:1000])
     else:
         directory = tmp_path / "nowhere" / "clip"
-    with pytest.raises(EncoderError, match=expected) as err:
+    with pytest.raises(ClipsonicError, match=expected) as err:
         load_clip(directory)
     assert str(directory) in str(err.value)

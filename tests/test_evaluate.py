@@ -15,9 +15,9 @@ from support.eval_dataset import make_eval_dataset, pipeline_refs
 from support.tiny_pipeline import tiny_pipeline_dir  # noqa: F401  (fixture)
 
 from clipsonic.cli import main as cli_main
-from clipsonic.data.dataset import DatasetError
-from clipsonic.evaluate import EvalConfig, EvaluationError, run_evaluation
-from clipsonic.evaluate.pipeline_generator import PipelineGenerator
+from clipsonic.errors import ClipsonicError
+from clipsonic.evaluate import EvalConfig, run_evaluation
+from clipsonic.evaluate.generator import PipelineGenerator
 from clipsonic.listening import make_listening_test, read_key
 
 COLOUR_NAMES = ("red", "green", "blue")  # the tiny pipeline's stats know these labels
@@ -102,7 +102,7 @@ def test_evaluate_end_to_end(tiny_pipeline_dir, eval_data, tmp_path, monkeypatch
     #    cached sets are not regenerated, the plot is drawn.
     monkeypatch.setitem(sys.modules, "laion_clap", types.SimpleNamespace(CLAP_Module=_StandInClap))
     torch.save({"state_dict": torch.nn.Linear(4, 512).state_dict()}, tmp_path / "630k-audioset-best.pt")
-    config = EvalConfig(modes=("iq", "zs"), guidance=1.5, sweep=(0.0, 1.5, 3.0), steps=2, embedder="mel-stats",
+    config = EvalConfig(modes=("iq", "zs"), guidance_scale=1.5, sweep=(0.0, 1.5, 3.0), steps=2, embedder="mel-stats",
                         clap_weights=str(tmp_path / "630k-audioset-best.pt"), seed=7, device="cpu")
     ev = run_evaluation(tiny_pipeline_dir, eval_data, out, config)
     after = _mtimes(out / "audio")
@@ -138,10 +138,10 @@ def test_evaluate_unlabelled_split_runs_iq_only(tiny_pipeline_dir, tmp_path):  #
 def test_evaluate_refuses_bad_inputs(tiny_pipeline_dir, tmp_path, capsys):  # noqa: F811
     mel, clip = pipeline_refs(tiny_pipeline_dir)
     make_eval_dataset(tmp_path / "noaudio", mel, clip, test_clips=2, audio=False)
-    with pytest.raises(EvaluationError, match="--keep-audio"):
+    with pytest.raises(ClipsonicError, match="--keep-audio"):
         run_evaluation(tiny_pipeline_dir, tmp_path / "noaudio", tmp_path / "r", EvalConfig(embedder="mel-stats", device="cpu"))
     make_eval_dataset(tmp_path / "othermel", mel.replace(n_mels=80), clip, test_clips=2)
-    with pytest.raises(DatasetError, match="different mel config"):
+    with pytest.raises(ClipsonicError, match="different mel config"):
         run_evaluation(tiny_pipeline_dir, tmp_path / "othermel", tmp_path / "r", EvalConfig(embedder="mel-stats", device="cpu"))
     make_eval_dataset(tmp_path / "ok", mel, clip, test_clips=2)
     code = cli_main(["evaluate", "--model", str(tiny_pipeline_dir), "--data", str(tmp_path / "ok"), "--out",

@@ -11,9 +11,9 @@ from support.eval_dataset import make_eval_dataset, pipeline_refs
 from support.tiny_pipeline import tiny_pipeline_dir  # noqa: F401  (fixture)
 
 from clipsonic.cli import main as cli_main
-from clipsonic.evaluate import EvalConfig, EvaluationError, load_captions, run_evaluation
-from clipsonic.evaluate.captions import captions_digest, text_query
-from clipsonic.evaluate.testset import EvalClip
+from clipsonic.errors import ClipsonicError
+from clipsonic.evaluate import EvalConfig, load_captions, run_evaluation
+from clipsonic.evaluate.testset import EvalClip, captions_digest, text_query
 
 COLOUR_NAMES = ("red", "green", "blue")  # labels of classes 0, 1, 2: clip i has class i % 3
 
@@ -31,8 +31,8 @@ def test_text_query_cycles_by_clip_index():
 
 
 @pytest.mark.parametrize(("content", "problem"), [
-    (None, "not found"),
-    ("{red: [", "is not valid JSON"),
+    (None, "no such file"),  # the wording of clipsonic.files.read_json, the one JSON reader
+    ("{red: [", "not a readable captions file"),
     ('["a red hum"]', "holds a JSON list"),
     ('{"red": "a red hum"}', "the entry of label 'red'"),
     ('{"red": []}', "the entry of label 'red'"),
@@ -42,7 +42,7 @@ def test_bad_captions_files_are_refused_in_one_line(tmp_path, content, problem):
     path = tmp_path / "captions.json"
     if content is not None:
         path.write_text(content)
-    with pytest.raises(EvaluationError) as info:
+    with pytest.raises(ClipsonicError) as info:
         load_captions(path)
     message = str(info.value)
     assert problem in message and str(path) in message and "\n" not in message

@@ -9,12 +9,14 @@ import pytest
 from support.eval_dataset import LABELS, make_eval_dataset
 
 from clipsonic.audio import MelConfig
-from clipsonic.data.dataset import ClipModelRef, DatasetError, read_dataset_info
+from clipsonic.data.dataset import read_dataset_info
 from clipsonic.embedders.mel_stats import MelStatsEmbedder
+from clipsonic.encoders import ClipModelRef
+from clipsonic.errors import ClipsonicError
 from clipsonic.evaluate.cache import EmbeddingCache, open_set_dir
 from clipsonic.evaluate.config import EvalConfig
 from clipsonic.evaluate.report import Evaluation, SetResult, format_markdown, write_report
-from clipsonic.evaluate.run import EvaluationError, resolve_modes
+from clipsonic.evaluate.run import resolve_modes
 from clipsonic.evaluate.testset import load_test_clips, pick_indices
 
 MEL = MelConfig(clip_samples=32 * 512)
@@ -25,7 +27,7 @@ def test_pick_indices_spreads_over_the_split():
     assert pick_indices(10, None) == list(range(10))
     assert pick_indices(10, 3) == [0, 4, 9]  # linspace(0, 9, 3) = 0, 4.5→4, 9
     assert pick_indices(4, 10) == [0, 1, 2, 3]
-    with pytest.raises(DatasetError):
+    with pytest.raises(ClipsonicError):
         pick_indices(4, 0)
 
 
@@ -39,7 +41,7 @@ def test_load_test_clips_reads_labels_frames_mels_and_audio(tmp_path):
     assert c.image_embedding.shape == (16,) and np.linalg.norm(c.image_embedding) == pytest.approx(1, abs=1e-2)
     assert c.logmel.shape == (64, 32) and c.audio.shape == (MEL.clip_samples,) and c.audio.dtype == np.float32
     assert np.abs(c.audio).max() > 0.1
-    with pytest.raises(DatasetError, match="no 'valid' split"):
+    with pytest.raises(ClipsonicError, match="no 'valid' split"):
         load_test_clips(info, "valid")
 
 
@@ -50,7 +52,7 @@ def test_unlabelled_split_without_audio(tmp_path):
     notes: list[str] = []
     assert resolve_modes((), ("iq", "zs", "shift"), clips, notes) == ["iq"]
     assert "no labels" in notes[-1] and "zs, shift" in notes[-1]
-    with pytest.raises(EvaluationError, match="no mode left"):
+    with pytest.raises(ClipsonicError, match="no mode left"):
         resolve_modes(("zs",), ("iq", "zs"), clips, [])
 
 
@@ -60,12 +62,12 @@ def test_resolve_modes_defaults_and_refusals(tmp_path):
     notes: list[str] = []
     assert resolve_modes((), ("iq", "zs", "shift", "knn"), clips, notes) == ["iq", "zs", "shift", "knn"]
     assert notes == ["mode pd skipped: the model does not support it"]
-    with pytest.raises(EvaluationError, match=r"cannot run mode\(s\) \['pd'\]"):
+    with pytest.raises(ClipsonicError, match=r"cannot run mode\(s\) \['pd'\]"):
         resolve_modes(("iq", "pd"), ("iq", "zs"), clips, [])
 
 
 def test_eval_config_validates():
-    assert EvalConfig(guidance=1.5, sweep=(0, 3, 1.5)).guidance_scales == (0.0, 1.5, 3.0)
+    assert EvalConfig(guidance_scale=1.5, sweep=(0, 3, 1.5)).guidance_scales == (0.0, 1.5, 3.0)
     with pytest.raises(ValueError, match="unknown mode"):
         EvalConfig(modes=("xyz",))
     with pytest.raises(ValueError, match="label"):
@@ -82,7 +84,7 @@ def test_set_dir_is_cleared_when_settings_change(tmp_path):
     assert (folder / "a.wav").exists()
     open_set_dir(folder, {"steps": 20})
     assert not (folder / "a.wav").exists()
-    assert json.loads((folder / "settings.json").read_text()) == {"steps": 20}
+    assert json.loads((folder / "settings.json").read_text()) == {"format": "clipsonic-eval-set", "version": 1, "steps": 20}
 
 
 def test_embedding_cache_keys_on_content(tmp_path):

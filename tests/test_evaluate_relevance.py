@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +12,10 @@ from support.eval_dataset import make_eval_dataset, pipeline_refs
 from support.tiny_pipeline import tiny_pipeline_dir  # noqa: F401  (fixture)
 
 from clipsonic.cli import main as cli_main
-from clipsonic.evaluate import EvalConfig, EvaluationError, load_classifier, run_evaluation
+from clipsonic.evaluate import EvalConfig, run_evaluation
 from clipsonic.evaluate.relevance import judge_files, relevance_accuracy
+from clipsonic.sonicworld import CONCEPT_NAMES, CONCEPTS, OracleClassifier
+from clipsonic.sonicworld.sounds import synthesize
 
 COLOUR_NAMES = ("red", "green", "blue")  # labels of classes 0, 1, 2 of the test split
 
@@ -56,7 +56,7 @@ def test_judge_files_reads_the_written_audio(tmp_path):
         soundfile.write(tmp_path / f"{i}.wav", 0.3 * np.sin(2 * np.pi * 220 * 1.5**c * t), rate)
         files.append(tmp_path / f"{i}.wav")
     classifier = _ToneClassifier(answers={0: "red", 1: "red", 2: "blue"})  # hears green as red
-    rel = judge_files(classifier, files, ["red", "green", "blue", "blue"], batch_size=3)
+    rel = judge_files(classifier, files, ["red", "green", "blue", "blue"], batch_size=3, sample_rate=rate)
     assert rel.accuracy == 0.75 and rel.by_label == {"blue": 1.0, "green": 0.0, "red": 1.0}
     assert classifier.calls == [((3, rate), rate), ((1, rate // 2), rate)]
 
@@ -115,43 +115,35 @@ def test_relevance_column_from_the_written_audio(tiny_pipeline_dir, tmp_path):  
 
 
 def test_unknown_classifier_lists_the_choices(tiny_pipeline_dir, tmp_path, capsys):  # noqa: F811
-    with pytest.raises(EvaluationError, match="unknown classifier 'nope'; choose one of sonicworld"):
-        load_classifier("nope")
+    """``--classifier NAME`` is resolved by the CLI (evaluate takes the classifier object)."""
     mel, clip = pipeline_refs(tiny_pipeline_dir)
     make_eval_dataset(tmp_path / "d", mel, clip, test_clips=2)
     code = cli_main(["evaluate", "--model", str(tiny_pipeline_dir), "--data", str(tmp_path / "d"), "--out",
                      str(tmp_path / "r"), "--embedder", "mel-stats", "--device", "cpu", "--classifier", "nope"])
     err = capsys.readouterr().err
-    assert code == 2 and "choose one of sonicworld" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "unknown classifier 'nope'; choose one of sonicworld" in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()  # refused before any work
 
 
-def test_sonicworld_wraps_the_oracle(monkeypatch):
-    """The registry's "sonicworld" entry: concept indices → names, -1 → no answer, audio at 16 kHz."""
+def test_sonicworld_oracle_names_its_answers(monkeypatch):
+    """``OracleClassifier.classify``: concept indices → names, -1 → no answer, audio resampled to 16 kHz."""
     seen = {}
+    oracle = OracleClassifier()
 
-    class Oracle:  # clipsonic.sonicworld.oracle.OracleClassifier's surface
-        def classify_audio(self, audio, sample_rate=16000):
-            seen["shape"], seen["rate"] = audio.shape, sample_rate
-            return np.array([1, -1, 0])
+    def classify_audio(audio, sample_rate=16000):
+        seen["shape"], seen["rate"] = audio.shape, sample_rate
+        return np.array([1, -1, 0])
 
-    concepts = [types.SimpleNamespace(name="hum"), types.SimpleNamespace(name="chirp")]
-    monkeypatch.setitem(sys.modules, "clipsonic.sonicworld", types.ModuleType("clipsonic.sonicworld"))
-    monkeypatch.setitem(sys.modules, "clipsonic.sonicworld.oracle", types.SimpleNamespace(OracleClassifier=Oracle))
-    monkeypatch.setitem(sys.modules, "clipsonic.sonicworld.world", types.SimpleNamespace(CONCEPTS=concepts))
-    classifier = load_classifier("sonicworld")
-    assert list(classifier.labels) == ["hum", "chirp"]
-    assert classifier.classify(np.zeros((3, 8000), np.float32), 8000) == ["chirp", None, "hum"]
+    monkeypatch.setattr(oracle, "classify_audio", classify_audio)
+    assert list(oracle.labels) == list(CONCEPT_NAMES) and oracle.name == "sonicworld"
+    assert oracle.classify(np.zeros((3, 8000), np.float32), 8000) == [CONCEPT_NAMES[1], None, CONCEPT_NAMES[0]]
     assert seen == {"shape": (3, 16000), "rate": 16000}
 
 
 def test_sonicworld_oracle_judges_its_own_sounds():
-    """The real oracle behind the registry: exact on SonicWorld sounds (here at 22.05 kHz), silent → no answer."""
-    pytest.importorskip("clipsonic.sonicworld.oracle")
-    from clipsonic.sonicworld.sounds import synthesize
-    from clipsonic.sonicworld.world import CONCEPTS
-
-    classifier = load_classifier("sonicworld")
+    """The real oracle as a classifier: exact on SonicWorld sounds (here at 22.05 kHz), silent → no answer."""
+    classifier = OracleClassifier()
     rng = np.random.default_rng(0)
     audio = np.stack([synthesize(c.f0, c.timbre, c.rhythm, 22050, rng, sample_rate=22050) for c in CONCEPTS])
     names = [c.name for c in CONCEPTS]

@@ -11,18 +11,18 @@ from support.synthetic_dataset import make_synthetic_dataset
 
 from clipsonic.audio import MelConfig
 from clipsonic.cli import main
-from clipsonic.data.dataset import ClipModelRef
 from clipsonic.data.loader import decode_npy, iter_raw_samples
 from clipsonic.diffusion import DiffusionConfig
+from clipsonic.encoders import ClipModelRef
+from clipsonic.errors import ClipsonicError
 from clipsonic.export import (
-    PipelineDirError,
-    load_scheduler_config,
+    PipelineStats,
     load_stats,
     read_model_index,
     write_pipeline_dir,
 )
 from clipsonic.models import MelUNet
-from clipsonic.train import CheckpointError, ConfigFile, RunConfig, export_run, train
+from clipsonic.train import export_run, read_run, train
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,8 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     ds = make_synthetic_dataset(root / "d", 10, 3, frames=16, shards=2)
     run = root / "run"
-    train(ds.root, run, flags=dict(preset="tiny", batch_size=2, grad_accum=2, max_steps=6, save_every=3, num_workers=0,
-                                   val_every=0, sample_every=0, log_every=3),
-          config_file=ConfigFile({"bank_size": 12}, {}, {}))  # exports RUN_DIR/pipeline at the end
+    train(ds.root, run, {"train": dict(preset="tiny", batch_size=2, grad_accum=2, max_steps=6, save_every=3, num_workers=0,
+                                       val_every=0, sample_every=0, log_every=3, bank_size=12)})  # exports RUN/pipeline
     return run
 
 
@@ -54,15 +53,15 @@ def test_export_round_trip(run):
     assert index.clip.dim == 16 and index.clip.model == "synthetic/clip" and index.mel.clip_frames == 16
     assert index.training["steps"] == 6 and index.training["preset"] == "tiny" and index.training["train_clips"] == 10
     state = json.loads((run / "checkpoints" / "step-0000006" / "state.json").read_text())
-    assert state["samples_seen"] == 6 * 2 * 2  # steps × micro-batches × batch
+    assert state["extra"]["samples_seen"] == 6 * 2 * 2  # steps × micro-batches × batch
     raw_index = json.loads((pipe / "model_index.json").read_text())
     assert raw_index["_class_name"] == "CLIPSonicPipeline" and "clipsonic_version" in raw_index
     # the UNet is the EMA of the last checkpoint
     unet = MelUNet.from_pretrained(pipe / "unet")
-    ema = load_file(str(run / "checkpoints" / "step-0000006" / "ema" / "model.safetensors"))
+    ema = load_file(str(run / "checkpoints" / "step-0000006" / "ema.safetensors"))
     for name, tensor in unet.state_dict().items():
         assert torch.equal(tensor, ema[name]), name
-    assert load_scheduler_config(pipe) == RunConfig.load(run / "config.json").diffusion
+    assert DiffusionConfig.load(index.component_dir("scheduler") / "config.json") == read_run(run).config.diffusion
     readme = (pipe / "README.md").read_text()
     assert "synthetic/clip" in readme and "steps: 6" in readme and "CLIPSonicPipeline" in readme
 
@@ -91,14 +90,14 @@ def test_reexport_is_deterministic_and_atomic(run, tmp_path):
     again = load_stats(out)
     assert first.bank_keys == again.bank_keys and torch.equal(first.image_bank, again.image_bank)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]  # no temporary or old folder left
-    with pytest.raises(CheckpointError, match="no checkpoint of step 5"):
+    with pytest.raises(ClipsonicError, match="no checkpoint of step 5"):
         export_run(run, out=tmp_path / "q", step=5)
 
 
 def test_refuses_to_overwrite_a_folder_that_is_not_a_pipeline(run, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(PipelineDirError, match="not a pipeline directory"):
+    with pytest.raises(ClipsonicError, match="not a pipeline directory"):
         export_run(run, out=tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
@@ -116,7 +115,7 @@ def test_extra_components_for_the_pipeline_writer(tmp_path):
     again = read_model_index(out)
     assert again.components["vocoder"] == "vocoder" and again.components["stats"] is None
     assert again.component_dir("vocoder") == out / "vocoder"
-    with pytest.raises(PipelineDirError, match="no 'stats' component"):
+    with pytest.raises(ClipsonicError, match="no 'stats' component"):
         load_stats(out)
 
 
@@ -126,21 +125,40 @@ def _any_pipeline(tmp_path):
 
 
 def test_not_a_pipeline_errors(run, tmp_path):
-    with pytest.raises(PipelineDirError, match="no model_index.json"):
+    with pytest.raises(ClipsonicError, match="no model_index.json"):
         read_model_index(tmp_path)
     bad = tmp_path / "bad"
     shutil.copytree(run / "pipeline", bad)
     index = json.loads((bad / "model_index.json").read_text())
     (bad / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionPipeline"}))
-    with pytest.raises(PipelineDirError, match="not CLIPSonicPipeline"):
+    with pytest.raises(ClipsonicError, match="not CLIPSonicPipeline"):
         read_model_index(bad)
     (bad / "model_index.json").write_text(json.dumps(index))
     shutil.rmtree(bad / "unet")
-    with pytest.raises(PipelineDirError, match="'unet' is listed but"):
+    with pytest.raises(ClipsonicError, match="'unet' is listed but"):
         read_model_index(bad)
 
 
 def test_cli_export(run, tmp_path, capsys):
-    assert main(["train", "export", str(run), "--out", str(tmp_path / "cli"), "--step", "6"]) == 0
-    assert f"pipeline: {tmp_path / 'cli'}" in capsys.readouterr().out
+    assert main(["export", str(run), "--out", str(tmp_path / "cli"), "--step", "6"]) == 0
+    assert f"exported: {tmp_path / 'cli'}" in capsys.readouterr().out
     assert read_model_index(tmp_path / "cli").training["steps"] == 6
+
+
+def test_files_written_before_the_version_field_still_load(tmp_path):
+    """model_index.json without format/version is version 1; stats written then kept keys and labels in bank.json."""
+    pipe = write_pipeline_dir(tmp_path / "old", unet=MelUNet.from_preset("tiny", cond_dim=4), diffusion=DiffusionConfig(),
+                              mel=MelConfig(), clip=ClipModelRef("m", 4, "f" * 16), stats=PipelineStats(
+                                  torch.zeros(4), torch.eye(4)[:2].half(), ["a/0", "b/1"], ["dog", None], {"num_clips": 2}))
+    index = json.loads((pipe / "model_index.json").read_text())
+    (pipe / "model_index.json").write_text(json.dumps({k: v for k, v in index.items() if k not in ("format", "version")}))
+    stats = json.loads((pipe / "stats" / "config.json").read_text())
+    (pipe / "stats" / "bank.json").write_text(json.dumps({"keys": stats.pop("bank_keys"), "labels": stats.pop("bank_labels")}))
+    (pipe / "stats" / "config.json").write_text(json.dumps({k: v for k, v in stats.items() if k not in ("format", "version")}))
+    assert read_model_index(pipe).clip.model == "m"
+    old = load_stats(pipe)
+    assert old.bank_keys == ["a/0", "b/1"] and old.bank_labels == ["dog", None] and old.info["num_clips"] == 2
+    (pipe / "model_index.json").write_text(json.dumps({**index, "version": 7}))
+    with pytest.raises(ClipsonicError, match="clipsonic-pipeline version 7 .* reads version 1") as err:
+        read_model_index(pipe)
+    assert "\n" not in str(err.value)

@@ -82,7 +82,7 @@ def test_video_to_mp4_keeps_the_picture_and_adds_sound(tiny_pipeline_dir, tmp_pa
     ([], "no query"),
     (["--text", "a", "--image", "x.png"], "one kind"),
     (["--text", "   "], "empty"),
-    (["--text", "a", "--guidance", "-1"], "guidance"),
+    (["--text", "a", "--guidance-scale", "-1"], "guidance"),
     (["--text", "a", "--steps", "0"], "num_inference_steps"),
     (["--text", "a", "--seconds", "0"], "seconds"),
     (["--text", "a", "--seconds", "100000"], "limit"),

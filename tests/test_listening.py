@@ -12,8 +12,8 @@ import pytest
 import soundfile
 
 from clipsonic.cli import main as cli_main
+from clipsonic.errors import ClipsonicError
 from clipsonic.listening import (
-    ListeningTestError,
     make_listening_test,
     mean_ci,
     read_key,
@@ -71,15 +71,15 @@ def test_make_writes_self_contained_page_with_hidden_systems(test_dir):
 def test_make_refuses_bad_systems(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ListeningTestError, match="no audio"):
+    with pytest.raises(ClipsonicError, match="no audio"):
         make_listening_test({"x": empty}, tmp_path / "out")
     bare = tmp_path / "bare"
     bare.mkdir()
     soundfile.write(bare / "q.wav", np.zeros(100), 16000)
-    with pytest.raises(ListeningTestError, match="no query for q.wav"):
+    with pytest.raises(ClipsonicError, match="no query for q.wav"):
         make_listening_test({"x": bare}, tmp_path / "out")
     other = make_system(tmp_path / "other", 300, items={"zz": "cat"})
-    with pytest.raises(ListeningTestError, match="share no item"):
+    with pytest.raises(ClipsonicError, match="share no item"):
         make_listening_test({"a": make_system(tmp_path / "a", 200), "b": other}, tmp_path / "out")
 
 
@@ -142,16 +142,16 @@ def test_score_reproduces_hand_computed_mos(test_dir, tmp_path, capsys):
 def test_score_refuses_foreign_duplicate_and_bad_answers(test_dir, tmp_path, capsys):
     key = read_key(test_dir)
     foreign = write_answers(tmp_path / "f.csv", key, "eve", {"CLIPSonic-PD": [(4, 4)]}, test_id="0123456789ab")
-    with pytest.raises(ListeningTestError, match="answers to test 0123456789ab, not to test"):
+    with pytest.raises(ClipsonicError, match="answers to test 0123456789ab, not to test"):
         score_answers([foreign], test_dir)
     a = write_answers(tmp_path / "a.csv", key, "ann", {"CLIPSonic-PD": [(4, 4)]})
-    with pytest.raises(ListeningTestError, match="in both"):
+    with pytest.raises(ClipsonicError, match="in both"):
         score_answers([a, a], test_dir)
     bad = write_answers(tmp_path / "bad.csv", key, "ann", {"CLIPSonic-PD": [(7, 4)]})
-    with pytest.raises(ListeningTestError, match="not 1–5"):
+    with pytest.raises(ClipsonicError, match="not 1–5"):
         score_answers([bad], test_dir)
     (tmp_path / "other.csv").write_text("x,y\n1,2\n")
-    with pytest.raises(ListeningTestError, match="missing columns"):
+    with pytest.raises(ClipsonicError, match="missing columns"):
         score_answers([tmp_path / "other.csv"], test_dir)
     # the CLI turns these into one line and exit code 2
     assert cli_main(["listening-test", "score", str(foreign), "--test", str(test_dir)]) == 2

@@ -274,12 +274,14 @@ def test_duration_without_container_duration(video):
     assert len(load_audio(path, sample_rate=SR)) == pytest.approx(2 * SR, abs=0.03 * SR)
 
 
-def test_end_tolerance_pads_only_a_little(tmp_path):
+def test_end_tolerance_pads_only_a_little_unless_asked(tmp_path):
     path = write_audio(tmp_path / "one.wav", seconds=1.0, sample_rate=16000)
     x = load_audio(path, sample_rate=SR, start=0.5, duration=0.52)
     assert x.shape == (8320,) and np.all(x[8000:] == 0) and np.abs(x[:8000]).max() > 0.4
     with pytest.raises(MediaError, match="runs past the end"):
         load_audio(path, sample_rate=SR, start=0.5, duration=0.6)
+    padded = load_audio(path, sample_rate=SR, start=0.5, duration=0.6, pad_end=True)  # e.g. a short training clip
+    assert padded.shape == (9600,) and np.array_equal(padded[:8320], x) and np.all(padded[8000:] == 0)
 
 
 # --- frames: accurate seeking -----------------------------------------------------------------

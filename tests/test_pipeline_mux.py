@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from support.media_files import write_audio, write_video
 
-from clipsonic.mux import MuxError, mux_audio, video_span
+from clipsonic.errors import ClipsonicError
+from clipsonic.mux import mux_audio, video_span
 
 
 def _video_packets(path):
@@ -45,10 +46,10 @@ def test_short_audio_is_padded_and_failures_leave_nothing(tmp_path):
     src = write_video(tmp_path / "v.mp4", seconds=1.0, size=(32, 32), audio_codec=None)
     out = mux_audio(src, np.zeros(1000, np.float32), 16000, tmp_path / "o.mp4")
     assert _audio(out)[2] == pytest.approx(1.0, abs=0.07)
-    with pytest.raises(MuxError, match="extension"):
+    with pytest.raises(ClipsonicError, match="extension"):
         mux_audio(src, np.zeros(100, np.float32), 16000, tmp_path / "o.gif")
-    with pytest.raises(MuxError, match=r"\.webm"):
+    with pytest.raises(ClipsonicError, match=r"\.webm"):
         mux_audio(src, np.zeros(1600, np.float32), 16000, tmp_path / "o.webm")  # H.264 cannot go into WebM
-    with pytest.raises(MuxError, match="no video stream"):
+    with pytest.raises(ClipsonicError, match="no video stream"):
         mux_audio(write_audio(tmp_path / "a.wav", seconds=0.5), np.zeros(100, np.float32), 16000, tmp_path / "x.mp4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "o.mp4", "v.mp4"]

@@ -18,9 +18,10 @@ from support.media_files import truncate, write_audio, write_video
 from clipsonic.audio import MelConfig
 from clipsonic.cli import main
 from clipsonic.data.clips import ClipOptions
-from clipsonic.data.dataset import DatasetError, read_dataset_info
+from clipsonic.data.dataset import read_dataset_info
 from clipsonic.data.preprocess import PreprocessOptions, _resolve_sharding, preprocess
 from clipsonic.encoders import load_clip
+from clipsonic.errors import ClipsonicError
 from clipsonic.plotting import mel_band_edges_hz
 
 MEL = MelConfig(clip_samples=16384)  # 1.024 s = 32 frames keeps the test fast
@@ -63,7 +64,7 @@ def read_samples(info):
 def test_end_to_end(videos, tmp_path, tiny_clip_dir):
     info = preprocess(videos, tmp_path / "ds", options=options(tiny_clip_dir), mel=MEL)
     assert info.counts == {"inputs": 11, "clips": 8, "rejected": 6, "silent_clips": 1}
-    rejected = {Path(r["path"]).name: r["reason"] for r in map(json.loads, (tmp_path / "ds" / "rejected.jsonl").read_text().splitlines())}
+    rejected = {Path(r["path"]).name: r["reason"] for r in read_dataset_info(tmp_path / "ds").rejected}
     assert set(rejected) == {"short.mp4", "silent.mp4", "noaudio.mp4", "truncated.mp4", "empty.mp4", "text.mp4"}
     assert rejected["short.mp4"].startswith("too short") and rejected["silent.mp4"].startswith("silent")
     assert rejected["noaudio.mp4"] == "no audio stream"
@@ -119,12 +120,12 @@ def test_deterministic_and_idempotent(videos, tmp_path, tiny_clip_dir):
 
 def test_refuses_other_mel_or_clip(videos, tmp_path, tiny_clip_dir):
     preprocess(videos, tmp_path / "ds", options=options(tiny_clip_dir), mel=MEL)
-    with pytest.raises(DatasetError, match="n_mels: 64 vs 80"):
+    with pytest.raises(ClipsonicError, match="n_mels: 64 vs 80"):
         preprocess(videos, tmp_path / "ds", options=options(tiny_clip_dir), mel=MEL.replace(n_mels=80))
     from support.tiny_clip import make_tiny_clip
 
     other = make_tiny_clip(tmp_path / "clip2", seed=1)
-    with pytest.raises(DatasetError, match="tiny_clip"):
+    with pytest.raises(ClipsonicError, match="tiny_clip"):
         preprocess(videos, tmp_path / "ds", options=options(tiny_clip_dir, clip_model=str(other)), mel=MEL)
 
 
@@ -138,7 +139,7 @@ def test_two_way_sharded_run_merges_to_single_run(videos, tmp_path, tiny_clip_di
         part = preprocess(videos, tmp_path / "two", options=options(tiny_clip_dir), mel=MEL)
     assert part.root == tmp_path / "two" / "part-00001-of-00002"
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["part-00000-of-00002", "part-00001-of-00002"]
-    assert main(["-q", "preprocess", "merge", str(tmp_path / "two")]) == 0
+    assert main(["-q", "preprocess", "--merge", str(tmp_path / "two")]) == 0
     assert "11 inputs → 8 clips" in capsys.readouterr().out
     merged = read_dataset_info(tmp_path / "two")
     assert not list((tmp_path / "two").glob("part-*"))
@@ -148,8 +149,8 @@ def test_two_way_sharded_run_merges_to_single_run(videos, tmp_path, tiny_clip_di
     for key in single:
         assert np.array_equal(single[key]["mel.npy"], both[key]["mel.npy"])
         assert np.array_equal(single[key]["clip.npy"], both[key]["clip.npy"])
-    rejected = (tmp_path / "two" / "rejected.jsonl").read_text().splitlines()
-    assert sorted(rejected) == sorted((tmp_path / "one" / "rejected.jsonl").read_text().splitlines())
+    key = lambda r: (r["path"], r["reason"])  # noqa: E731
+    assert sorted(merged.rejected, key=key) == sorted(read_dataset_info(tmp_path / "one").rejected, key=key)
 
 
 def test_shard_split_comes_from_the_launcher_environment_unless_given(monkeypatch):
@@ -164,7 +165,7 @@ def test_shard_split_comes_from_the_launcher_environment_unless_given(monkeypatc
     assert _resolve_sharding(2, None) == (2, 1)  # --num-shards alone under a launcher: each rank its part
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("RANK", "4")
-    with pytest.raises(DatasetError, match=r"--shard-index 4 must be in \[0, --num-shards 4\)"):
+    with pytest.raises(ClipsonicError, match=r"--shard-index 4 must be in \[0, --num-shards 4\)"):
         _resolve_sharding(None, None)
 
 
@@ -179,7 +180,7 @@ def test_audio_only_inputs_in_a_manifest_are_rejected_and_the_rest_written(tmp_p
     manifest.write_text("path,label\nmedia/video.mp4,dog\nmedia/song.wav,music\nmedia/song.mp4,music\nmedia/other.mkv,cat\n")
     info = preprocess(manifest, tmp_path / "ds", options=options(tiny_clip_dir, test_fraction=0.0), mel=MEL)
     assert info.counts == {"inputs": 4, "clips": 3, "rejected": 2, "silent_clips": 0}
-    rejected = [json.loads(line) for line in (tmp_path / "ds" / "rejected.jsonl").read_text().splitlines()]
+    rejected = info.rejected
     assert sorted((Path(r["path"]).name, r["reason"]) for r in rejected) == [
         ("song.mp4", "no video stream"), ("song.wav", "no video stream")]
     samples = read_samples(info)
@@ -189,7 +190,7 @@ def test_audio_only_inputs_in_a_manifest_are_rejected_and_the_rest_written(tmp_p
 
 def _cli(videos, out, clip_dir):
     return [sys.executable, "-m", "clipsonic", "-q", "preprocess", str(videos), "--out", str(out),
-            "--clip-model", str(clip_dir), "--clip-seconds", "1.024", "--workers", "0", "--group-size", "1",
+            "--clip-model", str(clip_dir), "--clip-seconds", "1.024", "--workers", "0", "--encode-group", "1",
             "--shard-size-mb", "0.000001", "--keep-audio", "--test-fraction", "0.3"]
 
 

@@ -10,11 +10,11 @@ import torch
 from support.tiny_clip import make_tiny_clip
 from support.tiny_pipeline import make_tiny_pipeline
 
-from clipsonic.data.dataset import ClipModelRef
+from clipsonic.encoders import ClipModelRef
+from clipsonic.errors import ClipsonicError
 from clipsonic.prior import (
     DiffusionPrior,
     PriorConfig,
-    PriorError,
     PriorNet,
     attach_prior,
     check_same_clip,
@@ -91,7 +91,7 @@ def test_check_same_clip_uses_fingerprints_then_names():
     check_same_clip(ClipModelRef("openai/clip-vit-large-patch14", 768, ""), a)  # name only (Karlo)
     for bad in (ClipModelRef("x", 512, "aaaa"), ClipModelRef("openai/clip-vit-large-patch14", 768, "bbbb"),
                 ClipModelRef("laion/other", 768, "")):
-        with pytest.raises(PriorError, match=a.model):
+        with pytest.raises(ClipsonicError, match=a.model):
             check_same_clip(bad, a)
 
 
@@ -135,22 +135,22 @@ def test_karlo_prior_refuses_pickles_and_wrong_token_width(tmp_path, encoder, ti
     root = _write_karlo(tmp_path / "karlo")
     for f in (root / "prior").glob("*.safetensors"):
         f.unlink()
-    with pytest.raises(PriorError, match="safetensors"):
+    with pytest.raises(ClipsonicError, match="safetensors"):
         load_prior(root)
     wide = make_tiny_clip(tmp_path / "wide_clip", projection_dim=DIM, width=48)
     from clipsonic.encoders import load_clip
 
     karlo = load_prior(_write_karlo(tmp_path / "k2"))
-    with pytest.raises(PriorError, match="width"):
+    with pytest.raises(ClipsonicError, match="width"):
         karlo.sample(["a dog"], torch.zeros(1, DIM), load_clip(wide, device="cpu"))
 
 
 def test_load_prior_refuses_a_folder_that_is_not_a_prior(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "config.json").write_text('{"type": "something"}')
-    with pytest.raises(PriorError, match="not a prior directory"):
+    with pytest.raises(ClipsonicError, match="not a prior directory"):
         load_prior(tmp_path / "x")
-    with pytest.raises(PriorError, match="no such"):
+    with pytest.raises(ClipsonicError, match="no such"):
         load_prior(tmp_path / "missing")
 
 
@@ -158,11 +158,11 @@ def test_load_prior_refuses_a_folder_that_is_not_a_prior(tmp_path):
 
 def test_attach_our_prior_then_pd_mode_works(tmp_path, pipe_dir, clip_ref):
     from clipsonic.export import read_model_index
-    from clipsonic.pipeline import CLIPSonicPipeline, PipelineError
+    from clipsonic.pipeline import CLIPSonicPipeline
 
     pipe = CLIPSonicPipeline.from_pretrained(pipe_dir, device="cpu")
     assert "pd" not in pipe.modes and pipe.default_mode("text") == "zs"
-    with pytest.raises(PipelineError, match="prior"):
+    with pytest.raises(ClipsonicError, match="prior"):
         pipe(text="a dog", mode="pd", num_inference_steps=2, seed=0)
     _our_prior(clip_ref).save_pretrained(tmp_path / "prior")
     attach_prior(pipe_dir, tmp_path / "prior")
@@ -177,12 +177,12 @@ def test_attach_our_prior_then_pd_mode_works(tmp_path, pipe_dir, clip_ref):
 def test_attach_refuses_a_prior_of_another_clip_and_changes_nothing(tmp_path, pipe_dir, tiny_clip_dir):
     before = (pipe_dir / "model_index.json").read_text()
     _our_prior(ClipModelRef("openai/clip-vit-base-patch32", DIM, "0123456789abcdef")).save_pretrained(tmp_path / "prior")
-    with pytest.raises(PriorError, match="openai/clip-vit-base-patch32.*" + str(tiny_clip_dir)):
+    with pytest.raises(ClipsonicError, match="openai/clip-vit-base-patch32.*" + str(tiny_clip_dir)):
         attach_prior(pipe_dir, tmp_path / "prior")
     assert (pipe_dir / "model_index.json").read_text() == before and not (pipe_dir / "prior").exists()
     # a raw Karlo prior is named ViT-L/14 unless told otherwise
     _write_karlo(tmp_path / "karlo")
-    with pytest.raises(PriorError, match="clip-vit-large-patch14"):
+    with pytest.raises(ClipsonicError, match="clip-vit-large-patch14"):
         attach_prior(pipe_dir, tmp_path / "karlo")
 
 

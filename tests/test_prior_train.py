@@ -12,9 +12,10 @@ from support.synthetic_dataset import make_synthetic_dataset
 from support.tiny_pipeline import COLOURS, make_tiny_pipeline, solid_image
 
 from clipsonic.cli import main
-from clipsonic.prior import PriorError, PriorTrainConfig, load_prior, train_prior
+from clipsonic.errors import ClipsonicError
+from clipsonic.prior import load_prior, train_prior
 from clipsonic.prior.data import PairSet, collect_pairs
-from clipsonic.train.logs import read_metrics
+from clipsonic.train import read_metrics, read_run
 
 FAST = dict(preset="tiny", batch_size=64, lr=1e-3, warmup_steps=10, log_every=10, val_pairs=48, sample_steps=16,
             save_every=1000, val_every=0)
@@ -74,38 +75,42 @@ def test_csv_and_folder_sources_embed_their_images(tmp_path, encoder, tiny_clip_
     csv.write_text("image,caption\n" + "".join(f"{n}.png,a {n} thing\n" for n in names))
     table = collect_pairs(csv, _load, clip_model=str(tiny_clip_dir))
     assert len(table) == 3 and torch.allclose(table.image_emb, expected, atol=1e-5)
-    with pytest.raises(PriorError, match="--clip-model"):
+    with pytest.raises(ClipsonicError, match="--clip-model"):
         collect_pairs(csv, _load)
     (tmp_path / "bad.csv").write_text("file,label\nx.png,y\n")
-    with pytest.raises(PriorError, match="caption column"):
+    with pytest.raises(ClipsonicError, match="caption column"):
         collect_pairs(tmp_path / "bad.csv", _load, clip_model=str(tiny_clip_dir))
 
 
 def test_training_lowers_the_loss_and_narrows_the_modality_gap(tmp_path, dataset):
-    config = PriorTrainConfig(**FAST, max_steps=150)
-    result = train_prior(dataset, tmp_path / "run", config, cpu=True)
-    losses = [r["loss"] for r in read_metrics(tmp_path / "run", "train")]
+    run = train_prior(dataset, tmp_path / "run", {"train": {**FAST, "max_steps": 150}}, cpu=True)
+    losses = [r["loss"] for r in read_metrics(run, "train")]
     assert losses[-1] < 0.5 * losses[0]
-    m = result.metrics
+    m = read_metrics(run, "val")[-1]  # val_every=0: validated once, at the end
+    assert m["step"] == 150 and len(read_metrics(run, "val")) == 1
     # raw text embeddings of a random CLIP are unrelated to the image prototypes; the prior's samples
     # land near the held-out clips' image embeddings, far closer than the training-free shift
     assert m["cos_zs"] < 0.3 and m["cos_prior"] > 0.8 and m["cos_prior"] > m["cos_shift"] + 0.3
     prior = load_prior(tmp_path / "run")
     assert prior.training["validation"]["cos_prior"] == pytest.approx(m["cos_prior"])
+    assert prior.training["steps"] == 150 and prior.training["train_loss"] == losses[-1]
     assert (tmp_path / "run" / "checkpoints" / "step-0000150" / "state.json").is_file()
+    record = read_run(run)
+    assert record.task == "prior" and record.data["clip"]["dim"] == 32 and record.data["source"] == str(dataset)
 
 
 def test_resume_continues_exactly(tmp_path, dataset):
     config = dict(FAST, save_every=20)
-    straight = train_prior(dataset, tmp_path / "a", PriorTrainConfig(**config, max_steps=40), cpu=True)
-    train_prior(dataset, tmp_path / "b", PriorTrainConfig(**config, max_steps=20), cpu=True)
-    with pytest.raises(PriorError, match="--resume"):
-        train_prior(dataset, tmp_path / "b", PriorTrainConfig(**config, max_steps=40), cpu=True)
-    with pytest.raises(PriorError, match="lr="):
-        train_prior(dataset, tmp_path / "b", PriorTrainConfig(**dict(config, lr=5e-4), max_steps=40),
-                    cpu=True, resume=True)
-    resumed = train_prior(dataset, tmp_path / "b", PriorTrainConfig(**config, max_steps=40), cpu=True, resume=True)
-    a, b = load_prior(straight.prior_dir), load_prior(resumed.prior_dir)
+    straight = train_prior(dataset, tmp_path / "a", {"train": {**config, "max_steps": 40}}, cpu=True)
+    train_prior(dataset, tmp_path / "b", {"train": {**config, "max_steps": 20}}, cpu=True)
+    with pytest.raises(ClipsonicError, match="--resume"):
+        train_prior(dataset, tmp_path / "b", {"train": {**config, "max_steps": 40}}, cpu=True)
+    with pytest.raises(ClipsonicError, match="lr="):
+        train_prior(dataset, tmp_path / "b", {"train": {**config, "lr": 5e-4, "max_steps": 40}}, cpu=True, resume=True)
+    with pytest.raises(ClipsonicError, match="was trained on source="):
+        train_prior(tmp_path, tmp_path / "b", {"train": {"max_steps": 40}}, cpu=True, resume=True)
+    resumed = train_prior(dataset, tmp_path / "b", {"train": {"max_steps": 40}}, cpu=True, resume=True)
+    a, b = load_prior(straight / "prior"), load_prior(resumed / "prior")
     for (name, x), (_, y) in zip(a.net.state_dict().items(), b.net.state_dict().items(), strict=True):
         assert torch.allclose(x, y, atol=1e-6), name
     assert PairSet.load(tmp_path / "b" / "pairs.safetensors").source == str(dataset)
@@ -116,9 +121,9 @@ def test_cli_train_prior_then_attach(tmp_path, dataset, tiny_clip_dir, capsys):
     rc = main(["-q", "train-prior", str(dataset), "--out", str(run), "--preset", "tiny", "--max-steps", "30",
                "--batch-size", "32", "--log-every", "10", "--cpu", "--sample-steps", "8"])
     assert rc == 0
-    assert "prior" in capsys.readouterr().out
+    assert f"prior: {run / 'prior'}" in capsys.readouterr().out
     pipe = make_tiny_pipeline(tmp_path / "pipe", tiny_clip_dir, with_prior=False)
-    assert main(["-q", "prior", "attach", str(pipe), str(run)]) == 0
+    assert main(["-q", "attach", "prior", str(pipe), str(run)]) == 0
     assert json.loads((pipe / "model_index.json").read_text())["components"]["prior"] == "prior"
     assert main(["-q", "train-prior", str(dataset), "--out", str(run), "--max-steps", "40"]) == 2  # no --resume
     err = capsys.readouterr().err.strip().splitlines()

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from clipsonic.cli import main
-from clipsonic.sonicworld.demo import DemoConfig, DemoError, _Clock, demo_config, run_demo
+from clipsonic.errors import ClipsonicError
+from clipsonic.sonicworld.demo import DemoConfig, _Clock, demo_config, run_demo
 
 pytestmark = pytest.mark.slow
 
@@ -55,13 +56,13 @@ def test_rerun_reuses_the_finished_steps_and_refuses_other_settings(fast_demo):
     again = run_demo(fast_demo, fast=True)
     assert again["step_seconds"]["unet"] < 5 and again["step_seconds"]["clip"] < 5
     assert time.perf_counter() - began < 120  # the evaluation's audio is cached too
-    with pytest.raises(DemoError, match="other settings"):
+    with pytest.raises(ClipsonicError, match="other settings"):
         run_demo(fast_demo, demo_config(fast=False))
 
 
 def test_refuses_a_folder_that_is_not_a_demo(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
-    with pytest.raises(DemoError, match="not a demo folder"):
+    with pytest.raises(ClipsonicError, match="not a demo folder"):
         run_demo(tmp_path, fast=True)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 

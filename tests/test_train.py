@@ -1,4 +1,5 @@
-"""`clipsonic train`: exact resume, logs, faults (NaN, corrupt checkpoint, mismatched data), CLI errors."""
+"""`clipsonic train` on the shared loop: exact resume, logs, faults (NaN, corrupt checkpoint, mismatched data),
+runs and checkpoints from before version 2, CLI errors."""
 
 import json
 import logging
@@ -14,24 +15,26 @@ from safetensors.torch import load_file
 from support.synthetic_dataset import make_synthetic_dataset, synthetic_mel_config
 
 from clipsonic.cli import main
-from clipsonic.data.dataset import DatasetError
 from clipsonic.errors import ClipsonicError
+from clipsonic.files import read_json
 from clipsonic.train import (
-    RunConfig,
-    RunDirError,
-    TrainingError,
+    export_run,
     list_checkpoints,
-    read_config_file,
     read_metrics,
+    read_run,
     resolve_run_config,
     train,
 )
-from clipsonic.train.config import ConfigFile
 
 # Tiny and fast: 12 clips of 16 frames, batches of 4, two DataLoader workers (their rotation and
 # epoch boundaries are part of what resume must reproduce).
 FLAGS = dict(preset="tiny", batch_size=4, lr=1e-3, num_workers=2, log_every=1, val_every=0, sample_every=0,
-             save_every=10, keep_last=5, prediction="v")
+             save_every=10, keep_last=5, export_at_end=False)
+
+
+def config(**train):
+    """Config sections over FLAGS, with v-prediction."""
+    return {"train": {**FLAGS, **train}, "diffusion": {"prediction": "v"}}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +46,7 @@ def ds(tmp_path_factory):
 def straight(ds, tmp_path_factory):
     """40 steps in one go, with validation and samples on (they must not disturb the trajectory)."""
     run = tmp_path_factory.mktemp("runs") / "straight"
-    train(ds.root, run, flags={**FLAGS, "max_steps": 40, "save_every": 20, "val_every": 20, "sample_every": 40},
-          config_file=ConfigFile({"sample_steps": 4, "val_samples": 4}, {}, {}), export=False)
+    train(ds.root, run, config(max_steps=40, save_every=20, val_every=20, sample_every=40, sample_steps=4, val_samples=4))
     return run
 
 
@@ -53,7 +55,7 @@ def losses(run):
 
 
 def weights(run, step, which="model"):
-    return load_file(str(run / "checkpoints" / f"step-{step:07d}" / which / "model.safetensors"))
+    return load_file(str(run / "checkpoints" / f"step-{step:07d}" / f"{which}.safetensors"))
 
 
 def assert_same_weights(a, b):
@@ -66,11 +68,15 @@ def test_straight_run_layout_and_logs(straight):
     assert [s for s, _ in list_checkpoints(straight)] == [40, 20]
     ckpt = straight / "checkpoints" / "step-0000040"
     names = sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file())
-    assert names == ["ema/config.json", "ema/model.safetensors", "model/config.json", "model/model.safetensors",
-                     "optimizer.json", "optimizer.safetensors", "rank-00000.safetensors", "state.json"]
+    assert names == ["ema.safetensors", "model.safetensors", "optimizers.safetensors", "rank-00000.safetensors",
+                     "state.json"]
     assert not list(straight.rglob("*.pkl")) and not list(straight.rglob("*.pt")) and not list(straight.rglob("*.bin"))
     state = json.loads((ckpt / "state.json").read_text())
-    assert state["step"] == 40 and state["samples_seen"] == 160
+    assert (state["format"], state["version"], state["task"]) == ("clipsonic-checkpoint", 2, "unet")
+    assert state["step"] == 40 and state["extra"]["samples_seen"] == 160
+    record = read_json(straight / "config.json")
+    assert (record["format"], record["version"], record["task"]) == ("clipsonic-run", 2, "unet")
+    assert record["data"]["frames"] == 16 and record["data"]["clip"]["dim"] == 16 and record["train"]["lr"] == 1e-3
     train_records = read_metrics(straight, "train")
     assert [r["step"] for r in train_records] == list(range(1, 41))
     first, last = train_records[0], train_records[-1]
@@ -90,8 +96,8 @@ def test_straight_run_layout_and_logs(straight):
 
 def test_resume_equals_straight(ds, straight, tmp_path):
     run = tmp_path / "resumed"
-    train(ds.root, run, flags={**FLAGS, "max_steps": 20}, export=False)
-    train(ds.root, run, flags={**FLAGS, "max_steps": 40}, resume=True, export=False)
+    train(ds.root, run, config(max_steps=20))
+    train(ds.root, run, config(max_steps=40), resume=True)
     assert [s for s, _ in list_checkpoints(run)][0] == 40
     a, b = losses(run), losses(straight)
     assert sorted(a) == list(range(1, 41))
@@ -104,10 +110,10 @@ def test_resume_equals_straight(ds, straight, tmp_path):
 def test_corrupt_last_checkpoint_falls_back(ds, straight, tmp_path, caplog):
     run = tmp_path / "run"
     shutil.copytree(straight, run)
-    bad = run / "checkpoints" / "step-0000040" / "model" / "model.safetensors"
+    bad = run / "checkpoints" / "step-0000040" / "model.safetensors"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     with caplog.at_level(logging.WARNING):
-        train(ds.root, run, flags={**FLAGS, "max_steps": 40}, resume=True, export=False)
+        train(ds.root, run, config(max_steps=40), resume=True)
     assert "skipping corrupt checkpoint" in caplog.text and "falling back to step-0000020" in caplog.text
     a, b = losses(run), losses(straight)
     assert sorted(a) == list(range(1, 41))  # steps 21-40 re-logged once, not twice
@@ -118,8 +124,8 @@ def test_corrupt_last_checkpoint_falls_back(ds, straight, tmp_path, caplog):
 def test_nan_mel_stops_with_step_and_clip_named(tmp_path):
     info = make_synthetic_dataset(tmp_path / "d", 4, 2, frames=16, shards=1, nan_keys=["clip-00002"])
     run = tmp_path / "run"
-    with pytest.raises(TrainingError) as err:
-        train(info.root, run, flags={**FLAGS, "num_workers": 0, "max_steps": 5, "save_every": 1})
+    with pytest.raises(ClipsonicError) as err:
+        train(info.root, run, config(num_workers=0, max_steps=5, save_every=1, export_at_end=True))
     message = str(err.value)
     assert "step 1:" in message and "clip-00002 (NaN/inf in its mel)" in message
     assert "clip-00001" not in message  # only the bad clip is named
@@ -129,42 +135,44 @@ def test_nan_mel_stops_with_step_and_clip_named(tmp_path):
 def test_dataset_that_does_not_fit_the_run_is_refused(straight, tmp_path):
     other_mel = make_synthetic_dataset(tmp_path / "mel", 4, 2, frames=16, shards=1,
                                        mel=synthetic_mel_config(16).replace(fmax=7000.0))
-    with pytest.raises(DatasetError) as err:
-        train(other_mel.root, straight, flags={**FLAGS, "max_steps": 41}, resume=True)
+    with pytest.raises(ClipsonicError) as err:
+        train(other_mel.root, straight, config(max_steps=41), resume=True)
     assert str(other_mel.root) in str(err.value) and str(straight) in str(err.value) and "fmax" in str(err.value)
     other_dim = make_synthetic_dataset(tmp_path / "dim", 4, 2, frames=16, dim=8, shards=1)
-    with pytest.raises(DatasetError, match="8-d.*expects 16-d"):
-        train(other_dim.root, straight, flags={**FLAGS, "max_steps": 41}, resume=True)
+    with pytest.raises(ClipsonicError, match="8-d.*expects 16-d"):
+        train(other_dim.root, straight, config(max_steps=41), resume=True)
     other_clip = make_synthetic_dataset(tmp_path / "clip", 4, 2, frames=16, shards=1, clip_model="other/clip")
-    with pytest.raises(DatasetError, match="other/clip"):
-        train(other_clip.root, straight, flags={**FLAGS, "max_steps": 41}, resume=True)
+    with pytest.raises(ClipsonicError, match="other/clip"):
+        train(other_clip.root, straight, config(max_steps=41), resume=True)
     assert [s for s, _ in list_checkpoints(straight)] == [40, 20]  # untouched
 
 
 def test_run_dir_rules_and_resume_flags(ds, straight, tmp_path):
-    with pytest.raises(RunDirError, match="already holds a run"):
-        train(ds.root, straight, flags=FLAGS)
-    with pytest.raises(RunDirError, match="no run to resume"):
-        train(ds.root, tmp_path / "new", flags=FLAGS, resume=True)
+    with pytest.raises(ClipsonicError, match="already holds a run"):
+        train(ds.root, straight, config())
+    with pytest.raises(ClipsonicError, match="no run to resume"):
+        train(ds.root, tmp_path / "new", config(), resume=True)
     with pytest.raises(ClipsonicError, match="lr=0.001; resuming with lr=0.01"):
-        train(ds.root, straight, flags={**FLAGS, "lr": 1e-2}, resume=True)
+        train(ds.root, straight, config(lr=1e-2), resume=True)
+    with pytest.raises(ClipsonicError, match="diffusion.prediction='v'; resuming with diffusion.prediction='x0'"):
+        train(ds.root, straight, {"diffusion": {"prediction": "x0"}}, resume=True)
 
 
 def test_saved_config_reproduces_the_run(ds, straight, tmp_path):
-    saved = RunConfig.load(straight / "config.json")
+    saved = read_run(straight).config
     assert saved.train.preset == "tiny" and saved.unet.cond_dim == 16 and saved.diffusion.prediction == "v"
-    assert resolve_run_config(16, read_config_file(straight / "config.json")) == saved
-    partial = tmp_path / "partial.json"
-    partial.write_text(json.dumps({"train": {"preset": "small"}, "unet": {"dropout": 0.0}, "diffusion": {"p_uncond": 0.2}}))
-    cfg = resolve_run_config(16, read_config_file(partial), {"batch_size": 8, "prediction": "x0"})
+    assert resolve_run_config(16, read_json(straight / "config.json")) == saved  # a run's config.json as --config
+    partial = {"train": {"preset": "small", "batch_size": 8}, "unet": {"dropout": 0.0},
+               "diffusion": {"p_uncond": 0.2, "prediction": "x0"}}
+    cfg = resolve_run_config(16, partial)
     assert (cfg.train.preset, cfg.train.batch_size, cfg.unet.base_channels, cfg.unet.dropout) == ("small", 8, 64, 0.0)
     assert (cfg.diffusion.p_uncond, cfg.diffusion.prediction) == (0.2, "x0")
-    partial.write_text(json.dumps({"train": {"batch": 8}}))
     with pytest.raises(ClipsonicError, match="unknown key.*'batch'"):
-        read_config_file(partial)
-    partial.write_text(json.dumps({"unet": {"cond_dim": 768}}))
+        resolve_run_config(16, {"train": {"batch": 8}})
+    with pytest.raises(ClipsonicError, match="unknown key.*'trian'"):
+        resolve_run_config(16, {"trian": {}})
     with pytest.raises(ClipsonicError, match="cond_dim=768 but the dataset needs 16"):
-        resolve_run_config(16, read_config_file(partial))
+        resolve_run_config(16, {"unet": {"cond_dim": 768}})
 
 
 def test_cli_errors_are_one_line(ds, straight, tmp_path, capsys):
@@ -173,9 +181,10 @@ def test_cli_errors_are_one_line(ds, straight, tmp_path, capsys):
     assert main(["train", str(ds.root), "--out", str(straight), "--preset", "tiny"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pass --resume" in err
-    assert main(["train", str(ds.root)]) == 2
-    assert "--out RUN_DIR is required" in capsys.readouterr().err
-    assert main(["train", "export", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage + one error line, exit 2
+        main(["train", str(ds.root)])
+    assert exit_info.value.code == 2 and "required: --out" in capsys.readouterr().err
+    assert main(["export", str(tmp_path)]) == 2
     assert "not a clipsonic run directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--help"])
@@ -184,21 +193,25 @@ def test_cli_errors_are_one_line(ds, straight, tmp_path, capsys):
 
 def cli_args(ds, run, **overrides):
     flags = {**FLAGS, **overrides}
-    args = [sys.executable, "-m", "clipsonic", "-q", "train", str(ds.root), "--out", str(run), "--no-export"]
+    args = [sys.executable, "-m", "clipsonic", "-q", "train", str(ds.root), "--out", str(run), "--prediction", "v"]
     for key, value in flags.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
+        args += [f"--{key.replace('_', '-')}"] if value is True else [f"--no-{key.replace('_', '-')}"] if value is False \
+            else [f"--{key.replace('_', '-')}", str(value)]
     return args
 
 
 def test_sigkill_during_save_then_resume(ds, straight, tmp_path):
     run = tmp_path / "killed"
-    env = {**os.environ, "CLIPSONIC_FAULT": "kill-in-save:20"}
-    proc = subprocess.run(cli_args(ds, run, max_steps=40), env=env, capture_output=True, text=True, timeout=120)
+    # the same number of threads as the straight run here: another one sums in another order (~1e-6 apart)
+    same = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = {**same, "CLIPSONIC_FAULT": "kill-in-save:20"}
+    proc = subprocess.run(cli_args(ds, run, max_steps=40), env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert [s for s, _ in list_checkpoints(run)] == [10]
-    assert (run / "checkpoints" / ".tmp-step-0000020" / "model" / "model.safetensors").is_file()  # half a save
+    assert (run / "checkpoints" / ".tmp-step-0000020" / "model.safetensors").is_file()  # half a save
     assert max(losses(run)) >= 20  # the killed run had logged past its last checkpoint
-    proc = subprocess.run(cli_args(ds, run, max_steps=40) + ["--resume"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cli_args(ds, run, max_steps=40) + ["--resume"], env=same, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert not (run / "checkpoints" / ".tmp-step-0000020").exists()
     assert [s for s, _ in list_checkpoints(run)] == [40, 30, 20, 10]
@@ -211,10 +224,10 @@ def test_sigkill_during_save_then_resume(ds, straight, tmp_path):
 def test_bf16_autocast_run(ds, tmp_path):
     run = tmp_path / "bf16"
     args = cli_args(ds, run, max_steps=3, num_workers=0, val_every=3, sample_every=3, precision="bf16")
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)  # own process: one precision each
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)  # own process: one precision each
     assert proc.returncode == 0, proc.stderr
     assert all(r["loss"] is not None for r in read_metrics(run, "train") + read_metrics(run, "val"))
-    assert RunConfig.load(run / "config.json").train.precision == "bf16"
+    assert read_run(run).config.train.precision == "bf16"
     assert [s for s, _ in list_checkpoints(run)] == [3]
 
 
@@ -225,6 +238,49 @@ def test_out_of_memory_names_the_batch_size(ds, tmp_path, monkeypatch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(GaussianDiffusion, "training_losses", oom)
-    with pytest.raises(TrainingError, match=r"out of GPU memory at --batch-size 4 .*e\.g\. 2\).*--grad-accum"):
-        train(ds.root, tmp_path / "oom", flags={**FLAGS, "num_workers": 0, "max_steps": 2})
+    with pytest.raises(ClipsonicError, match=r"step 1: out of GPU memory at --batch-size 4 .*e\.g\. 2\).*--grad-accum"):
+        train(ds.root, tmp_path / "oom", config(num_workers=0, max_steps=2))
     assert list_checkpoints(tmp_path / "oom") == []
+
+
+def _old_run(root, files):
+    """A minimal run folder of an older clipsonic: ``files`` maps relative paths to JSON contents."""
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(json.dumps(content))
+    return root
+
+
+OLD_CHECKPOINT = {"format": "clipsonic-checkpoint", "version": 1, "step": 10, "world_size": 1, "files": {}}
+
+
+@pytest.mark.parametrize("kind", ["unet", "prior", "vocoder"])
+def test_runs_from_before_version_2_fail_in_one_line(ds, tmp_path, kind):
+    layouts = {  # what each trainer wrote before the shared loop
+        "unet": {"config.json": {"train": {"preset": "tiny"}, "unet": {}, "diffusion": {}},
+                 "run.json": {"dataset": str(ds.root)}, "checkpoints/step-0000010/state.json": OLD_CHECKPOINT},
+        "prior": {"train_config.json": {"train": {"preset": "tiny"}, "clip_model": {}, "source": str(ds.root)},
+                  "checkpoints/step-0000010/state.json": OLD_CHECKPOINT},
+        "vocoder": {"train_config.json": {"train": {"preset": "tiny"}, "mel": {}, "generator": {}},
+                    "checkpoints/step-00000010/state.json": {"step": 10, "optimizers": {}}},
+    }
+    run = _old_run(tmp_path / kind, layouts[kind])
+    with pytest.raises(ClipsonicError) as err:
+        export_run(run)
+    message = str(err.value)
+    assert "\n" not in message and "version 1" in message and "version 2" in message
+    assert "export it with the clipsonic that wrote it" in message
+    if kind == "unet":
+        with pytest.raises(ClipsonicError, match="is a run of clipsonic-run version 1"):
+            train(ds.root, run, config(), resume=True)
+
+
+def test_checkpoint_of_another_version_is_refused_not_skipped(ds, straight, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    state = run / "checkpoints" / "step-0000040" / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "version": 1}))
+    with pytest.raises(ClipsonicError, match=r"step-0000040 is clipsonic-checkpoint version 1.*reads clipsonic-checkpoint "
+                                             r"version 2"):
+        train(ds.root, run, config(max_steps=50), resume=True)
+    assert [s for s, _ in list_checkpoints(run)] == [40, 20]

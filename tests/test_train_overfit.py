@@ -5,10 +5,10 @@ bug in any of them fails: L_simple on a fixed (t, noise) grid must fall more tha
 sampler, conditioned on clip i's embedding, must land much closer to mel i than samples
 conditioned on the other embeddings do.
 
-v-prediction, as the CPU recipe in REFERENCE.md: with ε-prediction the same 300 steps also cut
-L_simple ~19× but the few-step DDIM / DPM-Solver++ chains from x_T are still poor (the x_0 implied
-by an ε error at t ≈ T is amplified by 1/sqrt(ᾱ_t) ≈ 10⁴), so the sampler check would test
-training length rather than correctness.
+v-prediction, as the CPU recipe (docs/benchmarks.md, "Objective on a CPU"): with ε-prediction the
+same 300 steps also cut L_simple ~19× but the few-step DDIM / DPM-Solver++ chains from x_T are still
+poor (the x_0 implied by an ε error at t ≈ T is amplified by 1/sqrt(ᾱ_t) ≈ 10⁴), so the sampler
+check would test training length rather than correctness.
 """
 
 import pytest

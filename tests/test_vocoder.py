@@ -1,4 +1,4 @@
-"""clipsonic.vocoder without training: presets, save/load, compatibility, attach, `vocode`, stand-ins."""
+"""clipsonic.vocoder without training: presets, save/load, compatibility, attach, `vocode`, discriminators."""
 
 import json
 import math
@@ -11,17 +11,22 @@ from support.media_files import write_video
 
 from clipsonic.audio import MelConfig, mel_spectrogram
 from clipsonic.cli import main
+from clipsonic.errors import ClipsonicError
 from clipsonic.vocoder import (
     VOCODER_PRESETS,
     BigVGANVocoder,
+    DiscriminatorConfig,
     GriffinLimConfig,
     GriffinLimVocoder,
     Vocoder,
-    VocoderError,
     attach_vocoder,
     load_vocoder,
 )
-from clipsonic.vocoder.bigvgan import has_weight_norm
+from clipsonic.vocoder.discriminators import build_discriminator
+
+
+def has_weight_norm(module: torch.nn.Module) -> bool:
+    return any(hasattr(m, "weight_g") for m in module.modules())
 
 
 def harmonic(seconds: float, sample_rate: int = 16000, seed: int = 0) -> np.ndarray:
@@ -59,9 +64,9 @@ def test_call_shapes_and_weight_norm_removed(tiny):
     assert wav.shape == (3, 10 * 512) and wav.dtype == torch.float32
     assert tiny(mel[0]).shape == (10 * 512,)
     torch.testing.assert_close(tiny(mel[1:2])[0], wav[1], atol=1e-5, rtol=0)  # batching changes nothing
-    with pytest.raises(VocoderError, match=r"\[B, 64, frames\]"):
+    with pytest.raises(ClipsonicError, match=r"\[B, 64, frames\]"):
         tiny(torch.randn(1, 80, 10))
-    with pytest.raises(VocoderError, match="NaN"):
+    with pytest.raises(ClipsonicError, match="NaN"):
         tiny(torch.full((1, 64, 4), float("nan")))
 
 
@@ -93,24 +98,24 @@ def test_griffin_lim_round_trip_and_quality(tmp_path):
 def test_mismatched_configs_refused(tiny, tmp_path):
     tiny.save_pretrained(tmp_path / "voc")
     other = MelConfig(n_mels=80)
-    with pytest.raises(VocoderError, match=r"n_mels: 64 vs 80"):
+    with pytest.raises(ClipsonicError, match=r"n_mels: 64 vs 80"):
         load_vocoder(tmp_path / "voc", mel_config=other)
-    with pytest.raises(VocoderError, match=r"fmax: 8000.0 vs 7600.0"):
+    with pytest.raises(ClipsonicError, match=r"fmax: 8000.0 vs 7600.0"):
         tiny.check_compatible(MelConfig(fmax=7600.0))
-    with pytest.raises(VocoderError, match=r"multiply to 512 but the mel hop is 256"):
+    with pytest.raises(ClipsonicError, match=r"multiply to 512 but the mel hop is 256"):
         BigVGANVocoder(MelConfig(hop_length=256), VOCODER_PRESETS["tiny"])
     tiny.check_compatible(MelConfig(log_max=5.0, clip_samples=32768))  # diffusion scaling is not the vocoder's
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(VocoderError, match="no such vocoder directory"):
+    with pytest.raises(ClipsonicError, match="no such vocoder directory"):
         load_vocoder(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(VocoderError, match="not a vocoder directory"):
+    with pytest.raises(ClipsonicError, match="not a vocoder directory"):
         load_vocoder(tmp_path / "empty")
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "config.json").write_text(json.dumps({"type": "wavenet", "mel": MelConfig().to_dict()}))
-    with pytest.raises(VocoderError, match="unknown vocoder type 'wavenet'"):
+    with pytest.raises(ClipsonicError, match="unknown vocoder type 'wavenet'"):
         load_vocoder(tmp_path / "odd")
 
 
@@ -125,7 +130,7 @@ def _pipeline_dir(root, mel: MelConfig):
 def test_attach_copies_atomically_and_updates_index(tiny, tmp_path):
     tiny.save_pretrained(tmp_path / "run" / "vocoder")  # a training run's layout
     pipe = _pipeline_dir(tmp_path / "pipe", MelConfig())
-    assert main(["vocoder", "attach", str(pipe), str(tmp_path / "run")]) == 0
+    assert main(["attach", "vocoder", str(pipe), str(tmp_path / "run")]) == 0
     index = json.loads((pipe / "model_index.json").read_text())
     assert index["components"]["vocoder"] == "vocoder"
     mel = torch.randn(1, 64, 4) - 5
@@ -139,10 +144,10 @@ def test_attach_copies_atomically_and_updates_index(tiny, tmp_path):
 def test_attach_refuses_bad_targets(tiny, tmp_path):
     tiny.save_pretrained(tmp_path / "voc")
     (tmp_path / "notpipe").mkdir()
-    with pytest.raises(VocoderError, match="no model_index.json"):
+    with pytest.raises(ClipsonicError, match="no model_index.json"):
         attach_vocoder(tmp_path / "notpipe", tmp_path / "voc")
     pipe = _pipeline_dir(tmp_path / "pipe80", MelConfig(n_mels=80))
-    with pytest.raises(VocoderError, match="n_mels: 64 vs 80"):
+    with pytest.raises(ClipsonicError, match="n_mels: 64 vs 80"):
         attach_vocoder(pipe, tmp_path / "voc")
     assert not (pipe / "vocoder").exists()
     assert json.loads((pipe / "model_index.json").read_text())["components"]["vocoder"] is None
@@ -179,25 +184,50 @@ def test_vocode_cli_errors_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "o.wav").exists()
 
 
-def test_torchaudio_stand_ins_match_references():
-    import soxr
+def test_copied_discriminators_match_bigvgan(monkeypatch):
+    """MPD and MRD are copies of bigvgan's: same parameters, same scores and feature maps."""
+    import sys
+    import types
 
-    from clipsonic.vocoder.torchaudio_compat import Resample, Spectrogram
+    # bigvgan.discriminators imports torchaudio.transforms at its top, for the discriminators we did not copy
+    fake = types.ModuleType("torchaudio")
+    fake.transforms = types.SimpleNamespace(Spectrogram=None, Resample=None)
+    monkeypatch.setitem(sys.modules, "torchaudio", fake)
+    monkeypatch.setitem(sys.modules, "torchaudio.transforms", fake.transforms)
+    monkeypatch.delitem(sys.modules, "bigvgan.discriminators", raising=False)
+    from bigvgan import discriminators as upstream
 
-    x = harmonic(0.5)
-    ours = Resample(16000, 32000)(torch.from_numpy(x)[None])[0].numpy()
-    ref = soxr.resample(x, 16000, 32000)
-    assert ours.shape == ref.shape
-    assert np.abs(ours - ref)[200:-200].max() < 0.01 * np.abs(ref).max()
-    spec = Spectrogram(n_fft=512, hop_length=128, win_length=512, power=None)(torch.from_numpy(x)[None])
-    direct = torch.stft(torch.from_numpy(x), 512, 128, 512, window=torch.hann_window(512), return_complex=True)
-    torch.testing.assert_close(spec[0], direct)
+    config = DiscriminatorConfig(channel_mult=0.125)
+    ours = build_discriminator(config, 16000)
+    h = types.SimpleNamespace(discriminator_channel_mult=0.125, use_spectral_norm=False,
+                              mpd_reshapes=list(config.mpd_reshapes), resolutions=[list(r) for r in config.mrd_resolutions])
+    theirs = upstream.CombinedDiscriminator([upstream.MultiPeriodDiscriminator(h), upstream.MultiResolutionDiscriminator(h)])
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    theirs.load_state_dict(ours.state_dict())
+    y, y_hat = torch.randn(2, 1, 4096) * 0.3, torch.randn(2, 1, 4096) * 0.3
+    for a, b in zip(ours(y, y_hat), theirs(y, y_hat), strict=True):
+        flat_a = [t for x in a for t in (x if isinstance(x, list) else [x])]
+        flat_b = [t for x in b for t in (x if isinstance(x, list) else [x])]
+        assert len(flat_a) == len(flat_b) > 0
+        for ta, tb in zip(flat_a, flat_b, strict=True):
+            torch.testing.assert_close(ta, tb)
+
+
+def test_torchaudio_discriminators_need_torchaudio(monkeypatch):
+    import sys
+
+    import bigvgan
+
+    monkeypatch.setitem(sys.modules, "torchaudio", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "bigvgan.discriminators", raising=False)
+    monkeypatch.delattr(bigvgan, "discriminators", raising=False)
+    for kind in ("mbd", "cqtd"):
+        with pytest.raises(ClipsonicError, match=f"'{kind}' discriminator needs torchaudio.*pip install torchaudio"):
+            build_discriminator(DiscriminatorConfig(kind=kind), 16000)
 
 
 def test_cqt_octaves_must_fit_below_nyquist():
-    from clipsonic.vocoder import DiscriminatorConfig
-
     DiscriminatorConfig(kind="cqtd").check_cqt_range(16000)
-    with pytest.raises(VocoderError, match="at most 7 octaves"):
+    with pytest.raises(ClipsonicError, match="at most 7 octaves"):
         DiscriminatorConfig(kind="cqtd", cqtd_n_octaves=(9, 9, 9)).check_cqt_range(16000)
     assert 32.7 * 2 ** (7 - 1 / 48) < 8000 < 32.7 * 2 ** (8 - 1 / 24) and math.isfinite(1.0)

@@ -15,7 +15,8 @@ import math
 import numpy as np
 import torch
 
-from clipsonic.config import Config
+from clipsonic.config import Config, ConfigError
+from clipsonic.models.unet import FRAME_BLOCK
 
 # ln(1e-5): the floor BigVGAN clamps the mel to before the log, i.e. digital silence.
 LOG_MEL_FLOOR = math.log(1e-5)
@@ -49,11 +50,9 @@ class MelConfig(Config):
             raise ValueError("n_fft - hop_length must be even (BigVGAN pads it equally on both sides)")
         if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
             raise ValueError(f"need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin}, fmax={self.fmax}")
-        if self.clip_samples % (8 * self.hop_length):
-            raise ValueError(
-                f"clip_samples {self.clip_samples} must be a multiple of 8 frames "
-                f"({8 * self.hop_length} samples) so the UNet can downsample it three times"
-            )
+        if self.clip_samples % (FRAME_BLOCK * self.hop_length):
+            raise ValueError(f"clip_samples {self.clip_samples} must be a multiple of {FRAME_BLOCK} frames "
+                             f"({FRAME_BLOCK * self.hop_length} samples): the UNet's block (clipsonic.models)")
         if self.log_max <= self.log_min:
             raise ValueError("log_max must be greater than log_min")
 
@@ -65,35 +64,41 @@ class MelConfig(Config):
     def clip_seconds(self) -> float:
         return self.clip_samples / self.sample_rate
 
+    def with_clip_seconds(self, seconds: float) -> MelConfig:
+        """This config with training clips of ``seconds``, rounded down to whole UNet blocks."""
+        block = FRAME_BLOCK * self.hop_length
+        samples = int(seconds * self.sample_rate) // block * block
+        if samples < block:
+            raise ConfigError(f"a clip of {seconds} s is shorter than {FRAME_BLOCK} mel frames "
+                              f"({block / self.sample_rate:.3f} s)")
+        return self.replace(clip_samples=samples)
+
     def frames_for(self, num_samples: int) -> int:
-        """Number of mel frames for a waveform of ``num_samples`` samples."""
         padded = num_samples + (self.n_fft - self.hop_length)
         return max(0, (padded - self.n_fft) // self.hop_length + 1)
 
-    def mismatch(self, other: MelConfig) -> list[str]:
-        """Fields on which two configs differ (empty when compatible)."""
-        return [
-            f"{f.name}: {getattr(self, f.name)} vs {getattr(other, f.name)}"
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) != getattr(other, f.name) and f.name != "clip_samples"
-        ]
+    def mismatch(self, other: MelConfig, ignore: tuple[str, ...] = ("clip_samples",)) -> list[str]:
+        """Fields on which two mel configs differ (the clip length is ignored by default: models and
+        vocoders take mels of any length)."""
+        return [f"{f.name}: {getattr(self, f.name)} vs {getattr(other, f.name)}" for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(other, f.name) and f.name not in ignore]
+
+
+_F_SP, _MIN_LOG_HZ, _LOGSTEP = 200.0 / 3, 1000.0, np.log(6.4) / 27.0  # Slaney's mel scale constants
 
 
 def hz_to_mel(hz: np.ndarray) -> np.ndarray:
     """Slaney's mel scale (librosa's default, ``htk=False``): linear below 1 kHz, log above."""
     hz = np.asarray(hz, dtype=np.float64)
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    logstep = np.log(6.4) / 27.0
-    mel = hz / f_sp
-    return np.where(hz >= min_log_hz, min_log_hz / f_sp + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep, mel)
+    log_part = _MIN_LOG_HZ / _F_SP + np.log(np.maximum(hz, 1e-10) / _MIN_LOG_HZ) / _LOGSTEP
+    return np.where(hz >= _MIN_LOG_HZ, log_part, hz / _F_SP)
 
 
 def mel_to_hz(mel: np.ndarray) -> np.ndarray:
     """Inverse of :func:`hz_to_mel`."""
     mel = np.asarray(mel, dtype=np.float64)
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
+    min_log_mel = _MIN_LOG_HZ / _F_SP
+    return np.where(mel >= min_log_mel, _MIN_LOG_HZ * np.exp(_LOGSTEP * (mel - min_log_mel)), _F_SP * mel)
 
 
 @functools.lru_cache(maxsize=16)
@@ -136,26 +141,19 @@ def stft_magnitude(wav: torch.Tensor, config: MelConfig) -> torch.Tensor:
     pad = (config.n_fft - config.hop_length) // 2
     x = torch.nn.functional.pad(wav[:, None].float(), (pad, pad), mode="reflect")[:, 0]
     window = torch.hann_window(config.win_length, device=x.device)
-    spec = torch.stft(
-        x, config.n_fft, hop_length=config.hop_length, win_length=config.win_length,
-        window=window, center=False, pad_mode="reflect", normalized=False, onesided=True,
-        return_complex=True,
-    )
+    spec = torch.stft(x, config.n_fft, hop_length=config.hop_length, win_length=config.win_length, window=window,
+                      center=False, pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
     return torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + 1e-9)
 
 
 def mel_spectrogram(wav: torch.Tensor, config: MelConfig | None = None) -> torch.Tensor:
-    """Log-mel of a waveform: ``[samples]`` → ``[n_mels, frames]``, ``[B, samples]`` → ``[B, n_mels, frames]``.
-
-    ``frames = samples // hop`` for lengths that are multiples of the hop (65536 → 128).
-    """
+    """Log-mel: ``[samples]`` → ``[n_mels, frames]``, ``[B, samples]`` → ``[B, n_mels, frames]``; frames =
+    samples // hop for multiples of the hop."""
     config = config or MelConfig()
     wav, squeeze = _as_batch(wav)
     if wav.shape[-1] <= (config.n_fft - config.hop_length) // 2:
-        raise ValueError(
-            f"waveform of {wav.shape[-1]} samples is too short for n_fft={config.n_fft}; "
-            f"need more than {(config.n_fft - config.hop_length) // 2}"
-        )
+        raise ValueError(f"waveform of {wav.shape[-1]} samples is too short for n_fft={config.n_fft}; "
+                         f"need more than {(config.n_fft - config.hop_length) // 2}")
     magnitude = stft_magnitude(wav, config)
     mel = torch.matmul(mel_basis(config, magnitude.device), magnitude)
     logmel = torch.log(torch.clamp(mel, min=1e-5))
@@ -191,18 +189,10 @@ def mel_to_magnitude(logmel: torch.Tensor, config: MelConfig, n_iter: int = 50) 
     return mag
 
 
-def griffin_lim(
-    logmel: torch.Tensor,
-    config: MelConfig | None = None,
-    n_iter: int = 32,
-    momentum: float = 0.99,
-    seed: int = 0,
-) -> torch.Tensor:
-    """Waveform ``[B, frames * hop]`` (or ``[frames * hop]``) from a log-mel, with no trained vocoder.
-
-    Fast Griffin-Lim (Perraudin et al. 2013, momentum 0.99). Iterates with centred frames,
-    then shifts by hop/2 because BigVGAN's frame t is centred at ``t * hop + hop / 2``.
-    """
+def griffin_lim(logmel: torch.Tensor, config: MelConfig | None = None, n_iter: int = 32, momentum: float = 0.99,
+                seed: int = 0) -> torch.Tensor:
+    """Waveform ``[B, frames * hop]`` from a log-mel by fast Griffin-Lim (Perraudin et al. 2013), with centred
+    frames shifted by hop/2 at the end: BigVGAN's frame t is centred at ``t * hop + hop / 2``."""
     config = config or MelConfig()
     squeeze = logmel.dim() == 2
     if squeeze:

@@ -1,22 +1,14 @@
 """Bridges from CLIP text embeddings to the image-embedding space the mel model was trained on.
 
-CLIP's image and text embeddings of the same thing are close but not interchangeable: the two
-modalities occupy separate cones of the sphere (the *modality gap*, Liang et al. 2022). The mel
-model only ever saw image embeddings, so a text query is first mapped by one of these bridges,
-selected by the pipeline's ``mode``:
+CLIP's image and text embeddings of one thing lie in separate cones of the sphere (the *modality
+gap*, Liang et al. 2022) and the mel model only saw image embeddings, so a text query is mapped by
+the pipeline's ``mode`` first. All embeddings are ``[B, D]`` float32; every bridge returns unit rows.
 
-==========  =====================================================================================
-``zs``      zero-shot transfer (the paper's ZS): the CLIP text embedding itself.
-``pd``      a diffusion prior (the paper's PD, as in DALL-E 2): samples a plausible image
-            embedding for the text (clipsonic.prior).
-``shift``   training-free: add the training set's mean image embedding minus the mean text
-            embedding of a prompt set, renormalise (closing the gap on average).
-``knn``     training-free retrieval: the renormalised mean of the k training image embeddings
-            nearest (cosine) to the text embedding.
-==========  =====================================================================================
-
-``shift`` and ``knn`` go beyond the paper; they need only the pipeline's ``stats`` component.
-All embeddings here are ``[B, D]`` float32; every bridge returns L2-normalised rows.
+- ``zs``: zero-shot (the paper's ZS): the CLIP text embedding itself.
+- ``pd``: a diffusion prior samples an image embedding for the text (the paper's PD; clipsonic.prior).
+- ``shift``: add the training set's mean image embedding minus the mean text embedding of a prompt
+  set, renormalise (training-free; beyond the paper, needs the pipeline's ``stats``).
+- ``knn``: the renormalised mean of the k training image embeddings nearest to the text (ditto).
 """
 
 from __future__ import annotations
@@ -50,10 +42,6 @@ GENERIC_PROMPTS = (
 )
 
 
-class BridgeError(ClipsonicError):
-    """A bridge cannot be applied (missing statistics, an empty bank, bad k)."""
-
-
 def zero_shot(text_emb: torch.Tensor) -> torch.Tensor:
     """ZS: the text embedding ``[B, D]`` itself (renormalised)."""
     return F.normalize(text_emb.float(), dim=-1)
@@ -65,14 +53,11 @@ def modality_shift(text_emb: torch.Tensor, mean_image: torch.Tensor, mean_text: 
 
 
 def nearest_images(text_emb: torch.Tensor, bank: torch.Tensor, k: int = DEFAULT_KNN_K) -> torch.Tensor:
-    """Mean of the ``k`` rows of ``bank`` ``[N, D]`` with the highest cosine to each text ``[B, D]``, renormalised.
-
-    ``k`` larger than N uses the whole bank.
-    """
+    """Renormalised mean of the ``k`` (at most N) rows of ``bank`` ``[N, D]`` nearest (cosine) to each text ``[B, D]``."""
     if bank.ndim != 2 or bank.shape[0] == 0:
-        raise BridgeError("the knn bridge needs a non-empty image bank (the pipeline's stats/image_bank)")
+        raise ClipsonicError("the knn bridge needs a non-empty image bank (the pipeline's stats/image_bank)")
     if k < 1:
-        raise BridgeError(f"knn needs k >= 1, got {k}")
+        raise ClipsonicError(f"knn needs k >= 1, got {k}")
     bank = F.normalize(bank.float(), dim=-1)
     sims = F.normalize(text_emb.float(), dim=-1) @ bank.T  # [B, N]
     top = sims.topk(min(k, bank.shape[0]), dim=-1).indices  # [B, k]
@@ -92,5 +77,5 @@ def mean_text_embedding(encoder, prompts: Sequence[str]) -> torch.Tensor:
     """Mean ``[D]`` of the L2-normalised CLIP text embeddings of ``prompts`` (not renormalised,
     like the stored mean image embedding, so the shift is the difference of the two centroids)."""
     if not prompts:
-        raise BridgeError("the shift bridge needs at least one prompt")
+        raise ClipsonicError("the shift bridge needs at least one prompt")
     return encoder.encode_texts(list(prompts)).mean(dim=0)

@@ -1,47 +1,39 @@
-"""The built-in model: a SonicWorld pipeline shipped inside the package.
+"""Installing the built-in model: a finished ``clipsonic demo``'s pipeline, shipped inside the package.
 
 ``CLIPSonicPipeline.from_pretrained()`` and ``clipsonic generate`` without ``--model`` load it, offline
 and at once. It is a whole pipeline directory (UNet, scheduler, statistics, prior, vocoder and its own
-CLIP; JSON and safetensors only, ≤ :data:`MAX_BYTES`) made by ``clipsonic demo`` and
-:func:`install_builtin`; its ``README.md`` records the command and the measured numbers, and
-``prompts.txt`` lists what it knows.
+CLIP; JSON and safetensors only, ≤ :data:`MAX_BYTES`); its ``README.md`` records the command and the
+measured numbers, and ``prompts.txt`` lists what it knows. ``python -m clipsonic.builtin DEMO_DIR``.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 import os
 import shutil
 from pathlib import Path
 
 from clipsonic.errors import ClipsonicError
-from clipsonic.files import atomic_directory
+from clipsonic.files import atomic_directory, read_json, write_bytes_atomic, write_json_atomic
+from clipsonic.pipeline.pipeline import BUILTIN_DIR
+from clipsonic.sonicworld.report import read_metrics
+from clipsonic.sonicworld.world import CONCEPTS, captions
 
 log = logging.getLogger(__name__)
 
-BUILTIN_DIR = Path(__file__).parent / "builtin" / "sonicworld"
 MAX_BYTES = 20 * 1024 * 1024
 PROMPTS_NAME = "prompts.txt"
 # only what loading reads: a pipeline folder also holds nothing else, but be explicit
 _KEEP_SUFFIXES = (".json", ".safetensors", ".txt", ".md")
 
 
-class BuiltinError(ClipsonicError):
-    """The built-in model is missing or too large."""
-
-
-def builtin_dir() -> Path:
-    """The built-in pipeline's directory; :class:`BuiltinError` when this install has none."""
-    if not (BUILTIN_DIR / "model_index.json").is_file():
-        raise BuiltinError(f"this clipsonic install has no built-in model ({BUILTIN_DIR} is missing); "
-                           "pass --model DIR, or reinstall clipsonic")
-    return BUILTIN_DIR
-
-
 def builtin_prompts() -> list[str]:
     """Example text queries the built-in model knows (one per line of its ``prompts.txt``)."""
-    path = builtin_dir() / PROMPTS_NAME
+    path = BUILTIN_DIR / PROMPTS_NAME
+    if not path.is_file():
+        raise ClipsonicError(f"this clipsonic install has no built-in model ({BUILTIN_DIR} is missing); "
+                             "reinstall clipsonic")
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -54,33 +46,33 @@ def install_builtin(demo_dir: str | os.PathLike, target: str | os.PathLike = BUI
     ``griffin_lim``: leave the demo's vocoder out, so the model vocodes with Griffin-Lim (chosen
     when the demo's "reconstruction" row shows the CPU-trained vocoder below Griffin-Lim).
     """
-    from clipsonic.sonicworld.world import CONCEPTS, captions
-
     demo_dir, target = Path(demo_dir), Path(target)
     source = demo_dir / "run" / "pipeline"
-    metrics_path = demo_dir / "metrics.json"
-    if not (source / "clip" / "config.json").is_file() or not metrics_path.is_file():
-        raise BuiltinError(f"{demo_dir} is not a finished demo (needs run/pipeline with clip/ and metrics.json); "
-                           "run `clipsonic demo --out DIR` to the end first")
+    unfinished = ClipsonicError(f"{demo_dir} is not a finished demo (needs run/pipeline with clip/ and "
+                                "metrics.json); run `clipsonic demo --out DIR` to the end first")
+    if not (source / "clip" / "config.json").is_file() or not (demo_dir / "metrics.json").is_file():
+        raise unfinished
     files = [p for p in source.rglob("*") if p.is_file() and p.suffix in _KEEP_SUFFIXES
              and not (griffin_lim and p.relative_to(source).parts[0] == "vocoder")]
     size = sum(p.stat().st_size for p in files)
     if size > MAX_BYTES:
-        raise BuiltinError(f"{source} is {size / 2**20:.1f} MiB; the built-in model must stay under "
-                           f"{MAX_BYTES / 2**20:.0f} MiB (use smaller presets)")
-    metrics = json.loads(metrics_path.read_text())
+        raise ClipsonicError(f"{source} is {size / 2**20:.1f} MiB; the built-in model must stay under "
+                             f"{MAX_BYTES / 2**20:.0f} MiB (use smaller presets)")
+    metrics = read_metrics(demo_dir)
+    if "headline" not in metrics:
+        raise unfinished
     with atomic_directory(target) as tmp:
         for path in files:
             dest = tmp / path.relative_to(source)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, dest)
-        index = json.loads((tmp / "model_index.json").read_text())
+        index = read_json(tmp / "model_index.json", "pipeline model_index.json")
         index["clip_model"]["model"] = "sonicworld-clip (bundled in clip/)"  # not the demo's local path
         if griffin_lim:
             index["components"]["vocoder"] = None
-        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        write_json_atomic(tmp / "model_index.json", index)
         prompts = [text for c in CONCEPTS for text in captions(c, "test")[:3]]
-        (tmp / PROMPTS_NAME).write_text("\n".join(prompts) + "\n", encoding="utf-8")
+        write_bytes_atomic(tmp / PROMPTS_NAME, ("\n".join(prompts) + "\n").encode())
         with open(tmp / "README.md", "a", encoding="utf-8") as card:
             card.write(_card(command, metrics, size, griffin_lim))
     log.info("built-in model installed at %s (%.1f MiB)", target, size / 2**20)
@@ -110,8 +102,6 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m clipsonic.builtin DEMO_DIR [--target DIR] [--griffin-lim] [--command TEXT]``."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m clipsonic.builtin", description=install_builtin.__doc__)
     parser.add_argument("demo_dir", type=Path)
     parser.add_argument("--target", type=Path, default=BUILTIN_DIR)

@@ -1,13 +1,15 @@
-"""Typed, frozen configs that serialise to JSON and refuse unknown keys.
+"""Typed, frozen configs that serialise to JSON and refuse unknown keys and values outside a ``Literal``.
 
 Every component (mel front end, network, diffusion, training, vocoder, prior) has one frozen
-dataclass deriving from :class:`Config`. Defaults live in the dataclass and nowhere else; the
-dict form is written into every checkpoint and dataset so a saved directory is self-describing.
+dataclass deriving from :class:`Config`. Defaults, choices (``Literal[...]``) and help (the comment
+beside each field) live in the dataclass and nowhere else: the CLI flags are generated from them
+(``clipsonic.cli.options``). The dict form is written into every checkpoint and dataset.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import typing
 from typing import Any, TypeVar
@@ -24,7 +26,26 @@ class ConfigError(ClipsonicError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Base class: ``to_dict`` / ``from_dict`` / ``save`` / ``load`` for frozen dataclasses."""
+    """Base class: ``to_dict`` / ``from_dict`` / ``save`` / ``load`` for frozen dataclasses.
+
+    A field annotated ``Literal[...]`` (or ``Literal[...] | None``, ``tuple[Literal[...], ...]``) is
+    checked on construction, before the subclass's own ``__post_init__`` runs.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None:  # run the choice check first, whether or not the subclass calls super()
+
+            @functools.wraps(own)
+            def __post_init__(self, *args: Any) -> None:
+                check_choices(self)
+                own(self, *args)
+
+            cls.__post_init__ = __post_init__
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -66,6 +87,28 @@ class Config:
     @classmethod
     def load(cls: type[C], path: str | os.PathLike) -> C:
         return cls.from_dict(read_json(path, f"{cls.__name__} config"), source=str(path))
+
+
+def _literal_choices(hint: Any) -> tuple:
+    """The values a ``Literal[...]`` allows, also inside ``| None`` and ``tuple[..., ...]``; () for other types."""
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)
+    return next(filter(None, map(_literal_choices, typing.get_args(hint))), ())
+
+
+@functools.cache
+def _field_choices(cls: type) -> dict[str, tuple]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: c for f in dataclasses.fields(cls) if (c := _literal_choices(hints[f.name]))}
+
+
+def check_choices(config: Config) -> None:
+    for name, choices in _field_choices(type(config)).items():
+        value = getattr(config, name)
+        for item in value if isinstance(value, tuple) else (value,):
+            if item is not None and item not in choices:
+                raise ConfigError(f"{type(config).__name__}: unknown {name} {item!r}; "
+                                  f"choose one of {', '.join(map(str, choices))}")
 
 
 def _plain(value: Any) -> Any:

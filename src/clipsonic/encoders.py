@@ -1,21 +1,16 @@
-"""CLIP behind one small interface: images and texts in, L2-normalised ``[B, D]`` embeddings out.
+"""CLIP (any transformers ``CLIPModel``: a local directory or a hub id): images and texts in,
+L2-normalised ``[B, D]`` embeddings out. transformers is imported lazily (it is slow).
 
-CLIPSonic conditions its diffusion model on CLIP *image* embeddings of video frames and queries it
-with CLIP *text* embeddings; both come from here. Any transformers ``CLIPModel`` checkpoint works:
-a local directory (``save_pretrained`` layout) or a hub id resolved through the local Hugging Face
-cache, downloading only when the hub can be reached. transformers is imported lazily (it is slow).
-
-The weights' ``fingerprint`` goes into every dataset so that embeddings from different CLIPs are
-never mixed: it is the SHA-256 of the weight files' bytes (sorted by file name), first 16 hex
-digits, so it does not depend on the device or dtype the model is loaded with.
+The weights' ``fingerprint`` (SHA-256 of the weight files' bytes, first 16 hex digits) goes into every
+dataset, pipeline and prior (a :class:`ClipModelRef`) so that embeddings of different CLIPs never mix.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -24,8 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+from safetensors import SafetensorError
 
 from clipsonic.errors import ClipsonicError
+from clipsonic.files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -37,34 +35,45 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
-class EncoderError(ClipsonicError):
-    """A CLIP model cannot be found or loaded, or an input cannot be encoded."""
+@dataclasses.dataclass(frozen=True)
+class ClipModelRef:
+    """Which CLIP made some embeddings: its id or path, its dimension and its weights' fingerprint."""
+
+    model: str
+    dim: int
+    fingerprint: str
+
+    def describe(self) -> str:
+        return f"{self.model} ({self.dim}-d, weights {self.fingerprint[:12]})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "clip_model") -> ClipModelRef:
+        try:
+            return cls(model=str(data["model"]), dim=int(data["dim"]), fingerprint=str(data["fingerprint"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ClipsonicError(f"{source}: not a CLIP reference {{model, dim, fingerprint}} ({exc!r})") from None
 
 
 def load_clip(name_or_path: str | os.PathLike = DEFAULT_CLIP, device: str | torch.device | None = None,
               dtype: torch.dtype | str | None = None) -> ClipEncoder:
-    """Load a CLIP model with its tokenizer and image processor.
-
-    Args:
-        name_or_path: a directory written by ``save_pretrained`` (config.json with model_type
-            "clip", weights, tokenizer files, preprocessor_config.json) or a hub id.
-        device: default cuda when available, else cpu.
-        dtype: default float16 on cuda, float32 elsewhere. Outputs are float32 either way.
-    """
+    """A CLIP from a ``save_pretrained`` directory or a hub id; by default on cuda in float16 when
+    available, else on cpu in float32 (outputs are float32 either way)."""
     directory = _resolve(str(name_or_path))
     weights = _check_clip_dir(directory)
-    from safetensors import SafetensorError
     from transformers import AutoTokenizer, CLIPModel
 
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = _parse_dtype(dtype, device)
+    dtype = parse_dtype(dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
     try:
         with _quiet_transformers():
             model = CLIPModel.from_pretrained(directory)
             tokenizer = AutoTokenizer.from_pretrained(directory)
             processor = _image_processor_class().from_pretrained(directory)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:  # corrupt or mismatched files
-        raise EncoderError(f"{directory}: cannot load the CLIP model ({exc})") from exc
+        raise ClipsonicError(f"{directory}: cannot load the CLIP model ({exc})") from exc
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return ClipEncoder(model, tokenizer, processor, name=str(name_or_path), weight_files=weights)
 
@@ -80,7 +89,6 @@ class ClipEncoder:
 
     @property
     def dim(self) -> int:
-        """D, the size of the shared image-text embedding space (the projection dimension)."""
         return int(self.model.config.projection_dim)
 
     @property
@@ -94,7 +102,6 @@ class ClipEncoder:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """First 16 hex digits of SHA-256 over the weight files' bytes, in file-name order."""
         digest = hashlib.sha256()
         for path in sorted(self._weight_files, key=lambda p: p.name):
             with open(path, "rb") as fh:
@@ -126,12 +133,9 @@ class ClipEncoder:
     @torch.inference_mode()
     def text_token_states(self, texts: Sequence[str], batch_size: int = 256
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """What unCLIP-style priors (Karlo's ``PriorTransformer``) take as the text condition.
-
-        Returns float32 CPU tensors: the projected text embedding ``[B, D]`` (not normalised), the
-        final-layer-normed token states ``[B, L, W]`` with L = :attr:`max_text_tokens` (padded with
-        the end token, as OpenAI CLIP does) and the attention mask ``[B, L]`` (bool, True = real token).
-        """
+        """unCLIP priors' (Karlo's) text condition, float32 CPU: the projected embedding ``[B, D]`` (not
+        normalised), final token states ``[B, L, W]`` (L = :attr:`max_text_tokens`, end-token padded) and
+        the attention mask ``[B, L]`` (True = real token)."""
         parts = list(self._text_batches(texts, batch_size, with_states=True))
         width = int(self.model.config.text_config.hidden_size)
         if not parts:
@@ -140,7 +144,6 @@ class ClipEncoder:
         return tuple(torch.cat(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
 
     def _text_batches(self, texts: Sequence[str], batch_size: int, with_states: bool = False):
-        """Yield (projected [b, D], token states [b, L, W] or None, mask [b, L]) per batch."""
         texts = _check_texts(texts)
         if not texts:
             return
@@ -175,26 +178,24 @@ def _normalise(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
     if isinstance(texts, str):
-        raise EncoderError("encode_texts takes a list of strings, got one string; wrap it in a list")
+        raise ClipsonicError("encode_texts takes a list of strings, got one string; wrap it in a list")
     texts = list(texts)
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise EncoderError(f"text {i} is a {type(text).__name__}, not a string")
+            raise ClipsonicError(f"text {i} is a {type(text).__name__}, not a string")
     return texts
 
 
-def _to_pil(image: Any, index: int):
-    from PIL import Image
-
+def _to_pil(image: Any, index: int) -> Image.Image:
     if isinstance(image, Image.Image):
         return image if image.mode == "RGB" else image.convert("RGB")
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-            raise EncoderError(f"image {index}: expected a uint8 array [H, W, 3], got {image.dtype} {list(image.shape)}")
+            raise ClipsonicError(f"image {index}: expected a uint8 array [H, W, 3], got {image.dtype} {list(image.shape)}")
         # Converting arrays to PIL ourselves keeps the processor from guessing channel order
         # (a [3, 3, 3] array is ambiguous to it).
         return Image.fromarray(np.ascontiguousarray(image))
-    raise EncoderError(f"image {index}: expected a PIL.Image or a uint8 numpy array, got {type(image).__name__}")
+    raise ClipsonicError(f"image {index}: expected a PIL.Image or a uint8 numpy array, got {type(image).__name__}")
 
 
 @contextlib.contextmanager
@@ -221,15 +222,17 @@ def _image_processor_class():
     return CLIPImageProcessorPil
 
 
-def _parse_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, str):
-        parsed = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(parsed, torch.dtype):
-            raise EncoderError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
-        return parsed
-    return dtype
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A torch dtype from itself or a name ("float16", "fp16", "torch.bfloat16" …); None stays None."""
+    if not isinstance(dtype, str):
+        return dtype
+    if dtype.removeprefix("torch.") not in DTYPES:
+        raise ClipsonicError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
+    return DTYPES[dtype.removeprefix("torch.")]
 
 
 def _resolve(name: str) -> Path:
@@ -238,7 +241,7 @@ def _resolve(name: str) -> Path:
     if path.exists():
         return path
     if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
-        raise EncoderError(f"CLIP model directory {name} does not exist")
+        raise ClipsonicError(f"CLIP model directory {name} does not exist")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 
@@ -248,28 +251,26 @@ def _resolve(name: str) -> Path:
     try:
         return Path(snapshot_download(repo_id=name, allow_patterns=list(HUB_PATTERNS)))
     except HFValidationError:
-        raise EncoderError(f"CLIP model {name!r} is neither an existing directory nor a hub id") from None
+        raise ClipsonicError(f"CLIP model {name!r} is neither an existing directory nor a hub id") from None
     except RepositoryNotFoundError:
-        raise EncoderError(f"CLIP model {name!r}: no such directory, and the hub has no such model") from None
+        raise ClipsonicError(f"CLIP model {name!r}: no such directory, and the hub has no such model") from None
     except Exception as exc:  # offline mode, no network, partial cache: the same advice applies
-        raise EncoderError(f"CLIP model {name!r} is not in the local Hugging Face cache and could not be "
+        raise ClipsonicError(f"CLIP model {name!r} is not in the local Hugging Face cache and could not be "
                            f"downloaded ({type(exc).__name__}). {hint}") from None
 
 
 def _check_clip_dir(directory: Path) -> list[Path]:
     """Refuse anything that is not a complete transformers CLIP checkpoint; return its weight files."""
     if not directory.is_dir():
-        raise EncoderError(f"{directory} is not a directory; pass a CLIP model directory or a hub id")
+        raise ClipsonicError(f"{directory} is not a directory; pass a CLIP model directory or a hub id")
     config_path = directory / "config.json"
     if not config_path.is_file():
-        raise EncoderError(f"{directory} is not a CLIP model directory: it has no config.json "
-                           "(expected the files CLIPModel/CLIPProcessor.save_pretrained write)")
-    try:
-        model_type = json.loads(config_path.read_text()).get("model_type")
-    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as exc:
-        raise EncoderError(f"{config_path} is not a valid JSON config ({exc})") from None
+        raise ClipsonicError(f"{directory} is not a CLIP model directory: it has no config.json "
+                             "(expected the files CLIPModel/CLIPProcessor.save_pretrained write)")
+    config = read_json(config_path, "CLIP config.json")
+    model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type != "clip":
-        raise EncoderError(f"{directory} holds a {model_type!r} model, not a CLIP model "
+        raise ClipsonicError(f"{directory} holds a {model_type!r} model, not a CLIP model "
                            "(config.json model_type must be 'clip')")
     weights = _weight_files(directory)
     missing = [] if weights else ["weights (model.safetensors or pytorch_model.bin)"]
@@ -279,7 +280,7 @@ def _check_clip_dir(directory: Path) -> list[Path]:
     if not (directory / "preprocessor_config.json").is_file():
         missing.append("image processor (preprocessor_config.json)")
     if missing:
-        raise EncoderError(f"CLIP model directory {directory} is missing its {', '.join(missing)}; "
+        raise ClipsonicError(f"CLIP model directory {directory} is missing its {', '.join(missing)}; "
                            "save the complete model with CLIPModel.save_pretrained and "
                            "CLIPProcessor.save_pretrained")
     return weights
@@ -289,11 +290,11 @@ def _weight_files(directory: Path) -> list[Path]:
     for index in _INDEX_FILES:  # sharded checkpoints list their shards in an index
         if (directory / index).is_file():
             try:
-                shards = sorted(set(json.loads((directory / index).read_text())["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError, AttributeError) as exc:
-                raise EncoderError(f"{directory / index} is not a valid weight index ({exc})") from None
+                shards = sorted(set(read_json(directory / index, "weight index")["weight_map"].values()))
+            except (KeyError, TypeError, AttributeError) as exc:
+                raise ClipsonicError(f"{directory / index} is not a valid weight index ({exc!r})") from None
             absent = [s for s in shards if not (directory / s).is_file()]
             if absent:
-                raise EncoderError(f"CLIP model directory {directory} is missing weight shard(s) {absent}")
+                raise ClipsonicError(f"CLIP model directory {directory} is missing weight shard(s) {absent}")
             return [directory / s for s in shards]
     return [directory / f for f in _WEIGHT_FILES if (directory / f).is_file()][:1]

@@ -30,9 +30,15 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise ClipsonicError(f"{path}: not a readable {what} ({exc})") from None
 
 
-def read_versioned_json(path: str | os.PathLike, fmt: str, version: int) -> dict[str, Any]:
-    """A JSON object with ``"format": fmt`` and ``"version": version``; one line naming both versions otherwise."""
+def read_versioned_json(path: str | os.PathLike, fmt: str, version: int, *,
+                        unversioned: int | None = None) -> dict[str, Any]:
+    """A JSON object with ``"format": fmt`` and ``"version": version``; one line naming both versions otherwise.
+
+    ``unversioned``: the version of files written before these two fields existed (read as that version).
+    """
     data = read_json(path, f"{fmt} file")
+    if unversioned is not None and isinstance(data, dict) and "format" not in data:
+        data = {**data, "format": fmt, "version": unversioned}
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise ClipsonicError(f"{path}: not a {fmt} file")
     if data.get("version") != version:

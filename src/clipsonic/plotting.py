@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from clipsonic.audio import MelConfig, hz_to_mel, mel_to_hz
+from clipsonic.files import atomic_output
 
 
 def mel_band_edges_hz(config: MelConfig) -> np.ndarray:
@@ -17,23 +19,19 @@ def mel_band_edges_hz(config: MelConfig) -> np.ndarray:
 
 
 def save_mel_image(logmel: np.ndarray, config: MelConfig, path: str | os.PathLike, title: str = "") -> None:
-    """Write a log-mel ``[n_mels, frames]`` as an image with a time axis (s) and a frequency axis (Hz)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Write a log-mel ``[n_mels, frames]`` as an image (format by suffix; PNG by default) with a time
+    axis (s) and a frequency axis (Hz); the file appears whole or not at all."""
     logmel = np.asarray(logmel)
     if logmel.ndim != 2:
         raise ValueError(f"expected a log-mel [n_mels, frames], got shape {logmel.shape}")
     seconds = logmel.shape[1] * config.hop_length / config.sample_rate
     freqs = mel_band_edges_hz(config)
-    fig, ax = plt.subplots(figsize=(max(4.0, min(16.0, 2.0 + seconds * 1.5)), 3.2), dpi=100)
+    fig = Figure(figsize=(max(4.0, min(16.0, 2.0 + seconds * 1.5)), 3.2), dpi=100)
+    ax = fig.add_subplot()
     im = ax.imshow(
         logmel, origin="lower", aspect="auto", cmap="magma",
         extent=(0.0, seconds, -0.5, config.n_mels - 0.5),
-        vmin=config.log_min, vmax=max(config.log_max, float(logmel.max())),
-    )
+        vmin=config.log_min, vmax=max(config.log_max, float(logmel.max())))
     ticks = np.linspace(0, config.n_mels - 1, 6).round().astype(int)
     ax.set_yticks(ticks, [f"{freqs[i]:.0f}" for i in ticks])
     ax.set_xlabel("time (s)")
@@ -43,6 +41,5 @@ def save_mel_image(logmel: np.ndarray, config: MelConfig, path: str | os.PathLik
     fig.colorbar(im, ax=ax, label="ln mel")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:] or "png")

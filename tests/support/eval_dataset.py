@@ -12,7 +12,6 @@ pure function of ``seed``.
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 
@@ -21,9 +20,10 @@ import soundfile
 import torch
 
 from clipsonic.audio import MelConfig, mel_spectrogram
-from clipsonic.config import write_json_atomic
-from clipsonic.data.dataset import ClipModelRef, DatasetInfo
+from clipsonic.data.dataset import DatasetInfo
 from clipsonic.data.shards import ShardWriter, encode_sample
+from clipsonic.encoders import ClipModelRef
+from clipsonic.export import read_model_index
 
 LABELS = ("dog barking", "violin", "car engine", "rain", "flute", "siren")
 COLOURS = ((230, 30, 30), (30, 200, 40), (40, 60, 230), (240, 220, 40), (230, 40, 220), (30, 220, 220))
@@ -31,8 +31,8 @@ COLOURS = ((230, 30, 30), (30, 200, 40), (40, 60, 230), (240, 220, 40), (230, 40
 
 def pipeline_refs(pipeline_dir: str | Path) -> tuple[MelConfig, ClipModelRef]:
     """The mel config and CLIP reference a pipeline directory expects (from its model_index.json)."""
-    index = json.loads((Path(pipeline_dir) / "model_index.json").read_text())
-    return MelConfig.from_dict(index["mel"]), ClipModelRef(**index["clip_model"])
+    index = read_model_index(pipeline_dir)
+    return index.mel, index.clip
 
 
 def class_tone(class_index: int, variant: int, samples: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
@@ -96,5 +96,5 @@ def make_eval_dataset(root: str | Path, mel: MelConfig, clip: ClipModelRef, *, t
     info = DatasetInfo(root=root, mel=mel, clip=clip, frames_per_clip=frames_per_clip, splits=splits,
                        counts={"inputs": train_clips + test_clips, "clips": train_clips + test_clips, "rejected": 0},
                        options={"keep_audio": audio})
-    write_json_atomic(root / "dataset.json", info.to_dict())
+    info.save()
     return info

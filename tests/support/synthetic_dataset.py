@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from clipsonic.audio import MelConfig, mel_spectrogram
-from clipsonic.config import write_json_atomic
-from clipsonic.data.dataset import ClipModelRef, DatasetInfo
+from clipsonic.data.dataset import DatasetInfo
 from clipsonic.data.shards import ShardWriter, encode_sample
+from clipsonic.encoders import ClipModelRef
 
 
 def synthetic_mel_config(frames: int) -> MelConfig:
@@ -74,7 +74,7 @@ def make_synthetic_dataset(
         counts={"inputs": total, "clips": total, "rejected": 0, "silent_clips": 0},
         options={"synthetic": {"n_classes": n_classes, "seed": seed}},
     )
-    write_json_atomic(root / "dataset.json", info.to_dict())
+    info.save()
     return info
 
 

@@ -39,9 +39,8 @@ def randomize_zero_layers(module: torch.nn.Module) -> None:
 def make_tiny_pipeline(path: str | Path, clip_dir: str | Path, with_prior: bool = True, seed: int = 0) -> Path:
     """Write a random tiny pipeline for the tiny CLIP at ``clip_dir`` into ``path``; returns ``path``."""
     from clipsonic.audio import MelConfig
-    from clipsonic.data.dataset import ClipModelRef
     from clipsonic.diffusion import DiffusionConfig
-    from clipsonic.encoders import load_clip
+    from clipsonic.encoders import ClipModelRef, load_clip
     from clipsonic.export import PipelineStats, write_pipeline_dir
     from clipsonic.models import MelUNet
     from clipsonic.prior import DiffusionPrior, PriorConfig, PriorNet

@@ -1,71 +1,64 @@
-"""``clipsonic`` command line: one entry point, one module per command group.
-
-Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)`` and adds its
-sub-commands with ``set_defaults(func=...)``. Commands parse arguments and call the Python API;
-no logic lives here. Expected failures (:class:`ClipsonicError`) print one line and exit 2;
-``--debug`` shows the traceback instead.
+"""``clipsonic`` command line: each module adds its commands with ``register(sub)``. Expected failures
+(:class:`ClipsonicError`) print one line and exit 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
 from clipsonic import __version__
+from clipsonic.cli import demo, evaluate, generate, preprocess, train
 from clipsonic.errors import ClipsonicError
 
-COMMAND_MODULES = [
-    "clipsonic.cli.media",
-    "clipsonic.cli.preprocess",
-    "clipsonic.cli.evaluate",
-    "clipsonic.cli.vocoder",
-    "clipsonic.cli.train",
-    "clipsonic.cli.generate",
-    "clipsonic.cli.prior",
-    "clipsonic.cli.demo",
-]
+log = logging.getLogger(__name__)
+
+# Old spellings that still work but are not listed: (command, word) → what replaces them.
+ALIASES = {
+    ("train", "export"): ["export"],
+    ("vocoder", "export"): ["export"],
+    ("prior", "attach"): ["attach", "prior"],
+    ("vocoder", "attach"): ["attach", "vocoder"],
+    ("preprocess", "merge"): ["preprocess", "--merge"],
+    ("resynth",): ["vocode", "--griffin-lim", "--iters", "64"],  # resynth's own default
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="clipsonic",
-        description="Learn text-to-audio synthesis from unlabeled videos (CLIPSonic).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(prog="clipsonic",
+                                     description="Learn text-to-audio synthesis from unlabeled videos (CLIPSonic).")
     parser.add_argument("--version", action="version", version=f"clipsonic {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only log warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in (preprocess, train, generate, evaluate, demo):
+        module.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))  # global flags take no value
+    typed = argv[at] if at < len(argv) else "clipsonic"
+    old = next((k for k in ALIASES if tuple(argv[at:at + len(k)]) == k), None)
+    if old:
+        argv[at:at + len(old)] = ALIASES[old]
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if old:
+        log.warning("`clipsonic %s` is deprecated; use `clipsonic %s`", " ".join(old), " ".join(ALIASES[old]))
     if not getattr(args, "func", None):
-        parser.print_help()
+        build_parser().print_help()
         return 2
     try:
-        result = args.func(args)
+        return int(args.func(args) or 0)
     except (ClipsonicError, FileNotFoundError) as exc:
         if args.debug:
             raise
-        print(f"clipsonic {args.command}: error: {exc}", file=sys.stderr)
+        print(f"clipsonic {typed}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"clipsonic {args.command}: interrupted", file=sys.stderr)
+        print(f"clipsonic {typed}: interrupted", file=sys.stderr)
         return 130
-    return int(result or 0)
-
-
-def examples(*lines: str) -> str:
-    """An ``epilog`` listing usage examples, for every command's ``--help``."""
-    return "examples:\n" + "\n".join(f"  {line}" for line in lines)

@@ -1,132 +1,132 @@
-"""``clipsonic train DATA_DIR --out RUN_DIR``; ``clipsonic train export RUN_DIR``."""
+"""The trainers (``train``, ``train-prior``, ``train-vocoder``): ``clipsonic train* DATA --out RUN [--config FILE]
+[--resume] [flags]``, flags over ``--config``'s sections; and what is done with a run: ``export``, ``attach``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from clipsonic.cli import examples
+from clipsonic.cli import options
+from clipsonic.diffusion import DiffusionConfig
+from clipsonic.export import attach_clip
+from clipsonic.prior import attach_prior, train_prior
+from clipsonic.prior.train import PriorTrainConfig
+from clipsonic.train import TrainConfig, export_run, train
+from clipsonic.vocoder import DiscriminatorConfig, VocoderTrainConfig, attach_vocoder, train_vocoder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train the mel diffusion model on a preprocessed dataset (or export a run)",
-        description="Train the CLIP-conditioned mel diffusion model (Improved DDPM) on a dataset directory "
-                    "made by `clipsonic preprocess`, on CPU, one GPU, or many (`accelerate launch`). "
-                    "Checkpoints, metrics.jsonl, TensorBoard logs and samples go to RUN_DIR; at the end the "
-                    "EMA weights are exported as a pipeline directory (RUN_DIR/pipeline).\n\n"
-                    "`clipsonic train export RUN_DIR [--out DIR] [--step N]` exports a run on demand.\n\n"
-                    "Several processes on a machine without GPUs: `accelerate launch --multi_gpu --num_processes N` "
-                    "or torchrun (accelerate's --cpu flag alone starts a single process unless given an MPI hostfile).",
-        epilog=examples(
-            "clipsonic train data/music --out runs/music                      # the paper's settings (GPU)",
-            "clipsonic train data/mine --out runs/cpu --preset tiny --batch-size 16 --max-steps 2000 "
-            "--prediction v --lr 1e-3",
-            "clipsonic train data/music --out runs/music --resume              # continue from the last checkpoint",
-            "clipsonic train data/music --out runs/b --config runs/music/config.json   # reproduce a run",
-            "accelerate launch --num_processes 2 -m clipsonic train data/vgg --out runs/vgg --precision bf16",
-            "accelerate launch --multi_gpu --num_processes 2 -m clipsonic train data/x --out runs/x --preset tiny"
-            "   # 2 CPU processes (gloo)",
-            "clipsonic train export runs/music --out pipelines/music --step 200000",
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("data", metavar="DATA_DIR", help="dataset directory (from `clipsonic preprocess`), or 'export'")
-    p.add_argument("run", nargs="?", type=Path, metavar="RUN_DIR", help="(export only) the run directory to export")
-    p.add_argument("--out", type=Path, help="run directory (train); pipeline directory (export, default RUN_DIR/pipeline)")
-    p.add_argument("--config", type=Path, help="JSON config: a run's config.json or a partial "
-                                                "{train, unet, diffusion} file; flags override it")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest readable checkpoint")
-    g = p.add_argument_group("training (defaults: clipsonic.train.TrainConfig)")
-    g.add_argument("--preset", help="network size: paper | small | tiny (default paper)")
-    g.add_argument("--batch-size", type=int, help="clips per process and micro-step (default 64)")
-    g.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4)")
-    g.add_argument("--max-steps", type=int, help="optimizer steps to train to (default 200000)")
-    g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
-    g.add_argument("--precision", choices=["no", "bf16", "fp16"], help="mixed precision (default no)")
-    g.add_argument("--ema", type=float, help="EMA decay of the exported weights (default 0.9999, warmed up)")
-    g.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up (default 0)")
-    g.add_argument("--save-every", type=int, help="checkpoint interval in steps (default 5000)")
-    g.add_argument("--keep-last", type=int, help="checkpoints kept (default 3)")
-    g.add_argument("--log-every", type=int, help="scalar logging interval (default 50)")
-    g.add_argument("--sample-every", type=int, help="sample a mel + Griffin-Lim audio every N steps (0: never)")
-    g.add_argument("--val-every", type=int, help="validation loss on the test split every N steps (0: never)")
-    g.add_argument("--seed", type=int, help="seed of initial weights, data order and noise (default 0)")
-    g.add_argument("--num-workers", type=int, help="data-loading processes per training process (default 2)")
-    g.add_argument("--prediction", choices=["epsilon", "v", "x0"], help="what the network predicts: epsilon (the paper's, default) or v, which "
-                                                             "learns much faster for CPU-sized models (SonicWorld, 400 steps: "
-                                                             "IQ relevance 1.00 vs 0.71; benchmarks/bench_recipe.py)")
-    g.add_argument("--no-export", action="store_true", help="do not export RUN_DIR/pipeline at the end of this invocation")
-    e = p.add_argument_group("export")
-    e.add_argument("--step", type=int, help="(export) the checkpoint to export (default: newest readable)")
-    e.add_argument("--data", dest="stats_data", type=Path,
-                   help="(export) dataset for the statistics (default: the run's)")
-    p.add_argument("--debug-weight-hashes", action="store_true", help=argparse.SUPPRESS)
-    p.set_defaults(func=run_train)
+    p = _trainer(
+        sub, "train", train, "train the mel diffusion model on a preprocessed dataset",
+        "Train the CLIP-conditioned mel diffusion model (Improved DDPM) on a dataset directory made by `clipsonic "
+        "preprocess`, on CPU, one GPU, or many (`accelerate launch`). Checkpoints, metrics.jsonl, TensorBoard logs "
+        "and samples go to RUN_DIR; at the end the EMA weights are exported as a pipeline directory "
+        "(RUN_DIR/pipeline; any checkpoint later with `clipsonic export`). Network settings other than --preset go "
+        "in the \"unet\" section of --config.\n\nSeveral processes on a machine without GPUs: `accelerate launch "
+        "--multi_gpu --num_processes N` or torchrun (accelerate's --cpu flag alone starts a single process).",
+        "clipsonic train data/music --out runs/music                      # the paper's settings (GPU)",
+        "clipsonic train data/mine --out runs/cpu --preset tiny --batch-size 16 --max-steps 2000 --prediction v --lr 1e-3",
+        "clipsonic train data/music --out runs/music --resume              # continue from the last checkpoint",
+        "clipsonic train data/music --out runs/b --config runs/music/config.json   # reproduce a run",
+        "accelerate launch --num_processes 2 -m clipsonic train data/vgg --out runs/vgg --precision bf16")
+    options.add_config_flags(p, TrainConfig, "train")
+    options.add_config_flags(p, DiffusionConfig, "diffusion", only=("prediction",))
+    options.deprecated_alias(p, "--no-export", "--no-export-at-end", nargs=0, const=False, dest="train.export_at_end")
+
+    p = _trainer(
+        sub, "train-prior", train_prior, "train a diffusion prior (CLIP text embedding → image embedding) for the PD mode",
+        "Train our diffusion prior (DALL-E 2 style, conditioned on the pooled CLIP text embedding) on image–caption "
+        "pairs: a preprocessed dataset (labels become captions through --templates), a CSV with image and caption "
+        "columns, or a folder of images with NAME.txt captions. Checkpoints, metrics.jsonl and TensorBoard logs go "
+        "to RUN_DIR; the finished prior to RUN_DIR/prior (attach it with `clipsonic attach prior`). Validation "
+        "reports how close (cosine) the prior's samples and the raw text embeddings are to the held-out image "
+        "embeddings.",
+        "clipsonic train-prior data/vgg --out runs/prior-vgg",
+        "clipsonic train-prior data/mine --out runs/prior --preset tiny --max-steps 2000 --cpu",
+        "clipsonic train-prior captions.csv --out runs/prior --clip-model openai/clip-vit-large-patch14",
+        "clipsonic train-prior data/vgg --out runs/prior-vgg --resume --max-steps 40000",
+        "accelerate launch --num_processes 2 -m clipsonic train-prior data/vgg --out runs/prior-vgg")
+    p.add_argument("--clip-model", help="CLIP to embed images/captions with (required for CSV and folders; "
+                                        "default for a dataset: the one it was built with)")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    options.add_config_flags(p, PriorTrainConfig, "train")
+    options.deprecated_alias(p, "--template", "--templates", type=lambda t: (t,), dest="train.templates")
+
+    p = _trainer(
+        sub, "train-vocoder", train_vocoder, "train a BigVGAN vocoder on the paper's 16 kHz / 64-band mels",
+        "Train BigVGAN (generator + discriminators and losses) on a dataset directory built with `preprocess "
+        "--keep-audio`, or on a folder of audio files (wav/flac/mp3/ogg). Writes RUN_DIR/checkpoints/, TensorBoard "
+        "logs and, at the end, RUN_DIR/vocoder/ — the inference directory that `vocode --vocoder` and `attach "
+        "vocoder` take (RUN_DIR works too). The presets (paper, base, tiny) set the network and the training "
+        "defaults; the flags override them. Multi-GPU: `accelerate launch -m clipsonic train-vocoder …`.",
+        "clipsonic train-vocoder data/vgg --out runs/vocoder --preset base --batch-size 32",
+        "clipsonic train-vocoder ~/sounds --out runs/voc-tiny --preset tiny --max-steps 2000",
+        "clipsonic train-vocoder data/vgg --out runs/vocoder --resume        # after a crash or kill")
+    options.add_config_flags(p, VocoderTrainConfig, "train")
+    options.add_config_flags(p, DiscriminatorConfig, "discriminator", only=("kind",), prefix="discriminator-")
+    options.deprecated_alias(p, "--discriminator", "--discriminator-kind", dest="discriminator.kind")
+
+    p = options.command(
+        sub, "export", run_export, "export a run's checkpoint: UNet → pipeline, prior → prior/, vocoder → vocoder/",
+        "Write the inference directory of any training run (its task is in RUN_DIR/config.json) from a checkpoint, "
+        "e.g. of a stopped run: a UNet run becomes a pipeline directory (default RUN_DIR/pipeline), a prior run "
+        "RUN_DIR/prior, a vocoder run RUN_DIR/vocoder.",
+        "clipsonic export runs/music --out pipelines/music --step 200000", "clipsonic export runs/vocoder")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="a train, train-prior or train-vocoder run directory")
+    p.add_argument("-o", "--out", type=Path, help="where to write (default: inside RUN_DIR)")
+    p.add_argument("--step", type=int, help="the checkpoint to export (default: the newest readable one)")
+    p.add_argument("--data", type=Path, help="(UNet runs) the dataset for the pipeline's statistics (default: the run's)")
+    options.deprecated_alias(p, "--output", "--out", type=Path, dest="out")
+    options.deprecated_alias(p, "--checkpoint", "--step", type=lambda path: int(Path(path).name.rsplit("-", 1)[-1]), dest="step")
+
+    p = options.command(
+        sub, "attach", run_attach, "put a prior, a vocoder or a CLIP into a pipeline directory",
+        "Copy a component into PIPELINE/<component>/ atomically, once it loads and fits the pipeline: a prior of its "
+        "CLIP (a train-prior run, another pipeline, or a diffusers PriorTransformer such as Karlo's), a vocoder of its "
+        "mels, or the CLIP it was trained with (so it loads offline anywhere).",
+        "clipsonic attach prior runs/music/pipeline runs/prior-music",
+        "clipsonic attach prior runs/vgg/pipeline ~/models/karlo-v1-alpha --clip-model openai/clip-vit-large-patch14",
+        "clipsonic attach vocoder runs/music/pipeline runs/vocoder",
+        "clipsonic attach clip runs/music/pipeline ~/models/clip-vit-large-patch14")
+    p.add_argument("component", choices=list(ATTACH), help="what to attach")
+    p.add_argument("pipeline", type=Path, metavar="PIPELINE", help="pipeline directory")
+    p.add_argument("source", type=Path, metavar="SOURCE", help="the component's directory or training run")
+    p.add_argument("--clip-model", help="(prior) the CLIP a raw diffusers prior was trained with, as the pipeline "
+                                        "names it (default openai/clip-vit-large-patch14)")
 
 
-FLAG_NAMES = ("preset", "batch_size", "lr", "max_steps", "grad_accum", "precision", "ema", "warmup_steps",
-              "save_every", "keep_last", "log_every", "sample_every", "val_every", "seed", "num_workers", "prediction")
+def _trainer(sub: argparse._SubParsersAction, name: str, api, help: str, description: str,
+             *examples: str) -> argparse.ArgumentParser:
+    p = options.command(sub, name, run_trainer, help, description, *examples)
+    p.set_defaults(api=api)
+    p.add_argument("data", type=Path, metavar="DATA", help="dataset directory (from `clipsonic preprocess`) "
+                                                           "or the source the trainer takes (see above)")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
+    p.add_argument("--config", type=Path, metavar="FILE", help="JSON config sections, e.g. a run's config.json or "
+                                                               "{\"train\": {…}}; flags override it")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint "
+                                                         "(only the flags given may change, and only resumable ones)")
+    return p
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from clipsonic.errors import ClipsonicError
-
-    if args.data == "export":
-        return _run_export(args)
-    if args.run is not None:
-        raise ClipsonicError(f"unexpected argument {args.run}; the run directory is given with --out")
-    if args.out is None:
-        raise ClipsonicError("--out RUN_DIR is required: where checkpoints, logs and the pipeline go")
-    from clipsonic.train import read_config_file, train
-
-    flags = {name: getattr(args, name) for name in FLAG_NAMES}
-    config_file = read_config_file(args.config) if args.config is not None else None
-    with _Progress() as progress:
-        run_dir = train(args.data, args.out, config_file=config_file, flags=flags, resume=args.resume,
-                        progress=progress, export=False if args.no_export else None,
-                        weight_hashes=args.debug_weight_hashes)
-    if _is_main_process():
-        pipeline = run_dir / "pipeline"
-        print(f"run: {run_dir}" + (f"\npipeline: {pipeline}" if pipeline.is_dir() else ""))
-    return 0
+def run_trainer(args: argparse.Namespace) -> None:
+    extra = {"clip_model": args.clip_model, "cpu": args.cpu} if args.command == "train-prior" else {}
+    with options.progress_bar(keys=("loss", "mel_l1", "val_mel_l1", "samples_per_s")) as bar:
+        run = args.api(args.data, args.out, options.overrides(args, args.config), resume=args.resume, progress=bar, **extra)
+    if options.main_process():
+        print(f"run: {run}", *(f"{name}: {run / name}" for name in ("pipeline", "prior", "vocoder")
+                               if (run / name).is_dir()), sep="\n")
 
 
-def _run_export(args: argparse.Namespace) -> int:
-    from clipsonic.errors import ClipsonicError
-    from clipsonic.train import export_run
-
-    if args.run is None:
-        raise ClipsonicError("usage: clipsonic train export RUN_DIR [--out DIR] [--step N]")
-    out = export_run(args.run, out=args.out, step=args.step, data_dir=args.stats_data)
-    print(f"pipeline: {out}")
-    return 0
+def run_export(args: argparse.Namespace) -> None:
+    print(f"exported: {export_run(args.run, out=args.out, step=args.step, data=args.data)}")
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+ATTACH = {"prior": attach_prior, "vocoder": attach_vocoder, "clip": attach_clip}
 
 
-class _Progress:
-    """A tqdm bar over optimizer steps (main process only), fed by the training loop's callback."""
-
-    def __enter__(self) -> _Progress:
-        self.bar = None
-        return self
-
-    def __call__(self, step: int, total: int, logged: dict[str, float] | None) -> None:
-        if not _is_main_process():
-            return
-        if self.bar is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=step - 1, unit="step", dynamic_ncols=True)
-        self.bar.update(step - self.bar.n)
-        if logged is not None and logged.get("loss") is not None:
-            self.bar.set_postfix(loss=f"{logged['loss']:.4f}", samples_s=f"{logged['samples_per_s']:.1f}")
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def run_attach(args: argparse.Namespace) -> None:
+    extra = {"clip_model": args.clip_model} if args.component == "prior" else {}
+    ATTACH[args.component](args.pipeline, args.source, **extra)
+    print(f"attached: {args.pipeline / args.component}")

@@ -1,13 +1,8 @@
-"""One video → its training clips: plan clip times, cut audio, compute log-mels, grab frames.
+"""One video → its training clips (log-mels, frames), deterministically, in a decoding worker process.
 
-Runs inside decoding worker processes; CLIP encoding happens later, in batches, in the main
-process. Everything here is deterministic in its inputs.
-
-Clip rule (documented in ``clipsonic preprocess --help``): clips of ``clip_samples`` start at
-the segment start and every ``stride`` seconds while they fit; a tail shorter than a clip is
-dropped — except when the whole segment is shorter than one clip but at least
-``min_clip_fraction`` of it, in which case the single clip is zero-padded (silence) at the end.
-Clips whose RMS is below ``silence_db`` dBFS are dropped as silent.
+Clip rule (as ``clipsonic preprocess --help`` says): clips start at the segment start and every ``stride``
+seconds while they fit; a shorter tail is dropped, except that a segment shorter than one clip but at
+least ``min_clip_fraction`` of it gives one zero-padded clip. Clips below ``silence_db`` dBFS RMS are dropped.
 """
 
 from __future__ import annotations
@@ -18,11 +13,14 @@ import logging
 import math
 
 import numpy as np
+import soundfile
 import torch
+from PIL import Image
 
 from clipsonic.audio import MelConfig, mel_spectrogram
 from clipsonic.config import Config
 from clipsonic.data.sources import SourceItem, sample_key
+from clipsonic.media import MediaError, load_audio, load_frames, probe
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +93,6 @@ def frame_times(start: float, seconds: float, k: int) -> list[float]:
 
 def extract_clips(item: SourceItem, mel: MelConfig, options: ClipOptions) -> ItemResult:
     """Decode one item into clips. Never raises for a bad file: the reason goes into the result."""
-    from clipsonic.media import MediaError
-
     try:
         return _extract(item, mel, options)
     except MediaError as exc:
@@ -107,8 +103,6 @@ def extract_clips(item: SourceItem, mel: MelConfig, options: ClipOptions) -> Ite
 
 
 def _extract(item: SourceItem, mel: MelConfig, options: ClipOptions) -> ItemResult:
-    from clipsonic.media import load_audio, load_frames, probe
-
     info = probe(item.path)
     if not info.has_audio:
         return ItemResult(item.key, [], reason="no audio stream")
@@ -151,14 +145,11 @@ def _extract(item: SourceItem, mel: MelConfig, options: ClipOptions) -> ItemResu
         clips.append(ClipData(
             key=sample_key(item.key, starts.index(start)), mel=mels[i], frames=clip_frames, meta=meta,
             jpg=_jpeg(clip_frames[k // 2], options.jpg_size) if options.keep_jpg else None,
-            flac=_flac(wav, mel.sample_rate) if options.keep_audio else None,
-        ))
+            flac=_flac(wav, mel.sample_rate) if options.keep_audio else None))
     return ItemResult(item.key, clips, silent_clips=silent)
 
 
 def _shrink(frame: np.ndarray, max_side: int) -> np.ndarray:
-    from PIL import Image
-
     h, w = frame.shape[:2]
     if min(h, w) <= max_side:
         return frame
@@ -168,8 +159,6 @@ def _shrink(frame: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def _jpeg(frame: np.ndarray, size: int) -> bytes:
-    from PIL import Image
-
     img = Image.fromarray(frame)
     img.thumbnail((size, size))
     buf = io.BytesIO()
@@ -178,8 +167,6 @@ def _jpeg(frame: np.ndarray, size: int) -> bytes:
 
 
 def _flac(wav: np.ndarray, sample_rate: int) -> bytes:
-    import soundfile as sf
-
     buf = io.BytesIO()
-    sf.write(buf, np.clip(wav, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
+    soundfile.write(buf, np.clip(wav, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
     return buf.getvalue()

@@ -1,34 +1,29 @@
-"""Streaming training batches from a dataset directory's WebDataset shards, with an exact position.
+"""Reading a dataset directory's WebDataset shards: the one shard reader of clipsonic.
 
-Every process (rank) reads an endless stream of batches. Each of its DataLoader workers plays
-one *role*; a (rank, role) pair is a *reader slot*, ``slot = rank · W + role`` of
-``S = world_size · W`` slots. The order of everything is a pure function of
-``(seed, epoch, slot)``:
+Training stream: each DataLoader worker of each rank plays one *role*; ``slot = rank · W + role`` of
+``S = world_size · W`` reader slots. The order is a pure function of ``(seed, epoch, slot)``:
 
 1. Epoch ``e``'s shard order is a permutation drawn from ``(seed, e)``, the same on all slots.
-2. Split: with at least ``S`` shards, slot ``s`` reads shards ``order[s::S]`` (shard-level split);
-   with fewer (a tiny dataset, one shard on two ranks), every slot reads all shards in that order
-   and keeps the samples whose running index ``i`` has ``i % S == s`` (sample-level split).
-   Either way the slots of one epoch partition the split.
+2. With at least ``S`` shards slot ``s`` reads shards ``order[s::S]``; with fewer (a tiny dataset)
+   every slot reads all of them and keeps the samples ``i`` with ``i % S == s``. Either way the
+   slots of one epoch partition the split.
 3. A shuffle buffer (``shuffle_buffer`` samples) drawn from ``(seed, e, slot)`` mixes the stream.
-4. Each sample gives ``mel`` (the log-mel normalised to about [-1, 1], ``[1, 64, F]`` float32)
-   and ``cond``: one of its K frame embeddings (``[D]`` float32), row chosen from
-   ``(seed, e, key)`` so a clip sees different frames in different epochs.
-5. A worker batches ``batch_size`` consecutive samples of its stream; when epoch ``e`` ends it
-   carries on with ``e + 1`` (batches may straddle epochs; training counts steps, not epochs).
+4. A sample gives ``mel`` (the log-mel scaled to about [-1, 1], ``[1, 64, F]``) and ``cond``: one of
+   its K frame embeddings ``[D]``, drawn from ``(seed, e, key)``, so epochs see different frames.
+5. A worker batches ``batch_size`` consecutive samples and runs on into epoch ``e + 1``.
 
-Position: the DataLoader delivers batches from workers 0, 1, …, W−1, 0, … in turn, so a rank's
-stream is known exactly from the number of batches taken and, per role, the ``(epoch, samples
-consumed in that epoch)`` reached. :meth:`TrainStream.position` returns that as JSON; a stream
-built with it continues with exactly the batch that would have come next (skipped samples are
-re-read from the shards but not decoded). A position saved with another world size, worker count,
-batch size, seed or shard list cannot be continued exactly: the stream then restarts each role at
-the start of the earliest epoch recorded, with a warning.
+Position: the DataLoader delivers batches from workers 0, 1, …, W−1, 0, … in turn, so the number of
+batches taken and, per role, ``(epoch, samples consumed)`` say exactly where a rank's stream is.
+A stream built with :meth:`TrainStream.position` continues with exactly the next batch (skipped
+samples are re-read, not decoded). A position saved with another world size, worker count, batch
+size, seed or shard list restarts each role at the earliest epoch recorded, with a warning.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
+import json
 import logging
 import zlib
 from collections.abc import Iterable, Iterator
@@ -37,10 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile
 import torch
+import webdataset as wds
 
 from clipsonic.audio import MelConfig, normalize
-from clipsonic.data.dataset import DatasetError, DatasetInfo
+from clipsonic.data.dataset import DatasetInfo
+from clipsonic.errors import ClipsonicError
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +51,50 @@ def decode_npy(payload: bytes) -> np.ndarray:
     return np.load(io.BytesIO(payload), allow_pickle=False)
 
 
-def iter_raw_samples(paths: Iterable[str], fields: Iterable[str] = TRAIN_FIELDS) -> Iterator[dict[str, Any]]:
-    """Undecoded samples (``__key__`` + the requested files as bytes) of the shards, in order."""
-    import webdataset as wds
+def decode_flac(payload: bytes, sample_rate: int, key: str = "") -> np.ndarray:
+    """A sample's ``flac`` → float32 mono ``[samples]``; preprocess wrote it at the dataset's ``sample_rate``."""
+    try:
+        wav, rate = soundfile.read(io.BytesIO(payload), dtype="float32", always_2d=True)
+    except (RuntimeError, ValueError) as exc:  # soundfile.LibsndfileError is a RuntimeError
+        raise ClipsonicError(f"sample {key!r}: its flac audio cannot be decoded ({exc})") from None
+    if rate != sample_rate:
+        raise ClipsonicError(f"sample {key!r}: flac at {rate} Hz in a {sample_rate} Hz dataset; re-run preprocess")
+    return wav.mean(axis=1)
 
-    wanted = set(fields)
 
-    def select(name: str) -> bool:
-        return name.split(".", 1)[-1] in wanted
-
+def iter_raw_samples(paths: Iterable[str | Path], fields: Iterable[str] = TRAIN_FIELDS,
+                     optional: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
+    """Undecoded samples (``__key__`` + the files as bytes) of the shards, in order; a sample that lacks a
+    required file is reported, not skipped."""
+    wanted, extra = set(fields), set(optional)
+    read = wanted | extra | {"json"}
     for path in paths:
-        for sample in wds.tariterators.tarfile_samples([{"url": str(path)}], select_files=select):
-            missing = [f for f in wanted if f not in sample]
+        for sample in wds.tariterators.tarfile_samples([{"url": str(path)}],
+                                                       select_files=lambda name: name.split(".", 1)[-1] in read):
+            missing = sorted(f for f in wanted if f not in sample)
             if missing:
-                raise DatasetError(f"{path}: sample {sample['__key__']!r} has no {missing}; re-run preprocess")
+                raise ClipsonicError(f"{path}: sample {sample['__key__']!r} has no {missing}; re-run preprocess")
+            if "json" not in wanted | extra:
+                sample.pop("json", None)
             yield sample
+
+
+def iter_split(info: DatasetInfo, split: str, fields: Iterable[str] = TRAIN_FIELDS,
+               optional: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
+    """A split's samples in shard order, decoded: "mel.npy" float32 ``[n_mels, F]``, "clip.npy" float32 ``[K, D]``,
+    "json" a dict, "flac" float32 mono at the dataset's rate, others bytes; ``optional`` fields may be absent."""
+    for raw in iter_raw_samples(info.shard_paths(split), fields, optional):
+        sample: dict[str, Any] = {"__key__": raw["__key__"]}
+        for name, payload in raw.items():
+            if name.endswith(".npy"):
+                sample[name] = decode_npy(payload).astype(np.float32)
+            elif name == "json":
+                sample[name] = json.loads(payload)
+            elif name == "flac":
+                sample[name] = decode_flac(payload, info.mel.sample_rate, raw["__key__"])
+            elif not name.startswith("__"):
+                sample[name] = payload
+        yield sample
 
 
 def _rng(*words: int) -> np.random.Generator:
@@ -95,20 +122,21 @@ class StreamLayout:
         return self.world_size * self.roles
 
     def key(self) -> dict[str, Any]:
-        """The fields a saved position must match to be continued exactly (rank excluded: each rank saves
-        its own; shard names, not paths, so a moved dataset still resumes exactly)."""
+        """What a saved position must match to continue exactly (shard names, not paths: a moved dataset
+        still resumes; no rank: each rank saves its own)."""
         return {"shards": [Path(s).name for s in self.shards], "batch_size": self.batch_size, "seed": self.seed,
                 "world_size": self.world_size, "num_workers": self.num_workers, "shuffle_buffer": self.shuffle_buffer}
 
 
-def epoch_samples(layout: StreamLayout, role: int, epoch: int) -> Iterator[dict[str, Any]]:
+def epoch_samples(layout: StreamLayout, role: int, epoch: int,
+                  fields: Iterable[str] = TRAIN_FIELDS) -> Iterator[dict[str, Any]]:
     """Slot (layout.rank, role)'s undecoded samples of one epoch, shuffled; see the module doc, steps 1–3."""
     slot = layout.rank * layout.roles + role
     order = [layout.shards[i] for i in _rng(layout.seed, epoch).permutation(len(layout.shards))]
     if len(order) >= layout.slots:  # shard-level split
-        stream: Iterable[dict[str, Any]] = iter_raw_samples(order[slot::layout.slots])
+        stream: Iterable[dict[str, Any]] = iter_raw_samples(order[slot::layout.slots], fields)
     else:  # sample-level split: every slot reads everything and keeps its residue class
-        stream = (s for i, s in enumerate(iter_raw_samples(order)) if i % layout.slots == slot)
+        stream = (s for i, s in enumerate(iter_raw_samples(order, fields)) if i % layout.slots == slot)
     return _shuffle(stream, layout.shuffle_buffer, _rng(layout.seed, epoch, 1, slot))
 
 
@@ -132,7 +160,7 @@ def decode_train_sample(raw: dict[str, Any], mel_config: MelConfig, seed: int, e
     logmel = decode_npy(raw["mel.npy"]).astype(np.float32)  # [64, F]
     clip = decode_npy(raw["clip.npy"]).astype(np.float32)  # [K, D]
     if clip.ndim != 2 or logmel.ndim != 2:
-        raise DatasetError(f"sample {raw['__key__']!r}: mel.npy {logmel.shape} / clip.npy {clip.shape} are not 2-d")
+        raise ClipsonicError(f"sample {raw['__key__']!r}: mel.npy {logmel.shape} / clip.npy {clip.shape} are not 2-d")
     row = int(_rng(seed, epoch, zlib.crc32(raw["__key__"].encode())).integers(clip.shape[0]))
     mel = normalize(torch.from_numpy(logmel), mel_config).numpy()[None]
     return mel, clip[row]
@@ -172,25 +200,21 @@ def role_batches(layout: StreamLayout, mel_config: MelConfig, role: int, epoch: 
                        "keys": keys, "role": role, "epoch": epoch, "offset": i + 1}
                 mels, conds, keys = [], [], []
         if seen == 0:
-            raise DatasetError(
+            raise ClipsonicError(
                 f"reader slot {layout.rank * layout.roles + role} of {layout.slots} got no samples in epoch {epoch}: "
                 f"the split has fewer clips than world_size × workers ({layout.world_size} × {layout.roles}); "
-                "use fewer --num-workers or processes"
-            )
+                "use fewer --num-workers or processes")
         epoch, offset = epoch + 1, 0
 
 
 class TrainStream:
-    """A rank's endless, exactly resumable stream of training batches (see the module doc).
-
-    Iterating yields dicts ``{"mel": [B, 1, 64, F] float32, "cond": [B, D] float32, "keys": [B] str, …}``;
-    :meth:`position` is the JSON-able place reached, to pass back as ``position`` when resuming.
-    """
+    """A rank's endless, exactly resumable stream of batches (``role_batches``'s); :meth:`position` is the
+    JSON-able place reached, to pass back as ``position`` when resuming."""
 
     def __init__(self, info: DatasetInfo, layout: StreamLayout, position: dict[str, Any] | None = None,
                  pin_memory: bool = False):
         if not layout.shards:
-            raise DatasetError(f"{info.root}: the training split has no shards; re-run preprocess")
+            raise ClipsonicError(f"{info.root}: the training split has no shards; re-run preprocess")
         self.info, self.layout, self.pin_memory = info, layout, pin_memory
         self.batches, self.roles = self._resolve(position)
 
@@ -232,24 +256,11 @@ class TrainStream:
 
 
 def load_fixed_samples(info: DatasetInfo, split: str, limit: int) -> dict[str, Any]:
-    """The first ``limit`` samples of a split in shard order, each with its middle frame's embedding.
-
-    Returns ``{"mel": [N, 1, 64, F] float32 (diffusion space), "cond": [N, D] float32, "keys", "labels"}``
-    (deterministic: the same every call; used for validation losses and sample conditions).
-    """
-    import json
-
-    mels, conds, keys, labels = [], [], [], []
-    for raw in iter_raw_samples(str(p) for p in info.shard_paths(split)):
-        if len(keys) >= limit:
-            break
-        logmel = decode_npy(raw["mel.npy"]).astype(np.float32)
-        clip = decode_npy(raw["clip.npy"]).astype(np.float32)
-        mels.append(normalize(torch.from_numpy(logmel), info.mel).numpy()[None])
-        conds.append(clip[clip.shape[0] // 2])
-        keys.append(raw["__key__"])
-        labels.append(json.loads(raw["json"]).get("label"))
-    if not keys:
-        raise DatasetError(f"{info.root}: the '{split}' split has no samples")
-    return {"mel": torch.from_numpy(np.stack(mels)), "cond": torch.from_numpy(np.stack(conds)),
-            "keys": keys, "labels": labels}
+    """The first ``limit`` samples of a split (for validation): ``{"mel": [N, 1, 64, F]`` in diffusion space,
+    ``"cond": [N, D]`` (each middle frame's embedding), ``"keys", "labels"}``."""
+    samples = list(itertools.islice(iter_split(info, split), limit))
+    if not samples:
+        raise ClipsonicError(f"{info.root}: the '{split}' split has no samples")
+    return {"mel": torch.stack([normalize(torch.from_numpy(s["mel.npy"]), info.mel)[None] for s in samples]),
+            "cond": torch.from_numpy(np.stack([s["clip.npy"][len(s["clip.npy"]) // 2] for s in samples])),
+            "keys": [s["__key__"] for s in samples], "labels": [s["json"].get("label") for s in samples]}

@@ -1,8 +1,9 @@
 """``clipsonic preprocess``: videos → dataset directory (log-mels + CLIP frame embeddings in shards).
 
 Decoding runs in worker processes, CLIP in batches in this process. The run is resumable: a
-journal (``.progress.json``) is committed each time a shard is renamed into place, and a re-run
-of the same command continues from the last commit. Items are processed in fixed groups of
+journal (``.progress.json``: ``{"format": "clipsonic-preprocess-journal", "version": 1, "header",
+"splits"}``) is committed each time a shard is renamed into place, and a re-run of the same
+command continues from the last commit. Items are processed in fixed groups of
 ``encode_group`` so CLIP batches (and hence the bytes written) do not depend on where a run
 was resumed: same inputs and options → the same shards.
 """
@@ -11,25 +12,30 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 
+import torch
+
 from clipsonic.audio import MelConfig
 from clipsonic.config import Config
 from clipsonic.data.clips import ClipOptions, ItemResult, extract_clips
-from clipsonic.data.dataset import ClipModelRef, DatasetError, DatasetInfo, read_dataset_info
+from clipsonic.data.dataset import DatasetInfo, read_dataset_info
 from clipsonic.data.shards import ShardWriter, encode_sample, remove_stale_temporaries
 from clipsonic.data.sources import Problem, SourceItem, collect_sources, hash_split
-from clipsonic.files import write_bytes_atomic, write_json_atomic
+from clipsonic.encoders import ClipModelRef, load_clip
+from clipsonic.errors import ClipsonicError
+from clipsonic.files import read_versioned_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 JOURNAL = ".progress.json"
+JOURNAL_FORMAT, JOURNAL_VERSION = "clipsonic-preprocess-journal", 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +67,8 @@ def preprocess(source: str | os.PathLike, out_dir: str | os.PathLike, *, options
                mel: MelConfig | None = None, video_dir=None, workers: int = 0, device=None,
                num_shards: int | None = None, shard_index: int | None = None, encoder=None,
                clip_batch_size: int = 64, progress: Callable[[Progress], None] | None = None) -> DatasetInfo:
-    """Build (or resume, or confirm) a dataset directory; returns its :class:`DatasetInfo`.
-
-    With ``num_shards > 1`` this process handles items ``shard_index::num_shards`` and writes a
-    complete partial dataset to ``out_dir/part-IIIII-of-NNNNN``; ``merge_parts`` combines them.
-    ``encoder`` (a loaded CLIP encoder) skips loading ``options.clip_model``.
-    """
+    """Build (or resume, or confirm) a dataset directory. With ``num_shards > 1`` only items
+    ``shard_index::num_shards``, into ``out_dir/part-IIIII-of-NNNNN`` (see :func:`merge_parts`)."""
     options, mel = options or PreprocessOptions(), mel or MelConfig()
     num_shards, shard_index = _resolve_sharding(num_shards, shard_index)
     items, problems = collect_sources(source, video_dir)
@@ -75,17 +77,14 @@ def preprocess(source: str | os.PathLike, out_dir: str | os.PathLike, *, options
         items, problems = items[shard_index::num_shards], problems[shard_index::num_shards]
         out = out / f"part-{shard_index:05d}-of-{num_shards:05d}"
     out.mkdir(parents=True, exist_ok=True)
-    if encoder is None:
-        from clipsonic.encoders import load_clip
-
-        encoder = load_clip(options.clip_model, device=device)
+    encoder = encoder or load_clip(options.clip_model, device=device)
     clip_ref = ClipModelRef(model=options.clip_model, dim=encoder.dim, fingerprint=encoder.fingerprint)
-    header = {"mel": mel.to_dict(), "clip": dataclasses.asdict(clip_ref), "options": options.to_dict(),
+    header = {"mel": mel.to_dict(), "clip": clip_ref.to_dict(), "options": options.to_dict(),
               "items": hashlib.sha1("\n".join(it.key for it in items).encode()).hexdigest()}
     done = _existing(out, header, mel, clip_ref)
     if done is not None:
         return done
-    journal = _load_journal(out, header)
+    journal = _load_journal(out, header, mel)
     stale = remove_stale_temporaries(out)
     if stale:
         log.info("removed %d half-written shard(s) from an interrupted run", stale)
@@ -108,7 +107,7 @@ def _resolve_sharding(num_shards, shard_index) -> tuple[int, int]:
         # (two processes silently writing the same part would be worse than either)
         shard_index = int(os.environ.get("RANK", "0"))
     if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise DatasetError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
+        raise ClipsonicError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
     return num_shards, shard_index
 
 
@@ -118,27 +117,31 @@ def _existing(out: Path, header: dict, mel: MelConfig, clip_ref: ClipModelRef) -
         return None
     info = read_dataset_info(out)
     info.check_compatible(mel, clip_ref.dim, what="this preprocess run")
+    if info.mel.clip_samples != mel.clip_samples:
+        raise ClipsonicError(f"{out} holds clips of {info.mel.clip_seconds:g} s, this run cuts {mel.clip_seconds:g} s; "
+                             "use another --out or the same --clip-seconds")
     if info.clip.fingerprint != clip_ref.fingerprint:
-        raise DatasetError(f"{out} was built with {info.clip.describe()}, this run uses {clip_ref.describe()}; "
+        raise ClipsonicError(f"{out} was built with {info.clip.describe()}, this run uses {clip_ref.describe()}; "
                            "use another --out or the same --clip-model")
     if info.options.get("options") != header["options"] or info.options.get("items") != header["items"]:
-        raise DatasetError(f"{out} holds a finished dataset built from other inputs or options; use another --out")
+        raise ClipsonicError(f"{out} holds a finished dataset built from other inputs or options; use another --out")
     log.info("%s is already complete (%d clips); nothing to do", out, info.counts.get("clips", 0))
     return info
 
 
-def _load_journal(out: Path, header: dict) -> dict:
+def _load_journal(out: Path, header: dict, mel: MelConfig) -> dict:
     path = out / JOURNAL
     if not path.is_file():
         if any(out.glob("*.tar")):
-            raise DatasetError(f"{out} holds shards but no progress journal; use an empty --out")
-        return {"header": header, "splits": {}}
-    journal = json.loads(path.read_text())
-    if journal.get("header") != header:
-        old = journal.get("header", {})
-        raise DatasetError(
-            f"{out} holds an interrupted run with other settings (CLIP {old.get('clip', {}).get('model')}, "
-            f"mel {old.get('mel')}) than this one (CLIP {header['clip']['model']}, mel {header['mel']}); "
+            raise ClipsonicError(f"{out} holds shards but no progress journal; use an empty --out")
+        return {"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "header": header, "splits": {}}
+    journal = read_versioned_json(path, JOURNAL_FORMAT, JOURNAL_VERSION, unversioned=1)
+    old = journal["header"]
+    diffs = MelConfig.from_dict(old["mel"], source=f"{path}:mel").mismatch(mel, ignore=())
+    if diffs or {**old, "mel": None} != {**header, "mel": None}:
+        raise ClipsonicError(
+            f"{out} holds an interrupted run with other settings (CLIP {old['clip']['model']}, "
+            f"mel {'; '.join(diffs) or 'the same'}) than this one (CLIP {header['clip']['model']}); "
             "re-run with the same options or use another --out")
     log.info("resuming %s from its last committed shard", out)
     return journal
@@ -189,8 +192,6 @@ class _Decoder:
 
 
 def _worker_init() -> None:
-    import torch
-
     torch.set_num_threads(1)  # parallelism comes from the worker processes
 
 
@@ -246,7 +247,7 @@ def _write_group(writer: ShardWriter, results: list[ItemResult], items: list[Sou
         pending["clips"] += len(result.clips)
         pending["silent_clips"] += result.silent_clips
         if result.reason is not None:
-            pending["rejected"].append(Problem(str(item.path), result.reason).to_dict())
+            pending["rejected"].append(dataclasses.asdict(Problem(str(item.path), result.reason)))
             log.info("skipped %s: %s", item.path, result.reason)
         stats.items_done += 1
         stats.clips += len(result.clips)
@@ -258,43 +259,35 @@ def _write_group(writer: ShardWriter, results: list[ItemResult], items: list[Sou
 def _finish(out: Path, journal: dict, problems: list[Problem], n_items: int, mel: MelConfig,
             clip_ref: ClipModelRef, options: PreprocessOptions) -> DatasetInfo:
     splits = journal["splits"]
-    rejected = [p.to_dict() for p in problems] + [r for s in sorted(splits) for r in splits[s]["rejected"]]
-    write_bytes_atomic(out / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in rejected).encode())
+    rejected = [dataclasses.asdict(p) for p in problems] + [r for s in sorted(splits) for r in splits[s]["rejected"]]
     info = DatasetInfo(
         root=out, mel=mel, clip=clip_ref, frames_per_clip=options.clips.frames_per_clip,
         splits={s: {"shards": splits[s]["shards"], "clips": splits[s]["clips"]} for s in sorted(splits)},
         counts={"inputs": n_items + len(problems), "clips": sum(s["clips"] for s in splits.values()),
                 "rejected": len(rejected), "silent_clips": sum(s["silent_clips"] for s in splits.values())},
-        options={"options": options.to_dict(), "items": journal["header"]["items"]},
-    )
-    write_json_atomic(out / "dataset.json", info.to_dict())
+        options={"options": options.to_dict(), "items": journal["header"]["items"]}, rejected=rejected)
+    info.save()
     (out / JOURNAL).unlink(missing_ok=True)
     return info
 
 
 def merge_parts(out_dir: str | os.PathLike) -> DatasetInfo:
-    """Combine ``part-*-of-*`` datasets of a sharded run into one dataset in ``out_dir``.
-
-    Shards are hard-linked (copied across file systems) and renumbered in part order; the
-    parts are removed only after the merged dataset.json is written, so a crash here is
-    repaired by running merge again.
-    """
-    import shutil
-
+    """Combine the ``part-*-of-*`` datasets of a sharded run into one (shards hard-linked and renumbered);
+    the parts go only after the merged dataset.json is written, so rerunning repairs a crash."""
     out = Path(out_dir)
     parts = sorted(out.glob("part-*-of-*"))
     if not parts:
-        raise DatasetError(f"{out}: no part-*-of-* folders to merge; run preprocess with --num-shards first")
+        raise ClipsonicError(f"{out}: no part-*-of-* folders to merge; run preprocess with --num-shards first")
     total = int(parts[0].name.rsplit("-", 1)[1])
     missing = [i for i in range(total) if not (out / f"part-{i:05d}-of-{total:05d}" / "dataset.json").is_file()]
     if missing:
-        raise DatasetError(f"{out}: parts {missing} of {total} are not finished; run them (same command, --shard-index i) first")
+        raise ClipsonicError(f"{out}: parts {missing} of {total} are not finished; run them (same command, --shard-index i) first")
     infos = [read_dataset_info(out / f"part-{i:05d}-of-{total:05d}") for i in range(total)]
     first = infos[0]
     for info in infos[1:]:
         info.check_compatible(first.mel, first.clip.dim, first.clip.model, what=f"part {first.root.name}")
         if info.options.get("options") != first.options.get("options"):
-            raise DatasetError(f"{info.root} was built with other options than {first.root}; rebuild it")
+            raise ClipsonicError(f"{info.root} was built with other options than {first.root}; rebuild it")
     splits: dict[str, dict] = {}
     for info in infos:
         for split in sorted(info.splits):
@@ -308,12 +301,11 @@ def merge_parts(out_dir: str | os.PathLike) -> DatasetInfo:
                     shutil.copyfile(shard, out / name)
                 entry["shards"].append(name)
             entry["clips"] += info.num_clips(split)
-    rejected = b"".join((info.root / "rejected.jsonl").read_bytes() for info in infos)
-    write_bytes_atomic(out / "rejected.jsonl", rejected)
     counts = {k: sum(int(i.counts.get(k, 0)) for i in infos) for k in ("inputs", "clips", "rejected", "silent_clips")}
     merged = dataclasses.replace(first, root=out, splits=splits, counts=counts,
-                                 options={**first.options, "items": [i.options.get("items") for i in infos]})
-    write_json_atomic(out / "dataset.json", merged.to_dict())
+                                 options={**first.options, "items": [i.options.get("items") for i in infos]},
+                                 rejected=[r for i in infos for r in i.rejected])
+    merged.save()
     for part in parts:
         shutil.rmtree(part)
     return merged

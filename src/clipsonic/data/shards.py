@@ -1,8 +1,5 @@
-"""Writing WebDataset shards safely: temporary names, atomic renames, reproducible bytes.
-
-A shard is written as ``.{name}.tmp`` and renamed to ``{split}-{NNNNNN}.tar`` only when it is
-complete, so readers (and a resumed run) never see half a shard. Tar headers carry a fixed
-mtime/owner so the same samples always give the same bytes.
+"""Writing WebDataset shards: ``.{name}.tmp`` renamed to ``{split}-{NNNNNN}.tar`` when complete (readers never
+see half a shard); tar headers carry a fixed mtime/owner, so the same samples give the same bytes.
 """
 
 from __future__ import annotations
@@ -13,6 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import webdataset as wds
 
 
 def shard_name(split: str, index: int) -> str:
@@ -21,18 +19,11 @@ def shard_name(split: str, index: int) -> str:
 
 def encode_sample(key: str, mel: np.ndarray, clip: np.ndarray, meta: dict,
                   jpg: bytes | None = None, flac: bytes | None = None) -> dict[str, bytes | str]:
-    """The DESIGN.md sample layout as raw bytes (mel.npy / clip.npy float16, json, jpg, flac)."""
-    sample: dict[str, bytes | str] = {
-        "__key__": key,
-        "mel.npy": _npy(mel.astype(np.float16)),
-        "clip.npy": _npy(clip.astype(np.float16)),
-        "json": json.dumps(meta, sort_keys=True).encode(),
-    }
-    if jpg is not None:
-        sample["jpg"] = jpg
-    if flac is not None:
-        sample["flac"] = flac
-    return sample
+    """A sample as raw bytes, in dataset.py's layout (mel.npy / clip.npy float16, json, jpg, flac)."""
+    sample: dict[str, bytes | str] = {"__key__": key, "mel.npy": _npy(mel.astype(np.float16)),
+                                      "clip.npy": _npy(clip.astype(np.float16)),
+                                      "json": json.dumps(meta, sort_keys=True).encode()}
+    return sample | {name: data for name, data in (("jpg", jpg), ("flac", flac)) if data is not None}
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -47,15 +38,10 @@ class ShardWriter:
     def __init__(self, root: Path, split: str, first_index: int, max_bytes: int, on_finalize=None):
         self.root, self.split, self.index, self.max_bytes = Path(root), split, first_index, max_bytes
         self.on_finalize = on_finalize
-        self._tar = None
-        self._fh = None
-        self._tmp: Path | None = None
-        self.samples_in_shard = 0
-        self.bytes_in_shard = 0
+        self._tar = self._fh = self._tmp = None
+        self.samples_in_shard = self.bytes_in_shard = 0
 
     def write(self, sample: dict) -> None:
-        import webdataset as wds
-
         if self._tar is None:
             self._tmp = self.root / f".{shard_name(self.split, self.index)}.tmp"
             self._fh = open(self._tmp, "wb")

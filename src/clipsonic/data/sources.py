@@ -1,8 +1,5 @@
-"""Where the videos come from: a folder, a VGGSound CSV, the MUSIC JSON, or a generic manifest.
-
-Every source becomes a sorted list of :class:`SourceItem` (one per video, or per VGGSound
-clip of a long video) plus a list of problems (missing files, unreadable rows) that are
-reported in ``rejected.jsonl`` instead of stopping the run.
+"""Where the videos come from (a folder, a VGGSound CSV, the MUSIC JSON, a manifest): a sorted
+list of :class:`SourceItem` and the problems (dataset.json's "rejected" list).
 """
 
 from __future__ import annotations
@@ -11,31 +8,21 @@ import csv
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import re
 from pathlib import Path
 
 from clipsonic.errors import ClipsonicError
-
-log = logging.getLogger(__name__)
+from clipsonic.files import read_json
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv", ".3gp", ".ts")
 # VGGSound clips are 10 s long (the CSV gives their start inside the YouTube video).
 VGGSOUND_CLIP_SECONDS = 10.0
 
 
-class SourceError(ClipsonicError):
-    """The source itself (not one video in it) cannot be read."""
-
-
 @dataclasses.dataclass(frozen=True)
 class SourceItem:
-    """One input video, or one segment of it.
-
-    ``start``/``duration`` restrict the segment used (VGGSound rows inside full videos,
-    manifest rows with a start); ``None`` means the whole file.
-    """
+    """One input video, or the segment ``start``/``duration`` of it (None: the whole file)."""
 
     path: Path
     key: str  # stable id: sorting, hash splits, and sample keys derive from it
@@ -47,13 +34,10 @@ class SourceItem:
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """An input that produced nothing, with a human reason (one line of rejected.jsonl)."""
+    """An input that produced nothing, with a human reason."""
 
     path: str
     reason: str
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "reason": self.reason}
 
 
 def collect_sources(source: str | os.PathLike, video_dir: str | os.PathLike | None = None
@@ -61,7 +45,7 @@ def collect_sources(source: str | os.PathLike, video_dir: str | os.PathLike | No
     """Detect the kind of ``source`` and list its items (sorted by key) and problems."""
     source = Path(source)
     if not source.exists():
-        raise SourceError(f"{source}: no such file or folder; pass a video folder, a VGGSound CSV, the MUSIC JSON or a manifest")
+        raise ClipsonicError(f"{source}: no such file or folder; pass a video folder, a VGGSound CSV, the MUSIC JSON or a manifest")
     if source.is_dir():
         items, problems = _from_folder(source), []
     elif source.suffix.lower() == ".json":
@@ -71,33 +55,30 @@ def collect_sources(source: str | os.PathLike, video_dir: str | os.PathLike | No
     elif source.suffix.lower() in (".csv", ".tsv"):
         items, problems = _from_csv(source, video_dir)
     else:
-        raise SourceError(f"{source}: unknown source type; expected a folder, .csv, .json (MUSIC) or .jsonl")
-    keys = [it.key for it in items]
-    if len(set(keys)) != len(keys):
-        dup = sorted({k for k in keys if keys.count(k) > 1})[:3]
-        raise SourceError(f"{source}: duplicate entries {dup}; each video/segment must appear once")
+        raise ClipsonicError(f"{source}: unknown source type; expected a folder, .csv, .json (MUSIC) or .jsonl")
+    keys = sorted(it.key for it in items)
+    dup = sorted({a for a, b in zip(keys, keys[1:], strict=False) if a == b})[:3]
+    if dup:
+        raise ClipsonicError(f"{source}: duplicate entries {dup}; each video/segment must appear once")
     return sorted(items, key=lambda it: it.key), problems
 
 
 def _need_video_dir(source: Path, video_dir) -> Path:
     if video_dir is None:
-        raise SourceError(f"{source}: this source lists YouTube ids; pass --video-dir with the downloaded videos")
+        raise ClipsonicError(f"{source}: this source lists YouTube ids; pass --video-dir with the downloaded videos")
     video_dir = Path(video_dir)
     if not video_dir.is_dir():
-        raise SourceError(f"--video-dir {video_dir}: not a folder")
+        raise ClipsonicError(f"--video-dir {video_dir}: not a folder")
     return video_dir
 
 
 def _from_folder(root: Path) -> list[SourceItem]:
-    items = []
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith("."):
-            rel = path.relative_to(root).as_posix()
-            # the parent folder name is a free label when videos are sorted into class folders
-            label = path.parent.name if path.parent != root else None
-            items.append(SourceItem(path=path, key=rel, label=label))
+    # the parent folder name is a free label when videos are sorted into class folders
+    items = [SourceItem(path, key=path.relative_to(root).as_posix(), label=path.parent.name if path.parent != root else None)
+             for path in sorted(root.rglob("*"))
+             if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".")]
     if not items:
-        raise SourceError(f"{root}: no video files found (looked for {', '.join(VIDEO_EXTENSIONS)})")
+        raise ClipsonicError(f"{root}: no video files found (looked for {', '.join(VIDEO_EXTENSIONS)})")
     return items
 
 
@@ -115,10 +96,10 @@ def _from_csv(source: Path, video_dir) -> tuple[list[SourceItem], list[Problem]]
         with open(source, newline="") as fh:
             rows = list(csv.reader(fh, delimiter="\t" if source.suffix.lower() == ".tsv" else ","))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise SourceError(f"{source}: cannot read CSV ({exc})") from None
+        raise ClipsonicError(f"{source}: cannot read CSV ({exc})") from None
     rows = [r for r in rows if r and any(cell.strip() for cell in r)]
     if not rows:
-        raise SourceError(f"{source}: empty CSV")
+        raise ClipsonicError(f"{source}: empty CSV")
     header = [c.strip().lower() for c in rows[0]]
     if "path" in header:  # generic manifest with a header row
         return _from_manifest_rows(source, [dict(zip(header, r, strict=False)) for r in rows[1:]], video_dir)
@@ -126,11 +107,8 @@ def _from_csv(source: Path, video_dir) -> tuple[list[SourceItem], list[Problem]]
 
 
 def _from_vggsound(source: Path, rows: list[list[str]], video_dir: Path) -> tuple[list[SourceItem], list[Problem]]:
-    """VGGSound CSV rows ``youtube_id,start_seconds,label,split`` (no header).
-
-    Accepts pre-cut files ``{ytid}_{start:06d}.ext`` (the clip is the whole file) and full
-    videos ``{ytid}.ext`` (the 10-s clip starts at ``start_seconds``).
-    """
+    """VGGSound CSV rows ``youtube_id,start_seconds,label,split``: pre-cut files ``{ytid}_{start:06d}.ext``
+    (the whole file) or full videos ``{ytid}.ext`` (the 10-s clip from ``start_seconds``)."""
     index = _index_videos(video_dir)
     items, problems = [], []
     for line_no, row in enumerate(rows, 1):
@@ -158,13 +136,10 @@ def _from_vggsound(source: Path, rows: list[list[str]], video_dir: Path) -> tupl
 
 def _from_music_json(source: Path, video_dir: Path) -> tuple[list[SourceItem], list[Problem]]:
     """MUSIC JSON ``{"videos": {"flute": [ytid, …], …}}``: label = instrument, whole videos."""
-    try:
-        data = json.loads(source.read_text())
-        videos = data["videos"]
-        if not isinstance(videos, dict):
-            raise TypeError("'videos' is not an object")
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise SourceError(f"{source}: not a MUSIC JSON ({exc!r}); expected {{\"videos\": {{label: [ytid, …]}}}}") from None
+    data = read_json(source, "MUSIC JSON")
+    videos = data.get("videos") if isinstance(data, dict) else None
+    if not isinstance(videos, dict):
+        raise ClipsonicError(f"{source}: not a MUSIC JSON; expected {{\"videos\": {{label: [ytid, …]}}}}")
     index = _index_videos(video_dir)
     items, problems = [], []
     for label in sorted(videos):
@@ -178,19 +153,19 @@ def _from_music_json(source: Path, video_dir: Path) -> tuple[list[SourceItem], l
 
 
 def _read_jsonl(source: Path) -> list[dict]:
-    rows = []
+    """A manifest's rows (a line that is not a JSON object becomes ``{"__bad__": where}``)."""
     try:
         lines = source.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise SourceError(f"{source}: cannot read ({exc})") from None
+        raise ClipsonicError(f"{source}: cannot read ({exc})") from None
+    rows = []
     for line_no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        rows.append(row if isinstance(row, dict) else {"__bad__": f"{source}:{line_no}"})
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            rows.append(row if isinstance(row, dict) else {"__bad__": f"{source}:{line_no}"})
     return rows
 
 
@@ -217,9 +192,8 @@ def _from_manifest_rows(source: Path, rows: list[dict], video_dir) -> tuple[list
         key = path.relative_to(base).as_posix() if path.is_relative_to(base) else path.as_posix()
         if start is not None:
             key += f"@{start:.3f}"
-        items.append(SourceItem(path, key=key, start=start, duration=duration,
-                                label=(str(row.get("label")).strip() or None) if row.get("label") is not None else None,
-                                split=(str(row.get("split")).strip() or None) if row.get("split") is not None else None))
+        label, split = ((str(row[k]).strip() or None) if row.get(k) is not None else None for k in ("label", "split"))
+        items.append(SourceItem(path, key=key, start=start, duration=duration, label=label, split=split))
     return items, problems
 
 

@@ -8,12 +8,13 @@
 
 from clipsonic.diffusion.config import DiffusionConfig
 from clipsonic.diffusion.gaussian_diffusion import GaussianDiffusion
-from clipsonic.diffusion.guidance import Denoiser, guide, guided_denoiser
+from clipsonic.diffusion.guidance import DEFAULT_GUIDANCE_SCALE, Denoiser, guide, guided_denoiser
 from clipsonic.diffusion.respace import respace, space_timesteps
 from clipsonic.diffusion.samplers import SAMPLERS, SPACING
 from clipsonic.diffusion.schedule import Schedule
 
 __all__ = [
+    "DEFAULT_GUIDANCE_SCALE",
     "SAMPLERS",
     "SPACING",
     "Denoiser",

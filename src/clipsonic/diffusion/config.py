@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from clipsonic.config import Config
-
-SCHEDULES = ("cosine", "linear")
-PREDICTIONS = ("epsilon", "v", "x0")
-LOSSES = ("hybrid", "simple")
-GUIDANCE_FORMULAS = ("cfg", "cfg-plus-one")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,16 +16,16 @@ class DiffusionConfig(Config):
     num_timesteps: int = 4000
     # "cosine": alpha_bar(t) = f(t)/f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2), beta <= 0.999.
     # "linear": Ho et al.'s 1e-4 .. 0.02, scaled by 1000/T as improved-diffusion does.
-    schedule: str = "cosine"
+    schedule: Literal["cosine", "linear"] = "cosine"
     # s keeps beta_0 from vanishing (0.008 in the paper: sqrt(beta_0) is about one 8-bit bin).
     cosine_s: float = 0.008
     # The network outputs [eps, v] with v in [-1, 1] interpolating log beta~_t .. log beta_t.
     learn_sigma: bool = True
     # What the first C output channels mean. "epsilon" is the paper's; "v" (Salimans & Ho 2022)
-    # learned about twice as fast for CPU-sized models (REFERENCE.md, "Learning speed").
-    prediction: str = "epsilon"
+    # learned much faster for CPU-sized models (docs/benchmarks.md, "Objective on a CPU").
+    prediction: Literal["epsilon", "v", "x0"] = "epsilon"
     # "hybrid": L_simple + lambda L_vlb (the variance learns from L_vlb only); "simple": MSE only.
-    loss: str = "hybrid"
+    loss: Literal["hybrid", "simple"] = "hybrid"
     # lambda for T = 1000; as in improved-diffusion the per-step VLB term is scaled by T, i.e.
     # loss = mse + vlb_weight * T * L_t (the VLB is a sum over T steps; we sample one).
     vlb_weight: float = 0.001
@@ -39,13 +35,9 @@ class DiffusionConfig(Config):
     min_snr_gamma: float | None = None
     # "cfg":          eps = eps_u + w (eps_c - eps_u)  (w = 0 unconditional, w = 1 conditional)
     # "cfg-plus-one": eps = eps_c + w (eps_c - eps_u)  (w = 0 conditional; Imagen/GLIDE style)
-    guidance_formula: str = "cfg"
+    guidance_formula: Literal["cfg", "cfg-plus-one"] = "cfg"
 
     def __post_init__(self) -> None:
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_choice("prediction", self.prediction, PREDICTIONS)
-        _check_choice("loss", self.loss, LOSSES)
-        _check_choice("guidance_formula", self.guidance_formula, GUIDANCE_FORMULAS)
         if not isinstance(self.num_timesteps, int) or self.num_timesteps < 2:
             raise ValueError(f"num_timesteps must be an integer >= 2, got {self.num_timesteps!r}")
         if not self.cosine_s > 0:
@@ -61,8 +53,3 @@ class DiffusionConfig(Config):
                 "loss='hybrid' needs learn_sigma=True (its VLB term trains only the variance); "
                 "use loss='simple' with learn_sigma=False"
             )
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

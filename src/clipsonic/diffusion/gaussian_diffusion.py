@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from clipsonic.diffusion import posterior as P
 from clipsonic.diffusion.config import DiffusionConfig
-from clipsonic.diffusion.guidance import guided_denoiser
+from clipsonic.diffusion.guidance import DEFAULT_GUIDANCE_SCALE, guided_denoiser
 from clipsonic.diffusion.losses import (
     discretized_gaussian_log_likelihood,
     mean_flat,
@@ -143,7 +143,7 @@ class GaussianDiffusion:
         *,
         sampler: str = "ddpm",
         steps: int = 1000,
-        guidance_scale: float = 1.5,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         generator: torch.Generator | None = None,
         eta: float = 0.0,
         clip_denoised: bool = True,
@@ -174,7 +174,7 @@ class GaussianDiffusion:
         # 2. The chain and the guided network
         schedule = self.respaced(steps, SPACING[sampler])
         denoise = guided_denoiser(
-            model, cond, scale=guidance_scale, formula=c.guidance_formula, prediction=c.prediction,
+            model, cond, guidance_scale=guidance_scale, formula=c.guidance_formula, prediction=c.prediction,
             schedule=self.schedule, learn_sigma=c.learn_sigma,
         )
         # 3. Initial noise x_T ~ N(0, I)

@@ -27,3 +27,15 @@ def rand(shape, generator: torch.Generator | None, device: torch.device) -> Tens
 def randint(high: int, shape, generator: torch.Generator | None, device: torch.device) -> Tensor:
     """Uniform integers in [0, high) of ``shape`` on ``device`` (int64)."""
     return torch.randint(0, high, shape, generator=generator, device=_source(generator, device)).to(device)
+
+
+def randn_per_row(shape, generators, device: torch.device | str = "cpu") -> Tensor:
+    """Standard normal ``[B, *shape[1:]]`` where row i comes from ``generators[i]`` alone (None: global RNG).
+
+    A sample then depends only on its own seed, so a batch gives what the same queries give one at a
+    time (diffusers' ``randn_tensor`` with a list of generators).
+    """
+    if generators is None:
+        return torch.randn(tuple(shape)).to(device)
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=g.device) for g in generators]).to(device)
+

@@ -2,7 +2,7 @@
 
     sampler(denoise, x_T, schedule, *, generator, eta, clip_denoised, progress) -> x_0
 
-``denoise(x_t, t)`` returns (eps [B, C, H, W], variance v or None) for ORIGINAL step t (guidance
+``denoise(x_t, t)`` returns (x_0 estimate [B, C, H, W], variance v or None) for ORIGINAL step t (guidance
 already applied, see guidance.py); ``schedule`` is the (respaced) chain of K steps whose
 ``timesteps`` are the original steps; a sampler makes K calls, from index K-1 down to 0, and the
 last one maps to x_0 (alpha_bar_{-1} = 1). ``progress(i, K)`` is called after step i of K.
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from clipsonic.diffusion.guidance import Denoiser
-from clipsonic.diffusion.posterior import p_mean_variance, x0_from_eps
+from clipsonic.diffusion.posterior import p_mean_variance
 from clipsonic.diffusion.rng import randn
 from clipsonic.diffusion.schedule import Schedule
 
@@ -34,7 +34,7 @@ def _steps(schedule: Schedule, progress: Progress):
 
 
 def ddpm_step(
-    schedule: Schedule, i: int, x: Tensor, eps: Tensor, var_values: Tensor | None, noise: Tensor,
+    schedule: Schedule, i: int, x: Tensor, x0: Tensor, var_values: Tensor | None, noise: Tensor,
     clip_denoised: bool,
 ) -> Tensor:
     """x_{i-1} ~ p(x_{i-1} | x_i) = N(mu~(x_i, x0_hat), sigma_i^2) (Ho et al. 2020, Algorithm 2).
@@ -42,7 +42,7 @@ def ddpm_step(
     sigma_i^2 is the learned range of Nichol & Dhariwal (2021) between beta~'_i and beta'_i of the
     respaced chain, or beta~'_i when var_values is None. No noise is added at i = 0.
     """
-    out = p_mean_variance(schedule, x, i, x0_from_eps(schedule, x, i, eps), var_values, clip_denoised)
+    out = p_mean_variance(schedule, x, i, x0, var_values, clip_denoised)
     if i == 0:
         return out["mean"]
     return out["mean"] + torch.exp(0.5 * out["log_variance"]) * noise
@@ -55,25 +55,24 @@ def ddpm(
     """Ancestral sampling with the learned variance (Ho et al. 2020, Algorithm 2; Nichol & Dhariwal
     2021, section 3.1 and 4 for the learned range and respacing). ``eta`` is unused."""
     for i, t in _steps(schedule, progress):
-        eps, var_values = denoise(x, t)
+        x0, var_values = denoise(x, t)
         noise = randn(x.shape, generator, x.device, x.dtype) if i > 0 else torch.zeros_like(x)
-        x = ddpm_step(schedule, i, x, eps, var_values, noise, clip_denoised)
+        x = ddpm_step(schedule, i, x, x0, var_values, noise, clip_denoised)
     return x
 
 
 def ddim_step(
-    abar: float, abar_prev: float, x: Tensor, eps: Tensor, *, eta: float, noise: Tensor | None, clip_denoised: bool
+    abar: float, abar_prev: float, x: Tensor, x0: Tensor, *, eta: float, noise: Tensor | None, clip_denoised: bool
 ) -> Tensor:
     """One DDIM step (Song et al. 2021, eq. 12), from alpha_bar = ``abar`` to ``abar_prev``.
 
-    x0 = (x - sqrt(1 - abar) eps)/sqrt(abar), clamped when ``clip_denoised`` and eps re-derived from it
+    x0 is clamped when ``clip_denoised`` and eps = (x - sqrt(abar) x0)/sqrt(1 - abar) derived from it
     (as improved-diffusion's ddim_sample); sigma = eta sqrt((1 - abar_prev)/(1 - abar)) sqrt(1 - abar/abar_prev);
     x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma noise.
     """
-    x0 = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
     if clip_denoised:
         x0 = x0.clamp(-1, 1)
-        eps = (x - math.sqrt(abar) * x0) / math.sqrt(1 - abar)
+    eps = (x - math.sqrt(abar) * x0) / math.sqrt(1 - abar)
     sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar)) * math.sqrt(1 - abar / abar_prev)
     x_prev = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
     if sigma > 0:
@@ -91,9 +90,9 @@ def ddim(
     eta = 0, DDPM-like for eta = 1. Uses eps only; the variance channel is ignored."""
     abar, abar_prev = schedule.alphas_cumprod.tolist(), schedule.alphas_cumprod_prev.tolist()
     for i, t in _steps(schedule, progress):
-        eps, _ = denoise(x, t)
+        x0, _ = denoise(x, t)
         noise = randn(x.shape, generator, x.device, x.dtype) if eta > 0 and i > 0 else None
-        x = ddim_step(abar[i], abar_prev[i], x, eps, eta=eta, noise=noise, clip_denoised=clip_denoised)
+        x = ddim_step(abar[i], abar_prev[i], x, x0, eta=eta, noise=noise, clip_denoised=clip_denoised)
     return x
 
 
@@ -129,12 +128,11 @@ def dpmpp_2m(
     Equals diffusers' DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)
     on the same timesteps (SPACING["dpmpp-2m"] is its default grid), final sigma 0, with x0
     clamped when ``clip_denoised`` (its thresholding at sample_max_value 1). Deterministic:
-    ``generator`` and ``eta`` are unused; eps only."""
+    ``generator`` and ``eta`` are unused; the variance channel is ignored."""
     abar, abar_prev = schedule.alphas_cumprod.tolist(), schedule.alphas_cumprod_prev.tolist()
     x0_prev, h_prev = None, None
     for i, t in _steps(schedule, progress):
-        eps, _ = denoise(x, t)
-        x0 = x0_from_eps(schedule, x, i, eps)
+        x0, _ = denoise(x, t)
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
         x, h_prev = dpmpp_2m_step(x, x0, x0_prev, h_prev, abar[i], abar_prev[i])

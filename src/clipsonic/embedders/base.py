@@ -1,8 +1,7 @@
 """The one interface every audio embedder implements, and the waveform checks they share.
 
-An embedder turns a mono waveform into embedding frames ``[frames, D]`` (VGGish: one per 0.96 s;
-CLAP: one per clip). FAD pools the frames of all files; CLAP score pairs a text embedding with
-the clip's audio embedding. Inputs at any sample rate are resampled to the embedder's own.
+An embedder turns a mono waveform, at any sample rate (resampled to its own), into embedding frames
+``[frames, D]`` (VGGish: one per 0.96 s; CLAP: one per clip).
 """
 
 from __future__ import annotations
@@ -10,16 +9,14 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import soxr
+import torch
+from safetensors.torch import load_file
 
 from clipsonic.errors import ClipsonicError
-
-
-class EmbedderError(ClipsonicError):
-    """An embedder cannot be loaded (missing package or weights) or cannot embed an input."""
 
 
 class AudioEmbedder(abc.ABC):
@@ -35,31 +32,20 @@ class AudioEmbedder(abc.ABC):
     comparable: bool = True
     #: one line for reports: what it is, and what its numbers can be compared with
     description: str = ""
-
-    @property
-    def cache_id(self) -> str:
-        """Names the embedder *and its weights*: cached embeddings are reused only under the same id."""
-        return self.name
+    #: names the embedder *and its weights*: cached embeddings are reused only under the same id
+    cache_id: str = ""
 
     def embed(self, wav: np.ndarray, sample_rate: int) -> np.ndarray:
         """Embedding frames ``[frames, D]`` (float32) of a mono waveform ``[samples]``."""
         x = prepare_waveform(wav, sample_rate, self.sample_rate, what=self.name)
         out = np.asarray(self._embed(x), dtype=np.float32)
         if out.ndim != 2 or out.shape[1] != self.dim:
-            raise EmbedderError(f"{self.name} returned shape {out.shape}, expected [frames, {self.dim}]")
+            raise ClipsonicError(f"{self.name} returned shape {out.shape}, expected [frames, {self.dim}]")
         return out
 
     @abc.abstractmethod
     def _embed(self, wav: np.ndarray) -> np.ndarray:
         """``wav``: float32 ``[samples]`` at :attr:`sample_rate`, finite. Returns ``[frames, D]``."""
-
-
-class TextAudioEmbedder(AudioEmbedder):
-    """A joint text–audio space (CLAP): also embeds texts, for the CLAP score."""
-
-    @abc.abstractmethod
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """``[B, D]`` text embeddings."""
 
 
 def prepare_waveform(wav: np.ndarray, sample_rate: int, target_rate: int, what: str = "embedder") -> np.ndarray:
@@ -68,23 +54,18 @@ def prepare_waveform(wav: np.ndarray, sample_rate: int, target_rate: int, what: 
     if x.ndim == 2 and 1 in x.shape:
         x = x.reshape(-1)
     if x.ndim != 1:
-        raise EmbedderError(f"{what}: expected mono audio [samples], got shape {x.shape}")
+        raise ClipsonicError(f"{what}: expected mono audio [samples], got shape {x.shape}")
     if x.size == 0:
-        raise EmbedderError(f"{what}: empty audio")
+        raise ClipsonicError(f"{what}: empty audio")
     if not np.all(np.isfinite(x)):
-        raise EmbedderError(f"{what}: audio contains NaN or infinity ({int((~np.isfinite(x)).sum())} samples)")
+        raise ClipsonicError(f"{what}: audio contains NaN or infinity ({int((~np.isfinite(x)).sum())} samples)")
     if sample_rate != target_rate:
-        import soxr
-
         x = soxr.resample(x, sample_rate, target_rate, quality="HQ").astype(np.float32)
     return x
 
 
 def quick_fingerprint(path: str | os.PathLike) -> str:
-    """First 12 hex digits of SHA-256 over a file's size and its first and last 4 MiB.
-
-    Cheap for checkpoints of hundreds of MB; used only to key caches, not for security.
-    """
+    """First 12 hex digits of SHA-256 over a file's size and its first and last 4 MiB (a cache key only)."""
     path = Path(path)
     size = path.stat().st_size
     h = hashlib.sha256(str(size).encode())
@@ -106,13 +87,27 @@ def default_weights_dir() -> Path:
 
 
 def resolve_weights(path: str | os.PathLike | None, default_name: str, what: str, how_to_get: str) -> Path:
-    """The weights file to load: ``path`` if given, else ``default_weights_dir()/default_name``.
-
-    Raises :class:`EmbedderError` naming the file that is missing and how to get it.
-    """
+    """``path`` (a file, or a folder holding ``default_name``), else ``default_weights_dir()/default_name``."""
     candidate = Path(path).expanduser() if path is not None else default_weights_dir() / default_name
     if candidate.is_dir():
         candidate = candidate / default_name
     if not candidate.is_file():
-        raise EmbedderError(f"{what} weights not found: {candidate} does not exist. {how_to_get}")
+        raise ClipsonicError(f"{what} weights not found: {candidate} does not exist. {how_to_get}")
     return candidate
+
+
+def read_state_dict(path: str | os.PathLike, how_to_get: str = "") -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors from ``.safetensors`` or a ``.pt``/``.pth`` read with ``weights_only=True`` (no
+    code runs), unwrapped from a ``state_dict``/``model`` entry and DistributedDataParallel's ``module.`` prefix."""
+    if str(path).endswith(".safetensors"):
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ClipsonicError(f"{path} could not be read as a tensors-only checkpoint ({exc}). {how_to_get}") from None
+    for key in ("state_dict", "model"):
+        state = state[key] if isinstance(state, dict) and key in state else state
+    if not isinstance(state, dict) or not state:
+        raise ClipsonicError(f"{path} holds no state dict. {how_to_get}")
+    return {k.removeprefix("module."): v for k, v in state.items()}

@@ -1,16 +1,9 @@
 """LAION-CLAP (Wu et al. 2023) audio and text towers, for the CLAP score (and CLAP-space FAD).
 
-Behind the optional ``laion-clap`` package, imported only when used. Audio is resampled to
-48 kHz and cropped or padded *deterministically* to 10 s (480 000 samples) before it reaches the
-model, so the package's random crop never fires: longer audio keeps its first 10 s; shorter
-audio is repeated whole and zero-padded (the package's own "repeatpad", so the model sees what
-it saw in training). One 512-d embedding per clip.
-
-Weights come from a local checkpoint (``--clap-weights``): ``630k-audioset-best.pt`` is the common
-choice (HTSAT-tiny, no fusion); files with "fusion" in their name enable feature fusion. It is
-read with ``torch.load(weights_only=True)`` (tensors only) or from a ``.safetensors`` file. The
-package also builds its text tower from the ``roberta-base`` config and tokenizer, which must be
-in the local Hugging Face cache when offline.
+Needs the optional ``laion-clap`` package, a local checkpoint (``630k-audioset-best.pt``; "fusion" in the
+file name enables feature fusion) and ``roberta-base`` in the HF cache. Audio is resampled to 48 kHz and cut
+to 10 s deterministically (its first 10 s, or laion-clap's own "repeatpad"), so the package's random crop
+never fires. One 512-d embedding per clip.
 """
 
 from __future__ import annotations
@@ -19,18 +12,18 @@ import importlib
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from clipsonic.embedders.base import (
-    EmbedderError,
-    TextAudioEmbedder,
+    AudioEmbedder,
     quick_fingerprint,
+    read_state_dict,
     resolve_weights,
 )
+from clipsonic.errors import ClipsonicError
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +45,12 @@ HOW_TO_GET = (
 
 
 def crop_or_pad(wav: np.ndarray, length: int = CLIP_SAMPLES) -> np.ndarray:
-    """Deterministic fixed length: the first ``length`` samples, or whole repeats then zeros.
-
-    ``[samples]`` → ``[length]``. Repeat-padding mirrors laion-clap's "repeatpad": ``length // n``
-    whole copies of the ``n``-sample clip, then zeros.
-    """
+    """``[samples]`` → ``[length]``: the first ``length`` samples, or (laion-clap's "repeatpad")
+    ``length // n`` whole copies of the ``n``-sample clip, then zeros."""
     wav = np.asarray(wav, dtype=np.float32)
     n = len(wav)
     if n == 0:
-        raise EmbedderError("CLAP: empty audio")
+        raise ClipsonicError("CLAP: empty audio")
     if n >= length:
         return wav[:length].copy()
     repeated = np.tile(wav, length // n)
@@ -71,36 +61,15 @@ def import_laion_clap() -> Any:
     try:
         return importlib.import_module("laion_clap")
     except ImportError as exc:
-        raise EmbedderError(f"{INSTALL_HINT} (import failed: {exc})") from None
+        raise ClipsonicError(f"{INSTALL_HINT} (import failed: {exc})") from None
 
 
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """A CLAP state dict from ``.safetensors`` or a ``.pt`` of tensors (never unpickles code)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+class ClapEmbedder(AudioEmbedder):
+    """A joint text–audio space: also embeds texts (``embed_texts``), for the CLAP score."""
 
-        state: Any = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise EmbedderError(
-                f"{path} could not be read as a tensors-only checkpoint ({exc}); "
-                "is it a LAION-CLAP .pt file?"
-            ) from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not state:
-        raise EmbedderError(f"{path} holds no state dict")
-    # trained with DistributedDataParallel: strip its "module." prefix
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
-
-
-class ClapEmbedder(TextAudioEmbedder):
     name = "clap"
     sample_rate = SAMPLE_RATE
     dim = 512
-    comparable = True
     description = "LAION-CLAP (512-d per clip, 48 kHz, deterministic 10-s crop/pad)"
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device | None = None,
@@ -112,27 +81,22 @@ class ClapEmbedder(TextAudioEmbedder):
         try:
             module = laion_clap.CLAP_Module(enable_fusion=fusion, device=device, amodel=amodel)
         except OSError as exc:  # transformers could not find roberta-base offline
-            raise EmbedderError(f"LAION-CLAP could not build its text tower ({exc}). {HOW_TO_GET}") from None
-        state = read_checkpoint(path)
+            raise ClipsonicError(f"LAION-CLAP could not build its text tower ({exc}). {HOW_TO_GET}") from None
+        state = read_state_dict(path, HOW_TO_GET)
         own = module.model.state_dict()
         # newer transformers keep position_ids as a buffer outside the state dict
         state = {k: v for k, v in state.items() if k in own}
         missing = sorted(set(own) - set(state) - {k for k in own if k.endswith("position_ids")})
         if missing:
-            raise EmbedderError(
+            raise ClipsonicError(
                 f"{path} does not fit LAION-CLAP {amodel} (fusion={fusion}): missing {missing[:3]}…; "
-                "pass the checkpoint that matches (\"fusion\" in the name for fusion models)"
-            )
+                "pass the checkpoint that matches (\"fusion\" in the name for fusion models)")
         module.model.load_state_dict(state, strict=False)
         module.model.eval()
         self.module = module
         self.batch_size = batch_size
         self.weights_path = path
-        self._id = f"clap-{amodel}{'-fusion' if fusion else ''}-{quick_fingerprint(path)}"
-
-    @property
-    def cache_id(self) -> str:
-        return self._id
+        self.cache_id = f"clap-{amodel}{'-fusion' if fusion else ''}-{quick_fingerprint(path)}"
 
     @torch.no_grad()
     def _embed(self, wav: np.ndarray) -> np.ndarray:

@@ -1,13 +1,8 @@
 """PANNs CNN14 (Kong et al. 2020): 2048-d per clip at 32 kHz, the FAD backbone of AudioLDM-style papers.
 
-The network is defined here with the module names of the released ``Cnn14_mAP=0.431.pth``
-(``bn0``, ``conv_block1..6``, ``fc1``, ``fc_audioset``), loaded from a local file: that ``.pth``
-(read with ``torch.load(weights_only=True)``: tensors only) or a ``.safetensors`` of its
-``model`` state dict. Front end as the original (torchlibrosa): STFT with n_fft 1024, hop 320,
-periodic Hann window, centred with reflect padding → power → Slaney mel (64 bands, 50–14000 Hz)
-→ 10·log10(max(mel, 1e-10)). The STFT/mel weights of the checkpoint are fixed functions and are
-recomputed here, not loaded. The embedding is ``relu(fc1(pooled))``, the 2048-d layer before the
-AudioSet classifier.
+Module names as the released ``Cnn14_mAP=0.431.pth``. Front end as torchlibrosa (recomputed, not loaded):
+centred STFT (n_fft 1024, hop 320, periodic Hann) → power → Slaney mel (64 bands, 50–14000 Hz) →
+10·log10(max(mel, 1e-10)). The embedding is ``relu(fc1(pooled))``, the layer before the AudioSet classifier.
 """
 
 from __future__ import annotations
@@ -22,10 +17,11 @@ from torch import nn
 
 from clipsonic.embedders.base import (
     AudioEmbedder,
-    EmbedderError,
     quick_fingerprint,
+    read_state_dict,
     resolve_weights,
 )
+from clipsonic.errors import ClipsonicError
 
 SAMPLE_RATE = 32000
 N_FFT = 1024
@@ -43,7 +39,7 @@ _CHANNELS = (64, 128, 256, 512, 1024, 2048)
 @functools.lru_cache(maxsize=1)
 def mel_basis() -> np.ndarray:
     """``[64, 513]`` Slaney mel filterbank (librosa defaults, as torchlibrosa builds it)."""
-    import librosa
+    import librosa  # ~3 s to import (numba): only when PANNs is used
 
     return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX)
 
@@ -95,22 +91,12 @@ class Cnn14(nn.Module):
 
 
 def load_cnn14_state(path) -> dict[str, torch.Tensor]:
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise EmbedderError(f"{path} could not be read as a tensors-only checkpoint ({exc}). {HOW_TO_GET}") from None
-    if isinstance(state, dict) and "model" in state:
-        state = state["model"]
+    state = read_state_dict(path, HOW_TO_GET)
     with torch.device("meta"):
         own = Cnn14().state_dict()
     missing = sorted(set(own) - set(state))
     if missing:
-        raise EmbedderError(f"{path} is not a PANNs CNN14 checkpoint: missing {missing[:3]}. {HOW_TO_GET}")
+        raise ClipsonicError(f"{path} is not a PANNs CNN14 checkpoint: missing {missing[:3]}. {HOW_TO_GET}")
     return {k: state[k].float() if state[k].is_floating_point() else state[k] for k in own}
 
 
@@ -118,7 +104,6 @@ class PannsEmbedder(AudioEmbedder):
     name = "panns"
     sample_rate = SAMPLE_RATE
     dim = 2048
-    comparable = True
     description = "PANNs CNN14 (2048-d per clip, 32 kHz; the FAD backbone of AudioLDM-style evaluations)"
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device | None = None):
@@ -129,11 +114,7 @@ class PannsEmbedder(AudioEmbedder):
         model.load_state_dict(state, assign=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
-        self._id = f"panns-cnn14-{quick_fingerprint(path)}"
-
-    @property
-    def cache_id(self) -> str:
-        return self._id
+        self.cache_id = f"panns-cnn14-{quick_fingerprint(path)}"
 
     @torch.no_grad()
     def _embed(self, wav: np.ndarray) -> np.ndarray:

@@ -1,20 +1,14 @@
 """VGGish (Hershey et al. 2017), the classic FAD backbone: 128-d per 0.96 s of 16 kHz audio.
 
-The network is defined here (a small VGG; the architecture is public) and loads a local
-safetensors file whose keys follow torchvggish's state dict (``features.N.*``, ``embeddings.N.*``):
+Defined here; loads a local safetensors file with torchvggish's keys (``features.N.*``, ``embeddings.N.*``):
 
     features:   conv64 · pool · conv128 · pool · conv256 · conv256 · pool · conv512 · conv512 · pool
                 (3×3 convolutions, stride 1, "same" padding, ReLU; 2×2 max-pools)  [B, 1, 96, 64] → [B, 512, 6, 4]
     flatten in TensorFlow's NHWC order (the weights were trained in TF)          → [B, 12288]
     embeddings: fc 4096 · ReLU · fc 4096 · ReLU · fc 128                          → [B, 128]
 
-The embedding is the last fully connected layer *without* ReLU, as the TF definition and
-Google's FAD code use it (torchvggish appends a ReLU; ``final_relu=True`` reproduces that). The
-PCA/quantisation post-processing of the AudioSet release is not applied (FAD uses raw embeddings).
-
-Getting the weights (once, online): download torchvggish's ``vggish-10086976.pth`` from the
-harritaylor/torchvggish GitHub releases and convert it with
-``python -m clipsonic.embedders.vggish vggish-10086976.pth vggish.safetensors``.
+The embedding has no final ReLU, as in the TF definition and Google's FAD code (torchvggish adds one:
+``final_relu=True``); no AudioSet PCA/quantisation. Weights: see :data:`HOW_TO_GET`.
 """
 
 from __future__ import annotations
@@ -26,15 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from clipsonic.embedders import vggish_input
 from clipsonic.embedders.base import (
     AudioEmbedder,
-    EmbedderError,
     quick_fingerprint,
+    read_state_dict,
     resolve_weights,
 )
+from clipsonic.errors import ClipsonicError
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +72,17 @@ class VGGish(nn.Module):
 
 def load_vggish_state(path: Path) -> dict[str, torch.Tensor]:
     """Read and check a converted VGGish state dict (safetensors); names the missing keys."""
-    from safetensors.torch import load_file
-
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise EmbedderError(f"{path} is not a readable safetensors file ({exc}). {HOW_TO_GET}") from None
+        raise ClipsonicError(f"{path} is not a readable safetensors file ({exc}). {HOW_TO_GET}") from None
     expected = _shapes()
     missing = sorted(set(expected) - set(state))
     if missing:
-        raise EmbedderError(f"{path} is not a VGGish state dict: missing {missing[:4]}{'…' if len(missing) > 4 else ''}. {HOW_TO_GET}")
+        raise ClipsonicError(f"{path} is not a VGGish state dict: missing {missing[:4]}{'…' if len(missing) > 4 else ''}. {HOW_TO_GET}")
     for key, shape in expected.items():
         if tuple(state[key].shape) != shape:
-            raise EmbedderError(f"{path}: {key} has shape {tuple(state[key].shape)}, VGGish needs {shape}")
+            raise ClipsonicError(f"{path}: {key} has shape {tuple(state[key].shape)}, VGGish needs {shape}")
     return {k: state[k].float() for k in expected}
 
 
@@ -111,7 +105,6 @@ class VGGishEmbedder(AudioEmbedder):
     name = "vggish"
     sample_rate = vggish_input.SAMPLE_RATE
     dim = 128
-    comparable = True
     description = "VGGish (128-d per 0.96 s, 16 kHz; the classic FAD backbone, as in the paper's Table 1)"
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device | None = None,
@@ -125,11 +118,7 @@ class VGGishEmbedder(AudioEmbedder):
         self.model.load_state_dict(state, assign=True)
         self.model.eval().to(self.device)
         self.batch_size = batch_size
-        self._id = f"vggish{'-relu' if final_relu else ''}-{quick_fingerprint(path)}"
-
-    @property
-    def cache_id(self) -> str:
-        return self._id
+        self.cache_id = f"vggish{'-relu' if final_relu else ''}-{quick_fingerprint(path)}"
 
     @torch.no_grad()
     def _embed(self, wav: np.ndarray) -> np.ndarray:
@@ -140,19 +129,12 @@ class VGGishEmbedder(AudioEmbedder):
 
 
 def convert_torchvggish(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Convert torchvggish's ``vggish-10086976.pth`` (a plain state dict) to safetensors.
-
-    Loaded with ``torch.load(weights_only=True)``: tensors only, no code runs.
-    """
-    from safetensors.torch import save_file
-
-    state = torch.load(src, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    """Convert torchvggish's ``vggish-10086976.pth`` (a plain state dict; tensors only, no code runs) to safetensors."""
+    state = read_state_dict(src, HOW_TO_GET)
     keys = set(_shapes())
     missing = sorted(keys - set(state))
     if missing:
-        raise EmbedderError(f"{src} does not hold VGGish weights (missing {missing[:4]})")
+        raise ClipsonicError(f"{src} does not hold VGGish weights (missing {missing[:4]})")
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: state[k].contiguous().float() for k in sorted(keys)}, str(dst))
@@ -166,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         out = convert_torchvggish(args[0], args[1])
-    except (EmbedderError, OSError) as exc:
+    except (ClipsonicError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
+from typing import Literal
 
+from clipsonic.bridges import TEXT_MODES
 from clipsonic.config import Config
+from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE
 
 #: every query mode the evaluation knows; IQ needs no label, the others query with the label text
-ALL_MODES = ("iq", "zs", "pd", "shift", "knn")
-TEXT_MODES = ("zs", "pd", "shift", "knn")
+Mode = Literal["iq", "zs", "pd", "shift", "knn"]
+ALL_MODES = typing.get_args(Mode)  # == bridges.MODES
+__all__ = ["ALL_MODES", "TEXT_MODES", "EvalConfig", "Mode"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,9 +21,9 @@ class EvalConfig(Config):
     """Table 1 and the guidance figure of the paper, on any model and test split."""
 
     # Query modes to generate with; empty: every mode the model supports (pd needs a prior).
-    modes: tuple[str, ...] = ()
-    # The guidance scale of the table (the paper's best FAD was at w = 1.5).
-    guidance: float = 1.5
+    modes: tuple[Mode, ...] = ()
+    # The guidance scale w of the table (the paper's best FAD).
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     # Extra guidance scales for the sweep figure (the table's w is always included).
     sweep: tuple[float, ...] = ()
     # Sampling steps and sampler; None: the pipeline's defaults.
@@ -28,7 +33,7 @@ class EvalConfig(Config):
     num_clips: int | None = None
     split: str = "test"
     # FAD backbone: "vggish" as the paper; "mel-stats" only checks plumbing.
-    embedder: str = "vggish"
+    embedder: Literal["mel-stats", "vggish", "panns", "clap"] = "vggish"
     embedder_weights: str | None = None
     # LAION-CLAP checkpoint for the CLAP score; None: no CLAP column (unless embedder is "clap").
     clap_weights: str | None = None
@@ -41,17 +46,11 @@ class EvalConfig(Config):
     # JSON file {label: [caption, …]}: text modes query clip i with captions[label][i % n] instead
     # of text_template (labels it lacks keep the template); the CLAP text stays clap_template.
     captions: str | None = None
-    # Audio classifier for the relevance column (fraction of clips it labels as their label), e.g.
-    # "sonicworld"; None: no relevance. It only scores, so it never regenerates audio.
-    classifier: str | None = None
     # Clips per pipeline call.
     batch_size: int = 8
     device: str | None = None
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.modes if m not in ALL_MODES]
-        if unknown:
-            raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(ALL_MODES)}")
         for name in ("text_template", "clap_template"):
             if "{label}" not in getattr(self, name):
                 raise ValueError(f"{name} {getattr(self, name)!r} must contain {{label}}")
@@ -63,4 +62,4 @@ class EvalConfig(Config):
     @property
     def guidance_scales(self) -> tuple[float, ...]:
         """Every w to generate at, ascending, the table's included."""
-        return tuple(sorted({float(self.guidance), *map(float, self.sweep)}))
+        return tuple(sorted({float(self.guidance_scale), *map(float, self.sweep)}))

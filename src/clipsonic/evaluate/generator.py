@@ -1,8 +1,8 @@
-"""What the evaluation asks of a model, and its implementation on :class:`CLIPSonicPipeline`.
+"""The model under evaluation: a :class:`CLIPSonicPipeline` run through its one ``__call__``.
 
-The evaluation needs four things: the query modes a model supports, audio for a batch of clips in
-one mode at one guidance scale with one seed per clip, the vocoder's reconstruction of real mels,
-and a description of every setting that shapes the audio (to key the caches).
+IQ conditions on the clip's stored middle-frame CLIP embedding (``image_embeds``: what preprocess
+computed from the original frame, not a re-encoded jpg); the reconstruction row is the pipeline's
+vocoder on the real mels.
 """
 
 from __future__ import annotations
@@ -11,40 +11,24 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
+import torch
 
 from clipsonic.data.dataset import DatasetInfo
+from clipsonic.diffusion import SAMPLERS
+from clipsonic.embedders.base import quick_fingerprint
+from clipsonic.errors import ClipsonicError
 from clipsonic.evaluate.config import EvalConfig
 from clipsonic.evaluate.testset import EvalClip
+from clipsonic.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, CLIPSonicPipeline
 
-
-class Generator(Protocol):
-    sample_rate: int
-    modes: tuple[str, ...]
-
-    def check_dataset(self, info: DatasetInfo) -> None:
-        """Raise when the dataset's mel config or CLIP model differs from the model's."""
-
-    def generate(self, mode: str, clips: Sequence[EvalClip], queries: Sequence[str | None], guidance: float,
-                 seeds: Sequence[int]) -> list[np.ndarray]:
-        """One waveform ``[samples]`` per clip: IQ from ``clip.image_embedding``, text modes from ``queries``."""
-
-    def reconstruct(self, logmels: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """The vocoder's waveform for each real log-mel ``[n_mels, frames]``."""
-
-    def settings(self) -> dict[str, Any]:
-        """Everything that shapes generated audio besides mode, w and seed (model fingerprint, steps, …)."""
-
-    def describe(self) -> dict[str, Any]:
-        """For the report: path, vocoder, supported modes, …"""
+IQ_CONDITION = "stored middle-frame CLIP embedding (clip.npy row K // 2)"
 
 
 def model_fingerprint(model_dir: str | os.PathLike) -> str:
-    """SHA-256 (first 16 hex) over ``model_index.json``, every component config and weights file's quick print."""
-    from clipsonic.embedders.base import quick_fingerprint
-
+    """SHA-256 (first 16 hex) over every JSON file of a pipeline and a quick print of its weights."""
     root = Path(model_dir)
     h = hashlib.sha256()
     for path in sorted(root.rglob("*")):
@@ -54,7 +38,54 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
-def load_generator(model_dir: str | os.PathLike, config: EvalConfig) -> Generator:
-    from clipsonic.evaluate.pipeline_generator import PipelineGenerator
+class PipelineGenerator:
+    """What the evaluation asks of a model: its modes, audio per (mode, w, seeds), the vocoder's
+    reconstruction of real mels, and every setting that shapes the audio (to key the caches)."""
 
-    return PipelineGenerator(model_dir, config)
+    def __init__(self, model_dir: str | os.PathLike, config: EvalConfig):
+        self.model_dir = Path(model_dir)
+        self.pipe = CLIPSonicPipeline.from_pretrained(self.model_dir, device=config.device)
+        self.steps = config.steps or DEFAULT_STEPS
+        self.sampler = config.sampler or DEFAULT_SAMPLER
+        if self.sampler not in SAMPLERS:  # refused before any audio is made, not after the reference sets
+            raise ClipsonicError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(sorted(SAMPLERS))}")
+        if not 1 <= self.steps <= self.pipe.diffusion.num_timesteps:
+            raise ClipsonicError(f"--steps must be in 1..{self.pipe.diffusion.num_timesteps}, got {self.steps}")
+        self.sample_rate = int(self.pipe.sample_rate)
+        self.modes = tuple(self.pipe.modes)
+        self.seconds: float | None = None
+        self.fingerprint = model_fingerprint(self.model_dir)
+        self.vocoder = "griffin-lim (fallback)" if self.pipe.vocoder_is_fallback else type(self.pipe.vocoder).__name__
+
+    def check_dataset(self, info: DatasetInfo) -> None:
+        """Refuse a dataset with another mel config or CLIP; generate as long as its clips (FAD compares like with like)."""
+        info.check_compatible(self.pipe.mel, clip_dim=self.pipe.clip.dim, clip_model=self.pipe.clip.fingerprint,
+                              what=f"the model {self.model_dir}")
+        self.seconds = info.mel.clip_samples / info.mel.sample_rate
+
+    def generate(self, mode: str, clips: Sequence[EvalClip], queries: Sequence[str | None], guidance: float,
+                 seeds: Sequence[int]) -> list[np.ndarray]:
+        """One waveform ``[samples]`` per clip: IQ from ``clip.image_embedding``, text modes from ``queries``."""
+        query = ({"image_embeds": np.stack([c.image_embedding for c in clips])} if mode == "iq"
+                 else {"text": list(queries)})
+        out = self.pipe(mode=mode, guidance_scale=float(guidance), num_inference_steps=self.steps,
+                        sampler=self.sampler, seed=list(seeds), seconds=self.seconds, **query)
+        return [np.asarray(a, dtype=np.float32) for a in out.audios]
+
+    @torch.no_grad()
+    def reconstruct(self, logmels: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The vocoder's waveform for each real log-mel ``[n_mels, frames]``."""
+        vocoder = self.pipe.vocoder
+        batch = torch.from_numpy(np.stack(logmels).astype(np.float32)).to(vocoder.device)  # [B, n_mels, F]
+        return [np.asarray(a, dtype=np.float32) for a in vocoder(batch).float().cpu().numpy()]
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that shapes generated audio besides mode, w and seed."""
+        return {"model": self.fingerprint, "steps": self.steps, "sampler": self.sampler, "seconds": self.seconds,
+                "vocoder": self.vocoder, "iq_condition": IQ_CONDITION}
+
+    def describe(self) -> dict[str, Any]:
+        """For the report."""
+        return {"path": str(self.model_dir), "fingerprint": self.fingerprint, "modes": list(self.modes),
+                "clip": self.pipe.clip.describe(), "vocoder": self.vocoder, "iq_condition": IQ_CONDITION,
+                "steps": self.steps, "sampler": self.sampler, "training": self.pipe.training}

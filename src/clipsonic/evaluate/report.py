@@ -6,11 +6,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from clipsonic.files import write_json_atomic
+from clipsonic.files import write_bytes_atomic, write_json_atomic
 
 RESULTS_FORMAT = "clipsonic-evaluation"
 MODE_TITLES = {
@@ -56,7 +55,7 @@ class Evaluation:
 
     def table_rows(self) -> list[SetResult]:
         """Modes at the table's w (in ALL_MODES order), then reconstruction, then reference."""
-        w = float(self.config["guidance"])
+        w = float(self.config["guidance_scale"])
         order = list(MODE_TITLES)
         rows = [s for s in self.sets if s.guidance is None or math.isclose(s.guidance, w)]
         return sorted(rows, key=lambda s: order.index(s.mode))
@@ -69,13 +68,21 @@ class Evaluation:
                 by_mode.setdefault(s.mode, []).append(s)
         return {m: sorted(v, key=lambda s: s.guidance) for m, v in by_mode.items() if len(v) > 1}
 
+    def problems(self) -> dict[str, list[str]]:
+        """Each problem once, with the names of the sets that have it."""
+        found: dict[str, list[str]] = {}
+        for s in self.sets:
+            for p in s.problems:
+                found.setdefault(p, []).append(s.name)
+        return found
+
 
 def _fmt(value: float | None, digits: int) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
 def format_markdown(ev: Evaluation) -> str:
-    w = float(ev.config["guidance"])
+    w = float(ev.config["guidance_scale"])
     lines = [
         "# CLIPSonic evaluation",
         "",
@@ -108,11 +115,7 @@ def format_markdown(ev: Evaluation) -> str:
             cells = {s.guidance: f"{_fmt(s.fad, 2)} / {_fmt(s.clap, 3)}"
                      + (f" / {_fmt(s.relevance, 3)}" if judged else "") for s in sets}
             lines.append(f"| {mode} | " + " | ".join(cells.get(g, "") for g in scales) + " |")
-    problems: dict[str, list[str]] = {}  # the same problem in many sets: one line naming them
-    for s in ev.sets:
-        for p in s.problems:
-            problems.setdefault(p, []).append(s.name)
-    notes = list(ev.notes) + [f"{', '.join(names)}: {p}" for p, names in problems.items()]
+    notes = list(ev.notes) + [f"{', '.join(names)}: {p}" for p, names in ev.problems().items()]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -123,7 +126,7 @@ def plot_sweep(ev: Evaluation, path: str | os.PathLike) -> Path | None:
     sweep = ev.sweep()
     if not sweep:
         return None
-    import matplotlib
+    import matplotlib  # heavy: loaded only to draw
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -168,22 +171,17 @@ def _clean(value: Any) -> Any:
 def write_report(ev: Evaluation, out: str | os.PathLike) -> list[Path]:
     """Write the three report files under ``out``; returns the paths written."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", _clean({
-        "format": RESULTS_FORMAT, "version": 1,
+        "format": RESULTS_FORMAT, "version": 2,
         "config": ev.config, "model": ev.model, "dataset": ev.dataset,
         "embedder": ev.embedder, "clap": ev.clap, "classifier": ev.classifier, "notes": ev.notes,
         "table": [s.name for s in ev.table_rows()],
         "sets": [dataclasses.asdict(s) for s in ev.sets],
     }))
-    (out / "results.md").write_text(format_markdown(ev))
+    write_bytes_atomic(out / "results.md", format_markdown(ev).encode())
     written = [out / "results.json", out / "results.md"]
     plot = plot_sweep(ev, out / "guidance_sweep.png")
     if plot is not None:
         written.append(plot)
     return written
 
-
-def set_names(modes: Sequence[str], scales: Sequence[float]) -> list[tuple[str, str, float]]:
-    """``(name, mode, w)`` of every generated set, e.g. ``("pd/w1.5", "pd", 1.5)``."""
-    return [(f"{m}/w{g:g}", m, float(g)) for m in modes for g in scales]

@@ -1,23 +1,37 @@
-"""The evaluation clips: a dataset split's keys, labels, frame embeddings, mels and real audio.
+"""The evaluation clips (a split's keys, labels, frame embeddings, mels, real audio) and their text queries.
 
 For each clip, IQ conditions on the CLIP embedding of its middle stored frame (row ``K // 2`` of
-``clip.npy``, the frame preprocess also saves as jpg); the text modes query with its label; the
-real audio (the sample's ``flac``) is the FAD reference set and its log-mel is what the vocoder
-reconstructs for the upper-bound row.
+``clip.npy``, the frame preprocess also saves as jpg); the text modes query with its label through
+a template, or with a caption of its label; the real audio (the sample's ``flac``) is the FAD
+reference set and its log-mel is what the vocoder reconstructs for the upper-bound row.
+
+Captions per label: a JSON file ``{label: [caption, …]}``; text modes query clip i with
+``captions[label][i % n]``. ``i`` is the clip's position in the split (the index that also seeds
+it), so a clip keeps its caption (and its cached audio stays valid) whatever ``--num-clips`` picks.
+Beware of aliasing: when the split interleaves classes (clip i has class i % C) and the number of
+captions shares a factor with C, a label's clips see only some of its captions.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
+import hashlib
 import json
 import logging
+import os
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from clipsonic.data.dataset import DatasetError, DatasetInfo
+from clipsonic.data.dataset import DatasetInfo
+from clipsonic.data.loader import decode_flac, decode_npy, iter_raw_samples
+from clipsonic.errors import ClipsonicError
+from clipsonic.files import read_json
 
 log = logging.getLogger(__name__)
+
+Captions = Mapping[str, Sequence[str]]
+_SHAPE = 'a JSON object mapping each label to a non-empty list of caption strings, e.g. {"dog": ["a dog barks"]}'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,53 +53,68 @@ def pick_indices(total: int, count: int | None) -> list[int]:
     if count is None or count >= total:
         return list(range(total))
     if count < 1:
-        raise DatasetError("--num-clips must be at least 1")
+        raise ClipsonicError("--num-clips must be at least 1")
     return sorted({int(round(x)) for x in np.linspace(0, total - 1, count)})
-
-
-def _decode_audio(payload: bytes, key: str, sample_rate: int) -> np.ndarray:
-    import soundfile
-
-    try:
-        wav, rate = soundfile.read(io.BytesIO(payload), dtype="float32", always_2d=False)
-    except (RuntimeError, ValueError) as exc:
-        raise DatasetError(f"sample {key!r}: its flac audio cannot be decoded ({exc})") from None
-    if wav.ndim == 2:
-        wav = wav.mean(axis=1)
-    if rate != sample_rate:
-        import soxr
-
-        wav = soxr.resample(wav, rate, sample_rate).astype(np.float32)
-    return wav
 
 
 def load_test_clips(info: DatasetInfo, split: str = "test", num_clips: int | None = None) -> list[EvalClip]:
     """Read ``num_clips`` clips (spread over the split, in shard order) with their audio if stored."""
-    import webdataset as wds
-
-    total = info.num_clips(split)
-    paths = [str(p) for p in info.shard_paths(split)]
+    paths, total = info.shard_paths(split), info.num_clips(split)
     if total == 0:
-        raise DatasetError(f"{info.root}: the '{split}' split is empty; re-run preprocess with --test-fraction")
+        raise ClipsonicError(f"{info.root}: the '{split}' split is empty; re-run preprocess with --test-fraction")
     wanted = set(pick_indices(total, num_clips))
     clips: list[EvalClip] = []
-    index = -1
-    for sample in wds.tariterators.tarfile_samples([{"url": p} for p in paths]):
-        index += 1
-        if index not in wanted:
+    samples = iter_raw_samples(paths, ("mel.npy", "clip.npy", "json"), optional=("flac",))
+    for index, sample in enumerate(samples):
+        if index not in wanted:  # read past, never decoded
             continue
         key = sample["__key__"]
-        try:
-            logmel = np.load(io.BytesIO(sample["mel.npy"]), allow_pickle=False).astype(np.float32)
-            frames = np.load(io.BytesIO(sample["clip.npy"]), allow_pickle=False).astype(np.float32)
-            meta = json.loads(sample["json"])
-        except KeyError as exc:
-            raise DatasetError(f"sample {key!r} has no {exc.args[0]}; re-run preprocess") from None
-        audio = _decode_audio(sample["flac"], key, info.mel.sample_rate) if "flac" in sample else None
-        label = meta.get("label")
-        clips.append(EvalClip(key, str(label) if label not in (None, "") else None,
-                              frames[frames.shape[0] // 2], logmel, audio, index))
+        frames = decode_npy(sample["clip.npy"]).astype(np.float32)  # [K, D]
+        label = json.loads(sample["json"]).get("label")
+        audio = decode_flac(sample["flac"], info.mel.sample_rate, key) if "flac" in sample else None
+        clips.append(EvalClip(key, str(label) if label not in (None, "") else None, frames[frames.shape[0] // 2],
+                              decode_npy(sample["mel.npy"]).astype(np.float32), audio, index))
     if not clips:
-        raise DatasetError(f"{info.root}: no samples read from the '{split}' split")
+        raise ClipsonicError(f"{info.root}: no samples read from the '{split}' split")
     log.info("evaluation set: %d of %d '%s' clips", len(clips), total, split)
     return clips
+
+
+def load_captions(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Read and check a captions file; every problem is one line naming the file and the fix."""
+    try:
+        data = read_json(path, "captions file")
+    except ClipsonicError as exc:
+        raise ClipsonicError(f"{exc}; pass --captions a file holding {_SHAPE}") from None
+    if not isinstance(data, dict):
+        raise ClipsonicError(f"captions file {path} holds a JSON {type(data).__name__}; it must hold {_SHAPE}")
+    for label, captions in data.items():
+        if not (isinstance(captions, list) and captions and all(isinstance(c, str) and c.strip() for c in captions)):
+            raise ClipsonicError(f"captions file {path}: the entry of label {label!r} is {json.dumps(captions)[:60]}; "
+                                 f"the file must hold {_SHAPE}")
+    return data
+
+
+def captions_digest(captions: Captions) -> str:
+    """SHA-256 (first 16 hex) of the captions' content: the cache key of audio generated from them."""
+    text = json.dumps({k: list(v) for k, v in captions.items()}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def text_query(clip: EvalClip, template: str, captions: Captions | None) -> str:
+    """The text query of a labelled clip: its label's caption ``clip.index % n``, else the template."""
+    options = captions.get(clip.label) if captions else None
+    if options:
+        return options[clip.index % len(options)]
+    return template.format(label=clip.label)
+
+
+def uncaptioned_note(clips: Sequence[EvalClip], captions: Captions, path: str) -> str | None:
+    """A note naming the labels of the split that the captions file does not cover (they use the template)."""
+    missing = sorted({c.label for c in clips if c.label and not captions.get(c.label)})
+    if not missing:
+        return None
+    count = sum(c.label in missing for c in clips)
+    shown = ", ".join(repr(m) for m in missing[:5]) + (", …" if len(missing) > 5 else "")
+    return (f"{count} clip(s) with label(s) {shown} have no captions in {path}: "
+            "their text modes query with text_template")

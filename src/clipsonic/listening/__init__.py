@@ -4,8 +4,8 @@
 the CSVs listeners send back into MOS per system and criterion (fidelity, relevance).
 """
 
-from clipsonic.listening.make import ListeningTestError, make_listening_test, read_key
+from clipsonic.listening.make import make_listening_test, read_key
 from clipsonic.listening.score import MosResult, format_table, mean_ci, score_answers, write_results
 
-__all__ = ["ListeningTestError", "MosResult", "format_table", "make_listening_test", "mean_ci",
-           "read_key", "score_answers", "write_results"]
+__all__ = ["MosResult", "format_table", "make_listening_test", "mean_ci", "read_key", "score_answers",
+           "write_results"]

@@ -15,18 +15,22 @@ systems become trials; every listener rates every trial, in an order shuffled pe
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import random
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from clipsonic.errors import ClipsonicError
-from clipsonic.files import write_bytes_atomic, write_json_atomic
+from clipsonic.files import (
+    atomic_directory,
+    read_versioned_json,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from clipsonic.listening.page import render_page
 
 log = logging.getLogger(__name__)
@@ -37,50 +41,40 @@ KEY_FILE = "key.json"
 KEY_FORMAT = "clipsonic-listening-key"
 
 
-class ListeningTestError(ClipsonicError):
-    """A listening test cannot be built or scored (bad systems, foreign answers, malformed CSV)."""
+def write_manifest(folder: Path, entries: Sequence[dict[str, str]]) -> None:
+    """``manifest.jsonl``: one ``{"file", "item", "query"}`` per audio file of a system folder."""
+    text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
+    write_bytes_atomic(folder / MANIFEST, text.encode("utf-8"))
 
 
-@dataclasses.dataclass(frozen=True)
-class Stimulus:
-    """One audio file of one system: the ``item`` it answers and the ``query`` shown to listeners."""
-
-    system: str
-    item: str
-    query: str
-    path: Path
-
-
-def read_system(name: str, folder: str | os.PathLike) -> dict[str, Stimulus]:
-    """Stimuli of one system by item id, from ``manifest.jsonl`` or ``<stem>.txt`` sidecars."""
+def read_system(name: str, folder: str | os.PathLike) -> dict[str, tuple[str, Path]]:
+    """``{item: (query, audio file)}`` of one system, from ``manifest.jsonl`` or ``<stem>.txt`` sidecars."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ListeningTestError(f"system {name!r}: {folder} is not a folder of audio files")
+        raise ClipsonicError(f"system {name!r}: {folder} is not a folder of audio files")
     manifest = folder / MANIFEST
-    stimuli: dict[str, Stimulus] = {}
+    stimuli: dict[str, tuple[str, Path]] = {}
     if manifest.is_file():
         for number, line in enumerate(manifest.read_text().splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 entry = json.loads(line)
-                stim = Stimulus(name, str(entry["item"]), str(entry["query"]), folder / entry["file"])
+                item, query, path = str(entry["item"]), str(entry["query"]), folder / entry["file"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ListeningTestError(f"{manifest}:{number}: need {{\"file\", \"item\", \"query\"}} ({exc!r})") from None
-            if not stim.path.is_file():
-                raise ListeningTestError(f"{manifest}:{number}: {stim.path} does not exist")
-            stimuli[stim.item] = stim
+                raise ClipsonicError(f"{manifest}:{number}: need {{\"file\", \"item\", \"query\"}} ({exc!r})") from None
+            if not path.is_file():
+                raise ClipsonicError(f"{manifest}:{number}: {path} does not exist")
+            stimuli[item] = (query, path)
     else:
         for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES):
             sidecar = path.with_suffix(".txt")
             if not sidecar.is_file():
-                raise ListeningTestError(
-                    f"system {name!r}: no query for {path.name}; add {MANIFEST} "
-                    f"(lines of {{\"file\", \"item\", \"query\"}}) or {sidecar.name}"
-                )
-            stimuli[path.stem] = Stimulus(name, path.stem, sidecar.read_text().strip(), path)
+                raise ClipsonicError(f"system {name!r}: no query for {path.name}; add {MANIFEST} "
+                                     f"(lines of {{\"file\", \"item\", \"query\"}}) or {sidecar.name}")
+            stimuli[path.stem] = (sidecar.read_text().strip(), path)
     if not stimuli:
-        raise ListeningTestError(f"system {name!r}: no audio in {folder} ({', '.join(AUDIO_SUFFIXES)})")
+        raise ClipsonicError(f"system {name!r}: no audio in {folder} ({', '.join(AUDIO_SUFFIXES)})")
     return stimuli
 
 
@@ -94,63 +88,49 @@ def make_listening_test(systems: Mapping[str, str | os.PathLike], out: str | os.
         seed: fixes the item draw and the opaque file names.
     """
     if len(systems) < 1:
-        raise ListeningTestError("give at least one system (--systems NAME=DIR …)")
+        raise ClipsonicError("give at least one system (--systems NAME=DIR …)")
     by_system = {name: read_system(name, folder) for name, folder in systems.items()}
     items = sorted(set.intersection(*(set(s) for s in by_system.values())))
     for name, stimuli in by_system.items():
         if len(stimuli) > len(items):
             log.warning("system %r: %d item(s) not shared by every system are left out", name, len(stimuli) - len(items))
     if not items:
-        raise ListeningTestError("the systems share no item: their manifests' item ids must match")
+        raise ClipsonicError("the systems share no item: their manifests' item ids must match")
     rng = random.Random(seed)
     if num_items is not None:
         if num_items < 1:
-            raise ListeningTestError("--items must be at least 1")
+            raise ClipsonicError("--items must be at least 1")
         items = sorted(rng.sample(items, min(num_items, len(items))))
     out = Path(out)
-    page_dir = out / "page"
-    if page_dir.exists():
-        shutil.rmtree(page_dir)
-    (page_dir / "audio").mkdir(parents=True)
-
     test_id = uuid.UUID(int=rng.getrandbits(128), version=4).hex[:12]
     pairs = [(name, item) for item in items for name in by_system]
     rng.shuffle(pairs)  # trial ids and file names carry no trace of the system
     trials, key = [], {}
-    for number, (name, item) in enumerate(pairs):
-        stim = by_system[name][item]
-        trial_id = f"t{number:03d}"
-        audio_name = f"{rng.getrandbits(64):016x}{stim.path.suffix.lower()}"
-        shutil.copyfile(stim.path, page_dir / "audio" / audio_name)
-        trials.append({"id": trial_id, "audio": f"audio/{audio_name}", "query": stim.query})
-        key[trial_id] = {"system": name, "item": item, "query": stim.query, "source": str(stim.path)}
-    trials.sort(key=lambda t: t["id"])
-    page = render_page({"test_id": test_id, "title": title, "trials": trials})
-    write_bytes_atomic(page_dir / "index.html", page.encode("utf-8"))
+    with atomic_directory(out / "page") as page_dir:
+        (page_dir / "audio").mkdir()
+        for number, (name, item) in enumerate(pairs):
+            query, path = by_system[name][item]
+            trial_id = f"t{number:03d}"
+            audio_name = f"{rng.getrandbits(64):016x}{path.suffix.lower()}"
+            shutil.copyfile(path, page_dir / "audio" / audio_name)
+            trials.append({"id": trial_id, "audio": f"audio/{audio_name}", "query": query})
+            key[trial_id] = {"system": name, "item": item, "query": query, "source": str(path)}
+        trials.sort(key=lambda t: t["id"])
+        (page_dir / "index.html").write_text(render_page({"test_id": test_id, "title": title, "trials": trials}),
+                                             encoding="utf-8")
     write_json_atomic(out / KEY_FILE, {"format": KEY_FORMAT, "version": 1, "test_id": test_id, "title": title,
                                        "systems": list(by_system), "items": items, "trials": key})
-    (out / "README.txt").write_text(
+    write_bytes_atomic(out / "README.txt", (
         f"Listening test {test_id}: {len(trials)} trials ({len(by_system)} systems x {len(items)} items).\n"
         "Send listeners the page/ folder (zip it, or host it as static files); they open page/index.html,\n"
         "rate every trial and download their answers as CSV. key.json stays with you: it maps the\n"
         "opaque trial ids to systems. Score with:\n"
-        f"  clipsonic listening-test score answers-*.csv --test {out}\n"
-    )
-    log.info("listening test %s: %d trials written to %s", test_id, len(trials), page_dir)
-    return page_dir / "index.html"
+        f"  clipsonic listening-test score answers-*.csv --test {out}\n").encode())
+    log.info("listening test %s: %d trials written to %s", test_id, len(trials), out / "page")
+    return out / "page" / "index.html"
 
 
 def read_key(test_dir: str | os.PathLike) -> dict:
     """The ``key.json`` of a test folder (or the file itself)."""
     path = Path(test_dir)
-    if path.is_dir():
-        path = path / KEY_FILE
-    try:
-        key = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ListeningTestError(f"{path} not found: pass --test with the folder `listening-test make` wrote") from None
-    except json.JSONDecodeError as exc:
-        raise ListeningTestError(f"{path} is not valid JSON ({exc})") from None
-    if key.get("format") != KEY_FORMAT:
-        raise ListeningTestError(f"{path} is not a listening-test key (format {key.get('format')!r})")
-    return key
+    return read_versioned_json(path / KEY_FILE if path.is_dir() else path, KEY_FORMAT, 1)

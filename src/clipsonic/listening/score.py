@@ -15,15 +15,16 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from clipsonic.files import write_json_atomic
-from clipsonic.listening.make import ListeningTestError, read_key
+from scipy import stats
+
+from clipsonic.errors import ClipsonicError
+from clipsonic.files import write_bytes_atomic, write_json_atomic
+from clipsonic.listening.make import read_key
 from clipsonic.listening.page import CRITERIA, CSV_COLUMNS
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
     """``(mean, half-width)`` of the Student-t confidence interval; half-width is NaN for n < 2."""
-    from scipy import stats
-
     n = len(values)
     if n == 0:
         return float("nan"), float("nan")
@@ -50,30 +51,28 @@ def read_answers(path: str | os.PathLike, test_id: str) -> list[dict[str, str]]:
         with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except FileNotFoundError:
-        raise ListeningTestError(f"{path} not found") from None
+        raise ClipsonicError(f"{path} not found") from None
     if not rows:
-        raise ListeningTestError(f"{path} holds no answers")
+        raise ClipsonicError(f"{path} holds no answers")
     missing = [c for c in CSV_COLUMNS if c not in rows[0]]
     if missing:
-        raise ListeningTestError(f"{path} is not a listening-test answers CSV (missing columns {missing})")
+        raise ClipsonicError(f"{path} is not a listening-test answers CSV (missing columns {missing})")
     foreign = {r["test_id"] for r in rows} - {test_id}
     if foreign:
-        raise ListeningTestError(
-            f"{path} holds answers to test {', '.join(sorted(foreign))}, not to test {test_id}: "
-            "score it with the key of the test it came from"
-        )
+        raise ClipsonicError(f"{path} holds answers to test {', '.join(sorted(foreign))}, not to test {test_id}: "
+                             "score it with the key of the test it came from")
     for number, row in enumerate(rows, 2):
         for criterion in CRITERIA:
             value = row[criterion].strip()
             if value and value not in {"1", "2", "3", "4", "5"}:
-                raise ListeningTestError(f"{path}:{number}: {criterion} rating {value!r} is not 1–5")
+                raise ClipsonicError(f"{path}:{number}: {criterion} rating {value!r} is not 1–5")
     return rows
 
 
 def score_answers(answer_files: Sequence[str | os.PathLike], test_dir: str | os.PathLike) -> list[MosResult]:
     """MOS ± 95% CI for every (system, criterion) from the answers of all listeners."""
     if not answer_files:
-        raise ListeningTestError("give at least one answers CSV")
+        raise ClipsonicError("give at least one answers CSV")
     key = read_key(test_dir)
     trials = key["trials"]
     ratings: dict[tuple[str, str], list[float]] = {(s, c): [] for s in key["systems"] for c in CRITERIA}
@@ -82,13 +81,11 @@ def score_answers(answer_files: Sequence[str | os.PathLike], test_dir: str | os.
         for row in read_answers(file, key["test_id"]):
             trial = trials.get(row["trial_id"])
             if trial is None:
-                raise ListeningTestError(f"{file}: trial {row['trial_id']!r} is not in test {key['test_id']}")
+                raise ClipsonicError(f"{file}: trial {row['trial_id']!r} is not in test {key['test_id']}")
             who = (row["listener"], row["trial_id"])
             if who in seen:
-                raise ListeningTestError(
-                    f"listener {row['listener']!r} answered trial {row['trial_id']} in both {seen[who]} and {file}: "
-                    "pass each answers file once"
-                )
+                raise ClipsonicError(f"listener {row['listener']!r} answered trial {row['trial_id']} in both "
+                                     f"{seen[who]} and {file}: pass each answers file once")
             seen[who] = Path(file)
             for criterion in CRITERIA:
                 if row[criterion].strip():
@@ -119,10 +116,9 @@ def format_table(results: Sequence[MosResult]) -> str:
 def write_results(results: Sequence[MosResult], out: str | os.PathLike, test_id: str) -> tuple[Path, Path]:
     """``mos.md`` (the table) and ``mos.json`` (every number) under ``out``."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "mos.md").write_text(f"MOS ± 95% CI (Student t), listening test {test_id}\n\n" + format_table(results))
+    write_bytes_atomic(out / "mos.md", f"MOS ± 95% CI (Student t), listening test {test_id}\n\n{format_table(results)}".encode())
     write_json_atomic(out / "mos.json", {
-        "test_id": test_id,
+        "format": "clipsonic-listening-mos", "version": 1, "test_id": test_id,
         "results": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
                      for k, v in dataclasses.asdict(r).items()} for r in results],
     })

@@ -133,6 +133,8 @@ def load_audio(
     sample_rate: int = 16000,
     start: float | None = None,
     duration: float | None = None,
+    *,
+    pad_end: bool = False,
 ) -> np.ndarray:
     """Decode a file's (best) audio track to float32 mono ``[samples]`` at ``sample_rate``.
 
@@ -142,7 +144,8 @@ def load_audio(
     segment is exactly a slice of the whole decode.
     With ``duration``, exactly ``round(duration * sample_rate)`` samples come back; a segment
     running up to :data:`END_TOLERANCE_S` past the end of the track is zero-padded, one running
-    further is a :class:`MediaError`. Without it, everything from ``start`` to the end.
+    further is a :class:`MediaError` (with ``pad_end``, zero-padded too). Without it, everything
+    from ``start`` to the end.
     Starts beyond :data:`AUDIO_SEEK_MIN_S` seek; Matroska/WebM keep millisecond timestamps, so
     there a seek may place the sound up to 1 ms off (elsewhere seeking changes nothing).
     """
@@ -162,7 +165,7 @@ def load_audio(
     audio, first, end = decoded
     if end is not None and start >= end:
         raise MediaError(f"{path}: start {start:.3f} s is at or beyond the end of the audio ({end:.3f} s)")
-    if end is not None and duration is not None and hi > end + END_TOLERANCE_S:
+    if end is not None and duration is not None and hi > end + END_TOLERANCE_S and not pad_end:
         raise MediaError(
             f"{path}: segment {start:.3f}-{hi:.3f} s runs past the end of the audio ({end:.3f} s); "
             "ask for a shorter duration"
@@ -170,7 +173,7 @@ def load_audio(
     wanted = round(float(duration) * rate) if duration is not None else round(end * rate) - round(start * rate)
     offset = round(start * rate) - first
     out = audio[offset:offset + wanted]
-    if len(out) < wanted:  # the track ends within the tolerance
+    if len(out) < wanted:  # the track ends within the tolerance, or pad_end
         out = np.concatenate([out, np.zeros(wanted - len(out), np.float32)])
     return np.ascontiguousarray(out, dtype=np.float32)
 

@@ -2,20 +2,12 @@
 
 from clipsonic.models.unet import (
     CONFIG_NAME,
+    FRAME_BLOCK,
     UNET_PRESETS,
     WEIGHTS_NAME,
-    MelShapeError,
     MelUNet,
     MelUNetConfig,
-    ModelLoadError,
+    check_frames,
 )
 
-__all__ = [
-    "CONFIG_NAME",
-    "UNET_PRESETS",
-    "WEIGHTS_NAME",
-    "MelShapeError",
-    "MelUNet",
-    "MelUNetConfig",
-    "ModelLoadError",
-]
+__all__ = ["CONFIG_NAME", "FRAME_BLOCK", "UNET_PRESETS", "WEIGHTS_NAME", "MelUNet", "MelUNetConfig", "check_frames"]

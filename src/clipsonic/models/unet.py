@@ -1,24 +1,15 @@
 """The mel diffusion network: a UNet over ``[B, 1, 64, frames]`` log-mels conditioned on a CLIP vector.
 
-It knows nothing of diffusion (improved-diffusion's split): it maps a noisy mel, timestep indices
-and a CLIP embedding to ``[ε, v]`` (``learn_sigma``) or ``ε``; ``clipsonic.diffusion`` decides what
-those channels mean.
-
-Why our own UNet and not diffusers' ``UNet2DModel(class_embed_type="identity",
-resnet_time_scale_shift="scale_shift")``: that model does give AdaGN with an added condition, but
-(1) its ``attention_head_dim`` and ``norm_num_groups`` are single numbers for the whole network,
-so improved-diffusion's fixed 4 heads and narrow CPU presets cannot both be expressed; (2) it has
-no zero-init of the output conv or of the residual branches, no stem to halve the resolution, and
-needs our projection and null vector wrapped around it anyway; (3) most importantly, saved
-checkpoints would be keyed by diffusers' internal module names, which have been renamed between
-releases while we accept ``diffusers>=0.30``. The network below is improved-diffusion's (blocks in
-``layers.py``), readable in one sitting, with state-dict keys that only this package controls.
+It knows nothing of diffusion (improved-diffusion's split): it maps a noisy mel, timestep indices and
+a CLIP embedding to ``[ε, v]`` (``learn_sigma``) or ``ε``; ``clipsonic.diffusion`` gives them meaning.
+It is improved-diffusion's unet.py (blocks in ``layers.py``) rather than diffusers' ``UNet2DModel``:
+that one has one head count and group count for the whole network, no zero-init or patch stem, and
+state-dict keys diffusers has renamed between the releases we accept.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -26,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from clipsonic.config import Config, ConfigError
 from clipsonic.errors import ClipsonicError
-from clipsonic.files import write_json_atomic
 from clipsonic.models.layers import (
     AttentionBlock,
     Downsample,
@@ -46,14 +37,16 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# Mel frames come in blocks of this many: every preset halves the mel three times (a 2×2 patch
+# counts as one halving), so clips, generations and datasets are cut in whole blocks.
+FRAME_BLOCK = 8
 
 
-class ModelLoadError(ClipsonicError):
-    """A saved network directory is missing a file or its weights do not fit its config."""
-
-
-class MelShapeError(ClipsonicError, ValueError):
-    """An input tensor has a shape the network cannot process (wrong channels, frames, batch)."""
+def check_frames(frames: int, multiple: int = FRAME_BLOCK, what: str = "the UNet") -> None:
+    """Refuse a mel length the network cannot downsample: ``frames`` must be a positive multiple of ``multiple``."""
+    if frames < multiple or frames % multiple:
+        raise ClipsonicError(f"{what} needs mel frames in multiples of {multiple}, got {frames}: "
+                             f"crop or pad the mel to a multiple of {multiple} frames")
 
 
 @dataclass(frozen=True)
@@ -108,6 +101,10 @@ class MelUNetConfig(Config):
     def downsample_factor(self) -> int:
         """Mel bins and frames must be multiples of this (patching × 2^(levels − 1))."""
         return self.patch_size * 2 ** (len(self.channel_mult) - 1)
+
+    def check_frames(self, frames: int, what: str = "the UNet") -> None:
+        """:func:`check_frames` with this network's :attr:`downsample_factor`."""
+        check_frames(frames, self.downsample_factor, what)
 
     def heads_at(self, channels: int) -> int:
         return channels // self.head_channels if self.head_channels > 0 else self.num_heads
@@ -245,21 +242,20 @@ class MelUNet(nn.Module):
 
     def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, drop_cond: torch.Tensor | None) -> None:
         c, m = self.config, self.config.downsample_factor
-        if x.ndim != 4 or x.shape[1] != c.in_channels or x.shape[2] % m or x.shape[3] % m:
-            raise MelShapeError(
-                f"MelUNet expects x of shape [B, {c.in_channels}, bins, frames] with bins and frames "
-                f"multiples of {m}; got {list(x.shape)}: crop or pad the mel to a multiple of {m} frames"
-            )
+        if x.ndim != 4 or x.shape[1] != c.in_channels or x.shape[2] % m:
+            raise ClipsonicError(f"MelUNet expects x of shape [B, {c.in_channels}, bins, frames] with bins "
+                                 f"and frames multiples of {m}; got {list(x.shape)}")
+        c.check_frames(x.shape[3], f"MelUNet (x of shape {list(x.shape)})")
         b = x.shape[0]
         if t.shape != (b,):
-            raise MelShapeError(f"MelUNet expects t of shape [{b}] (one timestep per mel); got {list(t.shape)}")
+            raise ClipsonicError(f"MelUNet expects t of shape [{b}] (one timestep per mel); got {list(t.shape)}")
         if cond.shape != (b, c.cond_dim):
-            raise MelShapeError(
+            raise ClipsonicError(
                 f"MelUNet expects cond of shape [{b}, {c.cond_dim}]; got {list(cond.shape)} "
                 f"(a {cond.shape[-1]}-d CLIP embedding needs a model built with cond_dim={cond.shape[-1]})"
             )
         if drop_cond is not None and (drop_cond.shape != (b,) or drop_cond.dtype != torch.bool):
-            raise MelShapeError(f"MelUNet expects drop_cond as a bool tensor of shape [{b}]; got {drop_cond.dtype} {list(drop_cond.shape)}")
+            raise ClipsonicError(f"MelUNet expects drop_cond as a bool tensor of shape [{b}]; got {drop_cond.dtype} {list(drop_cond.shape)}")
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameters (all, or only those with ``requires_grad``)."""
@@ -279,38 +275,29 @@ class MelUNet(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` (no pickle) into ``directory``."""
-        from safetensors.torch import save_file
-
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(directory / CONFIG_NAME, self.config.to_dict())
+        self.config.save(directory / CONFIG_NAME)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "class": "MelUNet"})
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> MelUNet:
         """Load a directory written by :meth:`save_pretrained`; reads JSON and safetensors only."""
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
-                raise ModelLoadError(f"{directory}: no {path.name}; expected a folder written by MelUNet.save_pretrained")
-        try:
-            data = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelLoadError(f"{config_path}: not valid JSON ({exc})") from None
-        model = cls(MelUNetConfig.from_dict(data, source=str(config_path)))
+                raise ClipsonicError(f"{directory}: no {path.name}; expected a folder written by MelUNet.save_pretrained")
+        model = cls(MelUNetConfig.load(config_path))
         state = load_file(str(weights_path))  # safetensors: tensors only, nothing executed
         missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
         if missing or unexpected:
-            raise ModelLoadError(
+            raise ClipsonicError(
                 f"{weights_path}: weights do not fit {config_path.name} (missing {sorted(missing)[:5]}, "
                 f"unexpected {sorted(unexpected)[:5]}); the two files come from different models"
             )
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:  # shape mismatch
-            raise ModelLoadError(f"{weights_path}: weights do not fit {config_path.name}: {exc}") from None
+            raise ClipsonicError(f"{weights_path}: weights do not fit {config_path.name}: {exc}") from None
         return model.to(device)

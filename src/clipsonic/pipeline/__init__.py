@@ -3,24 +3,21 @@
 (checking and encoding queries, output length, seeds), ``loading.py`` (pipeline directories),
 ``outputs.py`` (writing audio, muxed videos and mel images)."""
 
-from clipsonic.pipeline.loading import PipelineLoadError
 from clipsonic.pipeline.pipeline import (
+    BUILTIN_DIR,
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
     CLIPSonicOutput,
     CLIPSonicPipeline,
-    PipelineError,
 )
-from clipsonic.pipeline.queries import MAX_SECONDS, VIDEO_POOLING, QueryError
+from clipsonic.pipeline.queries import MAX_SECONDS, VIDEO_POOLING
 
 __all__ = [
+    "BUILTIN_DIR",
     "DEFAULT_SAMPLER",
     "DEFAULT_STEPS",
     "MAX_SECONDS",
     "VIDEO_POOLING",
     "CLIPSonicOutput",
     "CLIPSonicPipeline",
-    "PipelineError",
-    "PipelineLoadError",
-    "QueryError",
 ]

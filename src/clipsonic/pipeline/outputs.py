@@ -1,11 +1,6 @@
-"""Writing a generation to disk: audio files, muxed video copies, mel images.
-
-A *target* is a file or a directory. ``out.wav`` / ``out.flac`` takes exactly one generated clip;
-a video file name (``out.mp4``, ``out.webm`` …) takes one clip generated from a video query and
-becomes a copy of that video with the new sound (video stream copied, not re-encoded). Anything
-else is a directory: row i is written as ``NNN-<query>.wav`` (plus ``NNN-<query>.<video ext>``
-for video queries, and ``.png`` mel images on request). Every file appears whole or not at all.
-For video queries the audio is cut to the video's exact duration.
+"""Writing a generation to disk. A *target* is ``out.wav``/``out.flac`` (one clip), a video file name (one
+clip of a video query: a copy of that video with the new sound) or a directory (``NNN-<query>.wav``, plus
+``.<video ext>`` for video queries and ``.png`` mels on request). Files appear whole or not at all.
 """
 
 from __future__ import annotations
@@ -17,18 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from clipsonic.errors import ClipsonicError
+from clipsonic.media import save_audio
+from clipsonic.mux import CONTAINERS, mux_audio
+from clipsonic.plotting import save_mel_image
 
 AUDIO_SUFFIXES = (".wav", ".flac")
-
-
-class OutputError(ClipsonicError):
-    """Generated audio cannot be written where asked."""
-
-
-def _video_suffixes() -> tuple[str, ...]:
-    from clipsonic.mux import CONTAINERS
-
-    return tuple(CONTAINERS)
 
 
 def target_kind(target: Path) -> str:
@@ -38,29 +26,29 @@ def target_kind(target: Path) -> str:
         return "dir"
     if suffix in AUDIO_SUFFIXES:
         return "audio"
-    if suffix in _video_suffixes():
+    if suffix in CONTAINERS:
         return "video"
-    raise OutputError(f"{target}: unknown output type {target.suffix!r}; use .wav, .flac, a video file "
-                      f"({', '.join(_video_suffixes())}) or a directory")
+    raise ClipsonicError(f"{target}: unknown output type {target.suffix!r}; use .wav, .flac, a video file "
+                         f"({', '.join(CONTAINERS)}) or a directory")
 
 
 def check_target(target: str | os.PathLike, rows: int, query_kind: str) -> Path:
-    """Refuse before generating: a single-file target for several rows, a video file for a non-video
-    query, or a place that cannot be written. Returns ``Path(target)``."""
+    """``Path(target)``, after refusing a one-file target for several rows, a video file for a non-video
+    query, or a place that cannot be written."""
     target = Path(target)
     kind = target_kind(target)
     if kind != "dir" and rows != 1:
-        raise OutputError(f"{rows} clips to write but -o {target} is one file; give a directory")
+        raise ClipsonicError(f"{rows} clips to write but -o {target} is one file; give a directory")
     if kind == "video" and query_kind != "video":
-        raise OutputError(f"-o {target} is a video file, but the query is {query_kind}, not a video; use .wav or a directory")
+        raise ClipsonicError(f"-o {target} is a video file, but the query is {query_kind}, not a video; use .wav or a directory")
     folder = target if kind == "dir" else target.parent
     existing = folder
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write to {folder}: {existing} is not a writable directory")
+        raise ClipsonicError(f"cannot write to {folder}: {existing} is not a writable directory")
     if target.exists() and kind != "dir" and not os.access(target, os.W_OK):
-        raise OutputError(f"cannot overwrite {target}: not writable")
+        raise ClipsonicError(f"cannot overwrite {target}: not writable")
     return target
 
 
@@ -71,13 +59,8 @@ def slug(text: str, limit: int = 40) -> str:
 
 def save_generation(output, target: str | os.PathLike, *, videos: list[str | os.PathLike] | None = None,
                     save_mel: bool = False, first_index: int = 0) -> list[Path]:
-    """Write the rows of a :class:`~clipsonic.pipeline.CLIPSonicOutput` to ``target``; returns the files.
-
-    ``videos``: the video of each row (video queries), for the muxed copies and the exact durations.
-    ``first_index``: number of the first row in directory names (batches of one prompt file).
-    """
-    from clipsonic.media import save_audio
-
+    """Write a :class:`~clipsonic.pipeline.CLIPSonicOutput`'s rows to ``target`` and return the files;
+    ``videos``: each row's video (video queries); ``first_index``: the first row's number in file names."""
     target = check_target(target, len(output.audios), "video" if videos else "other")
     kind = target_kind(target)
     written: list[Path] = []
@@ -88,8 +71,8 @@ def save_generation(output, target: str | os.PathLike, *, videos: list[str | os.
             stem = target / f"{first_index + i:03d}-{slug(output.queries[i])}"
             paths = [stem.with_suffix(".wav")]
             if videos:
-                paths.append(stem.with_suffix(Path(videos[i]).suffix.lower() if Path(videos[i]).suffix.lower()
-                                              in _video_suffixes() else ".mp4"))
+                suffix = Path(videos[i]).suffix.lower()
+                paths.append(stem.with_suffix(suffix if suffix in CONTAINERS else ".mp4"))
         else:
             stem, paths = target.with_suffix(""), [target]
         stem.parent.mkdir(parents=True, exist_ok=True)
@@ -97,23 +80,30 @@ def save_generation(output, target: str | os.PathLike, *, videos: list[str | os.
             if path.suffix.lower() in AUDIO_SUFFIXES:
                 save_audio(path, np.asarray(audio, dtype=np.float32), output.sample_rate)
             else:
-                from clipsonic.mux import mux_audio
-
                 mux_audio(videos[i], audio, output.sample_rate, path)
             written.append(path)
         if save_mel:
-            written.append(_save_mel(output.mels[i], output, stem.with_suffix(".png"), output.queries[i]))
+            save_mel_image(output.mels[i], output.mel_config, stem.with_suffix(".png"), title=output.queries[i])
+            written.append(stem.with_suffix(".png"))
     return written
 
 
-def _save_mel(logmel: np.ndarray, output, path: Path, title: str) -> Path:
-    from clipsonic.plotting import save_mel_image
-
-    mel = output.mel_config
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        save_mel_image(logmel, mel, tmp, title=title)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+def generate_files(pipe, query, target: str | os.PathLike, *, batch_size: int = 8, num_samples: int = 1,
+                   seed: int | None = None, save_mel: bool = False, progress=None, **call) -> list[Path]:
+    """Generate for a parsed query and write every row to ``target`` (the files, in row order). Row i uses
+    ``seed + i`` however texts are batched (images and videos go one per call); ``call`` goes to the pipeline."""
+    if batch_size < 1:
+        raise ClipsonicError(f"batch_size must be >= 1, got {batch_size}")
+    check_target(target, len(query) * num_samples, query.kind)
+    per_call = batch_size if query.kind == "text" else 1
+    starts = range(0, len(query), per_call)
+    written: list[Path] = []
+    for n, start in enumerate(starts):
+        items = query.items[start:start + per_call]
+        rows = len(items) * num_samples
+        seeds = None if seed is None else [seed + start * num_samples + i for i in range(rows)]
+        out = pipe(**{query.kind: items}, seed=seeds, num_samples=num_samples, **call,
+                   progress=progress and (lambda done, total, n=n: progress(n * total + done, len(starts) * total)))
+        videos = [items[i // num_samples] for i in range(rows)] if query.kind == "video" else None
+        written += save_generation(out, target, videos=videos, save_mel=save_mel, first_index=start * num_samples)
+    return written

@@ -39,28 +39,27 @@ from torch import nn
 
 from clipsonic import bridges
 from clipsonic.audio import MelConfig, denormalize
-from clipsonic.data.dataset import ClipModelRef
-from clipsonic.diffusion import SAMPLERS, DiffusionConfig, GaussianDiffusion
+from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, SAMPLERS, DiffusionConfig, GaussianDiffusion
+from clipsonic.diffusion.rng import randn_per_row
+from clipsonic.encoders import ClipModelRef
 from clipsonic.errors import ClipsonicError
 from clipsonic.pipeline import loading
 from clipsonic.pipeline.queries import (
     DEFAULT_VIDEO_FRAMES,
     MAX_SECONDS,
-    QueryError,
     encode_query,
     expand_seeds,
     parse_query,
     resolve_frames,
 )
+from clipsonic.vocoder import GriffinLimVocoder
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = 50
 DEFAULT_SAMPLER = "ddim"
-
-
-class PipelineError(ClipsonicError):
-    """The pipeline cannot do what was asked (a mode it lacks, bad settings)."""
+# The built-in SonicWorld model, shipped inside the package (clipsonic.builtin installs it).
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin" / "sonicworld"
 
 
 @dataclasses.dataclass
@@ -92,8 +91,6 @@ class _NegativeConditioned(nn.Module):
     def forward(self, x, t, cond, drop_cond=None):
         if drop_cond is None or not bool(drop_cond.any()):
             return self.model(x, t, cond, drop_cond)
-        if int(drop_cond.sum()) != self.negative.shape[0]:
-            raise PipelineError(f"{int(drop_cond.sum())} unconditional rows for {self.negative.shape[0]} negatives")
         cond = cond.clone()
         cond[drop_cond] = self.negative.to(cond.dtype)
         return self.model(x, t, cond, torch.zeros_like(drop_cond))
@@ -105,8 +102,6 @@ class CLIPSonicPipeline:
     def __init__(self, *, unet: nn.Module, diffusion: DiffusionConfig, encoder, mel: MelConfig, clip: ClipModelRef,
                  stats=None, prior=None, vocoder=None, training: dict[str, Any] | None = None,
                  dtype: torch.dtype | None = None) -> None:
-        from clipsonic.vocoder.griffinlim import GriffinLimVocoder
-
         self.unet = unet.eval().requires_grad_(False)
         self.diffusion = GaussianDiffusion(diffusion)
         self.encoder, self.mel, self.clip = encoder, mel, clip
@@ -123,7 +118,7 @@ class CLIPSonicPipeline:
                         dtype: torch.dtype | str | None = None, *, clip_model: str | None = None,
                         vocoder: str | os.PathLike | None = None, check_clip: bool = True) -> CLIPSonicPipeline:
         """Load a pipeline directory (see clipsonic.export for its layout); no ``path``: the built-in
-        SonicWorld model (:mod:`clipsonic.builtin`).
+        SonicWorld model (:data:`BUILTIN_DIR`).
 
         Args:
             device: default cuda when available, else cpu.
@@ -132,11 +127,10 @@ class CLIPSonicPipeline:
                 copy); its weights must be the same (fingerprint checked unless ``check_clip=False``).
             vocoder: a vocoder directory to use instead of the pipeline's, or "griffin-lim".
         """
-        if path is None:
-            from clipsonic.builtin import builtin_dir
-
-            path = builtin_dir()
-        return cls(**loading.load_components(path, device, dtype, clip_model=clip_model, vocoder=vocoder,
+        if path is None and not (BUILTIN_DIR / "model_index.json").is_file():
+            raise ClipsonicError(f"this clipsonic install has no built-in model ({BUILTIN_DIR} is missing); "
+                                 "pass a pipeline directory (--model DIR), or reinstall clipsonic")
+        return cls(**loading.load_components(path or BUILTIN_DIR, device, dtype, clip_model=clip_model, vocoder=vocoder,
                                              check_clip=check_clip))
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -193,21 +187,21 @@ class CLIPSonicPipeline:
                num_samples: int) -> str:
         mode = mode or self.default_mode(kind)
         if mode not in bridges.MODES:
-            raise PipelineError(f"unknown mode {mode!r}; choose one of {list(bridges.MODES)}")
+            raise ClipsonicError(f"unknown mode {mode!r}; choose one of {list(bridges.MODES)}")
         if (mode == "iq") != (kind != "text"):
-            raise PipelineError(f"mode {mode!r} does not take a {kind} query "
+            raise ClipsonicError(f"mode {mode!r} does not take a {kind} query "
                                 f"({'iq is for images and videos' if mode == 'iq' else 'text modes: ' + ', '.join(bridges.TEXT_MODES)})")
         if mode not in self.modes:
-            need = "a prior component (clipsonic prior attach)" if mode == "pd" else "the stats component (re-export the run)"
-            raise PipelineError(f"mode {mode!r} needs {need}; this pipeline can run {', '.join(self.modes)}")
+            need = "a prior component (clipsonic attach prior)" if mode == "pd" else "the stats component (re-export the run)"
+            raise ClipsonicError(f"mode {mode!r} needs {need}; this pipeline can run {', '.join(self.modes)}")
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or not guidance_scale >= 0:
-            raise PipelineError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+            raise ClipsonicError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.diffusion.num_timesteps:
-            raise PipelineError(f"num_inference_steps must be an integer in 1..{self.diffusion.num_timesteps}, got {steps!r}")
+            raise ClipsonicError(f"num_inference_steps must be an integer in 1..{self.diffusion.num_timesteps}, got {steps!r}")
         if sampler not in SAMPLERS:
-            raise PipelineError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+            raise ClipsonicError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise PipelineError(f"num_samples must be a positive integer, got {num_samples!r}")
+            raise ClipsonicError(f"num_samples must be a positive integer, got {num_samples!r}")
         return mode
 
     # --- generation ----------------------------------------------------------------------------
@@ -220,7 +214,7 @@ class CLIPSonicPipeline:
         image_embeds: torch.Tensor | np.ndarray | None = None,
         *,
         mode: str | None = None,
-        guidance_scale: float = 1.5,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         num_inference_steps: int = DEFAULT_STEPS,
         sampler: str = DEFAULT_SAMPLER,
         seed: int | Sequence[int] | None = None,
@@ -249,13 +243,13 @@ class CLIPSonicPipeline:
         query = parse_query(text, image, video, image_embeds)
         mode = self._check(query.kind, mode, guidance_scale, num_inference_steps, sampler, num_samples)
         if negative_text is not None and not (isinstance(negative_text, str) and negative_text.strip()):
-            raise QueryError("negative_text must be a non-empty string")
+            raise ClipsonicError("negative_text must be a non-empty string")
         if prior_steps is not None and (isinstance(prior_steps, bool) or not isinstance(prior_steps, int) or prior_steps < 1):
-            raise PipelineError(f"prior_steps must be a positive integer, got {prior_steps!r}")
+            raise ClipsonicError(f"prior_steps must be a positive integer, got {prior_steps!r}")
         if prior_guidance_scale is not None and not prior_guidance_scale >= 0:
-            raise PipelineError(f"prior_guidance_scale must be >= 0, got {prior_guidance_scale!r}")
+            raise ClipsonicError(f"prior_guidance_scale must be >= 0, got {prior_guidance_scale!r}")
         if isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1:
-            raise PipelineError(f"knn_k must be a positive integer, got {knn_k!r}")
+            raise ClipsonicError(f"knn_k must be a positive integer, got {knn_k!r}")
         if query.kind != "video":  # lengths are checked before any slow work
             frames = resolve_frames(seconds, None, self.mel, self.unet.config.downsample_factor)
 
@@ -271,7 +265,7 @@ class CLIPSonicPipeline:
         rows = torch.arange(len(query)).repeat_interleave(num_samples)  # [B] query index of each row
         gens, seeds = expand_seeds(seed, generator, batch)
         shape = (1, self.unet.config.in_channels, self.mel.n_mels, frames)
-        x_T = torch.cat([torch.randn(shape, generator=g, device=g.device) for g in gens])  # [B, 1, n_mels, F]
+        x_T = randn_per_row((batch, *shape[1:]), gens)  # [B, 1, n_mels, F]
 
         # 4. Bridge to the image-embedding space: [B, D]
         texts = [query.items[int(r)] for r in rows] if query.kind == "text" else []

@@ -5,27 +5,25 @@
     image_emb = prior.sample(texts, text_emb, encoder, generators=[...])   # [B, D], L2-normalised
 
 Files: ``network.py`` (our PriorNet), ``ours.py`` (it + Gaussian diffusion, its directory),
-``karlo.py`` (diffusers PriorTransformer checkpoints), ``loading.py`` (any prior directory),
-``attach.py`` (into a pipeline), ``data.py`` (image-caption pairs), ``train.py`` (train-prior).
+``karlo.py`` (diffusers PriorTransformer checkpoints), ``base.py`` (what they share, config.json),
+``loading.py`` (any prior directory; attaching one to a pipeline), ``data.py`` (image-caption
+pairs), ``train.py`` (train-prior).
 """
 
-from clipsonic.prior.attach import attach_prior
-from clipsonic.prior.base import Prior, PriorError, check_same_clip
-from clipsonic.prior.loading import load_prior, resolve_prior_dir
+from clipsonic.prior.base import Prior, check_same_clip
+from clipsonic.prior.loading import attach_prior, load_prior, resolve_prior_dir
 from clipsonic.prior.network import PRIOR_PRESETS, PriorNet, PriorNetConfig
 from clipsonic.prior.ours import DiffusionPrior, PriorConfig
-from clipsonic.prior.train import PriorTrainConfig, PriorTrainResult, train_prior
+from clipsonic.prior.train import PriorTrainConfig, train_prior
 
 __all__ = [
     "PRIOR_PRESETS",
     "DiffusionPrior",
     "Prior",
     "PriorConfig",
-    "PriorError",
     "PriorNet",
     "PriorNetConfig",
     "PriorTrainConfig",
-    "PriorTrainResult",
     "attach_prior",
     "check_same_clip",
     "load_prior",

@@ -1,10 +1,14 @@
-"""What every diffusion prior offers the pipeline, and the CLIP-space check they all share.
+"""What every diffusion prior offers the pipeline, and its directory's ``config.json``.
 
 A prior maps CLIP *text* embeddings to plausible CLIP *image* embeddings (DALL-E 2's prior),
 closing the modality gap before the mel diffusion model, which only ever saw image embeddings.
 It is only meaningful in the CLIP space it was trained in: a prior for ViT-L/14 (768-d) is
 nonsense for any other CLIP, even one of the same width, so every prior carries the
-:class:`~clipsonic.data.dataset.ClipModelRef` of its space and pipelines refuse a mismatch.
+:class:`~clipsonic.encoders.ClipModelRef` of its space and pipelines refuse a mismatch.
+
+``config.json``: ``{"format": "clipsonic-prior", "version": 1, "type": "clipsonic" | "karlo",
+"clip_model": {...}, "clipsonic_version", ...}`` plus the type's own keys (ours.py, karlo.py);
+one without a version is version 1.
 """
 
 from __future__ import annotations
@@ -13,17 +17,24 @@ import abc
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from clipsonic.data.dataset import ClipModelRef
+from clipsonic import __version__
+from clipsonic.encoders import ClipModelRef
 from clipsonic.errors import ClipsonicError
+from clipsonic.files import read_versioned_json, write_json_atomic
 
 CONFIG_NAME = "config.json"
+FORMAT, VERSION = "clipsonic-prior", 1
 
 
-class PriorError(ClipsonicError):
-    """A prior cannot be found, loaded, trained, attached or used with the given CLIP."""
+def read_prior_config(directory: Path) -> dict[str, Any]:
+    """``directory/config.json`` of a prior directory."""
+    if not (directory / CONFIG_NAME).is_file():
+        raise ClipsonicError(f"{directory}: no {CONFIG_NAME}; not a prior directory")
+    return read_versioned_json(directory / CONFIG_NAME, FORMAT, VERSION, unversioned=1)
 
 
 def check_same_clip(prior: ClipModelRef, other: ClipModelRef, what: str = "the pipeline") -> None:
@@ -37,27 +48,12 @@ def check_same_clip(prior: ClipModelRef, other: ClipModelRef, what: str = "the p
         else prior.model == other.model
     )
     if not same:
-        raise PriorError(
+        raise ClipsonicError(
             f"the prior works in the space of {prior.describe() if prior.fingerprint else f'{prior.model} ({prior.dim}-d)'} "
             f"but {what} uses {other.describe()}; train a prior with that CLIP (clipsonic train-prior "
             f"--clip-model {other.model}) or, if both names mean the same weights, attach with "
             f"--clip-model {other.model}"
         )
-
-
-def per_sample_noise(shape: Sequence[int], generators: Sequence[torch.Generator] | None,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
-    """Standard normal ``[B, *shape[1:]]`` where row i comes from ``generators[i]`` alone.
-
-    Drawing each row from its own generator makes a sample depend only on its own seed, so a batch
-    gives what the same queries give one at a time (diffusers' ``randn_tensor`` with a list).
-    """
-    batch, rest = shape[0], tuple(shape[1:])
-    if generators is None:
-        return torch.randn((batch, *rest)).to(device)
-    if len(generators) != batch:
-        raise ValueError(f"{len(generators)} generators for a batch of {batch}")
-    return torch.cat([torch.randn((1, *rest), generator=g, device=g.device) for g in generators]).to(device)
 
 
 class Prior(abc.ABC):
@@ -79,7 +75,7 @@ class Prior(abc.ABC):
         """Image embeddings ``[B, D]`` for ``texts`` (B strings) whose L2-normalised CLIP text
         embeddings are ``text_emb`` ``[B, D]``; ``encoder`` is the pipeline's
         :class:`~clipsonic.encoders.ClipEncoder` (priors that read token states call it).
-        ``generators``: one per row (see :func:`per_sample_noise`); ``None`` = global RNG.
+        ``generators``: one per row (:func:`~clipsonic.diffusion.rng.randn_per_row`); ``None`` = global RNG.
         ``guidance_scale`` / ``steps``: ``None`` = the prior's own defaults."""
 
     @abc.abstractmethod
@@ -87,8 +83,18 @@ class Prior(abc.ABC):
         """Move the weights; returns ``self``."""
 
     @abc.abstractmethod
+    def _save_weights(self, directory: Path) -> dict[str, Any]:
+        """Write the weights into ``directory``; returns the type's own config.json keys."""
+
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write a self-contained prior directory (``config.json`` + safetensors); returns it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        settings = self._save_weights(directory)
+        write_json_atomic(directory / CONFIG_NAME, {
+            "format": FORMAT, "version": VERSION, "type": self.type_name, "clip_model": self.clip.to_dict(),
+            **settings, "clipsonic_version": __version__})
+        return directory
 
     def check_compatible(self, clip: ClipModelRef, what: str = "the pipeline") -> None:
         check_same_clip(self.clip, clip, what)

@@ -27,9 +27,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image, UnidentifiedImageError
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from clipsonic.data.dataset import ClipModelRef
-from clipsonic.prior.base import PriorError
+from clipsonic.data.dataset import read_dataset_info
+from clipsonic.data.loader import iter_split
+from clipsonic.encoders import ClipModelRef
+from clipsonic.errors import ClipsonicError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,7 @@ class PairSet:
     def split(self, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(train pair indices, validation pair indices): whole groups go to validation by a hash of their id."""
         if not 0.0 <= val_fraction < 1.0:
-            raise PriorError(f"val_fraction must be in [0, 1), got {val_fraction}")
+            raise ClipsonicError(f"val_fraction must be in [0, 1), got {val_fraction}")
         groups = self.group[self.pairs[:, 0]]
         n_groups = int(self.group.max()) + 1 if len(self.group) else 0
         in_val = torch.tensor([zlib.crc32(str(g).encode()) % 10_000 < val_fraction * 10_000 for g in range(n_groups)],
@@ -67,8 +72,6 @@ class PairSet:
         return torch.nonzero(~val).flatten(), torch.nonzero(val).flatten()
 
     def save(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
         meta = {"captions": json.dumps(self.captions), "clip": json.dumps(dataclasses.asdict(self.clip)),
                 "source": self.source}
         save_file({"image_emb": self.image_emb.contiguous(), "text_emb": self.text_emb.contiguous(),
@@ -76,8 +79,6 @@ class PairSet:
 
     @classmethod
     def load(cls, path: Path) -> PairSet:
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as fh:
             meta = fh.metadata()
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
@@ -94,10 +95,10 @@ def collect_pairs(source: str | os.PathLike, load_encoder: Callable[[str | None]
     """
     source = Path(source)
     if not source.exists():
-        raise PriorError(f"{source}: no such pair source (a dataset folder, a CSV file, or a folder of images + .txt captions)")
+        raise ClipsonicError(f"{source}: no such pair source (a dataset folder, a CSV file, or a folder of images + .txt captions)")
     for template in templates:
         if "{label}" not in template:
-            raise PriorError(f"caption template {template!r} has no {{label}} placeholder")
+            raise ClipsonicError(f"caption template {template!r} has no {{label}} placeholder")
     if (source / "dataset.json").is_file():
         return _from_dataset(source, load_encoder, clip_model, templates)
     if source.is_file() and source.suffix.lower() == ".csv":
@@ -105,33 +106,30 @@ def collect_pairs(source: str | os.PathLike, load_encoder: Callable[[str | None]
     elif source.is_dir():
         items = _read_folder(source)
     else:
-        raise PriorError(f"{source}: not a dataset folder (no dataset.json), a .csv file, or a folder of images")
+        raise ClipsonicError(f"{source}: not a dataset folder (no dataset.json), a .csv file, or a folder of images")
     if clip_model is None:
-        raise PriorError(f"{source}: images must be embedded: pass the CLIP model (--clip-model) the pipeline uses")
+        raise ClipsonicError(f"{source}: images must be embedded: pass the CLIP model (--clip-model) the pipeline uses")
     return _embed_images(items, load_encoder(clip_model), str(source))
 
 
 def _from_dataset(root: Path, load_encoder, clip_model: str | None, templates: Sequence[str]) -> PairSet:
-    from clipsonic.data.dataset import read_dataset_info
-    from clipsonic.data.loader import decode_npy, iter_raw_samples
-
     info = read_dataset_info(root)
     images, labels, groups = [], [], []
     for split in info.splits:
-        for raw in iter_raw_samples([str(p) for p in info.shard_paths(split)], fields=("clip.npy", "json")):
-            label = json.loads(raw["json"]).get("label")
+        for raw in iter_split(info, split, fields=("clip.npy", "json")):
+            label = raw["json"].get("label")
             if not label:
                 continue
-            emb = torch.from_numpy(decode_npy(raw["clip.npy"]).astype("float32"))  # [K, D]
+            emb = torch.from_numpy(raw["clip.npy"])  # [K, D] float32
             images.append(emb)
             labels.extend([label] * emb.shape[0])
             groups.extend([len(images) - 1] * emb.shape[0])
     if not images:
-        raise PriorError(f"{root}: no clip has a label, so there are no captions; train the prior on a CSV or "
+        raise ClipsonicError(f"{root}: no clip has a label, so there are no captions; train the prior on a CSV or "
                          "a folder of captioned images instead")
     encoder = load_encoder(clip_model or info.clip.model)
     if encoder.dim != info.clip.dim or encoder.fingerprint != info.clip.fingerprint:
-        raise PriorError(f"{root} was embedded with {info.clip.describe()} but the caption encoder is "
+        raise ClipsonicError(f"{root} was embedded with {info.clip.describe()} but the caption encoder is "
                          f"{encoder.name} ({encoder.dim}-d, weights {encoder.fingerprint[:12]})")
     names = sorted(set(labels))
     captions = [t.format(label=name) for name in names for t in templates]
@@ -149,12 +147,12 @@ def _read_csv(path: Path) -> list[tuple[Path, list[str]]]:
         with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise PriorError(f"{path}: not a readable CSV file ({exc})") from None
+        raise ClipsonicError(f"{path}: not a readable CSV file ({exc})") from None
     header = list(rows[0]) if rows else []
     image_col = next((c for c in ("image", "path", "file") if c in header), None)
     text_col = next((c for c in ("caption", "text") if c in header), None)
     if image_col is None or text_col is None:
-        raise PriorError(f"{path}: need a header with an image column (image/path/file) and a caption column "
+        raise ClipsonicError(f"{path}: need a header with an image column (image/path/file) and a caption column "
                          f"(caption/text); found {header or 'no rows'}")
     by_image: dict[Path, list[str]] = {}
     for row in rows:
@@ -173,14 +171,12 @@ def _read_folder(root: Path) -> list[tuple[Path, list[str]]]:
             if captions:
                 items.append((image, captions))
     if not items:
-        raise PriorError(f"{root}: no image with a caption file (photo.jpg + photo.txt, one caption per line)")
+        raise ClipsonicError(f"{root}: no image with a caption file (photo.jpg + photo.txt, one caption per line)")
     return items
 
 
 def _embed_images(items: list[tuple[Path, list[str]]], encoder, source: str, batch: int = 64) -> PairSet:
     """Open and embed the images (unreadable ones are skipped with a warning) and their captions."""
-    from PIL import Image, UnidentifiedImageError
-
     kept, embs = [], []
     for start in range(0, len(items), batch):
         pictures = []
@@ -194,7 +190,7 @@ def _embed_images(items: list[tuple[Path, list[str]]], encoder, source: str, bat
         if pictures:
             embs.append(encoder.encode_images(pictures))
     if not kept:
-        raise PriorError(f"{source}: none of the {len(items)} images could be read")
+        raise ClipsonicError(f"{source}: none of the {len(items)} images could be read")
     captions = sorted({c for cs in kept for c in cs})
     row = {c: i for i, c in enumerate(captions)}
     pairs = [(i, row[c]) for i, cs in enumerate(kept) for c in cs]

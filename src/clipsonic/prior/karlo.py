@@ -1,39 +1,29 @@
 """Pretrained unCLIP priors: diffusers ``PriorTransformer`` checkpoints such as Karlo's (ViT-L/14).
 
-Karlo (kakaobrain/karlo-v1-alpha; CreativeML OpenRAIL-M) keeps its prior in the ``prior/`` and
-``prior_scheduler/`` subfolders of the pipeline repository. Sampling follows diffusers'
-``UnCLIPPipeline`` (deprecated there, but the classes import): the condition is the CLIP text
-embedding (projected, *not* normalised) plus the 77 final-layer token states and their mask; the
-unconditional branch is the empty prompt ""; ``UnCLIPScheduler`` (fixed_small_log variance,
-predicts the sample, clip range 5.0) runs 25 steps with guidance 4.0 in the standardised space,
+Sampling follows diffusers' ``UnCLIPPipeline`` (prior part): the condition is the CLIP text embedding
+(projected, *not* normalised) plus the 77 final-layer token states and their mask; the unconditional
+branch is the prompt ""; ``UnCLIPScheduler`` runs 25 steps with guidance 4.0 in the standardised space
 and ``x · clip_std + clip_mean`` maps the result back; we L2-normalise it.
 
-Accepted sources (:func:`load_karlo`): our wrapped layout (below), a Karlo download's root
-(``prior/`` + ``prior_scheduler/``), or its ``prior/`` folder alone (the scheduler is then taken from
-the sibling ``prior_scheduler/`` or Karlo's published settings). Weights must be safetensors.
-
-Wrapped layout (what a pipeline's ``prior/`` holds after ``clipsonic prior attach``)::
-
-    config.json                      {"type": "karlo", "clip_model": {...}, "steps": 25, "guidance_scale": 4.0}
-    transformer/config.json + diffusion_pytorch_model.safetensors
-    scheduler/scheduler_config.json
+Sources (:func:`load_karlo`): a Karlo download (kakaobrain/karlo-v1-alpha, CreativeML OpenRAIL-M:
+``prior/`` + ``prior_scheduler/``), its ``prior/`` alone (Karlo's published scheduler settings then),
+or the wrapped layout a pipeline's ``prior/`` holds: config.json (base.py; "type": "karlo", "steps",
+"guidance_scale"), ``transformer/`` and ``scheduler/scheduler_config.json``. Safetensors only.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from clipsonic import __version__
-from clipsonic.data.dataset import ClipModelRef
-from clipsonic.files import write_json_atomic
-from clipsonic.prior.base import CONFIG_NAME, Prior, PriorError, per_sample_noise
+from clipsonic.diffusion.rng import randn_per_row
+from clipsonic.encoders import ClipModelRef
+from clipsonic.errors import ClipsonicError
+from clipsonic.files import read_json, write_json_atomic
+from clipsonic.prior.base import CONFIG_NAME, Prior
 
 TYPE_NAME = "karlo"
 KARLO_CLIP = "openai/clip-vit-large-patch14"  # the text encoder Karlo's prior was trained with
@@ -46,10 +36,7 @@ SCHEDULER_FILE = "scheduler_config.json"
 
 
 def _is_transformer_dir(path: Path) -> bool:
-    try:
-        return json.loads((path / CONFIG_NAME).read_text()).get("_class_name") == "PriorTransformer"
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
+    return (path / CONFIG_NAME).is_file() and read_json(path / CONFIG_NAME).get("_class_name") == "PriorTransformer"
 
 
 def find_karlo(path: Path) -> tuple[Path, Path | None] | None:
@@ -74,7 +61,7 @@ class KarloPrior(Prior):
         self.scheduler_config = dict(scheduler_config)
         self.steps, self.guidance_scale = steps, guidance_scale
         if int(transformer.config.clip_embed_dim or transformer.config.embedding_dim) != clip.dim:
-            raise PriorError(f"the PriorTransformer outputs {transformer.config.clip_embed_dim}-d embeddings "
+            raise ClipsonicError(f"the PriorTransformer outputs {transformer.config.clip_embed_dim}-d embeddings "
                              f"but its CLIP reference {clip.model} is {clip.dim}-d")
 
     @property
@@ -86,6 +73,7 @@ class KarloPrior(Prior):
         return self
 
     def _scheduler(self):
+        # diffusers takes ~10 s to import: only for Karlo priors
         from diffusers import UnCLIPScheduler
 
         return UnCLIPScheduler.from_config({k: v for k, v in self.scheduler_config.items() if not k.startswith("_")})
@@ -94,11 +82,11 @@ class KarloPrior(Prior):
         """(projected text embeddings [B', D], token states [B', L, W], mask [B', L]); B' = 2B when guided
         (the "" prompt first, as UnCLIPPipeline orders them)."""
         if encoder is None:
-            raise PriorError("a Karlo prior reads CLIP token states: pass the pipeline's CLIP encoder")
+            raise ClipsonicError("a Karlo prior reads CLIP token states: pass the pipeline's CLIP encoder")
         emb, states, mask = encoder.text_token_states(list(texts))
         expected = int(self.transformer.config.num_embeddings)
         if states.shape[1] != expected or states.shape[2] != int(self.transformer.config.embedding_dim):
-            raise PriorError(f"the prior expects {expected} token states of width "
+            raise ClipsonicError(f"the prior expects {expected} token states of width "
                              f"{self.transformer.config.embedding_dim}; {encoder.name} gives "
                              f"{states.shape[1]} of width {states.shape[2]}")
         if guided:
@@ -120,7 +108,7 @@ class KarloPrior(Prior):
         scheduler.set_timesteps(steps or self.steps, device=self.device)
         batch, dim = len(texts), int(self.transformer.config.embedding_dim)
         gens = list(generators) if generators else None
-        latents = per_sample_noise((batch, dim), gens, self.device).to(self.transformer.dtype)
+        latents = randn_per_row((batch, dim), gens, self.device).to(self.transformer.dtype)
         latents = latents * scheduler.init_noise_sigma
         timesteps = scheduler.timesteps
         for i, t in enumerate(timesteps):
@@ -135,15 +123,10 @@ class KarloPrior(Prior):
         image_emb = self.transformer.post_process_latents(latents)
         return torch.nn.functional.normalize(image_emb.float(), dim=-1).cpu()
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def _save_weights(self, directory: Path) -> dict[str, Any]:
         self.transformer.save_pretrained(directory / "transformer", safe_serialization=True)
         write_json_atomic(directory / "scheduler" / SCHEDULER_FILE, self.scheduler_config)
-        write_json_atomic(directory / CONFIG_NAME, {
-            "type": TYPE_NAME, "clip_model": dataclasses.asdict(self.clip), "steps": self.steps,
-            "guidance_scale": self.guidance_scale, "clipsonic_version": __version__})
-        return directory
+        return {"steps": self.steps, "guidance_scale": self.guidance_scale}
 
 
 def load_karlo(path: Path, config: dict[str, Any] | None = None, clip_model: str | None = None) -> KarloPrior:
@@ -151,26 +134,24 @@ def load_karlo(path: Path, config: dict[str, Any] | None = None, clip_model: str
 
     ``clip_model`` names the CLIP of a raw prior (default :data:`KARLO_CLIP`); a wrapped one knows it.
     """
-    from diffusers import PriorTransformer
+    from diffusers import PriorTransformer  # (~10 s to import: only here)
 
     found = find_karlo(path)
     if found is None:
-        raise PriorError(f"{path}: no diffusers PriorTransformer here (expected prior/config.json with "
+        raise ClipsonicError(f"{path}: no diffusers PriorTransformer here (expected prior/config.json with "
                          "\"_class_name\": \"PriorTransformer\", as in kakaobrain/karlo-v1-alpha)")
     transformer_dir, scheduler_dir = found
     if not any(transformer_dir.glob("*.safetensors")):
-        raise PriorError(f"{transformer_dir}: no safetensors weights (pickled .bin files are not loaded); "
+        raise ClipsonicError(f"{transformer_dir}: no safetensors weights (pickled .bin files are not loaded); "
                          "download the .safetensors file of the prior")
     try:
         transformer = PriorTransformer.from_pretrained(str(transformer_dir), use_safetensors=True)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise PriorError(f"{transformer_dir}: cannot load the PriorTransformer ({exc})") from None
-    scheduler_config = dict(KARLO_SCHEDULER)
-    if scheduler_dir is not None:
-        scheduler_config = json.loads((scheduler_dir / SCHEDULER_FILE).read_text())
+        raise ClipsonicError(f"{transformer_dir}: cannot load the PriorTransformer ({exc})") from None
+    scheduler_config = KARLO_SCHEDULER if scheduler_dir is None else read_json(scheduler_dir / SCHEDULER_FILE)
     config = config or {}
     if "clip_model" in config:
-        clip = ClipModelRef(**config["clip_model"])
+        clip = ClipModelRef.from_dict(config["clip_model"], f"{path / CONFIG_NAME}:clip_model")
     else:
         dim = int(transformer.config.clip_embed_dim or transformer.config.embedding_dim)
         clip = ClipModelRef(model=clip_model or KARLO_CLIP, dim=dim, fingerprint="")

@@ -7,28 +7,28 @@ The embedding lives in the scaled space √D · e (see network.py); samples are 
 
 Directory (a pipeline's ``prior/`` component, or ``train-prior``'s ``RUN/prior/``)::
 
-    config.json         {"type": "clipsonic", "clip_model": {...}, "prior": PriorConfig, "training": {...}}
+    config.json         {"format": "clipsonic-prior", "version": 1, "type": "clipsonic", "clip_model": {...},
+                         "prior": PriorConfig, "training": {...}}  (base.py)
     prior.safetensors   the (EMA) weights of PriorNet
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from clipsonic import __version__
 from clipsonic.config import Config, ConfigError
-from clipsonic.data.dataset import ClipModelRef
 from clipsonic.diffusion import SAMPLERS, DiffusionConfig, GaussianDiffusion
-from clipsonic.files import write_json_atomic
-from clipsonic.prior.base import CONFIG_NAME, Prior, PriorError, per_sample_noise
+from clipsonic.diffusion.rng import randn_per_row
+from clipsonic.encoders import ClipModelRef
+from clipsonic.errors import ClipsonicError
+from clipsonic.prior.base import CONFIG_NAME, Prior
 from clipsonic.prior.network import PriorNet, PriorNetConfig
 
 WEIGHTS_NAME = "prior.safetensors"
@@ -77,7 +77,7 @@ class DiffusionPrior(Prior):
                  training: dict[str, Any] | None = None) -> None:
         super().__init__(clip)
         if net.config != config.network or config.network.embed_dim != clip.dim:
-            raise PriorError(f"prior network {net.config} does not match its config {config.network} "
+            raise ClipsonicError(f"prior network {net.config} does not match its config {config.network} "
                              f"or the {clip.dim}-d CLIP space")
         self.net = net.eval().requires_grad_(False)
         self.config = config
@@ -100,9 +100,9 @@ class DiffusionPrior(Prior):
         c = self.config
         batch, dim = text_emb.shape
         if dim != self.dim:
-            raise PriorError(f"the prior takes {self.dim}-d text embeddings, got {dim}-d")
+            raise ClipsonicError(f"the prior takes {self.dim}-d text embeddings, got {dim}-d")
         device = self.device
-        x_T = per_sample_noise((batch, dim), generators, device)  # [B, D] in the scaled space
+        x_T = randn_per_row((batch, dim), generators, device)  # [B, D] in the scaled space
         x0 = self.diffusion.sample(
             self.net, (batch, dim), text_emb.to(device, torch.float32), sampler=c.sampler,
             steps=steps or c.steps, guidance_scale=c.guidance_scale if guidance_scale is None else guidance_scale,
@@ -110,51 +110,25 @@ class DiffusionPrior(Prior):
         )
         return torch.nn.functional.normalize(x0.float(), dim=-1).cpu()
 
-    def to_config_dict(self) -> dict[str, Any]:
-        return {"type": TYPE_NAME, "clip_model": dataclasses.asdict(self.clip), "prior": self.config.to_dict(),
-                "training": self.training, "clipsonic_version": __version__}
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def _save_weights(self, directory: Path) -> dict[str, Any]:
         state = {k: v.detach().float().contiguous().cpu() for k, v in self.net.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "class": "PriorNet"})
-        write_json_atomic(directory / CONFIG_NAME, self.to_config_dict())
-        return directory
+        return {"prior": self.config.to_dict(), "training": self.training}
 
     @classmethod
     def from_config_dict(cls, data: dict[str, Any], directory: Path) -> DiffusionPrior:
-        from safetensors.torch import load_file
-
+        """Load from a directory whose config.json holds ``data``."""
         source = str(directory / CONFIG_NAME)
-        try:
-            clip = ClipModelRef(**data["clip_model"])
-            config = PriorConfig.from_dict(data["prior"], source=f"{source}:prior")
-        except (KeyError, TypeError) as exc:
-            raise PriorError(f"{source}: malformed prior config ({exc!r}); re-export the prior") from None
+        if "prior" not in data:
+            raise ClipsonicError(f"{source}: no \"prior\" entry; re-export the prior")
+        config = PriorConfig.from_dict(data["prior"], source=f"{source}:prior")
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
-            raise PriorError(f"{directory}: no {WEIGHTS_NAME}; the prior directory is incomplete")
+            raise ClipsonicError(f"{directory}: no {WEIGHTS_NAME}; the prior directory is incomplete")
         net = PriorNet(config.network)
-        state = load_file(str(weights))
         try:
-            net.load_state_dict(state)
+            net.load_state_dict(load_file(str(weights)))
         except RuntimeError as exc:
-            raise PriorError(f"{weights}: weights do not fit {source} ({str(exc).splitlines()[0]})") from None
+            raise ClipsonicError(f"{weights}: weights do not fit {source} ({str(exc).splitlines()[0]})") from None
+        clip = ClipModelRef.from_dict(data.get("clip_model") or {}, f"{source}:clip_model")
         return cls(net, config, clip, training=data.get("training"))
-
-
-def read_config(directory: Path) -> dict[str, Any]:
-    """``directory/config.json`` as a dict, or a :class:`PriorError` naming the file."""
-    path = directory / CONFIG_NAME
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PriorError(f"{directory}: no {CONFIG_NAME}; not a prior directory") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PriorError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise PriorError(f"{path}: expected a JSON object")
-    return data

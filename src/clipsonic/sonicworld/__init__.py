@@ -13,15 +13,14 @@ world's pictures and captions that loads like OpenAI's (:mod:`.clip`, :mod:`.tok
 from clipsonic.sonicworld.clip import WorldClipConfig, modality_gap, train_world_clip
 from clipsonic.sonicworld.oracle import NONE, OracleClassifier
 from clipsonic.sonicworld.world import (
-                                        CONCEPT_NAMES,
-                                        CONCEPTS,
-                                        Concept,
-                                        WorldConfig,
-                                        WorldError,
-                                        captions,
-                                        make_clip,
-                                        render_world,
+           CONCEPT_NAMES,
+           CONCEPTS,
+           Concept,
+           WorldConfig,
+           captions,
+           make_clip,
+           render_world,
 )
 
-__all__ = ["CONCEPTS", "CONCEPT_NAMES", "Concept", "WorldConfig", "WorldError", "captions", "make_clip",
-           "render_world", "NONE", "OracleClassifier", "WorldClipConfig", "modality_gap", "train_world_clip"]
+__all__ = ["CONCEPTS", "CONCEPT_NAMES", "Concept", "WorldConfig", "captions", "make_clip", "render_world", "NONE",
+           "OracleClassifier", "WorldClipConfig", "modality_gap", "train_world_clip"]

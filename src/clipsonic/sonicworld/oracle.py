@@ -1,37 +1,25 @@
-"""An exact judge of SonicWorld sounds: which concept made this clip?
+"""An exact judge of SonicWorld sounds: which concept made this clip? A matched filter on the spectrum.
 
-A matched filter on the spectrum. Each concept's sound is a fixed set of partials (its f0 × its
-timbre's ratios) under an envelope, so its time-averaged log-mel profile ``p[m]`` (64 bands) is
-known up to the per-clip f0 jitter (±3 %) and an additive constant (gain, envelope). The oracle
-holds templates ``T[k, g, m]``: the profile of concept k synthesised at nominal gain with its f0
-scaled by each factor g of a grid spanning the jitter. A clip's score for concept k is the
-largest Pearson correlation over the grid,
+A clip's time-averaged log-mel profile ``p[m]`` is compared with templates ``T[k, g, m]``: concept
+k synthesised with its f0 scaled by each factor g of a grid spanning the ±3 % jitter,
 
-    score[k] = max_g corr(p, T[k, g]),
+    score[k] = max_g corr(p, T[k, g])   (Pearson: blind to gain and vocoder scaling).
 
-which ignores overall level (any gain, any vocoder scaling) and rewards partials in the right
-bands; since the concepts' fundamentals are ≥ 1.4× apart and the fundamental is the strongest
-partial, the correct template wins by a wide margin.
-
-Answers are concept indices 0-7, or :data:`NONE` (-1) for silence: a clip whose loudest band
-averages below the level of white noise at :data:`SILENCE_DBFS` (20 dB under the world's own
-noise floor). White noise is not silence: it gets whichever concept correlates best (about
-chance over many clips), unless ``min_score`` is set, which turns low-scoring clips into NONE.
+The concepts' fundamentals are ≥ 1.4× apart, so the right template wins by a wide margin. Answers
+are concept indices, or :data:`NONE` (-1) for silence (loudest band below white noise at
+:data:`SILENCE_DBFS`); white noise gets the best-correlating concept unless ``min_score`` is set.
 """
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
+import soxr
 import torch
 
 from clipsonic.audio import MelConfig, mel_spectrogram
 from clipsonic.errors import ClipsonicError
 from clipsonic.sonicworld.sounds import F0_JITTER, synthesize
-from clipsonic.sonicworld.world import CONCEPTS
-
-log = logging.getLogger(__name__)
+from clipsonic.sonicworld.world import CONCEPT_NAMES, CONCEPTS
 
 NONE = -1  # the answer for silence (and, with ``min_score``, for sounds like no concept)
 SILENCE_DBFS = -60.0
@@ -39,18 +27,17 @@ _TEMPLATE_SAMPLES = 32768  # 2.048 s: every rhythm completes several periods
 _GRID = 7  # f0 factors across ±F0_JITTER, so no clip is more than ~0.5 % from a template
 
 
-class OracleError(ClipsonicError):
-    """Input the oracle cannot judge (wrong shape or sample rate)."""
-
-
 class OracleClassifier:
-    """Matched-filter classifier of SonicWorld sounds (see the module docstring).
+    """Matched-filter classifier of SonicWorld sounds; :meth:`classify` is the relevance classifier of evaluate.
 
     Args:
         mel_config: the log-mel front end; default :class:`clipsonic.audio.MelConfig` (16 kHz,
             64 bands, hop 512), the one the diffusion model generates.
         min_score: if given, clips whose best score is below it are answered :data:`NONE`.
     """
+
+    name = "sonicworld"
+    labels = CONCEPT_NAMES
 
     def __init__(self, mel_config: MelConfig | None = None, min_score: float | None = None) -> None:
         self.mel_config = mel_config or MelConfig()
@@ -76,7 +63,7 @@ class OracleClassifier:
         if logmels.dim() == 2:
             logmels = logmels[None]
         if logmels.dim() != 3 or logmels.shape[1] != self.mel_config.n_mels or logmels.shape[2] == 0:
-            raise OracleError(f"expected log-mels [B, {self.mel_config.n_mels}, frames], got "
+            raise ClipsonicError(f"expected log-mels [B, {self.mel_config.n_mels}, frames], got "
                               f"{tuple(logmels.shape)}; pass clipsonic.audio.mel_spectrogram output")
         return logmels
 
@@ -100,20 +87,27 @@ class OracleClassifier:
     def mels(self, audio, sample_rate: int = 16000) -> torch.Tensor:
         """Log-mels ``[B, M, F]`` of waveforms ``[B, samples]`` or ``[samples]``."""
         if sample_rate != self.mel_config.sample_rate:
-            raise OracleError(f"audio at {sample_rate} Hz, but the oracle listens at {self.mel_config.sample_rate} Hz; "
+            raise ClipsonicError(f"audio at {sample_rate} Hz, but the oracle listens at {self.mel_config.sample_rate} Hz; "
                               f"resample it (e.g. clipsonic.media.load_audio(path, sample_rate="
                               f"{self.mel_config.sample_rate}))")
         wav = torch.as_tensor(np.asarray(audio, dtype=np.float32))
         if wav.dim() == 1:
             wav = wav[None]
         if wav.dim() != 2 or wav.shape[1] < self.mel_config.n_fft:
-            raise OracleError(f"expected audio [B, samples] or [samples] with ≥ {self.mel_config.n_fft} samples, "
+            raise ClipsonicError(f"expected audio [B, samples] or [samples] with ≥ {self.mel_config.n_fft} samples, "
                               f"got {tuple(wav.shape)}")
         return mel_spectrogram(wav, self.mel_config)
 
     def classify_audio(self, audio, sample_rate: int = 16000) -> np.ndarray:
         """Concept index per clip (int64 ``[B]``, or ``[1]`` for one clip ``[samples]``)."""
         return self.classify_mels(self.mels(audio, sample_rate))
+
+    def classify(self, audio: np.ndarray, sample_rate: int) -> list[str | None]:
+        """Concept name per clip of ``audio`` ``[B, samples]`` at any rate (resampled); None for silence."""
+        audio = np.asarray(audio, dtype=np.float32)
+        if sample_rate != self.mel_config.sample_rate:
+            audio = np.stack([soxr.resample(a, sample_rate, self.mel_config.sample_rate) for a in audio])
+        return [CONCEPT_NAMES[k] if k != NONE else None for k in self.classify_audio(audio, self.mel_config.sample_rate)]
 
     def accuracy(self, logmels, labels) -> float:
         """Fraction of clips judged as ``labels`` (concept indices ``[B]``)."""

@@ -1,12 +1,11 @@
-"""What ``clipsonic demo`` shows: a gallery (every test concept × query mode), ``metrics.json`` and
-``report.html`` (the results table, the gallery with players and mel images, the guidance sweep and
-the modality-gap figure)."""
+"""What ``clipsonic demo`` shows: a gallery (every test concept × query mode), ``metrics.json`` (its one
+reader and writer are here) and ``report.html`` (the results table, the gallery with players and mel
+images, the guidance sweep and the modality-gap figure)."""
 
 from __future__ import annotations
 
 import html
-import json
-import logging
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -14,13 +13,33 @@ from typing import Any
 
 import numpy as np
 
-from clipsonic.files import atomic_output
-from clipsonic.sonicworld.world import CONCEPT_NAMES, CONCEPTS, captions
-
-log = logging.getLogger(__name__)
+from clipsonic.encoders import load_clip
+from clipsonic.evaluate import Evaluation
+from clipsonic.files import (
+    atomic_output,
+    read_versioned_json,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from clipsonic.media import save_audio
+from clipsonic.pipeline import CLIPSonicPipeline
+from clipsonic.plotting import save_mel_image
+from clipsonic.sonicworld.clip import heldout_frames, modality_gap
+from clipsonic.sonicworld.oracle import OracleClassifier
+from clipsonic.sonicworld.world import CONCEPT_NAMES, CONCEPTS, WorldConfig, captions
 
 MODE_NAMES = {"iq": "IQ (image)", "zs": "ZS (text, zero-shot)", "pd": "PD (text + prior)",
               "shift": "text + gap shift", "knn": "text + nearest images"}
+METRICS = {"format": "clipsonic-demo", "version": 1}  # heads metrics.json
+
+
+def read_metrics(demo_dir: str | os.PathLike) -> dict[str, Any]:
+    """A demo folder's ``metrics.json``: its ``config`` from the start, every number once finished."""
+    return read_versioned_json(Path(demo_dir) / "metrics.json", METRICS["format"], METRICS["version"])
+
+
+def write_metrics(demo_dir: str | os.PathLike, metrics: dict[str, Any]) -> None:
+    write_json_atomic(Path(demo_dir) / "metrics.json", {**METRICS, **metrics})
 
 
 def make_gallery(pipeline_dir: Path, world_dir: Path, out: Path, config, progress: Callable[[float], None]) -> dict:
@@ -29,11 +48,6 @@ def make_gallery(pipeline_dir: Path, world_dir: Path, out: Path, config, progres
     IQ queries with the concept's first test video (its frames' mean embedding, as ``generate
     --video`` does); the text modes with its first held-out caption. The oracle judges each clip.
     """
-    from clipsonic.media import save_audio
-    from clipsonic.pipeline import CLIPSonicPipeline
-    from clipsonic.plotting import save_mel_image
-    from clipsonic.sonicworld.oracle import OracleClassifier
-
     pipe = CLIPSonicPipeline.from_pretrained(pipeline_dir, device="cpu")
     oracle = OracleClassifier()
     modes = [m for m in MODE_NAMES if m in pipe.modes]
@@ -43,7 +57,7 @@ def make_gallery(pipeline_dir: Path, world_dir: Path, out: Path, config, progres
     accuracy = {}
     for done, mode in enumerate(modes):
         query = {"video": [str(v) for v in videos]} if mode == "iq" else {"text": texts}
-        result = pipe(**query, mode=mode, guidance_scale=config.guidance, num_inference_steps=config.sample_steps,
+        result = pipe(**query, mode=mode, guidance_scale=config.guidance_scale, num_inference_steps=config.sample_steps,
                       sampler=config.sampler, seed=config.seed, seconds=config.clip_seconds)
         verdicts = oracle.classify_audio(result.audios, sample_rate=result.sample_rate)
         accuracy[mode] = float(np.mean(verdicts == np.arange(len(CONCEPTS))))
@@ -59,41 +73,32 @@ def make_gallery(pipeline_dir: Path, world_dir: Path, out: Path, config, progres
     return {"modes": modes, "items": items, "accuracy": accuracy}
 
 
-def collect_metrics(out: Path, config, evaluation, gallery: dict, step_seconds: dict, wall: float) -> dict[str, Any]:
+def collect_metrics(out: Path, config, evaluation: Evaluation, gallery: dict, step_seconds: dict,
+                    wall: float) -> dict[str, Any]:
     """Every number of the demo in one JSON-able dict (the evaluation's own files hold more)."""
-    w = float(evaluation.config["guidance"])
-    table, sweep = {}, {}
-    for s in evaluation.sets:
-        row = {"fad": s.fad, "relevance": s.relevance, "clips": s.clips, "relevance_by_label": s.relevance_by_label}
-        if s.guidance is None:
-            table[s.mode] = row
-            continue
-        sweep.setdefault(s.mode, {})[f"{s.guidance:g}"] = {"fad": s.fad, "relevance": s.relevance}
-        if s.guidance == w:
-            table[s.mode] = row
-    clip_report = json.loads((out / "clip" / "clip_report.json").read_text())
-    gap_keys = [k for k in clip_report if k not in ("config", "world", "train_seconds", "final_loss")]
+    w = float(evaluation.config["guidance_scale"])
+    table = {s.mode: {"fad": s.fad, "relevance": s.relevance, "clips": s.clips,
+                      "relevance_by_label": s.relevance_by_label} for s in evaluation.table_rows()}
+    sweep = {mode: {f"{s.guidance:g}": {"fad": s.fad, "relevance": s.relevance} for s in sets}
+             for mode, sets in evaluation.sweep().items()}
     iq, zs, pd = (table.get(m, {}).get("relevance") for m in ("iq", "zs", "pd"))
     return {
-        "format": "clipsonic-demo", "config": config.to_dict(), "guidance": w,
+        "config": config.to_dict(), "guidance": w,
         "chance": 1.0 / len(CONCEPTS), "table": table, "sweep": sweep,
         "gap_closed_by_prior": None if zs is None or pd is None else round(pd - zs, 4),
         "headline": {"iq_relevance": iq, "zs_relevance": zs, "pd_relevance": pd},
         "gallery_accuracy": gallery["accuracy"],
-        "modality_gap": {k: clip_report[k] for k in gap_keys},
+        "modality_gap": modality_gap(load_clip(out / "clip", device="cpu"), config.world),
         "notes": list(evaluation.notes), "step_seconds": dict(step_seconds), "wall_seconds": round(wall, 1),
     }
 
 
-def modality_gap_figure(clip_dir: Path, world_config, path: Path) -> None:
+def modality_gap_figure(clip_dir: Path, world_config: WorldConfig, path: Path) -> None:
     """Held-out frames and captions in the world-CLIP's space, projected on their two principal axes."""
-    import matplotlib
+    import matplotlib  # heavy: loaded only to draw
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from clipsonic.encoders import load_clip
-    from clipsonic.sonicworld.clip import heldout_frames
 
     encoder = load_clip(clip_dir, device="cpu")
     frames, labels = heldout_frames(world_config, 8)
@@ -120,10 +125,8 @@ def modality_gap_figure(clip_dir: Path, world_config, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(out: Path, metrics: dict, evaluation, gallery: dict) -> Path:
+def write_report(out: Path, metrics: dict, gallery: dict) -> Path:
     """``out/report.html`` (relative links to the gallery, the sweep figure and the gap figure)."""
-    from clipsonic.sonicworld.world import WorldConfig
-
     sweep_png = out / "evaluation" / "guidance_sweep.png"
     if sweep_png.is_file():
         shutil.copyfile(sweep_png, out / "guidance_sweep.png")
@@ -165,6 +168,5 @@ Guidance w = {metrics['guidance']:g}. Wall time {metrics['wall_seconds'] / 60:.1
 <p>{esc(gap_text)}</p>
 <h2>Notes</h2><ul>{''.join(f'<li>{esc(n)}</li>' for n in metrics['notes'])}</ul>
 </body></html>"""
-    with atomic_output(out / "report.html") as tmp:
-        Path(tmp).write_text(page)
+    write_bytes_atomic(out / "report.html", page.encode())
     return out / "report.html"

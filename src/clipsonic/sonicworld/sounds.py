@@ -1,14 +1,9 @@
 """SonicWorld's acoustics: a harmonic (or bell-like) tone times an amplitude envelope, plus faint noise.
 
-A sound is fully described by a fundamental ``f0``, a :data:`TIMBRES` entry (partials as
-``(frequency ratio, relative amplitude)``, the fundamental always the strongest) and a
-:data:`RHYTHMS` entry (an envelope that shows within any 1.024-s window). Per clip, the generator
-draws: f0 × a log-uniform factor within ±:data:`F0_JITTER`, a gain within ±:data:`GAIN_JITTER_DB`
-around a -6 dBFS peak, a random phase per partial and per envelope, and a white noise floor at
-:data:`NOISE_DBFS` (RMS). Everything is a pure function of its arguments and a numpy Generator.
-
-The envelope never falls below :data:`ENVELOPE_FLOOR` (-14 dB), so the sound is present in every
-64-ms mel frame: a diffusion model sees the pitch throughout, and the oracle never sees silence.
+A sound is an ``f0``, a :data:`TIMBRES` entry (partials, the fundamental strongest) and a
+:data:`RHYTHMS` envelope, which never falls below :data:`ENVELOPE_FLOOR` so the pitch shows in
+every mel frame. Per clip: f0 and gain jitter, random phases, a white noise floor; everything a
+pure function of its arguments and a numpy Generator.
 """
 
 from __future__ import annotations
@@ -28,10 +23,6 @@ NOISE_DBFS = -40.0  # RMS of the white noise floor
 ENVELOPE_FLOOR = 0.2  # the "off" level of pulses: -14 dB, audible in every frame
 RAMP_S = 0.010  # pulse edges: 10-ms raised-cosine ramps (no clicks)
 MAX_PARTIAL_HZ = 7500.0  # partials above this are dropped (below 8 kHz Nyquist, inside AAC's band)
-
-
-class SoundError(ClipsonicError):
-    """An unknown timbre or rhythm, or impossible synthesis parameters."""
 
 
 # name -> ((frequency ratio, amplitude), ...); the fundamental (ratio 1) is the strongest partial.
@@ -84,13 +75,13 @@ def envelope(rhythm: Rhythm, t: np.ndarray, phase: float) -> np.ndarray:
         fall = np.clip((on - u) / RAMP_S, 0.0, 1.0)
         shape = 0.5 - 0.5 * np.cos(np.pi * np.minimum(rise, fall))
         return ENVELOPE_FLOOR + (1.0 - ENVELOPE_FLOOR) * shape
-    raise SoundError(f"unknown rhythm kind {rhythm.kind!r}; use steady, pulse or tremolo")
+    raise ClipsonicError(f"unknown rhythm kind {rhythm.kind!r}; use steady, pulse or tremolo")
 
 
 def partials(f0: float, timbre: str) -> list[tuple[float, float]]:
     """``[(frequency Hz, amplitude)]`` of ``timbre`` on ``f0``, without those above :data:`MAX_PARTIAL_HZ`."""
     if timbre not in TIMBRES:
-        raise SoundError(f"unknown timbre {timbre!r}; choose one of {sorted(TIMBRES)}")
+        raise ClipsonicError(f"unknown timbre {timbre!r}; choose one of {sorted(TIMBRES)}")
     return [(f0 * ratio, amp) for ratio, amp in TIMBRES[timbre] if f0 * ratio <= MAX_PARTIAL_HZ]
 
 
@@ -102,9 +93,9 @@ def synthesize(f0: float, timbre: str, rhythm: str, num_samples: int, rng: np.ra
     templates); the generator is still consumed the same way, so clips stay reproducible.
     """
     if rhythm not in RHYTHMS:
-        raise SoundError(f"unknown rhythm {rhythm!r}; choose one of {sorted(RHYTHMS)}")
+        raise ClipsonicError(f"unknown rhythm {rhythm!r}; choose one of {sorted(RHYTHMS)}")
     if not 0 < f0 < sample_rate / 2:
-        raise SoundError(f"f0 {f0} Hz is outside (0, {sample_rate / 2}) Hz at {sample_rate} Hz sampling")
+        raise ClipsonicError(f"f0 {f0} Hz is outside (0, {sample_rate / 2}) Hz at {sample_rate} Hz sampling")
     # Draw every random number up front, in a fixed order, whatever the flags say.
     f0_factor = math.exp(rng.uniform(-1.0, 1.0) * math.log1p(F0_JITTER))
     gain_db = rng.uniform(-GAIN_JITTER_DB, GAIN_JITTER_DB)

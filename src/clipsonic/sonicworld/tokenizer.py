@@ -1,11 +1,8 @@
 """A real CLIP tokenizer (byte-level BPE in OpenAI CLIP's file format), learned from a word list.
 
-:func:`write_clip_tokenizer` writes ``vocab.json``, ``merges.txt``, ``tokenizer_config.json`` and
-``special_tokens_map.json`` that ``transformers.CLIPTokenizer`` loads. Every byte-level character is
-in the vocabulary both bare and with CLIP's end-of-word suffix ``</w>``, so any text tokenizes; the
-listed words become single tokens. :func:`write_clip_image_processor` writes the matching
-``preprocessor_config.json``. The world-CLIP (:mod:`clipsonic.sonicworld.clip`) and the tests' tiny
-random CLIP both ship these files, so they load through :func:`clipsonic.encoders.load_clip`.
+Every byte-level character is in the vocabulary bare and with CLIP's end-of-word ``</w>``, so any
+text tokenizes; the listed words become single tokens. With :func:`write_clip_image_processor`, the
+files make a folder :func:`clipsonic.encoders.load_clip` loads (the world-CLIP, the tests' tiny CLIP).
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
+from PIL import Image, ImageDraw
 
 from clipsonic.config import Config
 from clipsonic.errors import ClipsonicError
@@ -31,10 +33,6 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 _SPLIT_CODE = {"train": 0, "test": 1, "captions": 2, "clip": 3}  # independent random streams
-
-
-class WorldError(ClipsonicError):
-    """An unknown concept or split, or a world that cannot be written."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,14 +119,14 @@ def concept(which: Concept | int | str) -> Concept:
         return CONCEPTS[int(which)]
     if isinstance(which, str) and which in CONCEPT_NAMES:
         return CONCEPTS[CONCEPT_NAMES.index(which)]
-    raise WorldError(f"unknown concept {which!r}; use an index 0-{len(CONCEPTS) - 1} or one of {list(CONCEPT_NAMES)}")
+    raise ClipsonicError(f"unknown concept {which!r}; use an index 0-{len(CONCEPTS) - 1} or one of {list(CONCEPT_NAMES)}")
 
 
 def captions(which: Concept | int | str, split: str = "train") -> list[str]:
     """The concept's captions: every ``split`` template × noun × sound word, in a fixed order."""
     templates = {"train": TRAIN_TEMPLATES, "test": TEST_TEMPLATES}.get(split)
     if templates is None:
-        raise WorldError(f"unknown caption split {split!r}; use 'train' or 'test'")
+        raise ClipsonicError(f"unknown caption split {split!r}; use 'train' or 'test'")
     c = concept(which)
     return [t.format(noun=n, sound=s) for t in templates for n in c.nouns for s in c.sounds]
 
@@ -168,14 +166,12 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[list[tuple[floa
         h = 2 * r / 7
         return [[(cx - r, cy - r + k * h), (cx + r, cy - r + k * h), (cx + r, cy - r + (k + 1) * h),
                  (cx - r, cy - r + (k + 1) * h)] for k in (0, 2, 4, 6)]
-    raise WorldError(f"unknown shape {shape!r}")
+    raise ClipsonicError(f"unknown shape {shape!r}")
 
 
 def draw(c: Concept, centre: tuple[float, float], radius: float, background: tuple[int, int, int],
          size: int) -> np.ndarray:
     """The concept's shape on a plain background: uint8 ``[size, size, 3]`` (no noise)."""
-    from PIL import Image, ImageDraw
-
     k = _SUPERSAMPLE
     image = Image.new("RGB", (size * k, size * k), tuple(background))
     pen = ImageDraw.Draw(image)
@@ -246,8 +242,6 @@ def rgb_to_yuv420p(image: np.ndarray) -> np.ndarray:
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray, fps: int,
               sample_rate: int = SAMPLE_RATE) -> Path:
     """Write H.264 (yuv420p) + AAC (mono) mp4, atomically. Same inputs give the same bytes."""
-    import av
-
     path = Path(path)
     with atomic_output(path) as tmp:
         container = av.open(str(tmp), "w", format="mp4", options={"fflags": "+bitexact"})
@@ -318,7 +312,7 @@ def render_world(out_dir: str | os.PathLike, config: WorldConfig | None = None,
     writer.writerow(("path", "label", "split"))
     writer.writerows(rows)
     write_bytes_atomic(out / "manifest.csv", table.getvalue().encode())
-    write_json_atomic(out / "world.json", {"config": config.to_dict(),
+    write_json_atomic(out / "world.json", {"format": "clipsonic-world", "version": 1, "config": config.to_dict(),
                                            "concepts": [dataclasses.asdict(c) for c in CONCEPTS]})
     log.info("SonicWorld: %d videos and %d captioned pictures in %s (%.1f s)", len(jobs),
              total - len(jobs), out, time.perf_counter() - began)
@@ -326,8 +320,6 @@ def render_world(out_dir: str | os.PathLike, config: WorldConfig | None = None,
 
 
 def _write_captioned_png(path: Path, frame: np.ndarray, lines: list[str]) -> None:
-    from PIL import Image
-
     with atomic_output(path) as tmp:
         Image.fromarray(frame).save(tmp, format="PNG")
     write_bytes_atomic(path.with_suffix(".txt"), ("\n".join(lines) + "\n").encode())

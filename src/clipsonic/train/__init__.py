@@ -1,37 +1,25 @@
-"""Training the mel diffusion model: ``train`` (the loop), configs, checkpoints, export.
+"""The training loop (harness.py) and its UNet task (unet.py); the prior and vocoder tasks use the same loop.
 
-    from clipsonic.train import train, export_run, TrainConfig
-    run_dir = train("data/mine", "runs/a", flags={"preset": "tiny", "max_steps": 1000})
+    from clipsonic.train import train, export_run
+    run_dir = train("data/mine", "runs/a", {"train": {"preset": "tiny", "max_steps": 1000}})
     export_run(run_dir)            # → runs/a/pipeline (also done at the end of training)
 """
 
-from clipsonic.train.checkpoint import CheckpointError, list_checkpoints, load_latest_checkpoint
-from clipsonic.train.config import (
-    ConfigFile,
-    RunConfig,
-    TrainConfig,
-    read_config_file,
-    resolve_run_config,
-)
-from clipsonic.train.export import compute_dataset_stats, export_run
+from clipsonic.train.checkpoint import list_checkpoints
+from clipsonic.train.harness import LoopConfig, Task, export_run, fit, read_run
 from clipsonic.train.logs import read_metrics
-from clipsonic.train.loop import Trainer, TrainingError, train
-from clipsonic.train.run_dir import RunDirError
+from clipsonic.train.unet import RunConfig, TrainConfig, resolve_run_config, train
 
 __all__ = [
-    "CheckpointError",
-    "ConfigFile",
+    "LoopConfig",
     "RunConfig",
-    "RunDirError",
+    "Task",
     "TrainConfig",
-    "Trainer",
-    "TrainingError",
-    "compute_dataset_stats",
     "export_run",
+    "fit",
     "list_checkpoints",
-    "load_latest_checkpoint",
-    "read_config_file",
     "read_metrics",
+    "read_run",
     "resolve_run_config",
     "train",
 ]

@@ -1,215 +1,186 @@
-"""Training audio for the vocoder: a dataset directory's ``flac`` clips or a folder of audio files.
+"""Training audio for the vocoder: a dataset's ``flac`` clips, streamed from its shards, or a folder of audio files.
 
-Segments are drawn deterministically from a global sample index ``n``: the file (chosen in
-proportion to its length) and the offset come from ``numpy.random.default_rng([seed, n])``.
-So batch ``s`` is the same whatever happened before it — which is what makes a resumed run
-identical to an uninterrupted one, on any number of processes and data-loader workers.
+Every rank reads an endless stream of clips, in an order drawn per epoch from the seed, and cuts
+one random segment from each (its start drawn from ``(seed, epoch, key)``). Its position is
+``(epoch, clips taken in that epoch)``: a run resumed from it continues with exactly the batch
+that would have come next, decoding nothing it skips.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
+import itertools
 import logging
-import os
+import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from clipsonic.vocoder.audio_io import AUDIO_SUFFIXES, AudioInfo, probe_audio, read_segment
-from clipsonic.vocoder.base import VocoderError
+from clipsonic.data.dataset import read_dataset_info
+from clipsonic.data.loader import StreamLayout, decode_flac, epoch_samples, iter_raw_samples
+from clipsonic.errors import ClipsonicError
+from clipsonic.media import MediaError, load_audio, probe
 
 log = logging.getLogger(__name__)
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".m4a")
 VALIDATION_SPLITS = ("valid", "val", "validation", "test")
+SHUFFLE_BUFFER = 256  # dataset clips mixed across a shard, which holds a video's clips side by side
 
 
 @dataclasses.dataclass(frozen=True)
-class AudioItem:
-    """One source of training audio: a file on disk or a clip's flac bytes from a shard."""
+class Clip:
+    """One piece of training audio: a file of ``num_samples`` samples, or a shard sample's flac bytes."""
 
-    name: str
-    num_samples: int  # at the training sample rate
+    key: str
     path: Path | None = None
-    info: AudioInfo | None = None
+    num_samples: int = 0
     flac: bytes | None = None
 
-    def read(self, start: int, length: int, sample_rate: int) -> np.ndarray:
-        """float32 ``[length]`` from ``start`` (zero-padded past the end); rejects NaN/inf samples."""
+    def segment(self, length: int, sample_rate: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """float32 ``[length]`` from a random start (the middle without ``rng``), zero-padded past the end."""
         if self.flac is not None:
-            wav = _decode_flac(self.flac, sample_rate, self.name)[start:start + length]
-            wav = np.pad(wav, (0, length - len(wav))) if len(wav) < length else wav
+            wav = decode_flac(self.flac, sample_rate, self.key)
+            start = _start(len(wav), length, rng)
+            wav = wav[start:start + length]
         else:
-            wav = read_segment(self.path, self.info, sample_rate, start, length)
+            start = _start(self.num_samples, length, rng)
+            wav = load_audio(self.path, sample_rate, start / sample_rate, length / sample_rate, pad_end=True)
         if not np.isfinite(wav).all():
-            raise VocoderError(f"{self.name}: audio contains NaN or infinite samples; remove or repair the file")
-        return wav
+            raise ClipsonicError(f"{self.key}: audio contains NaN or infinite samples; remove or repair the file")
+        return np.pad(wav, (0, length - len(wav)))
 
 
-@dataclasses.dataclass
+def _num_held_out(num_clips: int, num_val: int) -> int:
+    """Validation clips set aside from the training ones: a tenth, at most ``num_val``; none below 10."""
+    return max(1, min(num_val, num_clips // 10)) if num_clips >= 10 else 0
+
+
+def _start(num_samples: int, length: int, rng: np.random.Generator | None) -> int:
+    span = max(num_samples - length, 0)
+    return span // 2 if rng is None else int(rng.integers(0, span + 1))
+
+
 class AudioCorpus:
-    """Training and validation items plus what was skipped or padded, for the log."""
+    """Training clips (streamed per epoch) and fixed validation clips of a dataset directory or an audio folder.
 
-    train: list[AudioItem]
-    val: list[AudioItem]
-    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (name, reason)
-    source: str = ""
+    Validation: a dataset's valid/val/test split when it has one; else up to ``num_val`` held-out
+    clips when there are at least 10 (a folder's drawn from the seed, a dataset's the first ones);
+    else none, and :func:`validation_audio` cuts seeded segments of the training clips.
+    """
+
+    def __init__(self, data: str | Path, sample_rate: int, num_val: int, seed: int) -> None:
+        root = Path(data)
+        if not root.is_dir():
+            raise ClipsonicError(f"{root}: not a directory (give a dataset directory or a folder of audio files)")
+        self.sample_rate, self.skipped = sample_rate, []
+        self.files: list[Clip] = []
+        self.shards: tuple[str, ...] = ()
+        if (root / "dataset.json").is_file():
+            self._open_dataset(root, num_val)
+        else:
+            self._open_folder(root, num_val, seed)
+        self.held = {c.key for c in self.val}
+
+    def _open_dataset(self, root: Path, num_val: int) -> None:
+        info = read_dataset_info(root)
+        if info.mel.sample_rate != self.sample_rate:
+            raise ClipsonicError(f"{root} holds {info.mel.sample_rate} Hz audio but the vocoder is for {self.sample_rate} Hz")
+        val_split = next((s for s in VALIDATION_SPLITS if info.num_clips(s)), None)
+        train = [s for s in info.splits if s != val_split]
+        self.shards = tuple(str(p) for s in train for p in info.shard_paths(s))
+        first = next(iter_raw_samples(self.shards[:1], fields=(), optional=("flac",)), {})
+        if "flac" not in first:
+            raise ClipsonicError(f"{root}: its clips store no audio (flac); re-run `clipsonic preprocess` with --keep-audio")
+        self.num_train = sum(info.num_clips(s) for s in train)
+        source = info.shard_paths(val_split) if val_split else self.shards
+        count = num_val if val_split else _num_held_out(self.num_train, num_val)
+        self.val = [Clip(s["__key__"], flac=s["flac"])
+                    for s in itertools.islice(iter_raw_samples(source, fields=("flac",)), count)]
+        self.num_train -= 0 if val_split else len(self.val)
+        self.clip_samples, self.name = info.mel.clip_samples, f"dataset {root}"
+
+    def _open_folder(self, root: Path, num_val: int, seed: int) -> None:
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES):
+            key = str(path.relative_to(root))
+            try:
+                n = round(probe(path).duration * self.sample_rate)
+                head = load_audio(path, self.sample_rate, duration=min(n, self.sample_rate) / self.sample_rate,
+                                  pad_end=True) if n > 0 else None
+            except MediaError as exc:
+                self.skipped.append((key, str(exc).removeprefix(f"{path}: ")))
+                continue
+            if head is None or not np.isfinite(head).all():
+                self.skipped.append((key, "contains no audio" if head is None else "contains NaN or infinite samples"))
+                continue
+            self.files.append(Clip(key, path=path, num_samples=n))
+        if not self.files:
+            reasons = "; ".join(f"{k}: {r}" for k, r in self.skipped[:3])
+            raise ClipsonicError(f"{root}: no usable audio files ({len(self.skipped)} unreadable"
+                                 f"{': ' + reasons if reasons else ''}); expected {', '.join(AUDIO_SUFFIXES)} files")
+        order = np.random.default_rng(seed).permutation(len(self.files))
+        held = set(order[:_num_held_out(len(self.files), num_val)].tolist())
+        self.val = [c for i, c in enumerate(self.files) if i in held]
+        self.files = [c for i, c in enumerate(self.files) if i not in held]
+        self.num_train, self.name = len(self.files), f"folder {root}"
 
     def count_short(self, segment_size: int) -> int:
-        return sum(item.num_samples < segment_size for item in self.train)
+        if self.shards:
+            return self.num_train if self.clip_samples < segment_size else 0
+        return sum(c.num_samples < segment_size for c in self.files)
+
+    def clips(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1) -> Iterator[Clip | None]:
+        """This rank's clips of one epoch in their seeded order (None: a held-out clip, which still counts)."""
+        if not self.shards:
+            order = np.random.default_rng([seed, epoch]).permutation(len(self.files))
+            yield from (self.files[i] for i in order[rank::world_size])
+            return
+        layout = StreamLayout(self.shards, 1, seed, rank, world_size, num_workers=0, shuffle_buffer=SHUFFLE_BUFFER)
+        for raw in epoch_samples(layout, 0, epoch, fields=("flac",)):
+            yield None if raw["__key__"] in self.held else Clip(raw["__key__"], flac=raw["flac"])
 
 
-def _decode_flac(payload: bytes, sample_rate: int, name: str) -> np.ndarray:
-    import soundfile as sf
+def training_batches(corpus: AudioCorpus, batch_size: int, segment_size: int, seed: int, *, rank: int = 0,
+                     world_size: int = 1, epoch: int = 0, offset: int = 0,
+                     num_workers: int = 0) -> Iterator[dict]:
+    """Endless ``{"audio": [B, segment_size] float32, "epoch", "offset"}`` from position ``(epoch, offset)``.
 
-    try:
-        data, sr = sf.read(io.BytesIO(payload), dtype="float32", always_2d=True)
-    except Exception as exc:
-        raise VocoderError(f"{name}: flac not decodable ({exc})") from None
-    wav = data.mean(axis=1)
-    if sr != sample_rate:
-        import soxr
-
-        wav = soxr.resample(wav, sr, sample_rate).astype(np.float32)
-    return wav
-
-
-def scan_audio_folder(root: Path, sample_rate: int) -> tuple[list[AudioItem], list[tuple[str, str]]]:
-    """Every readable audio file under ``root`` (recursively, sorted); the others with a reason."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-    items, skipped = [], []
-    for path in files:
-        name = str(path.relative_to(root))
-        try:
-            info = probe_audio(path)
-            head = read_segment(path, info, sample_rate, 0, min(info.samples_at(sample_rate), sample_rate))
-        except VocoderError as exc:
-            skipped.append((name, str(exc)))
-            continue
-        if not np.isfinite(head).all():
-            skipped.append((name, "contains NaN or infinite samples"))
-            continue
-        items.append(AudioItem(name, info.samples_at(sample_rate), path=path, info=info))
-    return items, skipped
-
-
-def read_dataset_audio(root: Path, sample_rate: int) -> tuple[dict[str, list[AudioItem]], int]:
-    """``flac`` clips of every split of a dataset directory (via webdataset); and how many lacked one."""
-    import webdataset as wds
-
-    from clipsonic.data.dataset import read_dataset_info
-
-    info = read_dataset_info(root)
-    if info.mel.sample_rate != sample_rate:
-        raise VocoderError(f"{root} holds {info.mel.sample_rate} Hz audio but the vocoder is for {sample_rate} Hz")
-    splits: dict[str, list[AudioItem]] = {}
-    missing = 0
-    for split in info.splits:
-        urls = [str(p) for p in info.shard_paths(split) if p.is_file()]
-        items = []
-        for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False) if urls else []:
-            payload = sample.get("flac")
-            if payload is None:
-                missing += 1
-                continue
-            frames = _flac_frames(payload)
-            items.append(AudioItem(f"{split}/{sample['__key__']}", frames, flac=bytes(payload)))
-        splits[split] = items
-    return splits, missing
-
-
-def _flac_frames(payload: bytes) -> int:
-    import soundfile as sf
-
-    return int(sf.info(io.BytesIO(payload)).frames)
-
-
-def open_corpus(data: str | os.PathLike, sample_rate: int, num_val: int, seed: int) -> AudioCorpus:
-    """Training + validation audio from a dataset directory or a folder of audio files.
-
-    Validation: a dataset's valid/val/test split when it has one; otherwise up to ``num_val``
-    held-out files when there are at least 10, else (tiny corpora) segments of the training files.
+    ``epoch``/``offset`` of a batch are the position after it; ``num_workers`` threads decode each batch.
     """
-    root = Path(data)
-    if not root.is_dir():
-        raise VocoderError(f"{root}: not a directory (give a dataset directory or a folder of audio files)")
-    if (root / "dataset.json").is_file():
-        splits, missing = read_dataset_audio(root, sample_rate)
-        if not any(splits.values()):
-            raise VocoderError(
-                f"{root}: no clip has its audio (flac) stored ({missing} clips without); "
-                "re-run `clipsonic preprocess` with --keep-audio"
-            )
-        val_name = next((s for s in VALIDATION_SPLITS if splits.get(s)), None)
-        train = [it for s, items in splits.items() if s != val_name for it in items]
-        val = splits[val_name] if val_name else []
-        skipped = [("(clips)", f"{missing} clips stored no flac audio")] if missing else []
-        corpus = AudioCorpus(train, val, skipped, source=f"dataset {root}")
-    else:
-        items, skipped = scan_audio_folder(root, sample_rate)
-        if not items:
-            reasons = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
-            raise VocoderError(
-                f"{root}: no usable audio files ({len(skipped)} unreadable{': ' + reasons if reasons else ''}); "
-                f"expected {', '.join(AUDIO_SUFFIXES)} files"
-            )
-        corpus = AudioCorpus(items, [], skipped, source=f"folder {root}")
-    if not corpus.val and len(corpus.train) >= 10:
-        order = np.random.default_rng(seed).permutation(len(corpus.train))
-        held = set(order[: max(1, min(num_val, len(corpus.train) // 10))].tolist())
-        corpus.val = [it for i, it in enumerate(corpus.train) if i in held]
-        corpus.train = [it for i, it in enumerate(corpus.train) if i not in held]
-    if not corpus.train:
-        raise VocoderError(f"{root}: no training audio left after setting validation aside")
-    return corpus
+    def cut(clip: Clip, clip_epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, clip_epoch, zlib.crc32(clip.key.encode())])
+        return clip.segment(segment_size, corpus.sample_rate, rng)
 
-
-class SegmentDataset(torch.utils.data.Dataset):
-    """Global sample index ``n`` → a random float32 segment ``[segment_size]`` (see module doc)."""
-
-    def __init__(self, items: list[AudioItem], segment_size: int, sample_rate: int, seed: int) -> None:
-        self.items, self.segment_size, self.sample_rate, self.seed = items, segment_size, sample_rate, seed
-        self.cumulative = np.cumsum([max(it.num_samples, 1) for it in items])
-
-    def __len__(self) -> int:
-        return 2**62  # conceptually infinite; the sampler decides which indices are used
-
-    def locate(self, n: int) -> tuple[int, int]:
-        """(item index, start sample) of global sample ``n``."""
-        rng = np.random.default_rng([self.seed, n])
-        index = int(np.searchsorted(self.cumulative, rng.random() * self.cumulative[-1], side="right"))
-        index = min(index, len(self.items) - 1)
-        span = self.items[index].num_samples - self.segment_size
-        return index, int(rng.integers(0, span + 1)) if span > 0 else 0
-
-    def __getitem__(self, n: int) -> torch.Tensor:
-        index, start = self.locate(n)
-        return torch.from_numpy(self.items[index].read(start, self.segment_size, self.sample_rate).copy())
-
-
-class StepSampler(torch.utils.data.Sampler):
-    """Global sample indices of this process's share of every batch, from ``start_step`` on."""
-
-    def __init__(self, batch_size: int, start_step: int, rank: int = 0, world_size: int = 1) -> None:
-        self.batch_size, self.start_step, self.rank, self.world_size = batch_size, start_step, rank, world_size
-
-    def __iter__(self) -> Iterator[int]:
-        step = self.start_step
+    pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
+    pending: list[tuple[Clip, int]] = []
+    try:
         while True:
-            first = (step * self.world_size + self.rank) * self.batch_size
-            yield from range(first, first + self.batch_size)
-            step += 1
+            seen = 0
+            for i, clip in enumerate(corpus.clips(epoch, seed, rank, world_size)):
+                seen += 1
+                if i >= offset and clip is not None:
+                    pending.append((clip, epoch))
+                if len(pending) == batch_size:
+                    audio = list((pool.map if pool else map)(cut, *zip(*pending, strict=True)))
+                    yield {"audio": torch.from_numpy(np.stack(audio)), "epoch": epoch, "offset": i + 1}
+                    pending = []
+            if seen == 0:
+                raise ClipsonicError(f"rank {rank} of {world_size} got no training clips in epoch {epoch}: "
+                                     "there are fewer clips (or shards) than processes")
+            epoch, offset = epoch + 1, 0
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
-def validation_segments(corpus: AudioCorpus, length: int, count: int, sample_rate: int, seed: int) -> torch.Tensor:
-    """Fixed validation audio ``[V, length]``: the middle of each held-out item, or seeded
-    segments of the training items when nothing is held out."""
+def validation_audio(corpus: AudioCorpus, length: int, count: int, seed: int) -> torch.Tensor:
+    """Fixed validation audio ``[V, length]``: the middle of each held-out clip, or seeded segments
+    of the training clips when nothing is held out."""
     if corpus.val:
-        picks = [(it, max(0, (it.num_samples - length) // 2)) for it in corpus.val[:count]]
-    else:
-        log.warning("validating on segments of the training audio (fewer than 10 files, no validation split)")
-        ds = SegmentDataset(corpus.train, length, sample_rate, seed + 1)
-        picks = [(corpus.train[i], s) for i, s in (ds.locate(n) for n in range(count))]
-    return torch.stack([torch.from_numpy(it.read(s, length, sample_rate).copy()) for it, s in picks])
+        return torch.from_numpy(np.stack([c.segment(length, corpus.sample_rate) for c in corpus.val[:count]]))
+    log.warning("validating on segments of the training audio (fewer than 10 clips, no validation split)")
+    batch = next(training_batches(corpus, count, length, seed + 1))
+    return batch["audio"]

@@ -1,45 +1,40 @@
-"""The bigvgan package's discriminators, configured for 16 kHz.
+"""The discriminators of BigVGAN's recipe, configured for 16 kHz audio.
 
 Always the multi-period discriminator (MPD, HiFi-GAN), plus one of:
-- ``mrd``: UnivNet's multi-resolution STFT discriminator (BigVGAN v1, the default);
-- ``mbd``: the multi-band discriminator of descript-audio-codec (BigVGAN v2 option);
-- ``cqtd``: the multi-scale sub-band CQT discriminator (BigVGAN v2). Its default 9 octaves
-  from 32.7 Hz reach far above the 8 kHz Nyquist of 16 kHz audio; 7 octaves keep every bin
-  below 8 kHz (top bin ≈ 4.1 kHz; the MPD covers the rest).
+- ``mrd``: UnivNet's multi-resolution STFT discriminator (BigVGAN v1; the default);
+- ``mbd``: descript-audio-codec's multi-band discriminator (a BigVGAN v2 option);
+- ``cqtd``: the multi-scale sub-band CQT discriminator (BigVGAN v2), with 7 octaves instead of
+  its 9 so that every bin from 32.7 Hz stays below the 8 kHz Nyquist of 16 kHz audio.
 
-``bigvgan.discriminators`` imports torchaudio at module level, for MBD's spectrogram and CQTD's
-resampler only. torchaudio has no build for every torch release (none for the CPU torch 2.13
-this project tests on), so when it is missing we import the module with small PyTorch
-stand-ins for those two transforms (:mod:`clipsonic.vocoder.torchaudio_compat`), visible only
-during that import.
+MPD and MRD are copied from ``bigvgan/discriminators.py`` (MIT, NVIDIA; adapted from HiFi-GAN),
+diffusers-style, because that module imports torchaudio at its top, which has no build for every
+torch release. ``mbd`` and ``cqtd`` need torchaudio (and nnAudio): they come from the bigvgan
+package itself when those are installed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib
-import io
-import logging
-import sys
 import warnings
-from typing import Any
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn import Conv2d
+from torch.nn.utils import spectral_norm, weight_norm
 
 from clipsonic.config import Config
-from clipsonic.vocoder.base import VocoderError
+from clipsonic.errors import ClipsonicError
 
-log = logging.getLogger(__name__)
-
-DISCRIMINATOR_KINDS = ("mrd", "mbd", "cqtd")
+CQT_FMIN = 32.70  # Hz: nnAudio's default lowest CQT bin
 
 
 @dataclasses.dataclass(frozen=True)
 class DiscriminatorConfig(Config):
     """Which discriminators judge the generator, and how wide they are."""
 
-    kind: str = "mrd"
+    kind: Literal["mrd", "mbd", "cqtd"] = "mrd"
     # Scales every MPD/MRD channel count (BigVGAN uses 1.0). Small generators train with small
     # discriminators: a 1.0-wide pair has ~40M parameters and dominates a CPU step.
     channel_mult: float = 1.0
@@ -53,78 +48,223 @@ class DiscriminatorConfig(Config):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mrd_resolutions", tuple(tuple(r) for r in self.mrd_resolutions))
-        if self.kind not in DISCRIMINATOR_KINDS:
-            raise ValueError(f"discriminator kind must be one of {DISCRIMINATOR_KINDS}, got {self.kind!r}")
         if self.channel_mult <= 0:
             raise ValueError(f"channel_mult must be > 0, got {self.channel_mult}")
         if len(self.mrd_resolutions) != 3 or any(len(r) != 3 for r in self.mrd_resolutions):
             raise ValueError("mrd_resolutions must be three (n_fft, hop, win) triples (bigvgan's MRD needs 3)")
-        n = len(self.cqtd_hop_lengths)
-        if len(self.cqtd_n_octaves) != n or len(self.cqtd_bins_per_octaves) != n:
+        if not len(self.cqtd_hop_lengths) == len(self.cqtd_n_octaves) == len(self.cqtd_bins_per_octaves):
             raise ValueError("cqtd_hop_lengths, cqtd_n_octaves and cqtd_bins_per_octaves must have equal length")
 
     def check_cqt_range(self, sample_rate: int) -> None:
-        """Every CQT bin (from 32.7 Hz, nnAudio's default fmin) must lie below Nyquist."""
-        for octaves, bins in zip(self.cqtd_n_octaves, self.cqtd_bins_per_octaves, strict=False):
-            top = 32.70 * 2 ** (octaves - 1 / bins)
-            if top >= sample_rate / 2:
-                raise VocoderError(
-                    f"a CQT discriminator with {octaves} octaves reaches {top:.0f} Hz, above the "
-                    f"{sample_rate / 2:.0f} Hz Nyquist of {sample_rate} Hz audio; use at most "
-                    f"{_max_octaves(sample_rate, bins)} octaves"
-                )
-
-    def hparams(self, sample_rate: int) -> Any:
-        from bigvgan.env import AttrDict
-
-        d = self.to_dict()
-        return AttrDict(
-            discriminator_channel_mult=self.channel_mult, use_spectral_norm=False,
-            mpd_reshapes=d["mpd_reshapes"], resolutions=d["mrd_resolutions"], mbd_fft_sizes=d["mbd_fft_sizes"],
-            cqtd_hop_lengths=d["cqtd_hop_lengths"], cqtd_n_octaves=d["cqtd_n_octaves"],
-            cqtd_bins_per_octaves=d["cqtd_bins_per_octaves"], sampling_rate=sample_rate,
-        )
+        """Every CQT bin must lie below Nyquist."""
+        for octaves, bins in zip(self.cqtd_n_octaves, self.cqtd_bins_per_octaves, strict=True):
+            if CQT_FMIN * 2 ** (octaves - 1 / bins) >= sample_rate / 2:
+                fit = next(n for n in range(octaves, 0, -1) if CQT_FMIN * 2 ** (n - 1 / bins) < sample_rate / 2)
+                raise ClipsonicError(
+                    f"a CQT discriminator with {octaves} octaves reaches {CQT_FMIN * 2 ** (octaves - 1 / bins):.0f} Hz, "
+                    f"above the {sample_rate / 2:.0f} Hz Nyquist of {sample_rate} Hz audio; use at most {fit} octaves")
 
 
-def _max_octaves(sample_rate: int, bins: int) -> int:
-    n = 1
-    while 32.70 * 2 ** (n + 1 - 1 / bins) < sample_rate / 2:
-        n += 1
-    return n
-
-
-def bigvgan_discriminators():
-    """``bigvgan.discriminators``, importing it with torchaudio stand-ins if torchaudio is absent."""
-    if "bigvgan.discriminators" in sys.modules:
-        return sys.modules["bigvgan.discriminators"]
-    try:
-        import torchaudio  # noqa: F401
-    except ImportError:
-        from clipsonic.vocoder import torchaudio_compat
-
-        with torchaudio_compat.installed():
-            return importlib.import_module("bigvgan.discriminators")
-    return importlib.import_module("bigvgan.discriminators")
-
-
-def build_discriminator(config: DiscriminatorConfig, sample_rate: int) -> torch.nn.Module:
+def build_discriminator(config: DiscriminatorConfig, sample_rate: int) -> nn.Module:
     """MPD + the configured second discriminator as one module.
 
-    ``forward(y, y_hat)`` with waveforms ``[B, 1, T]`` returns bigvgan's 4-tuple
-    ``(real_scores, fake_scores, real_feature_maps, fake_feature_maps)``, lists over all sub-discriminators.
+    ``forward(y, y_hat)`` on waveforms ``[B, 1, T]`` returns ``(real_scores, fake_scores,
+    real_feature_maps, fake_feature_maps)``, lists over all sub-discriminators.
     """
-    D = bigvgan_discriminators()
-    h = config.hparams(sample_rate)
-    if config.kind == "cqtd":
-        config.check_cqt_range(sample_rate)
-    second = {"mrd": D.MultiResolutionDiscriminator, "mbd": D.MultiBandDiscriminator,
-              "cqtd": D.MultiScaleSubbandCQTDiscriminator}[config.kind]
-    chatter = io.StringIO()
-    with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
-        # bigvgan prints its settings and uses the deprecated torch.nn.utils.weight_norm
+    # bigvgan's classes read their settings from its dict-with-attributes
+    from bigvgan.env import AttrDict
+
+    d = config.to_dict()
+    h = AttrDict(discriminator_channel_mult=config.channel_mult, use_spectral_norm=False,
+                 mpd_reshapes=d["mpd_reshapes"], resolutions=d["mrd_resolutions"], mbd_fft_sizes=d["mbd_fft_sizes"],
+                 cqtd_hop_lengths=d["cqtd_hop_lengths"], cqtd_n_octaves=d["cqtd_n_octaves"],
+                 cqtd_bins_per_octaves=d["cqtd_bins_per_octaves"], sampling_rate=sample_rate)
+    with warnings.catch_warnings():  # torch.nn.utils.weight_norm is deprecated in favour of parametrizations
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
-        module = D.CombinedDiscriminator([D.MultiPeriodDiscriminator(h), second(h)])
-    for line in chatter.getvalue().splitlines():
-        log.debug("bigvgan: %s", line)
-    return module
+        second = MultiResolutionDiscriminator(h) if config.kind == "mrd" else _torchaudio_discriminator(config, h)
+        return CombinedDiscriminator([MultiPeriodDiscriminator(h), second])
+
+
+def _torchaudio_discriminator(config: DiscriminatorConfig, h) -> nn.Module:
+    if config.kind == "cqtd":
+        config.check_cqt_range(h.sampling_rate)
+    try:
+        from bigvgan import discriminators
+
+        if config.kind == "mbd":
+            return discriminators.MultiBandDiscriminator(h)
+        return discriminators.MultiScaleSubbandCQTDiscriminator(h)
+    except ImportError as exc:
+        raise ClipsonicError(
+            f"the '{config.kind}' discriminator needs torchaudio{' and nnAudio' if config.kind == 'cqtd' else ''} "
+            f"({exc}); `pip install torchaudio nnAudio` (a build matching your torch), or use --discriminator mrd"
+        ) from None
+
+
+# Copied from bigvgan.utils.get_padding
+def get_padding(kernel_size, dilation=1):
+    return int((kernel_size * dilation - dilation) / 2)
+
+
+# Copied from bigvgan.discriminators.DiscriminatorP (its four strided convs built in a loop)
+class DiscriminatorP(torch.nn.Module):
+    def __init__(self, h, period, kernel_size=5, stride=3, use_spectral_norm=False):
+        super().__init__()
+        self.period = period
+        self.d_mult = h.discriminator_channel_mult
+        norm_f = weight_norm if not use_spectral_norm else spectral_norm
+        channels = [1, int(32 * self.d_mult), int(128 * self.d_mult), int(512 * self.d_mult), int(1024 * self.d_mult)]
+        self.convs = nn.ModuleList(
+            [norm_f(Conv2d(c_in, c_out, (kernel_size, 1), (stride, 1), padding=(get_padding(5, 1), 0)))
+             for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)]
+            + [norm_f(Conv2d(int(1024 * self.d_mult), int(1024 * self.d_mult), (kernel_size, 1), 1, padding=(2, 0)))]
+        )
+        self.conv_post = norm_f(Conv2d(int(1024 * self.d_mult), 1, (3, 1), 1, padding=(1, 0)))
+
+    def forward(self, x):
+        fmap = []
+
+        # 1d to 2d
+        b, c, t = x.shape
+        if t % self.period != 0:  # pad first
+            n_pad = self.period - (t % self.period)
+            x = F.pad(x, (0, n_pad), "reflect")
+            t = t + n_pad
+        x = x.view(b, c, t // self.period, self.period)
+
+        for layer in self.convs:
+            x = layer(x)
+            x = F.leaky_relu(x, 0.1)
+            fmap.append(x)
+        x = self.conv_post(x)
+        fmap.append(x)
+        x = torch.flatten(x, 1, -1)
+
+        return x, fmap
+
+
+# Copied from bigvgan.discriminators.MultiPeriodDiscriminator (without its print of the periods)
+class MultiPeriodDiscriminator(torch.nn.Module):
+    def __init__(self, h):
+        super().__init__()
+        self.mpd_reshapes = h.mpd_reshapes
+        self.discriminators = nn.ModuleList(
+            [DiscriminatorP(h, rs, use_spectral_norm=h.use_spectral_norm) for rs in self.mpd_reshapes]
+        )
+
+    def forward(self, y, y_hat):
+        y_d_rs = []
+        y_d_gs = []
+        fmap_rs = []
+        fmap_gs = []
+        for d in self.discriminators:
+            y_d_r, fmap_r = d(y)
+            y_d_g, fmap_g = d(y_hat)
+            y_d_rs.append(y_d_r)
+            fmap_rs.append(fmap_r)
+            y_d_gs.append(y_d_g)
+            fmap_gs.append(fmap_g)
+
+        return y_d_rs, y_d_gs, fmap_rs, fmap_gs
+
+
+# Copied from bigvgan.discriminators.DiscriminatorR (without the mrd_* overrides we never set, and
+# with the rectangular STFT window torch.stft uses by default passed explicitly: same numbers, no warning)
+class DiscriminatorR(nn.Module):
+    def __init__(self, cfg, resolution):
+        super().__init__()
+
+        self.resolution = resolution
+        assert len(self.resolution) == 3, f"MRD layer requires list with len=3, got {self.resolution}"
+        self.lrelu_slope = 0.1
+
+        norm_f = weight_norm if cfg.use_spectral_norm == False else spectral_norm  # noqa: E712
+        self.d_mult = cfg.discriminator_channel_mult
+        ch = int(32 * self.d_mult)
+        self.convs = nn.ModuleList(
+            [
+                norm_f(nn.Conv2d(1, ch, (3, 9), padding=(1, 4))),
+                norm_f(nn.Conv2d(ch, ch, (3, 9), stride=(1, 2), padding=(1, 4))),
+                norm_f(nn.Conv2d(ch, ch, (3, 9), stride=(1, 2), padding=(1, 4))),
+                norm_f(nn.Conv2d(ch, ch, (3, 9), stride=(1, 2), padding=(1, 4))),
+                norm_f(nn.Conv2d(ch, ch, (3, 3), padding=(1, 1))),
+            ]
+        )
+        self.conv_post = norm_f(nn.Conv2d(ch, 1, (3, 3), padding=(1, 1)))
+
+    def forward(self, x):
+        fmap = []
+
+        x = self.spectrogram(x)
+        x = x.unsqueeze(1)
+        for layer in self.convs:
+            x = layer(x)
+            x = F.leaky_relu(x, self.lrelu_slope)
+            fmap.append(x)
+        x = self.conv_post(x)
+        fmap.append(x)
+        x = torch.flatten(x, 1, -1)
+
+        return x, fmap
+
+    def spectrogram(self, x):
+        n_fft, hop_length, win_length = self.resolution
+        x = F.pad(x, (int((n_fft - hop_length) / 2), int((n_fft - hop_length) / 2)), mode="reflect")
+        x = x.squeeze(1)
+        window = torch.ones(win_length, device=x.device, dtype=x.dtype)
+        x = torch.stft(x, n_fft=n_fft, hop_length=hop_length, win_length=win_length, window=window,
+                       center=False, return_complex=True)
+        x = torch.view_as_real(x)  # [B, F, TT, 2]
+        mag = torch.norm(x, p=2, dim=-1)  # [B, F, TT]
+
+        return mag
+
+
+# Copied from bigvgan.discriminators.MultiResolutionDiscriminator
+class MultiResolutionDiscriminator(nn.Module):
+    def __init__(self, cfg, debug=False):
+        super().__init__()
+        self.resolutions = cfg.resolutions
+        assert len(self.resolutions) == 3, (
+            f"MRD requires list of list with len=3, each element having a list with len=3. Got {self.resolutions}"
+        )
+        self.discriminators = nn.ModuleList([DiscriminatorR(cfg, resolution) for resolution in self.resolutions])
+
+    def forward(self, y, y_hat):
+        y_d_rs = []
+        y_d_gs = []
+        fmap_rs = []
+        fmap_gs = []
+
+        for d in self.discriminators:
+            y_d_r, fmap_r = d(x=y)
+            y_d_g, fmap_g = d(x=y_hat)
+            y_d_rs.append(y_d_r)
+            fmap_rs.append(fmap_r)
+            y_d_gs.append(y_d_g)
+            fmap_gs.append(fmap_g)
+
+        return y_d_rs, y_d_gs, fmap_rs, fmap_gs
+
+
+# Copied from bigvgan.discriminators.CombinedDiscriminator (upstream's attribute spelling kept)
+class CombinedDiscriminator(nn.Module):
+    def __init__(self, list_discriminator):
+        super().__init__()
+        self.discrimiantor = nn.ModuleList(list_discriminator)
+
+    def forward(self, y, y_hat):
+        y_d_rs = []
+        y_d_gs = []
+        fmap_rs = []
+        fmap_gs = []
+
+        for disc in self.discrimiantor:
+            y_d_r, y_d_g, fmap_r, fmap_g = disc(y, y_hat)
+            y_d_rs.extend(y_d_r)
+            fmap_rs.extend(fmap_r)
+            y_d_gs.extend(y_d_g)
+            fmap_gs.extend(fmap_g)
+
+        return y_d_rs, y_d_gs, fmap_rs, fmap_gs

@@ -1,0 +1,311 @@
+"""``train``: the mel diffusion model (MelUNet + Improved DDPM) as a task of the training loop.
+
+One step = ``grad_accum`` micro-batches per process: for each, the diffusion draws t, noise and the
+guidance drop mask from this process's generator, the hybrid loss goes through the non-finite
+guard (naming the clips) and gradients are synchronised on the last micro-batch only; then
+clipping, AdamW at ``lr_at(step)`` and the EMA update. Validation losses use fixed clips, t and
+noise, so they move only when the weights do. The export is a pipeline directory of the EMA
+weights with the dataset's statistics (``clipsonic.export``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipsonic.audio import MelConfig, denormalize, griffin_lim
+from clipsonic.config import Config, ConfigError
+from clipsonic.data.dataset import DatasetInfo, read_dataset_info
+from clipsonic.data.loader import StreamLayout, TrainStream, load_fixed_samples
+from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, DiffusionConfig, GaussianDiffusion
+from clipsonic.errors import ClipsonicError
+from clipsonic.export import write_pipeline_dir
+from clipsonic.media import save_audio
+from clipsonic.models import UNET_PRESETS, MelUNet, MelUNetConfig
+from clipsonic.plotting import save_mel_image
+from clipsonic.train.checkpoint import Checkpoint
+from clipsonic.train.ema import EMA
+from clipsonic.train.harness import LoopConfig, Progress, Run, Task, config_sections, fit
+from clipsonic.train.stats import compute_dataset_stats
+
+log = logging.getLogger(__name__)
+
+SAMPLE_SEED_OFFSET = 7919  # the progress samples' noise: another stream than training's, the same every time
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(LoopConfig):
+    """The UNet's ``train`` section. Defaults follow the paper / Improved DDPM; CPU runs pass ``preset="tiny"``."""
+
+    RESUMABLE: ClassVar[tuple[str, ...]] = LoopConfig.RESUMABLE + ("sample_every", "num_workers")
+
+    max_steps: int = 200_000  # the paper: 200K iterations on MUSIC (500K on VGGSound)
+    preset: Literal["paper", "small", "tiny"] = "paper"  # MelUNet size (models.UNET_PRESETS)
+    # Per process and micro-step: 2 GPUs × 64 = improved-diffusion's batch of 128.
+    # The effective batch is batch_size × grad_accum × processes.
+    batch_size: int = 64
+    grad_accum: int = 1  # micro-batches per optimizer step
+    weight_decay: float = 0.0  # improved-diffusion trains without weight decay
+    ema: float = 0.9999  # EMA decay of the exported weights
+    ema_warmup: bool = True  # decay min(ema, (1 + n) / (10 + n)) after n steps (see train/ema.py)
+    sample_every: int = 5000  # a sampled mel image + Griffin-Lim audio every N steps (0: never)
+    sample_steps: int = 50  # DDIM steps of those samples: short, it is a progress check
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE  # of those samples
+    val_samples: int = 64  # validation clips of the test split (fixed t and noise → comparable across steps)
+    num_workers: int = 2  # data-loading processes per training process
+    shuffle_buffer: int = 1000  # samples in each reader's shuffle buffer
+    bank_size: int = 4096  # image embeddings exported for the retrieval bridge
+    gradient_checkpointing: bool = False  # recompute activations: ~30 % slower, far less memory
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_ints(positive=("batch_size", "grad_accum", "sample_steps", "val_samples", "shuffle_buffer"),
+                        non_negative=("sample_every", "num_workers", "bank_size"))
+        if not 0.0 <= self.ema < 1.0 or self.weight_decay < 0:
+            raise ConfigError(f"need 0 <= ema < 1 and weight_decay >= 0, got {self.ema}, {self.weight_decay}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(Config):
+    """Everything that defines a UNet run: its config.json sections."""
+
+    train: TrainConfig
+    unet: MelUNetConfig
+    diffusion: DiffusionConfig
+
+
+def resolve_run_config(cond_dim: int, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """Defaults < preset < ``overrides``; ``unet.cond_dim`` comes from the dataset, ``learn_sigma`` from the diffusion."""
+    sections = config_sections(overrides or {})
+    train = TrainConfig.from_dict(sections.get("train", {}), source="train")
+    diffusion = DiffusionConfig.from_dict(sections.get("diffusion", {}), source="diffusion")
+    unet = sections.get("unet", {})
+    for key, want in (("cond_dim", cond_dim), ("learn_sigma", diffusion.learn_sigma)):
+        if unet.get(key, want) != want:
+            raise ConfigError(f"config sets unet.{key}={unet[key]!r} but the "
+                              f"{'dataset' if key == 'cond_dim' else 'diffusion config'} needs {want!r}")
+    unet = {**UNET_PRESETS[train.preset].to_dict(), **unet, "cond_dim": cond_dim, "learn_sigma": diffusion.learn_sigma}
+    return RunConfig.from_dict({**sections, "train": train.to_dict(), "unet": unet, "diffusion": diffusion.to_dict()})
+
+
+def dataset_record(info: DatasetInfo) -> dict[str, Any]:
+    """What a UNet run trains on, as config.json's "data"."""
+    return {"dataset": str(info.root.resolve()), "mel": info.mel.to_dict(), "clip": info.clip.to_dict(),
+            "frames": info.mel.clip_frames, "train_clips": info.num_clips("train")}
+
+
+def check_dataset_fits(info: DatasetInfo, run_dir: Path, saved: dict[str, Any]) -> None:
+    """Refuse a dataset whose mel config, CLIP width or CLIP weights differ from the run's, naming both."""
+    what = f"the run in {run_dir} (trained on {saved['dataset']})"
+    info.check_compatible(MelConfig.from_dict(saved["mel"], source=f"{run_dir}/config.json:data.mel"),
+                          clip_dim=int(saved["clip"]["dim"]), what=what)
+    if saved["clip"]["fingerprint"] != info.clip.fingerprint:
+        raise ClipsonicError(f"{info.root} was built with CLIP weights {info.clip.describe()} but {what} used "
+                             f"{saved['clip']['model']} (weights {saved['clip']['fingerprint'][:12]}); re-run "
+                             f"preprocess with --clip-model {saved['clip']['model']}")
+
+
+class UNetTask(Task):
+    name, config_class, export_name = "unet", RunConfig, "pipeline"
+
+    def __init__(self, run: Run, info: DatasetInfo):
+        super().__init__(run)
+        cfg, acc = run.config.train, run.accelerator
+        self.info, self.train_config = info, cfg
+        self.diffusion = GaussianDiffusion(run.config.diffusion)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every process
+        model = MelUNet(run.config.unet)
+        model.gradient_checkpointing = cfg.gradient_checkpointing
+        self.ema = EMA(model, cfg.ema, cfg.ema_warmup)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # This process's draws: t, noise and drop masks (self.gen), dropout (torch's global RNG).
+        self.gen = torch.Generator().manual_seed(cfg.seed * 100_003 + acc.process_index + 1)
+        torch.manual_seed(cfg.seed * 100_003 + acc.process_index + 50_000)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.ema.model.to(acc.device)
+        self.fixed: dict[str, Any] | None = None  # built on the main process at the first validation or sample
+
+    @classmethod
+    def resolve_config(cls, overrides: dict[str, dict[str, Any]], data: dict[str, Any]) -> RunConfig:
+        config = resolve_run_config(int(data["clip"]["dim"]), overrides)
+        frames, factor = data["frames"], config.unet.downsample_factor
+        if frames % factor:
+            raise ClipsonicError(f"{data['dataset']} has clips of {frames} mel frames but preset "
+                                 f"{config.train.preset!r} needs a multiple of {factor}; re-run preprocess with another "
+                                 "--clip-seconds or use another preset")
+        return config
+
+    @classmethod
+    def check_data(cls, saved: dict[str, Any], data: dict[str, Any], run_dir: Path) -> None:
+        check_dataset_fits(read_dataset_info(data["dataset"]), run_dir, saved)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.accelerator.unwrap_model(self.model), "ema": self.ema.model}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"model": self.optimizer}
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"train": self.gen}
+
+    def position(self) -> dict[str, Any]:
+        return self.stream.position()
+
+    def extra_state(self) -> dict[str, Any]:
+        position = self.stream.position()
+        return {"epoch": position["epoch"], "samples_seen": position["samples"] * self.accelerator.num_processes}
+
+    def batches(self, position: dict[str, Any] | None) -> Iterator[list[dict[str, Any]]]:
+        cfg, acc = self.train_config, self.accelerator
+        layout = StreamLayout(shards=tuple(str(p) for p in self.info.shard_paths("train")), batch_size=cfg.batch_size,
+                              seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
+                              num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer)
+        self.stream = TrainStream(self.info, layout, position, pin_memory=acc.device.type == "cuda")
+        micro = iter(self.stream)
+        while True:
+            yield [next(micro) for _ in range(cfg.grad_accum)]
+
+    def train_step(self, batch: list[dict[str, Any]], step: int) -> dict[str, Any]:
+        acc, device = self.accelerator, self.accelerator.device
+        parts: dict[str, list[torch.Tensor]] = {}
+        for i, micro in enumerate(batch):
+            x0 = micro["mel"].to(device, non_blocking=True)  # [B, 1, 64, F]
+            cond = micro["cond"].to(device, non_blocking=True)  # [B, D]
+            sync = contextlib.nullcontext() if i == len(batch) - 1 else acc.no_sync(self.model)
+            with sync:
+                terms = self.diffusion.training_losses(self.model, x0, cond, generator=self.gen)
+                self.backward(terms["loss"], scale=1 / len(batch), describe=partial(_describe, micro["keys"], x0, cond))
+            for name in ("loss", "mse", "vlb", "t"):
+                if name in terms:
+                    parts.setdefault(name, []).append(terms[name].detach().float().cpu())
+        grad_norm = self.step_optimizer("model")
+        self.ema.update(acc.unwrap_model(self.model), step)
+        out: dict[str, Any] = {k: torch.cat(v) for k, v in parts.items()}  # each [grad_accum · B]
+        out.update(quarter_means(out.pop("t"), out["loss"], self.diffusion.num_timesteps))
+        return {**out, "grad_norm": grad_norm, "epoch": float(self.stream.position()["epoch"]),
+                "clips": [key for micro in batch for key in micro["keys"]]}
+
+    def _fixed(self) -> dict[str, Any]:
+        """What validation and samples always use: the first ``val_samples`` test clips with fixed t (bin
+        midpoints of [0, T)) and noise, or None; the sample's condition (a test clip, else a train clip)."""
+        if self.fixed is None:
+            cfg, info, val = self.train_config, self.info, None
+            if cfg.val_every and info.num_clips("test"):
+                val = load_fixed_samples(info, "test", cfg.val_samples)
+                n = len(val["keys"])
+                val["t"] = ((torch.arange(n) + 0.5) * self.diffusion.num_timesteps / n).long()  # [N], never T - 1
+                val["noise"] = torch.randn(val["mel"].shape, generator=torch.Generator().manual_seed(cfg.seed))
+            elif cfg.val_every:
+                log.warning("%s has no test split: no validation loss (re-run preprocess with --test-fraction)", info.root)
+            source = val if val is not None else load_fixed_samples(info, "train", 1)
+            self.fixed = {"val": val, "cond": source["cond"][:1], "frames": source["mel"].shape[-1],
+                          "caption": f"{source['keys'][0]} (label: {source['labels'][0]})"}
+        return self.fixed
+
+    @torch.no_grad()
+    def validate(self, step: int) -> dict[str, float]:
+        """Mean loss terms over the validation clips, and by quarter of t, of the weights and of the EMA."""
+        val, out = self._fixed()["val"], {}
+        if val is None:
+            return out
+        device, b = self.accelerator.device, self.train_config.batch_size
+        for prefix, model in (("", self.accelerator.unwrap_model(self.model)), ("ema_", self.ema.model)):
+            was_training = model.training
+            model.eval()
+            gen, parts = torch.Generator().manual_seed(self.train_config.seed + 1), {}
+            for lo in range(0, len(val["keys"]), b):
+                with self.accelerator.autocast():
+                    terms = self.diffusion.training_losses(
+                        model, val["mel"][lo:lo + b].to(device), val["cond"][lo:lo + b].to(device),
+                        t=val["t"][lo:lo + b].to(device), noise=val["noise"][lo:lo + b].to(device), generator=gen)
+                for name in ("loss", "mse", "vlb"):
+                    if name in terms:
+                        parts.setdefault(name, []).append(terms[name].float().cpu())
+            model.train(was_training)
+            per_example = {name: torch.cat(chunks) for name, chunks in parts.items()}  # each [N]
+            per_example.update(quarter_means(val["t"], per_example["loss"], self.diffusion.num_timesteps))
+            out.update({prefix + name: float(v.mean()) for name, v in per_example.items() if v.numel()})
+        return out
+
+    @torch.no_grad()
+    def sample(self, step: int) -> None:
+        """Every ``sample_every`` steps: a short DDIM chain of the EMA from fixed noise → ``RUN/samples/step-N.png``
+        and its Griffin-Lim ``.wav``, and TensorBoard."""
+        cfg, fixed, mel = self.train_config, self._fixed(), self.info.mel
+        if not cfg.sample_every or step % cfg.sample_every:
+            return
+        x0 = self.diffusion.sample(self.ema.model, (1, 1, mel.n_mels, fixed["frames"]),
+                                   fixed["cond"].to(self.accelerator.device), sampler="ddim",
+                                   steps=min(cfg.sample_steps, self.diffusion.num_timesteps),
+                                   guidance_scale=cfg.guidance_scale,
+                                   generator=torch.Generator().manual_seed(cfg.seed + SAMPLE_SEED_OFFSET))
+        logmel = denormalize(x0[0, 0].float().cpu(), mel)  # [64, F]
+        png = self.run.dir / "samples" / f"step-{step:07d}.png"
+        save_mel_image(logmel.numpy(), mel, png, title=f"step {step}: {fixed['caption']}")
+        wav = np.clip(griffin_lim(logmel, mel).numpy().astype(np.float32), -1.0, 1.0)  # [samples]
+        save_audio(png.with_suffix(".wav"), wav, mel.sample_rate)
+        logs = self.run.logs
+        logs.tensorboard.add_image("sample/mel", np.asarray(Image.open(png).convert("RGB")), step, dataformats="HWC")
+        logs.tensorboard.add_audio("sample/audio", wav[None], step, sample_rate=mel.sample_rate)
+        logs.tensorboard.add_text("sample/condition", fixed["caption"], step)
+        logs.record(step, "sample", {"image": png.name, "condition": fixed["caption"]})
+
+    def out_of_memory(self) -> str:
+        cfg = self.train_config
+        return (f"at --batch-size {cfg.batch_size} (per process, preset {cfg.preset}); lower --batch-size (e.g. "
+                f"{max(1, cfg.batch_size // 2)}) and raise --grad-accum (e.g. {cfg.grad_accum * 2}) to keep the "
+                "effective batch, or use --precision bf16")
+
+    @classmethod
+    def export(cls, run: Run, checkpoint: Checkpoint, out: Path, data: str | os.PathLike | None = None) -> Path:
+        """The pipeline directory of the checkpoint's EMA weights, with the statistics of ``data`` (default: the run's)."""
+        info = read_dataset_info(data if data is not None else run.data["dataset"])
+        check_dataset_fits(info, run.dir, run.data)
+        unet = MelUNet(run.config.unet)
+        unet.load_state_dict(checkpoint.module("ema"))
+        t, d = run.config.train, run.config.diffusion
+        training = {"dataset": str(info.root.resolve()), "train_clips": info.num_clips("train"),
+                    "steps": checkpoint.step, "checkpoint": str(checkpoint.path.resolve()), "preset": t.preset,
+                    "batch_size": t.batch_size, "grad_accum": t.grad_accum, "lr": t.lr, "ema": t.ema,
+                    "precision": t.precision, "prediction": d.prediction, "loss": d.loss,
+                    "num_timesteps": d.num_timesteps, "seed": t.seed, "parameters": unet.num_parameters()}
+        return write_pipeline_dir(out, unet=unet, diffusion=d, mel=info.mel, clip=info.clip,
+                                  stats=compute_dataset_stats(info, t.bank_size), training=training)
+
+
+def quarter_means(t: torch.Tensor, loss: torch.Tensor, num_timesteps: int) -> dict[str, torch.Tensor]:
+    """Per-example ``loss`` [B] split by quarter of the timesteps ``t`` [B]: ``loss_q1`` (least noise) … ``loss_q4``."""
+    quarter = (t.cpu() * 4) // num_timesteps
+    return {f"loss_q{q + 1}": loss.detach().float().cpu()[quarter == q] for q in range(4)}
+
+
+def _describe(keys: list[str], mel: torch.Tensor, cond: torch.Tensor, bad: list[int]) -> list[str]:
+    """The clips ``bad`` of a batch with a non-finite loss, and which of their inputs are not finite."""
+    out = []
+    for i in bad:
+        why = [name for name, x in (("mel", mel[i]), ("embedding", cond[i])) if not bool(torch.isfinite(x).all())]
+        out.append(keys[i] + (f" (NaN/inf in its {' and '.join(why)})" if why else ""))
+    return out
+
+
+def train(data_dir: str | os.PathLike, run_dir: str | os.PathLike, overrides: dict[str, dict[str, Any]] | None = None,
+          *, resume: bool = False, progress: Progress | None = None) -> Path:
+    """Train (or resume) a UNet run on a preprocessed dataset; returns ``run_dir`` (the pipeline in RUN/pipeline).
+
+    ``overrides``: config sections ``{"train": {...}, "unet": {...}, "diffusion": {...}}`` (e.g. a
+    run's config.json); on resume only :attr:`TrainConfig.RESUMABLE` fields may differ from the saved ones.
+    """
+    info = read_dataset_info(data_dir)
+    if not info.shard_paths("train"):
+        raise ClipsonicError(f"{info.root}: the train split has no shards; re-run preprocess")
+    return fit(UNetTask, run_dir, overrides, data=dataset_record(info), resume=resume, progress=progress, info=info)

@@ -1,0 +1,91 @@
+"""Flags generated from config dataclasses (``clipsonic.cli.options``) and ``Literal`` checks in ``Config``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Literal
+
+import pytest
+
+from clipsonic.cli.options import add_config_flags, deprecated_alias, overrides
+from clipsonic.config import Config, ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner(Config):
+    depth: int = 2  # layers per block
+
+
+@dataclasses.dataclass(frozen=True)
+class Toy(Config):
+    """A config with one field of every kind a flag can say."""
+
+    # Parameters per step
+    # (two comment lines).
+    batch_size: int = 64
+    lr: float = 1e-4  # AdamW, 100 % of the paper's
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    modes: tuple[Literal["iq", "zs"], ...] = ()
+    sweep: tuple[float, ...] = (1.0, 3.0)
+    ema_warmup: bool = True  # warm the EMA up
+    steps: int | None = None
+    inner: Inner = Inner()
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toy")
+    add_config_flags(parser, Toy, "train")
+    add_config_flags(parser, Inner, "train.inner")
+    deprecated_alias(parser, "--bs", "--batch-size", type=int, dest="train.batch_size")
+    return parser
+
+
+def test_flags_types_choices_and_help_come_from_the_dataclass(capsys):
+    parser = _parser()
+    args = parser.parse_args(["--batch-size", "8", "--no-ema-warmup", "--modes", "iq,zs", "--sweep", "0,1.5",
+                              "--precision", "bf16", "--steps", "3", "--depth", "4"])
+    assert overrides(args) == {"train": {"batch_size": 8, "ema_warmup": False, "modes": ("iq", "zs"),
+                                         "sweep": (0.0, 1.5), "precision": "bf16", "steps": 3,
+                                         "inner": {"depth": 4}}}
+    assert Toy.from_dict(overrides(args)["train"]).inner == Inner(depth=4)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--precision", "fp8"])  # choices from the Literal
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--sweep", "a,b"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Parameters per step (two comment lines). (default 64)" in text
+    assert "AdamW, 100 % of the paper's (default 0.0001)" in text
+    assert "--ema-warmup, --no-ema-warmup warm the EMA up" in text
+    assert "(default 1.0,3.0)" in text and "{no,bf16,fp16}" in text and "--bs" not in text
+
+
+def test_only_given_flags_reach_the_overrides_over_a_config_file(tmp_path, caplog):
+    (tmp_path / "c.json").write_text(json.dumps({"train": {"lr": 0.5, "batch_size": 4}, "unet": {"dropout": 0.1}}))
+    parser = _parser()
+    assert overrides(parser.parse_args([])) == {}
+    args = parser.parse_args(["--bs", "2"])
+    assert "--bs is deprecated; use --batch-size" in caplog.text
+    assert overrides(args, tmp_path / "c.json") == {"train": {"lr": 0.5, "batch_size": 2}, "unet": {"dropout": 0.1}}
+    (tmp_path / "bad.json").write_text("[1]")
+    with pytest.raises(ConfigError, match="JSON object"):
+        overrides(args, tmp_path / "bad.json")
+
+
+def test_literal_fields_are_checked_before_post_init():
+    with pytest.raises(ConfigError, match="unknown precision 'fp8'; choose one of no, bf16, fp16"):
+        Toy(precision="fp8")
+    with pytest.raises(ConfigError, match="unknown modes 'knn'"):
+        Toy(modes=("iq", "knn"))
+    with pytest.raises(ConfigError, match=r"c.json: Toy: unknown precision"):
+        Toy.from_dict({"precision": "x"}, source="c.json")
+    with pytest.raises(ValueError, match="batch_size"):
+        Toy(batch_size=0)  # the subclass's own check still runs
+    assert Toy(steps=None, modes=("zs",)).modes == ("zs",)
