@@ -67,7 +67,7 @@ def time_sampler(model: nn.Module, diffusion: GaussianDiffusion, sampler: str, s
 
 
 def time_griffin_lim(frames: int) -> float:
-    from clipsonic.vocoder.griffinlim import GriffinLimVocoder
+    from clipsonic.vocoder import GriffinLimVocoder
 
     vocoder = GriffinLimVocoder(MelConfig())
     logmel = torch.randn(1, 64, frames) - 4

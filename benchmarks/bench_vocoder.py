@@ -51,7 +51,7 @@ def vocoders(presets: list[str], device: torch.device):
     for preset in presets:
         torch.manual_seed(0)
         vocoder = BigVGANVocoder.from_preset(preset).to(device)
-        yield f"bigvgan-{preset}", f"{vocoder.num_parameters() / 1e6:.1f}M", vocoder
+        yield f"bigvgan-{preset}", f"{sum(p.numel() for p in vocoder.generator.parameters()) / 1e6:.1f}M", vocoder
     gl = GriffinLimConfig()
     yield f"griffin-lim-{gl.n_iter}", "-", GriffinLimVocoder(MelConfig(), gl).to(device)
 

@@ -17,7 +17,7 @@ from clipsonic.errors import ClipsonicError
 from clipsonic.export import attach_clip
 from clipsonic.pipeline import CLIPSonicPipeline
 from clipsonic.pipeline import pipeline as pipeline_module
-from clipsonic.sonicworld.report import write_metrics
+from clipsonic.sonicworld.demo import write_metrics
 
 
 @pytest.fixture()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 
@@ -10,11 +11,10 @@ import pytest
 import torch
 
 from clipsonic.embedders import load_embedder
-from clipsonic.embedders import vggish_input as vi
-from clipsonic.embedders.base import prepare_waveform
+from clipsonic.embedders import vggish as vi
+from clipsonic.embedders.base import prepare_waveform, quick_fingerprint
 from clipsonic.embedders.clap import CLIP_SAMPLES, ClapEmbedder, crop_or_pad
-from clipsonic.embedders.mel_stats import MelStatsEmbedder
-from clipsonic.embedders.vggish import VGGish, VGGishEmbedder, convert_torchvggish
+from clipsonic.embedders.vggish import MelStatsEmbedder, VGGish, VGGishEmbedder, convert_torchvggish
 from clipsonic.errors import ClipsonicError
 from clipsonic.metrics import EmbeddingStats, fad_from_stats
 
@@ -127,7 +127,7 @@ def test_vggish_missing_or_wrong_weights_say_what_to_do(tmp_path, vggish_weights
     with pytest.raises(ClipsonicError, match="missing"):
         VGGishEmbedder(tmp_path / "bad.safetensors")
     torch.save({"something": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(ClipsonicError, match="does not hold VGGish weights"):
+    with pytest.raises(ClipsonicError, match="is not a VGGish checkpoint"):
         convert_torchvggish(tmp_path / "other.pth", tmp_path / "x.safetensors")
 
 
@@ -288,5 +288,25 @@ def test_vggish_convert_command(tmp_path, capsys):
     assert main(["only-one-arg"]) == 2
     torch.save({"x": torch.zeros(1)}, tmp_path / "not-vggish.pth")
     assert main([str(tmp_path / "not-vggish.pth"), str(tmp_path / "out.safetensors")]) == 2
-    assert "does not hold VGGish weights" in capsys.readouterr().err
+    assert "is not a VGGish checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def _safetensors_bytes(header: dict, data: bytes) -> bytes:
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + data
+
+
+def test_quick_fingerprint_ignores_the_order_of_safetensors_metadata(tmp_path):
+    # safetensors writes metadata from a Rust HashMap: the same weights saved twice may differ in key order
+    tensor = {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+    data = np.arange(2, dtype=np.float32).tobytes()
+    a, b, c = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c.safetensors"
+    a.write_bytes(_safetensors_bytes({"__metadata__": {"format": "pt", "class": "X"}, **tensor}, data))
+    b.write_bytes(_safetensors_bytes({**tensor, "__metadata__": {"class": "X", "format": "pt"}}, data))
+    c.write_bytes(_safetensors_bytes({**tensor, "__metadata__": {"class": "X", "format": "pt"}}, data[::-1]))
+    assert a.read_bytes() != b.read_bytes()
+    assert quick_fingerprint(a) == quick_fingerprint(b) != quick_fingerprint(c)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{nope")
+    with pytest.raises(ClipsonicError, match="bad.safetensors is not a safetensors file"):
+        quick_fingerprint(tmp_path / "bad.safetensors")

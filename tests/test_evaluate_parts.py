@@ -10,7 +10,7 @@ from support.eval_dataset import LABELS, make_eval_dataset
 
 from clipsonic.audio import MelConfig
 from clipsonic.data.dataset import read_dataset_info
-from clipsonic.embedders.mel_stats import MelStatsEmbedder
+from clipsonic.embedders.vggish import MelStatsEmbedder
 from clipsonic.encoders import ClipModelRef
 from clipsonic.errors import ClipsonicError
 from clipsonic.evaluate.cache import EmbeddingCache, open_set_dir

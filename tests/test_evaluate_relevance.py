@@ -15,7 +15,7 @@ from clipsonic.cli import main as cli_main
 from clipsonic.evaluate import EvalConfig, run_evaluation
 from clipsonic.evaluate.relevance import judge_files, relevance_accuracy
 from clipsonic.sonicworld import CONCEPT_NAMES, CONCEPTS, OracleClassifier
-from clipsonic.sonicworld.sounds import synthesize
+from clipsonic.sonicworld.world import synthesize
 
 COLOUR_NAMES = ("red", "green", "blue")  # labels of classes 0, 1, 2 of the test split
 

@@ -19,8 +19,8 @@ from clipsonic.prior import (
     attach_prior,
     check_same_clip,
     load_prior,
+    prior_preset,
 )
-from clipsonic.prior.network import prior_preset
 
 DIM = 32
 

@@ -14,7 +14,7 @@ from support.tiny_pipeline import COLOURS, make_tiny_pipeline, solid_image
 from clipsonic.cli import main
 from clipsonic.errors import ClipsonicError
 from clipsonic.prior import load_prior, train_prior
-from clipsonic.prior.data import PairSet, collect_pairs
+from clipsonic.prior.train import PairSet, collect_pairs
 from clipsonic.train import read_metrics, read_run
 
 FAST = dict(preset="tiny", batch_size=64, lr=1e-3, warmup_steps=10, log_every=10, val_pairs=48, sample_steps=16,

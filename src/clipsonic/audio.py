@@ -18,9 +18,6 @@ import torch
 from clipsonic.config import Config, ConfigError
 from clipsonic.models.unet import FRAME_BLOCK
 
-# ln(1e-5): the floor BigVGAN clamps the mel to before the log, i.e. digital silence.
-LOG_MEL_FLOOR = math.log(1e-5)
-
 
 @dataclasses.dataclass(frozen=True)
 class MelConfig(Config):
@@ -35,10 +32,10 @@ class MelConfig(Config):
     fmax: float = 8000.0
     # One training clip: 65536 samples = 4.096 s = exactly 128 frames at hop 512.
     clip_samples: int = 65536
-    # Fixed affine map of the log-mel to about [-1, 1] for diffusion: log_min is silence
-    # (the BigVGAN floor), log_max sits just above the loudest full-scale tones we measured
-    # (a 0 dBFS 100 Hz sine peaks at ln-mel 3.23 with these settings). Never per-batch statistics.
-    log_min: float = LOG_MEL_FLOOR
+    # Fixed affine map of the log-mel to about [-1, 1] for diffusion: log_min = ln(1e-5) is silence
+    # (the floor BigVGAN clamps the mel to), log_max sits just above the loudest full-scale tones we
+    # measured (a 0 dBFS 100 Hz sine peaks at ln-mel 3.23 with these settings). Never per-batch statistics.
+    log_min: float = math.log(1e-5)
     log_max: float = 3.5
 
     def __post_init__(self) -> None:
@@ -73,10 +70,6 @@ class MelConfig(Config):
                               f"({block / self.sample_rate:.3f} s)")
         return self.replace(clip_samples=samples)
 
-    def frames_for(self, num_samples: int) -> int:
-        padded = num_samples + (self.n_fft - self.hop_length)
-        return max(0, (padded - self.n_fft) // self.hop_length + 1)
-
     def mismatch(self, other: MelConfig, ignore: tuple[str, ...] = ("clip_samples",)) -> list[str]:
         """Fields on which two mel configs differ (the clip length is ignored by default: models and
         vocoders take mels of any length)."""
@@ -102,60 +95,42 @@ def mel_to_hz(mel: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _mel_basis_np(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    """``librosa.filters.mel`` with its defaults (Slaney scale and area norm), float32.
+def mel_basis(config: MelConfig) -> torch.Tensor:
+    """Slaney mel filterbank ``[n_mels, n_fft // 2 + 1]`` float32 on the CPU: ``librosa.filters.mel`` with its
+    defaults (Slaney scale and area norm), as BigVGAN uses it.
 
     Written out because importing librosa costs ~3 s (scipy.signal, numba) in every process
-    and decoding worker; tests check it against BigVGAN's librosa-based log-mel.
+    and decoding worker; tests check it against librosa.
     """
-    fft_hz = np.linspace(0.0, sample_rate / 2, 1 + n_fft // 2)
-    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))  # [n_mels + 2]
+    fft_hz = np.linspace(0.0, config.sample_rate / 2, 1 + config.n_fft // 2)
+    edges = mel_to_hz(np.linspace(hz_to_mel(config.fmin), hz_to_mel(config.fmax), config.n_mels + 2))  # [n_mels + 2]
     widths = np.diff(edges)
     ramps = edges[:, None] - fft_hz[None, :]
     lower = -ramps[:-2] / widths[:-1, None]
     upper = ramps[2:] / widths[1:, None]
     weights = np.maximum(0.0, np.minimum(lower, upper))
     weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]  # Slaney: constant energy per band
-    return weights.astype(np.float32)
-
-
-def mel_basis(config: MelConfig, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Slaney mel filterbank ``[n_mels, n_fft // 2 + 1]`` (librosa defaults, as BigVGAN)."""
-    basis = _mel_basis_np(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)
-    return torch.from_numpy(basis).to(device=device, dtype=dtype)
-
-
-def _as_batch(wav: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    if isinstance(wav, np.ndarray):
-        wav = torch.from_numpy(wav)
-    if wav.dim() == 1:
-        return wav[None], True
-    if wav.dim() != 2:
-        raise ValueError(f"expected a waveform [samples] or [B, samples], got shape {tuple(wav.shape)}")
-    return wav, False
-
-
-def stft_magnitude(wav: torch.Tensor, config: MelConfig) -> torch.Tensor:
-    """Linear magnitude ``[B, n_fft//2+1, frames]`` with BigVGAN's padding and framing."""
-    wav, _ = _as_batch(wav)
-    pad = (config.n_fft - config.hop_length) // 2
-    x = torch.nn.functional.pad(wav[:, None].float(), (pad, pad), mode="reflect")[:, 0]
-    window = torch.hann_window(config.win_length, device=x.device)
-    spec = torch.stft(x, config.n_fft, hop_length=config.hop_length, win_length=config.win_length, window=window,
-                      center=False, pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
-    return torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + 1e-9)
+    return torch.from_numpy(weights.astype(np.float32))
 
 
 def mel_spectrogram(wav: torch.Tensor, config: MelConfig | None = None) -> torch.Tensor:
     """Log-mel: ``[samples]`` → ``[n_mels, frames]``, ``[B, samples]`` → ``[B, n_mels, frames]``; frames =
     samples // hop for multiples of the hop."""
     config = config or MelConfig()
-    wav, squeeze = _as_batch(wav)
-    if wav.shape[-1] <= (config.n_fft - config.hop_length) // 2:
+    squeeze = wav.dim() == 1
+    wav = wav[None] if squeeze else wav
+    if wav.dim() != 2:
+        raise ValueError(f"expected a waveform [samples] or [B, samples], got shape {tuple(wav.shape)}")
+    pad = (config.n_fft - config.hop_length) // 2
+    if wav.shape[-1] <= pad:
         raise ValueError(f"waveform of {wav.shape[-1]} samples is too short for n_fft={config.n_fft}; "
-                         f"need more than {(config.n_fft - config.hop_length) // 2}")
-    magnitude = stft_magnitude(wav, config)
-    mel = torch.matmul(mel_basis(config, magnitude.device), magnitude)
+                         f"need more than {pad}")
+    x = torch.nn.functional.pad(wav[:, None].float(), (pad, pad), mode="reflect")[:, 0]
+    window = torch.hann_window(config.win_length, device=x.device)
+    spec = torch.stft(x, config.n_fft, hop_length=config.hop_length, win_length=config.win_length, window=window,
+                      center=False, normalized=False, onesided=True, return_complex=True)
+    magnitude = torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + 1e-9)  # [B, n_fft // 2 + 1, frames]
+    mel = torch.matmul(mel_basis(config).to(magnitude.device), magnitude)
     logmel = torch.log(torch.clamp(mel, min=1e-5))
     return logmel[0] if squeeze else logmel
 
@@ -178,11 +153,9 @@ def mel_to_magnitude(logmel: torch.Tensor, config: MelConfig, n_iter: int = 50) 
     Non-negative least squares by multiplicative updates (Lee & Seung), started from the
     transposed filterbank: the pseudo-inverse alone gives negative bins and audible holes.
     """
-    basis = mel_basis(config, logmel.device)  # [M, F]
-    mel = torch.exp(logmel.float())  # [B, M, T]
-    mag = torch.matmul(basis.T, mel) / (basis.sum(0)[:, None] ** 2 + 1e-8).clamp(min=1e-8)
-    mag = mag.clamp(min=1e-8)
-    gram_t_mel = torch.matmul(basis.T, mel)
+    basis = mel_basis(config).to(logmel.device)  # [M, F]
+    gram_t_mel = torch.matmul(basis.T, torch.exp(logmel.float()))  # [B, F, T]
+    mag = (gram_t_mel / (basis.sum(0)[:, None] ** 2 + 1e-8)).clamp(min=1e-8)
     for _ in range(n_iter):
         denom = torch.matmul(basis.T, torch.matmul(basis, mag)) + 1e-10
         mag = mag * gram_t_mel / denom
@@ -195,8 +168,7 @@ def griffin_lim(logmel: torch.Tensor, config: MelConfig | None = None, n_iter: i
     frames shifted by hop/2 at the end: BigVGAN's frame t is centred at ``t * hop + hop / 2``."""
     config = config or MelConfig()
     squeeze = logmel.dim() == 2
-    if squeeze:
-        logmel = logmel[None]
+    logmel = logmel[None] if squeeze else logmel
     if logmel.dim() != 3 or logmel.shape[1] != config.n_mels:
         raise ValueError(f"expected a log-mel [B, {config.n_mels}, frames], got {tuple(logmel.shape)}")
     frames = logmel.shape[-1]
@@ -205,9 +177,8 @@ def griffin_lim(logmel: torch.Tensor, config: MelConfig | None = None, n_iter: i
     kw = dict(n_fft=config.n_fft, hop_length=config.hop_length, win_length=config.win_length, window=window)
     length = (frames - 1) * config.hop_length
     # one starting phase per row, from the same seed: a clip's audio must not depend on its batch
-    gen = torch.Generator(device="cpu")
-    phases = torch.stack([torch.rand(mag.shape[1:], generator=gen.manual_seed(seed)) for _ in range(mag.shape[0])])
-    angles = torch.exp(2j * math.pi * phases).to(mag.device)
+    phases = torch.rand(mag.shape[1:], generator=torch.Generator(device="cpu").manual_seed(seed))
+    angles = torch.exp(2j * math.pi * phases).to(mag.device)  # [F, T], broadcast over the batch
     prev = torch.zeros_like(angles)
     for _ in range(n_iter):
         wav = torch.istft(mag * angles, center=True, length=length, **kw)

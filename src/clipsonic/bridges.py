@@ -29,16 +29,15 @@ SHIFT_TEMPLATES = ("{label}", "the sound of {label}")
 # The shift bridge's prompt set when the training data had no labels: everyday sound captions,
 # so the mean text embedding is that of typical queries rather than of any one topic.
 GENERIC_PROMPTS = (
-    "a dog barking", "a cat meowing", "birds chirping", "a rooster crowing", "a cow mooing",
-    "a car engine", "a train passing", "a siren wailing", "a car horn honking", "an airplane flying over",
-    "rain falling", "thunder rumbling", "wind blowing", "ocean waves", "a stream of water",
-    "a fire crackling", "people talking", "a crowd cheering", "people clapping", "a baby crying",
-    "a man speaking", "a woman singing", "children laughing", "footsteps", "a door knocking",
-    "someone playing the piano", "someone playing the guitar", "a violin solo", "a drum beat",
-    "a trumpet playing", "a flute melody", "an orchestra", "a saxophone", "a church bell ringing",
-    "a clock ticking", "a telephone ringing", "typing on a keyboard", "a vacuum cleaner",
-    "a chainsaw", "a helicopter", "a motorcycle", "a lawn mower", "glass breaking", "a gunshot",
-    "fireworks", "a whistle", "an alarm beeping", "water boiling", "frying food", "a toilet flushing",
+    "a dog barking", "a cat meowing", "birds chirping", "a rooster crowing", "a cow mooing", "a car engine",
+    "a train passing", "a siren wailing", "a car horn honking", "an airplane flying over", "rain falling",
+    "thunder rumbling", "wind blowing", "ocean waves", "a stream of water", "a fire crackling", "people talking",
+    "a crowd cheering", "people clapping", "a baby crying", "a man speaking", "a woman singing", "children laughing",
+    "footsteps", "a door knocking", "someone playing the piano", "someone playing the guitar", "a violin solo",
+    "a drum beat", "a trumpet playing", "a flute melody", "an orchestra", "a saxophone", "a church bell ringing",
+    "a clock ticking", "a telephone ringing", "typing on a keyboard", "a vacuum cleaner", "a chainsaw",
+    "a helicopter", "a motorcycle", "a lawn mower", "glass breaking", "a gunshot", "fireworks", "a whistle",
+    "an alarm beeping", "water boiling", "frying food", "a toilet flushing",
 )
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import atomic_directory, read_json, write_bytes_atomic, write_json_atomic
 from clipsonic.pipeline.pipeline import BUILTIN_DIR
-from clipsonic.sonicworld.report import read_metrics
+from clipsonic.pipeline.queries import read_prompts
+from clipsonic.sonicworld.demo import read_metrics
 from clipsonic.sonicworld.world import CONCEPTS, captions
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def builtin_prompts() -> list[str]:
     if not path.is_file():
         raise ClipsonicError(f"this clipsonic install has no built-in model ({BUILTIN_DIR} is missing); "
                              "reinstall clipsonic")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_prompts(path)
 
 
 def install_builtin(demo_dir: str | os.PathLike, target: str | os.PathLike = BUILTIN_DIR, *,
@@ -85,14 +86,13 @@ def _card(command: str, metrics: dict, size: int, griffin_lim: bool) -> str:
     vocoder = ("It vocodes with Griffin-Lim: the demo's CPU-trained tiny BigVGAN reconstructed the real mels "
                f"at FAD {_fmt(recon.get('fad'), 1)} (mel-stats), worse than Griffin-Lim.\n" if griffin_lim
                else "It vocodes with the demo's tiny BigVGAN.\n")
-    fmt = _fmt
     install = "python -m clipsonic.builtin DEMO_DIR" + (" --griffin-lim" if griffin_lim else "")
     return (f"\n## The built-in SonicWorld model\n\nMade with `{command}` then "
             f"`{install}` ({metrics.get('wall_seconds', 0) / 60:.1f} min on the machine "
             f"that made it; {size / 2**20:.1f} MiB).\n\n"
             f"Relevance on the demo's test videos and held-out captions (oracle classifier, chance "
-            f"{fmt(metrics.get('chance'))}): IQ {fmt(h.get('iq_relevance'))}, ZS {fmt(h.get('zs_relevance'))}, "
-            f"PD {fmt(h.get('pd_relevance'))}. It knows only SonicWorld's 8 concepts: see `prompts.txt`. "
+            f"{_fmt(metrics.get('chance'))}): IQ {_fmt(h.get('iq_relevance'))}, ZS {_fmt(h.get('zs_relevance'))}, "
+            f"PD {_fmt(h.get('pd_relevance'))}. It knows only SonicWorld's 8 concepts: see `prompts.txt`. "
             + vocoder)
 
 

@@ -48,22 +48,15 @@ class Config:
         check_choices(self)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = value.to_dict() if isinstance(value, Config) else _plain(value)
-        return out
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config") -> C:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a JSON object for {cls.__name__}, got {type(data).__name__}")
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown key(s) {unknown} for {cls.__name__}; known keys are {sorted(names)}"
-            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(data) - names):
+            raise ConfigError(f"{source}: unknown key(s) {unknown} for {cls.__name__}; known keys are {sorted(names)}")
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for key, value in data.items():
@@ -112,6 +105,9 @@ def check_choices(config: Config) -> None:
 
 
 def _plain(value: Any) -> Any:
+    """JSON-ready: nested configs as dicts, tuples as lists."""
+    if isinstance(value, Config):
+        return value.to_dict()
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     if isinstance(value, dict):

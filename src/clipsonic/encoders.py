@@ -31,8 +31,6 @@ DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 # What a hub snapshot needs: configs, tokenizer, and the transformers safetensors weights only
 # (repos also carry pytorch/tf/flax/open_clip copies of the same weights).
 HUB_PATTERNS = ("*.json", "*.txt", "model*.safetensors")
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +63,7 @@ def load_clip(name_or_path: str | os.PathLike = DEFAULT_CLIP, device: str | torc
     weights = _check_clip_dir(directory)
     from transformers import AutoTokenizer, CLIPModel
 
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     dtype = parse_dtype(dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
     try:
         with _quiet_transformers():
@@ -127,8 +125,7 @@ class ClipEncoder:
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Embed texts → ``[B, D]``; texts over :attr:`max_text_tokens` are truncated (one warning)."""
-        out = [emb for emb, _, _ in self._text_batches(texts, batch_size)]
-        return _normalise(out, self.dim)
+        return _normalise([emb for emb, _, _ in self._text_batches(texts, batch_size)], self.dim)
 
     @torch.inference_mode()
     def text_token_states(self, texts: Sequence[str], batch_size: int = 256
@@ -144,13 +141,25 @@ class ClipEncoder:
         return tuple(torch.cat(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
 
     def _text_batches(self, texts: Sequence[str], batch_size: int, with_states: bool = False):
-        texts = _check_texts(texts)
+        """Per batch: the projected embeddings, the final token states (or None) and the attention mask."""
+        if isinstance(texts, str):
+            raise ClipsonicError("encode_texts takes a list of strings, got one string; wrap it in a list")
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ClipsonicError(f"text {i} is a {type(text).__name__}, not a string")
         if not texts:
             return
-        self._warn_truncation(texts)
+        limit = self.max_text_tokens
+        # Tokenising one past the limit tells which texts would lose tokens, without
+        # tripping transformers' own "sequence is too long" warning.
+        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=limit + 1)["input_ids"]]
+        if over := sum(n > limit for n in lengths):
+            log.warning("%d of %d text(s) exceed %s's %d-token context and were truncated",
+                        over, len(texts), self.name, limit)
         for start in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[start:start + batch_size]), padding="max_length",
-                                    truncation=True, max_length=self.max_text_tokens, return_tensors="pt")
+            tokens = self.tokenizer(texts[start:start + batch_size], padding="max_length",
+                                    truncation=True, max_length=limit, return_tensors="pt")
             ids = tokens["input_ids"].to(self.device)
             mask = tokens["attention_mask"].to(self.device)
             # Causal attention: the pooled end-token state never sees the padding after it.
@@ -159,31 +168,11 @@ class ClipEncoder:
             states = output.last_hidden_state.float().cpu() if with_states else None
             yield projected, states, mask.bool().cpu()
 
-    def _warn_truncation(self, texts: list[str]) -> None:
-        limit = self.max_text_tokens
-        # Tokenising one past the limit tells which texts would lose tokens, without
-        # tripping transformers' own "sequence is too long" warning.
-        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=limit + 1)["input_ids"]]
-        over = sum(n > limit for n in lengths)
-        if over:
-            log.warning("%d of %d text(s) exceed %s's %d-token context and were truncated",
-                        over, len(texts), self.name, limit)
-
 
 def _normalise(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
     if not parts:
         return torch.empty(0, dim)
     return torch.nn.functional.normalize(torch.cat(parts), dim=-1)
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise ClipsonicError("encode_texts takes a list of strings, got one string; wrap it in a list")
-    texts = list(texts)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise ClipsonicError(f"text {i} is a {type(text).__name__}, not a string")
-    return texts
 
 
 def _to_pil(image: Any, index: int) -> Image.Image:
@@ -222,17 +211,19 @@ def _image_processor_class():
     return CLIPImageProcessorPil
 
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+def default_device(device: str | torch.device | None) -> torch.device:
+    """``device``, by default cuda when available, else cpu."""
+    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     """A torch dtype from itself or a name ("float16", "fp16", "torch.bfloat16" …); None stays None."""
     if not isinstance(dtype, str):
         return dtype
-    if dtype.removeprefix("torch.") not in DTYPES:
+    name = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(dtype, dtype.removeprefix("torch."))
+    if name not in ("float32", "float16", "bfloat16"):
         raise ClipsonicError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
-    return DTYPES[dtype.removeprefix("torch.")]
+    return getattr(torch, name)
 
 
 def _resolve(name: str) -> Path:
@@ -287,7 +278,7 @@ def _check_clip_dir(directory: Path) -> list[Path]:
 
 
 def _weight_files(directory: Path) -> list[Path]:
-    for index in _INDEX_FILES:  # sharded checkpoints list their shards in an index
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):  # sharded: an index lists them
         if (directory / index).is_file():
             try:
                 shards = sorted(set(read_json(directory / index, "weight index")["weight_map"].values()))
@@ -297,4 +288,4 @@ def _weight_files(directory: Path) -> list[Path]:
             if absent:
                 raise ClipsonicError(f"CLIP model directory {directory} is missing weight shard(s) {absent}")
             return [directory / s for s in shards]
-    return [directory / f for f in _WEIGHT_FILES if (directory / f).is_file()][:1]
+    return [directory / f for f in ("model.safetensors", "pytorch_model.bin") if (directory / f).is_file()][:1]

@@ -98,28 +98,24 @@ def write_pipeline_dir(out: str | os.PathLike, *, unet, diffusion: DiffusionConf
     if out.exists() and not (out / MODEL_INDEX_NAME).is_file():
         raise ClipsonicError(f"{out} exists and is not a pipeline directory; refusing to overwrite it")
     with atomic_directory(out) as tmp:
-        components: dict[str, str | None] = {name: None for name in STANDARD_COMPONENTS}
         unet.save_pretrained(tmp / "unet")
         diffusion.save(tmp / "scheduler" / "config.json")
-        components.update(unet="unet", scheduler="scheduler")
-        if stats is not None:
-            stats.save(tmp / "stats")
-            components["stats"] = "stats"
-        for name, writer in (extra_components or {}).items():
+        writers = {**({"stats": stats.save} if stats is not None else {}), **(extra_components or {})}
+        for name, writer in writers.items():
             writer(tmp / name)
-            components[name] = name
-        _write_index(tmp, clip, mel, components, training or {}, stats)
+        components = {name: None for name in STANDARD_COMPONENTS} | {n: n for n in ("unet", "scheduler", *writers)}
+        _write_index(ModelIndex(tmp, clip, mel, components, training or {}), stats)
     return out
 
 
-def _write_index(root: Path, clip: ClipModelRef | None, mel: MelConfig | None, components: dict[str, str | None],
-                 training: dict[str, Any], stats: PipelineStats | None) -> None:
+def _write_index(index: ModelIndex, stats: PipelineStats | None) -> None:
     """``model_index.json`` and the model card of a pipeline folder."""
-    write_json_atomic(root / MODEL_INDEX_NAME, {
+    clip, mel = index.clip, index.mel
+    write_json_atomic(index.root / MODEL_INDEX_NAME, {
         "format": INDEX_FORMAT, "version": INDEX_VERSION, "_class_name": PIPELINE_CLASS,
         "clipsonic_version": __version__, "clip_model": clip and clip.to_dict(), "mel": mel and mel.to_dict(),
-        "components": components, "training": training})
-    (root / "README.md").write_text(model_card(ModelIndex(root, clip, mel, components, training), stats))
+        "components": index.components, "training": index.training})
+    (index.root / "README.md").write_text(model_card(index, stats))
 
 
 def set_component(pipeline_dir: str | os.PathLike, name: str, write: Callable[[Path], None]) -> Path:
@@ -130,7 +126,7 @@ def set_component(pipeline_dir: str | os.PathLike, name: str, write: Callable[[P
     with atomic_directory(pipeline_dir / name) as tmp:
         write(tmp)
     stats = load_stats(pipeline_dir) if index.component_dir("stats") is not None else None
-    _write_index(pipeline_dir, index.clip, index.mel, {**index.components, name: name}, index.training, stats)
+    _write_index(dataclasses.replace(index, components={**index.components, name: name}), stats)
     return pipeline_dir / name
 
 

@@ -57,12 +57,6 @@ def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> None:
         tmp.write_bytes(payload)
 
 
-def _default_file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
@@ -79,7 +73,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, _default_file_mode())
+        mask = os.umask(0)  # the only way to read the umask is to set it
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -125,9 +121,9 @@ def fsync_dir(path: Path) -> None:
 
 def fsync_tree(root: Path) -> None:
     """fsync every file and folder below ``root`` (and ``root``): what a rename then publishes is on disk."""
-    for path in root.rglob("*"):
-        if path.is_file():
+    for path in [root, *root.rglob("*")]:
+        if path.is_dir():
+            fsync_dir(path)
+        elif path.is_file():
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
-    for path in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
-        fsync_dir(path)

@@ -30,14 +30,11 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     eigenvalues (``eigh``: no general matrix square root, whose SciPy version was wrong in some releases,
     and no complex numbers). An eigenvalue below zero by more than rounding raises instead of being clipped.
     """
-    root1 = _psd_sqrt(_symmetric(sigma1, "sigma1"), "sigma1")
+    eig1, vec1 = np.linalg.eigh(_symmetric(sigma1, "sigma1"))
+    root1 = (vec1 * np.sqrt(_nonnegative(eig1, "sigma1"))) @ vec1.T
     m = root1 @ _symmetric(sigma2, "sigma2") @ root1
-    eig = np.linalg.eigvalsh((m + m.T) / 2)
-    scale = max(float(np.abs(eig).max(initial=0.0)), 1e-300)
-    if eig.min(initial=0.0) < -1e-6 * scale:
-        raise MetricError(f"sigma1^1/2 sigma2 sigma1^1/2 has a negative eigenvalue {eig.min():.3g} (largest "
-                          f"{scale:.3g}): sigma2 is not positive semi-definite")
-    return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+    eig = _nonnegative(np.linalg.eigvalsh((m + m.T) / 2), "sigma2 (as sigma1^1/2 sigma2 sigma1^1/2)")
+    return float(np.sqrt(eig).sum())
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
@@ -75,11 +72,12 @@ def _symmetric(a: np.ndarray, name: str) -> np.ndarray:
     return (a + a.T) / 2
 
 
-def _psd_sqrt(a: np.ndarray, name: str) -> np.ndarray:
-    eig, vec = np.linalg.eigh(a)
+def _nonnegative(eig: np.ndarray, name: str) -> np.ndarray:
+    """Eigenvalues clipped at 0; one below zero by more than rounding raises."""
     if eig.min(initial=0.0) < -1e-6 * max(float(np.abs(eig).max(initial=0.0)), 1e-300):
-        raise MetricError(f"{name} has a negative eigenvalue {eig.min():.3g}: not positive semi-definite")
-    return (vec * np.sqrt(np.clip(eig, 0.0, None))) @ vec.T
+        raise MetricError(f"{name} has a negative eigenvalue {eig.min():.3g} (largest {eig.max():.3g}): "
+                          "not positive semi-definite")
+    return np.clip(eig, 0.0, None)
 
 
 @dataclasses.dataclass
@@ -98,8 +96,7 @@ class EmbeddingStats:
 
     @classmethod
     def from_embeddings(cls, embeddings: np.ndarray) -> EmbeddingStats:
-        embeddings = _as_frames(embeddings)
-        return cls(dim=embeddings.shape[1]).update(embeddings)
+        return cls(dim=_as_frames(embeddings).shape[1]).update(embeddings)
 
     def update(self, embeddings: np.ndarray) -> EmbeddingStats:
         """Add frames ``[N, D]`` (or one ``[D]``); returns self."""

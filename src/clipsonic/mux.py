@@ -29,20 +29,14 @@ def video_span(path: str | os.PathLike) -> tuple[float, float]:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise ClipsonicError(f"{path}: no video stream to copy")
-            stream = container.streams.video[0]
-            first, end = None, None
-            for packet in container.demux(stream):
-                if packet.pts is None:
-                    continue
-                t0 = packet.pts * packet.time_base
-                t1 = t0 + (packet.duration or 0) * packet.time_base
-                first = t0 if first is None else min(first, t0)
-                end = t1 if end is None else max(end, t1)
+            spans = [(p.pts * p.time_base, (p.pts + (p.duration or 0)) * p.time_base)  # (start, end) in s
+                     for p in container.demux(container.streams.video[0]) if p.pts is not None]
     except av.error.FFmpegError as exc:
         raise ClipsonicError(f"{path}: cannot read the video ({exc})") from None
-    if first is None:
+    if not spans:
         raise ClipsonicError(f"{path}: the video stream has no frames")
-    return float(first), float(end - first)
+    first = min(start for start, _ in spans)
+    return float(first), float(max(end for _, end in spans) - first)
 
 
 def mux_audio(video: str | os.PathLike, audio: np.ndarray, sample_rate: int, out: str | os.PathLike) -> Path:
@@ -52,7 +46,8 @@ def mux_audio(video: str | os.PathLike, audio: np.ndarray, sample_rate: int, out
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in CONTAINERS:
-        raise ClipsonicError(f"{out}: cannot write a video with extension {out.suffix!r}; use one of {sorted(CONTAINERS)}")
+        raise ClipsonicError(f"{out}: cannot write a video with extension {out.suffix!r}; use one of "
+                             f"{sorted(CONTAINERS)}")
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1 or audio.size == 0:
         raise ClipsonicError(f"expected a mono waveform [samples], got shape {list(audio.shape)}")

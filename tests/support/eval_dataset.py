@@ -20,8 +20,7 @@ import soundfile
 import torch
 
 from clipsonic.audio import MelConfig, mel_spectrogram
-from clipsonic.data.dataset import DatasetInfo
-from clipsonic.data.shards import ShardWriter, encode_sample
+from clipsonic.data.dataset import DatasetInfo, ShardWriter, encode_sample
 from clipsonic.encoders import ClipModelRef
 from clipsonic.export import read_model_index
 
@@ -73,8 +72,7 @@ def make_eval_dataset(root: str | Path, mel: MelConfig, clip: ClipModelRef, *, t
     for split, count in (("train", train_clips), ("test", test_clips)):
         if count == 0:
             continue
-        names: list[str] = []
-        writer = ShardWriter(root, split, 0, max_bytes=1 << 40, on_finalize=lambda name, n, names=names: names.append(name))
+        writer = ShardWriter(root, split, 0, max_bytes=1 << 40)
         for i in range(count):
             c = i % n_classes
             wav = class_tone(c, i // n_classes, mel.clip_samples, mel.sample_rate, rng)
@@ -91,8 +89,7 @@ def make_eval_dataset(root: str | Path, mel: MelConfig, clip: ClipModelRef, *, t
                 soundfile.write(buf, wav, mel.sample_rate, format="FLAC", subtype="PCM_16")
                 flac = buf.getvalue()
             writer.write(encode_sample(f"{split}-{i:05d}", logmel, emb, meta, jpg=_jpg(class_picture(c)), flac=flac))
-        writer.finalize()
-        splits[split] = {"shards": names, "clips": count}
+        splits[split] = {"shards": [writer.finalize()], "clips": count}
     info = DatasetInfo(root=root, mel=mel, clip=clip, frames_per_clip=frames_per_clip, splits=splits,
                        counts={"inputs": train_clips + test_clips, "clips": train_clips + test_clips, "rejected": 0},
                        options={"keep_audio": audio})

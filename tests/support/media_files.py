@@ -276,3 +276,62 @@ def truncate(path: str | Path, fraction: float = 0.5) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * fraction)])
     return path
+
+
+# --- what tests of clipsonic.media measure -------------------------------------------------------
+
+# name → writer kwargs: each container with its usual codecs.
+VIDEOS = {
+    "h264_aac.mp4": dict(video_codec="libx264", audio_codec="aac", sample_rate=44100, channels=2),
+    "vp9_opus.webm": dict(video_codec="libvpx-vp9", audio_codec="libopus", sample_rate=48000, channels=2),
+    "h264_flac.mkv": dict(video_codec="libx264", audio_codec="flac", sample_rate=22050, channels=1),
+    "mpeg4_mp3.avi": dict(video_codec="mpeg4", audio_codec="libmp3lame", sample_rate=44100, channels=2),
+    "h264_pcm.mov": dict(video_codec="libx264", audio_codec="pcm_s16le", sample_rate=48000, channels=2),
+}
+
+
+def video_cache(root: Path) -> Callable[..., Path]:
+    """``get(name)``: a 2-s file of VIDEOS (or a custom one: ``get(name, **kwargs)``), written once under ``root``."""
+    made: dict[str, Path] = {}
+
+    def get(name: str, **kwargs) -> Path:
+        if name not in made:
+            made[name] = write_video(root / name, **{"seconds": 2, **VIDEOS.get(name, {}), **kwargs})
+        return made[name]
+
+    return get
+
+
+def peak_hz(x: np.ndarray, rate: int) -> float:
+    """Frequency of the strongest spectral peak, refined by parabolic interpolation."""
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    k = int(np.argmax(spec[1:-1])) + 1
+    a, b, c = np.log(spec[k - 1:k + 2] + 1e-12)
+    return (k + 0.5 * (a - c) / (a - 2 * b + c)) * rate / len(x)
+
+
+def amplitude_at(x: np.ndarray, rate: int, hz: float) -> float:
+    """Amplitude of the sine at ``hz`` (Hann-windowed DFT, exact for whole-bin frequencies)."""
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    k = int(round(hz * len(x) / rate))
+    return float(spec[k - 1:k + 2].max() / (np.hanning(len(x)).sum() / 2))
+
+
+def close_colour(picture: np.ndarray, rgb, tol: int = 16) -> bool:
+    return bool(np.abs(picture.astype(int) - np.array(rgb)).max() <= tol)
+
+
+def clicks_at(*seconds: float) -> Callable[[np.ndarray], np.ndarray]:
+    """An ``audio(t)`` of single-sample clicks (0.9) at ``seconds``."""
+    def audio(t):
+        x = np.zeros_like(t)
+        rate = round(1 / (t[1] - t[0]))
+        for s in seconds:
+            x[round(s * rate)] = 0.9
+        return x
+    return audio
+
+
+def onset(x: np.ndarray, rate: int) -> float:
+    """Seconds at which a silent signal first reaches 20% of full tone level."""
+    return int(np.argmax(np.abs(x) > 0.2 * AMPLITUDE)) / rate

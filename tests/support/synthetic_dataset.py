@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from clipsonic.audio import MelConfig, mel_spectrogram
-from clipsonic.data.dataset import DatasetInfo
-from clipsonic.data.shards import ShardWriter, encode_sample
+from clipsonic.data.dataset import DatasetInfo, ShardWriter, encode_sample
 from clipsonic.encoders import ClipModelRef
 
 
@@ -82,7 +81,7 @@ def _write_split(root: Path, split: str, prefix: str, n: int, shards: int, n_cla
                  prototypes: np.ndarray, k: int, mel: MelConfig, rng: np.random.Generator,
                  nan_keys: set[str]) -> dict:
     names: list[str] = []
-    writer = ShardWriter(root, split, 0, max_bytes=1 << 40, on_finalize=lambda name, clips: names.append(name))
+    writer = ShardWriter(root, split, 0, max_bytes=1 << 40)
     per_shard = math.ceil(n / shards)
     for i in range(n):
         key, label = f"{prefix}-{i:05d}", i % n_classes
@@ -93,9 +92,9 @@ def _write_split(root: Path, split: str, prefix: str, n: int, shards: int, n_cla
         meta = {"source": f"synthetic/{key}.wav", "start": 0.0, "label": f"class{label}", "split": split}
         writer.write(encode_sample(key, logmel, emb, meta))
         if (i + 1) % per_shard == 0:
-            writer.finalize()
-    writer.finalize()
-    return {"shards": names, "clips": n}
+            names.append(writer.finalize())
+    names.append(writer.finalize())
+    return {"shards": [name for name in names if name], "clips": n}
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ processor would: ``config.json``, ``model.safetensors``, ``vocab.json``, ``merge
 ``tokenizer_config.json``, ``special_tokens_map.json`` and ``preprocessor_config.json``.
 
 The tokenizer is a real byte-level BPE in CLIP's file format, learned from a small word list by
-:func:`clipsonic.sonicworld.tokenizer.write_clip_tokenizer` (any text tokenizes; the listed words
+:func:`clipsonic.sonicworld.clip.write_clip_tokenizer` (any text tokenizes; the listed words
 become single tokens).
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clipsonic.sonicworld.tokenizer import (
+from clipsonic.sonicworld.clip import (
     BOS,
     EOS,
     write_clip_image_processor,

@@ -43,8 +43,7 @@ def make_tiny_pipeline(path: str | Path, clip_dir: str | Path, with_prior: bool 
     from clipsonic.encoders import ClipModelRef, load_clip
     from clipsonic.export import PipelineStats, write_pipeline_dir
     from clipsonic.models import MelUNet
-    from clipsonic.prior import DiffusionPrior, PriorConfig, PriorNet
-    from clipsonic.prior.network import prior_preset
+    from clipsonic.prior import DiffusionPrior, PriorConfig, PriorNet, prior_preset
 
     encoder = load_clip(clip_dir, device="cpu")
     clip = ClipModelRef(model=str(clip_dir), dim=encoder.dim, fingerprint=encoder.fingerprint)

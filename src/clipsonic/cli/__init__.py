@@ -9,7 +9,7 @@ import logging
 import sys
 
 from clipsonic import __version__
-from clipsonic.cli import demo, evaluate, generate, preprocess, train
+from clipsonic.cli import evaluate, generate, train
 from clipsonic.errors import ClipsonicError
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only log warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (preprocess, train, generate, evaluate, demo):
+    for module in (train, generate, evaluate):
         module.register(sub)
     return parser
 

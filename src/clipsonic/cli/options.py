@@ -155,16 +155,11 @@ def field_help(cls: type) -> dict[str, str]:
                     for tok in tokenize.generate_tokens(iter(source.splitlines(True)).__next__)
                     if tok.type == tokenize.COMMENT}
         for node in ast.parse(source).body[0].body:
-            if not isinstance(node, ast.AnnAssign):
-                continue
-            row = node.lineno
-            if row in comments:
-                helps[node.target.id] = comments[row]
-                continue
-            above = []
-            while row - 1 in comments and lines[row - 2].lstrip().startswith("#"):
-                row -= 1
-                above.insert(0, comments[row])
-            if above:
-                helps[node.target.id] = " ".join(above)
+            if isinstance(node, ast.AnnAssign):
+                first = node.lineno
+                while first - 1 in comments and lines[first - 2].lstrip().startswith("#"):
+                    first -= 1
+                text = comments.get(node.lineno) or " ".join(comments[row] for row in range(first, node.lineno))
+                if text:
+                    helps[node.target.id] = text
     return helps

@@ -66,7 +66,6 @@ class ClipData:
 class ItemResult:
     """What one source item produced: clips, or a reason it produced none."""
 
-    item_key: str
     clips: list[ClipData]
     reason: str | None = None  # set when no clip came out
     silent_clips: int = 0
@@ -96,57 +95,51 @@ def extract_clips(item: SourceItem, mel: MelConfig, options: ClipOptions) -> Ite
     try:
         return _extract(item, mel, options)
     except MediaError as exc:
-        return ItemResult(item.key, [], reason=str(exc))
+        return ItemResult([], reason=str(exc))
     except Exception as exc:  # one bad video must never end the batch; the reason is kept
         log.warning("unexpected error on %s: %r", item.path, exc)
-        return ItemResult(item.key, [], reason=f"unexpected error: {type(exc).__name__}: {exc}")
+        return ItemResult([], reason=f"unexpected error: {type(exc).__name__}: {exc}")
 
 
 def _extract(item: SourceItem, mel: MelConfig, options: ClipOptions) -> ItemResult:
     info = probe(item.path)
-    if not info.has_audio:
-        return ItemResult(item.key, [], reason="no audio stream")
-    if not info.has_video:
-        return ItemResult(item.key, [], reason="no video stream")
-    seg_start = item.start or 0.0
+    if not (info.has_audio and info.has_video):
+        return ItemResult([], reason=f"no {'video' if info.has_audio else 'audio'} stream")
+    seg_start, clip_s = item.start or 0.0, mel.clip_seconds
     seg_end = info.duration if item.duration is None else min(info.duration, seg_start + item.duration)
     seg_seconds = seg_end - seg_start
     starts = plan_clip_starts(seg_start, seg_seconds, mel, options)
     if not starts:
-        return ItemResult(item.key, [], reason=(
-            f"too short: {max(seg_seconds, 0):.2f} s usable, need {options.min_clip_fraction * mel.clip_seconds:.2f} s"))
-    clip_s = mel.clip_seconds
+        return ItemResult([], reason=(
+            f"too short: {max(seg_seconds, 0):.2f} s usable, need {options.min_clip_fraction * clip_s:.2f} s"))
     span = min(seg_seconds, starts[-1] - seg_start + clip_s)
     audio = load_audio(item.path, sample_rate=mel.sample_rate, start=seg_start, duration=span)
-    threshold = 10 ** (options.silence_db / 20)
-    kept, silent = [], 0
-    for start in starts:
+    kept, silent = [], 0  # kept: (index in starts, start, wav, frame times)
+    for index, start in enumerate(starts):
         offset = int(round((start - seg_start) * mel.sample_rate))
         wav = audio[offset:offset + mel.clip_samples]
-        real_seconds = len(wav) / mel.sample_rate
+        times = frame_times(start, min(clip_s, len(wav) / mel.sample_rate), options.frames_per_clip)
         wav = np.pad(wav, (0, mel.clip_samples - len(wav)))
-        if float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) < threshold:
+        if float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) < 10 ** (options.silence_db / 20):
             silent += 1
-            continue
-        kept.append((start, wav, frame_times(start, min(clip_s, real_seconds), options.frames_per_clip)))
+        else:
+            kept.append((index, start, wav, times))
     if not kept:
-        return ItemResult(item.key, [], reason=f"silent: all {silent} clip(s) below {options.silence_db:g} dBFS RMS",
+        return ItemResult([], reason=f"silent: all {silent} clip(s) below {options.silence_db:g} dBFS RMS",
                           silent_clips=silent)
-    all_times = [t for _, _, times in kept for t in times]
-    frames = [_shrink(f, options.max_frame_side) for f in load_frames(item.path, all_times)]
-    wavs = torch.from_numpy(np.stack([w for _, w, _ in kept]))
-    mels = mel_spectrogram(wavs, mel).numpy().astype(np.float16)
-    clips = []
     k = options.frames_per_clip
-    for i, (start, wav, times) in enumerate(kept):
+    frames = [_shrink(f, options.max_frame_side) for f in load_frames(item.path, [t for *_, ts in kept for t in ts])]
+    mels = mel_spectrogram(torch.from_numpy(np.stack([w for _, _, w, _ in kept])), mel).numpy().astype(np.float16)
+    clips = []
+    for i, (index, start, wav, times) in enumerate(kept):
         clip_frames = frames[i * k:(i + 1) * k]
         meta = {"source": str(item.path), "start": start, "frame_times": times, "label": item.label,
                 "split": item.split, "item": item.key}
         clips.append(ClipData(
-            key=sample_key(item.key, starts.index(start)), mel=mels[i], frames=clip_frames, meta=meta,
+            key=sample_key(item.key, index), mel=mels[i], frames=clip_frames, meta=meta,
             jpg=_jpeg(clip_frames[k // 2], options.jpg_size) if options.keep_jpg else None,
             flac=_flac(wav, mel.sample_rate) if options.keep_audio else None))
-    return ItemResult(item.key, clips, silent_clips=silent)
+    return ItemResult(clips, silent_clips=silent)
 
 
 def _shrink(frame: np.ndarray, max_side: int) -> np.ndarray:

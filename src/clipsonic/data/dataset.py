@@ -14,14 +14,21 @@
 Per sample in a shard: ``__key__``; ``mel.npy`` float16 ``[n_mels, frames]`` log-mel;
 ``clip.npy`` float16 ``[K, D]`` L2-normalised image embeddings; ``json`` (source, start, frame
 times, label, split); optional ``flac`` (16 kHz clip audio) and ``jpg`` (middle frame).
+A shard is written as ``.{name}.tmp`` and renamed to ``{split}-{NNNNNN}.tar`` when complete (readers
+never see half a shard); tar headers carry a fixed mtime/owner, so the same samples give the same bytes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import os
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import webdataset as wds
 
 from clipsonic.audio import MelConfig
 from clipsonic.encoders import ClipModelRef
@@ -66,7 +73,8 @@ class DatasetInfo:
         diffs = self.mel.mismatch(mel)
         if diffs:
             raise ClipsonicError(f"{self.root} was built with a different mel config than {what} expects "
-                                 f"({'; '.join(diffs)}); re-run preprocess with {what}'s mel config or train a new model")
+                                 f"({'; '.join(diffs)}); re-run preprocess with {what}'s mel config or train a "
+                                 "new model")
         if clip_dim is not None and clip_dim != self.clip.dim:
             raise ClipsonicError(f"{self.root} was built with {self.clip.describe()} but {what} expects {clip_dim}-d "
                                  f"embeddings{f' from {clip_model}' if clip_model else ''}; re-run preprocess with "
@@ -81,7 +89,8 @@ def read_dataset_info(root: str | os.PathLike) -> DatasetInfo:
     root = Path(root)
     path = root / "dataset.json"
     if not path.is_file():
-        raise ClipsonicError(f"{root} is not a clipsonic dataset (no dataset.json); build one with `clipsonic preprocess`")
+        raise ClipsonicError(f"{root} is not a clipsonic dataset (no dataset.json); build one with "
+                             "`clipsonic preprocess`")
     data = read_versioned_json(path, FORMAT, VERSION)
     try:
         return DatasetInfo(
@@ -91,3 +100,65 @@ def read_dataset_info(root: str | os.PathLike) -> DatasetInfo:
             counts=data.get("counts", {}), options=data.get("options", {}), rejected=data.get("rejected", []))
     except (KeyError, TypeError) as exc:
         raise ClipsonicError(f"{path}: malformed dataset.json ({exc!r}); re-run preprocess") from None
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def encode_sample(key: str, mel: np.ndarray, clip: np.ndarray, meta: dict,
+                  jpg: bytes | None = None, flac: bytes | None = None) -> dict[str, bytes | str]:
+    """A sample as raw bytes, in the layout above (mel.npy / clip.npy float16, json, jpg, flac)."""
+    sample: dict[str, bytes | str] = {"__key__": key, "mel.npy": _npy(mel.astype(np.float16)),
+                                      "clip.npy": _npy(clip.astype(np.float16)),
+                                      "json": json.dumps(meta, sort_keys=True).encode()}
+    return sample | {name: data for name, data in (("jpg", jpg), ("flac", flac)) if data is not None}
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+class ShardWriter:
+    """Size-capped shards of one split, each renamed into place whole by :meth:`finalize`."""
+
+    def __init__(self, root: Path, split: str, first_index: int, max_bytes: int):
+        self.root, self.split, self.index, self.max_bytes = Path(root), split, first_index, max_bytes
+        self._tar = self._fh = self._tmp = None
+        self.bytes_in_shard = 0
+
+    def write(self, sample: dict) -> None:
+        if self._tar is None:
+            self._tmp = self.root / f".{shard_name(self.split, self.index)}.tmp"
+            self._fh = open(self._tmp, "wb")
+            # fixed mtime/owner: same samples → same bytes (reproducible and resumable)
+            self._tar = wds.TarWriter(self._fh, encoder=False, mtime=0.0, user="clipsonic", group="clipsonic")
+        self.bytes_in_shard += self._tar.write(sample)
+
+    @property
+    def full(self) -> bool:
+        return self._tar is not None and self.bytes_in_shard >= self.max_bytes
+
+    def finalize(self) -> str | None:
+        """Close and rename the open shard; returns its name (None when nothing was open)."""
+        if self._tar is None:
+            return None
+        self._tar.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        name = shard_name(self.split, self.index)
+        os.replace(self._tmp, self.root / name)
+        self._tar = self._fh = self._tmp = None
+        self.index += 1
+        self.bytes_in_shard = 0
+        return name
+
+    def abort(self) -> None:
+        """Drop the open shard (its samples will be rewritten by the next run)."""
+        if self._tar is not None:
+            self._fh.close()
+            self._tmp.unlink(missing_ok=True)
+            self._tar = self._fh = self._tmp = None

@@ -155,7 +155,8 @@ def _shuffle(stream: Iterable[dict[str, Any]], size: int, rng: np.random.Generat
         yield buffer.pop()
 
 
-def decode_train_sample(raw: dict[str, Any], mel_config: MelConfig, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+def decode_train_sample(raw: dict[str, Any], mel_config: MelConfig, seed: int,
+                        epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """Raw sample → (mel ``[1, 64, F]`` float32 in diffusion space, cond ``[D]`` float32, one of K rows)."""
     logmel = decode_npy(raw["mel.npy"]).astype(np.float32)  # [64, F]
     clip = decode_npy(raw["clip.npy"]).astype(np.float32)  # [K, D]
@@ -167,48 +168,40 @@ def decode_train_sample(raw: dict[str, Any], mel_config: MelConfig, seed: int, e
 
 
 class _RoleStream(torch.utils.data.IterableDataset):
-    """Endless batches of one role (one per DataLoader worker, or one in-process)."""
+    """Endless batches of one role (one per DataLoader worker, or one in-process) from its (epoch, samples
+    consumed in it): ``mel [B, 1, 64, F]``, ``cond [B, D]``, ``keys``, and the position after the batch
+    (``role``, ``epoch``, ``offset``)."""
 
     def __init__(self, layout: StreamLayout, mel_config: MelConfig, starts: list[tuple[int, int]], rotation: int):
         super().__init__()
         self.layout, self.mel_config, self.starts, self.rotation = layout, mel_config, starts, rotation
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = torch.utils.data.get_worker_info()
-        role = ((info.id if info is not None else 0) + self.rotation) % self.layout.roles
-        return role_batches(self.layout, self.mel_config, role, *self.starts[role])
-
-
-def role_batches(layout: StreamLayout, mel_config: MelConfig, role: int, epoch: int, offset: int) -> Iterator[dict[str, Any]]:
-    """Batches of one role from (epoch, samples consumed in it): ``mel [B, 1, 64, F]``, ``cond [B, D]``, ``keys``,
-    and the position after the batch (``role``, ``epoch``, ``offset``)."""
-    mels: list[np.ndarray] = []
-    conds: list[np.ndarray] = []
-    keys: list[str] = []
-    while True:
-        seen = 0
-        for i, raw in enumerate(epoch_samples(layout, role, epoch)):
-            seen += 1
-            if i < offset:
-                continue  # consumed before the resume: re-read, not decoded
-            mel, cond = decode_train_sample(raw, mel_config, layout.seed, epoch)
-            mels.append(mel)
-            conds.append(cond)
-            keys.append(raw["__key__"])
-            if len(keys) == layout.batch_size:
-                yield {"mel": torch.from_numpy(np.stack(mels)), "cond": torch.from_numpy(np.stack(conds)),
-                       "keys": keys, "role": role, "epoch": epoch, "offset": i + 1}
-                mels, conds, keys = [], [], []
-        if seen == 0:
-            raise ClipsonicError(
-                f"reader slot {layout.rank * layout.roles + role} of {layout.slots} got no samples in epoch {epoch}: "
-                f"the split has fewer clips than world_size × workers ({layout.world_size} × {layout.roles}); "
-                "use fewer --num-workers or processes")
-        epoch, offset = epoch + 1, 0
+        info, layout = torch.utils.data.get_worker_info(), self.layout
+        role = ((info.id if info is not None else 0) + self.rotation) % layout.roles
+        epoch, offset = self.starts[role]
+        batch: list[tuple[np.ndarray, np.ndarray, str]] = []
+        while True:
+            i = -1
+            for i, raw in enumerate(epoch_samples(layout, role, epoch)):
+                if i < offset:
+                    continue  # consumed before the resume: re-read, not decoded
+                batch.append((*decode_train_sample(raw, self.mel_config, layout.seed, epoch), raw["__key__"]))
+                if len(batch) == layout.batch_size:
+                    mels, conds, keys = zip(*batch, strict=True)
+                    yield {"mel": torch.from_numpy(np.stack(mels)), "cond": torch.from_numpy(np.stack(conds)),
+                           "keys": list(keys), "role": role, "epoch": epoch, "offset": i + 1}
+                    batch = []
+            if i < 0:
+                raise ClipsonicError(
+                    f"reader slot {layout.rank * layout.roles + role} of {layout.slots} got no samples in epoch "
+                    f"{epoch}: the split has fewer clips than world_size × workers ({layout.world_size} × "
+                    f"{layout.roles}); use fewer --num-workers or processes")
+            epoch, offset = epoch + 1, 0
 
 
 class TrainStream:
-    """A rank's endless, exactly resumable stream of batches (``role_batches``'s); :meth:`position` is the
+    """A rank's endless, exactly resumable stream of batches (:class:`_RoleStream`'s); :meth:`position` is the
     JSON-able place reached, to pass back as ``position`` when resuming."""
 
     def __init__(self, info: DatasetInfo, layout: StreamLayout, position: dict[str, Any] | None = None,
@@ -219,19 +212,19 @@ class TrainStream:
         self.batches, self.roles = self._resolve(position)
 
     def _resolve(self, position: dict[str, Any] | None) -> tuple[int, list[tuple[int, int]]]:
-        fresh = [(0, 0)] * self.layout.roles
         if position is None:
-            return 0, fresh
-        roles = [tuple(r) for r in position["roles"]]
-        if position.get("layout") == self.layout.key() and len(roles) == self.layout.roles:
-            return int(position["batches"]), roles  # type: ignore[return-value]
-        epoch = min(e for e, _ in roles)
-        log.warning("the saved data position was made with another data layout (world size, workers, batch "
-                    "size, seed or shards); restarting the data stream at the start of epoch %d", epoch)
-        return int(position["batches"]), [(epoch, 0)] * self.layout.roles
+            return 0, [(0, 0)] * self.layout.roles
+        roles = [(int(e), int(o)) for e, o in position["roles"]]
+        if position.get("layout") != self.layout.key() or len(roles) != self.layout.roles:
+            epoch = min(e for e, _ in roles)
+            log.warning("the saved data position was made with another data layout (world size, workers, batch "
+                        "size, seed or shards); restarting the data stream at the start of epoch %d", epoch)
+            roles = [(epoch, 0)] * self.layout.roles
+        return int(position["batches"]), roles
 
     def position(self) -> dict[str, Any]:
-        """``{"batches", "epoch" (earliest role's), "samples" (taken by this rank), "roles": [[epoch, offset]…], "layout"}``."""
+        """``{"batches", "epoch" (earliest role's), "samples" (taken by this rank), "roles": [[epoch, offset]…],
+        "layout"}``."""
         return {"batches": self.batches, "epoch": min(e for e, _ in self.roles),
                 "samples": self.batches * self.layout.batch_size,
                 "roles": [list(r) for r in self.roles], "layout": self.layout.key()}
@@ -244,14 +237,12 @@ class TrainStream:
         else:
             source = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.layout.num_workers,
                                                  pin_memory=self.pin_memory, prefetch_factor=4)
-        expected = rotation
         for batch in source:
-            role = int(batch["role"])
+            role, expected = int(batch["role"]), self.batches % self.layout.roles
             if role != expected:  # cannot happen with in-order delivery; never mis-record a position
                 raise RuntimeError(f"data stream out of order: expected role {expected}, got {role}")
             self.roles[role] = (int(batch["epoch"]), int(batch["offset"]))
             self.batches += 1
-            expected = (expected + 1) % self.layout.roles
             yield batch
 
 

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -26,8 +26,7 @@ import torch
 from clipsonic.audio import MelConfig
 from clipsonic.config import Config
 from clipsonic.data.clips import ClipOptions, ItemResult, extract_clips
-from clipsonic.data.dataset import DatasetInfo, read_dataset_info
-from clipsonic.data.shards import ShardWriter, encode_sample, remove_stale_temporaries
+from clipsonic.data.dataset import DatasetInfo, ShardWriter, encode_sample, read_dataset_info
 from clipsonic.data.sources import Problem, SourceItem, collect_sources, hash_split
 from clipsonic.encoders import ClipModelRef, load_clip
 from clipsonic.errors import ClipsonicError
@@ -85,25 +84,30 @@ def preprocess(source: str | os.PathLike, out_dir: str | os.PathLike, *, options
     if done is not None:
         return done
     journal = _load_journal(out, header, mel)
-    stale = remove_stale_temporaries(out)
+    stale = list(out.glob(".*.tmp"))  # half-written shards (and json) of a killed run
+    for path in stale:
+        path.unlink(missing_ok=True)
     if stale:
-        log.info("removed %d half-written shard(s) from an interrupted run", stale)
+        log.info("removed %d half-written shard(s) from an interrupted run", len(stale))
     by_split: dict[str, list[SourceItem]] = {}
     for it in items:
         by_split.setdefault(it.split or hash_split(it.key, options.test_fraction), []).append(it)
     stats = Progress(items_total=len(items))
-    with _Decoder(workers, mel, options.clips) as decoder:
+    decoder = _Decoder(workers, mel, options.clips)
+    try:
         for split in sorted(by_split):
-            _run_split(out, split, by_split[split], journal, decoder, encoder, options, clip_batch_size, stats, progress)
+            _run_split(out, split, by_split[split], journal, decoder, encoder, options, clip_batch_size, stats,
+                       progress)
+    finally:
+        decoder.close()
     return _finish(out, journal, problems, len(items), mel, clip_ref, options)
 
 
 def _resolve_sharding(num_shards, shard_index) -> tuple[int, int]:
     if num_shards is None:  # launched by torchrun/accelerate: one part per process
-        num_shards = int(os.environ.get("WORLD_SIZE", "1"))
-        shard_index = int(os.environ.get("RANK", "0"))
+        num_shards, shard_index = int(os.environ.get("WORLD_SIZE", "1")), None
     if shard_index is None:
-        # --num-shards alone: under a launcher each process is its rank's part; by hand, part 0
+        # under a launcher each process is its rank's part; by hand (--num-shards alone), part 0
         # (two processes silently writing the same part would be worse than either)
         shard_index = int(os.environ.get("RANK", "0"))
     if num_shards < 1 or not 0 <= shard_index < num_shards:
@@ -148,85 +152,70 @@ def _load_journal(out: Path, header: dict, mel: MelConfig) -> dict:
 
 
 class _Decoder:
-    """Ordered ``extract_clips`` over items, in worker processes (``workers=0``: inline)."""
+    """Ordered ``extract_clips`` over items, in worker processes (``workers=0``: inline); a worker crashed
+    by a decoder (segfault, OOM kill) costs only the item that crashed it."""
 
     def __init__(self, workers: int, mel: MelConfig, options: ClipOptions):
-        self.workers, self.mel, self.options = workers, mel, options
-        self.pool = None
+        self.workers, self.args = workers, (mel, options)
+        self.pool = self._new_pool() if workers > 0 else None
 
-    def __enter__(self):
-        if self.workers > 0:
-            self.pool = self._new_pool()
-        return self
-
-    def __exit__(self, *exc):
+    def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(cancel_futures=True)
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        # spawn, not fork: forking a process that holds torch/OpenMP threads can deadlock
-        return ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_worker_init)
+        # spawn, not fork: forking a process that holds torch/OpenMP threads can deadlock; one
+        # thread per worker: the parallelism comes from the processes
+        return ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
+                                   initargs=(1,))
 
-    def map(self, items: list[SourceItem]) -> Iterator[ItemResult]:
+    def map(self, items: list[SourceItem]) -> list[ItemResult]:
         if self.pool is None:
-            yield from (extract_clips(it, self.mel, self.options) for it in items)
-            return
-        futures = [self.pool.submit(extract_clips, it, self.mel, self.options) for it in items]
-        for i, fut in enumerate(futures):
-            try:
-                yield fut.result()
-            except BrokenProcessPool:
-                # a decoder crashed its worker (segfault, OOM kill): retry this item alone, then resubmit the rest
-                self.pool.shutdown(cancel_futures=True)
-                self.pool = self._new_pool()
-                yield self._retry_alone(items[i])
-                yield from self.map(items[i + 1:])
-                return
-
-    def _retry_alone(self, item: SourceItem) -> ItemResult:
+            return [extract_clips(it, *self.args) for it in items]
+        results = []
         try:
-            return self.pool.submit(extract_clips, item, self.mel, self.options).result()
-        except BrokenProcessPool:
+            for future in [self.pool.submit(extract_clips, it, *self.args) for it in items]:
+                results.append(future.result())
+            return results
+        except BrokenProcessPool:  # retry the item being decoded alone in a new pool, then resubmit the rest
+            item = items[len(results)]
+            self.close()
             self.pool = self._new_pool()
-            return ItemResult(item.key, [], reason="decoder crashed its worker process (corrupt file?)")
-
-
-def _worker_init() -> None:
-    torch.set_num_threads(1)  # parallelism comes from the worker processes
+            try:
+                results.append(self.pool.submit(extract_clips, item, *self.args).result())
+            except BrokenProcessPool:
+                self.pool = self._new_pool()
+                results.append(ItemResult([], reason="decoder crashed its worker process (corrupt file?)"))
+            return results + self.map(items[len(results):])
 
 
 def _run_split(out: Path, split: str, items: list[SourceItem], journal: dict, decoder: _Decoder, encoder,
                options: PreprocessOptions, batch_size: int, stats: Progress, progress) -> None:
-    state = journal["splits"].setdefault(split, {"next_item": 0, "shards": [], "clips": 0, "rejected": [], "silent_clips": 0})
-    pending = {"clips": 0, "rejected": [], "silent_clips": 0}
-    next_item = state["next_item"]
+    state = journal["splits"].setdefault(split, {"next_item": 0, "shards": [], "clips": 0, "rejected": [],
+                                                 "silent_clips": 0})
+    pending = {"clips": 0, "rejected": [], "silent_clips": 0}  # since the last commit
 
-    def commit(shard: str | None, clips: int) -> None:
+    def commit(shard: str | None, next_item: int) -> None:
         if shard is not None:
             state["shards"].append(shard)
-        state["clips"] += pending["clips"]
-        state["rejected"] += pending["rejected"]
-        state["silent_clips"] += pending["silent_clips"]
+        for key, value in pending.items():
+            state[key] += value
         state["next_item"] = next_item
         pending.update(clips=0, rejected=[], silent_clips=0)
         write_json_atomic(out / JOURNAL, journal)
 
-    writer = ShardWriter(out, split, len(state["shards"]), int(options.shard_size_mb * 2**20), on_finalize=commit)
-    stats.items_done += next_item
+    writer = ShardWriter(out, split, len(state["shards"]), int(options.shard_size_mb * 2**20))
+    stats.items_done += state["next_item"]
     stats.clips += state["clips"]
     stats.rejected += len(state["rejected"])
     group = options.encode_group
     try:
-        for g0 in range(next_item, len(items), group):
+        for g0 in range(state["next_item"], len(items), group):
             batch = items[g0:g0 + group]
-            results = list(decoder.map(batch))
-            _write_group(writer, results, batch, encoder, batch_size, pending, stats, progress)
-            next_item = g0 + len(batch)
+            _write_group(writer, decoder.map(batch), batch, encoder, batch_size, pending, stats, progress)
             if writer.full:
-                writer.finalize()
-        next_item = len(items)
-        if writer.finalize() is None:
-            commit(None, 0)
+                commit(writer.finalize(), g0 + len(batch))
+        commit(writer.finalize(), len(items))
     except BaseException:
         writer.abort()
         raise
@@ -235,15 +224,14 @@ def _run_split(out: Path, split: str, items: list[SourceItem], journal: dict, de
 def _write_group(writer: ShardWriter, results: list[ItemResult], items: list[SourceItem], encoder, batch_size: int,
                  pending: dict, stats: Progress, progress) -> None:
     clips = [c for r in results for c in r.clips]
+    emb = []
     if clips:
-        k = len(clips[0].frames)
         emb = encoder.encode_images([f for c in clips for f in c.frames], batch_size=batch_size).numpy()
-        emb = emb.reshape(len(clips), k, -1)  # [clips, K, D]
-    pos = 0
+        emb = emb.reshape(len(clips), len(clips[0].frames), -1)  # [clips, K, D]
+    rows = iter(emb)
     for result, item in zip(results, items, strict=True):
         for clip in result.clips:
-            writer.write(encode_sample(clip.key, clip.mel, emb[pos], clip.meta, clip.jpg, clip.flac))
-            pos += 1
+            writer.write(encode_sample(clip.key, clip.mel, next(rows), clip.meta, clip.jpg, clip.flac))
         pending["clips"] += len(result.clips)
         pending["silent_clips"] += result.silent_clips
         if result.reason is not None:
@@ -281,7 +269,8 @@ def merge_parts(out_dir: str | os.PathLike) -> DatasetInfo:
     total = int(parts[0].name.rsplit("-", 1)[1])
     missing = [i for i in range(total) if not (out / f"part-{i:05d}-of-{total:05d}" / "dataset.json").is_file()]
     if missing:
-        raise ClipsonicError(f"{out}: parts {missing} of {total} are not finished; run them (same command, --shard-index i) first")
+        raise ClipsonicError(f"{out}: parts {missing} of {total} are not finished; run them (same command, "
+                             "--shard-index i) first")
     infos = [read_dataset_info(out / f"part-{i:05d}-of-{total:05d}") for i in range(total)]
     first = infos[0]
     for info in infos[1:]:

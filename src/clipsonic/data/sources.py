@@ -4,6 +4,7 @@ list of :class:`SourceItem` and the problems (dataset.json's "rejected" list).
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import hashlib
@@ -15,7 +16,8 @@ from pathlib import Path
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import read_json
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv", ".3gp", ".ts")
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv", ".3gp",
+                    ".ts")
 # VGGSound clips are 10 s long (the CSV gives their start inside the YouTube video).
 VGGSOUND_CLIP_SECONDS = 10.0
 
@@ -45,7 +47,8 @@ def collect_sources(source: str | os.PathLike, video_dir: str | os.PathLike | No
     """Detect the kind of ``source`` and list its items (sorted by key) and problems."""
     source = Path(source)
     if not source.exists():
-        raise ClipsonicError(f"{source}: no such file or folder; pass a video folder, a VGGSound CSV, the MUSIC JSON or a manifest")
+        raise ClipsonicError(f"{source}: no such file or folder; pass a video folder, a VGGSound CSV, the MUSIC "
+                             "JSON or a manifest")
     if source.is_dir():
         items, problems = _from_folder(source), []
     elif source.suffix.lower() == ".json":
@@ -56,8 +59,7 @@ def collect_sources(source: str | os.PathLike, video_dir: str | os.PathLike | No
         items, problems = _from_csv(source, video_dir)
     else:
         raise ClipsonicError(f"{source}: unknown source type; expected a folder, .csv, .json (MUSIC) or .jsonl")
-    keys = sorted(it.key for it in items)
-    dup = sorted({a for a, b in zip(keys, keys[1:], strict=False) if a == b})[:3]
+    dup = sorted(key for key, n in collections.Counter(it.key for it in items).items() if n > 1)[:3]
     if dup:
         raise ClipsonicError(f"{source}: duplicate entries {dup}; each video/segment must appear once")
     return sorted(items, key=lambda it: it.key), problems
@@ -72,11 +74,16 @@ def _need_video_dir(source: Path, video_dir) -> Path:
     return video_dir
 
 
+def _video_files(root: Path) -> list[Path]:
+    """The (not hidden) video files under ``root``, sorted."""
+    return [path for path in sorted(root.rglob("*"))
+            if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file() and not path.name.startswith(".")]
+
+
 def _from_folder(root: Path) -> list[SourceItem]:
     # the parent folder name is a free label when videos are sorted into class folders
-    items = [SourceItem(path, key=path.relative_to(root).as_posix(), label=path.parent.name if path.parent != root else None)
-             for path in sorted(root.rglob("*"))
-             if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".")]
+    items = [SourceItem(path, key=path.relative_to(root).as_posix(),
+                        label=path.parent.name if path.parent != root else None) for path in _video_files(root)]
     if not items:
         raise ClipsonicError(f"{root}: no video files found (looked for {', '.join(VIDEO_EXTENSIONS)})")
     return items
@@ -84,11 +91,7 @@ def _from_folder(root: Path) -> list[SourceItem]:
 
 def _index_videos(video_dir: Path) -> dict[str, Path]:
     """Map file stem → path for every video under ``video_dir`` (first by sorted path wins)."""
-    index: dict[str, Path] = {}
-    for path in sorted(video_dir.rglob("*")):
-        if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file():
-            index.setdefault(path.stem, path)
-    return index
+    return {path.stem: path for path in reversed(_video_files(video_dir))}
 
 
 def _from_csv(source: Path, video_dir) -> tuple[list[SourceItem], list[Problem]]:
@@ -114,7 +117,8 @@ def _from_vggsound(source: Path, rows: list[list[str]], video_dir: Path) -> tupl
     for line_no, row in enumerate(rows, 1):
         where = f"{source}:{line_no}"
         if len(row) < 4:
-            problems.append(Problem(where, f"unreadable VGGSound row {row!r}: expected youtube_id,start_seconds,label,split"))
+            problems.append(Problem(where, f"unreadable VGGSound row {row!r}: expected "
+                                           "youtube_id,start_seconds,label,split"))
             continue
         ytid, start_s, label, split = (c.strip() for c in row[:4])
         try:
@@ -122,15 +126,15 @@ def _from_vggsound(source: Path, rows: list[list[str]], video_dir: Path) -> tupl
         except ValueError:
             problems.append(Problem(where, f"start_seconds {start_s!r} is not a number"))
             continue
-        cut = index.get(f"{ytid}_{int(start):06d}")
-        if cut is not None:
-            items.append(SourceItem(cut, key=f"{ytid}_{int(start):06d}", label=label, split=split or None))
+        key = f"{ytid}_{int(start):06d}"
+        if key in index:
+            items.append(SourceItem(index[key], key=key, label=label, split=split or None))
         elif ytid in index:
-            items.append(SourceItem(index[ytid], key=f"{ytid}_{int(start):06d}", start=start,
-                                    duration=VGGSOUND_CLIP_SECONDS, label=label, split=split or None))
+            items.append(SourceItem(index[ytid], key=key, start=start, duration=VGGSOUND_CLIP_SECONDS, label=label,
+                                    split=split or None))
         else:
-            problems.append(Problem(str(video_dir / f"{ytid}_{int(start):06d}.mp4"),
-                                    f"missing file: neither {ytid}_{int(start):06d}.* nor {ytid}.* in {video_dir}"))
+            problems.append(Problem(str(video_dir / f"{key}.mp4"),
+                                    f"missing file: neither {key}.* nor {ytid}.* in {video_dir}"))
     return items, problems
 
 
@@ -184,7 +188,8 @@ def _from_manifest_rows(source: Path, rows: list[dict], video_dir) -> tuple[list
             start = float(row["start"]) if str(row.get("start") or "").strip() else None
             duration = float(row["duration"]) if str(row.get("duration") or "").strip() else None
         except (TypeError, ValueError):
-            problems.append(Problem(where, f"start/duration not numbers: {row.get('start')!r}, {row.get('duration')!r}"))
+            problems.append(Problem(where, f"start/duration not numbers: {row.get('start')!r}, "
+                                           f"{row.get('duration')!r}"))
             continue
         if not path.is_file():
             problems.append(Problem(str(path), "missing file"))

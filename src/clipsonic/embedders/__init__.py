@@ -13,9 +13,8 @@ import os
 
 from clipsonic.embedders.base import AudioEmbedder
 from clipsonic.embedders.clap import ClapEmbedder
-from clipsonic.embedders.mel_stats import MelStatsEmbedder
 from clipsonic.embedders.panns import PannsEmbedder
-from clipsonic.embedders.vggish import VGGishEmbedder
+from clipsonic.embedders.vggish import MelStatsEmbedder, VGGishEmbedder
 from clipsonic.errors import ClipsonicError
 
 EMBEDDERS: dict[str, type[AudioEmbedder]] = {"mel-stats": MelStatsEmbedder, "vggish": VGGishEmbedder,

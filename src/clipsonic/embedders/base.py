@@ -1,4 +1,4 @@
-"""The one interface every audio embedder implements, and the waveform checks they share.
+"""The one interface every audio embedder implements, and the waveform and weight loading they share.
 
 An embedder turns a mono waveform, at any sample rate (resampled to its own), into embedding frames
 ``[frames, D]`` (VGGish: one per 0.96 s; CLAP: one per clip).
@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import soxr
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from clipsonic.errors import ClipsonicError
 
@@ -47,6 +50,11 @@ class AudioEmbedder(abc.ABC):
     def _embed(self, wav: np.ndarray) -> np.ndarray:
         """``wav``: float32 ``[samples]`` at :attr:`sample_rate`, finite. Returns ``[frames, D]``."""
 
+    def describe(self) -> dict:
+        """For the report."""
+        return {"name": self.name, "cache_id": self.cache_id, "comparable": self.comparable,
+                "description": self.description, "sample_rate": self.sample_rate, "dim": self.dim}
+
 
 def prepare_waveform(wav: np.ndarray, sample_rate: int, target_rate: int, what: str = "embedder") -> np.ndarray:
     """Mono float32 ``[samples]`` at ``target_rate``; refuses NaN/inf and empty audio with a clear error."""
@@ -65,30 +73,36 @@ def prepare_waveform(wav: np.ndarray, sample_rate: int, target_rate: int, what: 
 
 
 def quick_fingerprint(path: str | os.PathLike) -> str:
-    """First 12 hex digits of SHA-256 over a file's size and its first and last 4 MiB (a cache key only)."""
+    """First 12 hex digits of SHA-256 over a file's size and its first and last 4 MiB (a cache key only).
+
+    A safetensors header is hashed as key-sorted JSON: safetensors writes its metadata from a Rust
+    HashMap, so saving the same tensors twice can order the metadata keys differently.
+    """
     path = Path(path)
     size = path.stat().st_size
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as fh:
+        start = 0
+        if path.suffix == ".safetensors":
+            start = 8 + int.from_bytes(fh.read(8), "little")
+            try:
+                h.update(json.dumps(json.loads(fh.read(start - 8)), sort_keys=True).encode())
+            except ValueError as e:
+                raise ClipsonicError(f"{path} is not a safetensors file ({e}); re-export or re-download it") from e
         h.update(fh.read(4 << 20))
-        if size > 8 << 20:
+        if size - start > 8 << 20:
             fh.seek(-(4 << 20), os.SEEK_END)
             h.update(fh.read())
     return h.hexdigest()[:12]
 
 
-def default_weights_dir() -> Path:
-    """Where weights are looked for when no path is given: ``$CLIPSONIC_WEIGHTS`` or ``~/.cache/clipsonic/weights``."""
-    env = os.environ.get("CLIPSONIC_WEIGHTS")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "clipsonic" / "weights"
-
-
 def resolve_weights(path: str | os.PathLike | None, default_name: str, what: str, how_to_get: str) -> Path:
-    """``path`` (a file, or a folder holding ``default_name``), else ``default_weights_dir()/default_name``."""
-    candidate = Path(path).expanduser() if path is not None else default_weights_dir() / default_name
+    """``path`` (a file, or a folder holding ``default_name``), else ``default_name`` in ``$CLIPSONIC_WEIGHTS``
+    or ``$XDG_CACHE_HOME/clipsonic/weights`` (``~/.cache`` without it)."""
+    if path is None:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = os.environ.get("CLIPSONIC_WEIGHTS") or os.path.join(cache, "clipsonic", "weights")
+    candidate = Path(path).expanduser()
     if candidate.is_dir():
         candidate = candidate / default_name
     if not candidate.is_file():
@@ -96,18 +110,42 @@ def resolve_weights(path: str | os.PathLike | None, default_name: str, what: str
     return candidate
 
 
+def pick_device(device: str | torch.device | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def read_state_dict(path: str | os.PathLike, how_to_get: str = "") -> dict[str, torch.Tensor]:
     """A checkpoint's tensors from ``.safetensors`` or a ``.pt``/``.pth`` read with ``weights_only=True`` (no
     code runs), unwrapped from a ``state_dict``/``model`` entry and DistributedDataParallel's ``module.`` prefix."""
-    if str(path).endswith(".safetensors"):
-        state = load_file(str(path))
-    else:
-        try:
+    try:
+        if str(path).endswith(".safetensors"):
+            state = load_file(str(path))
+        else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ClipsonicError(f"{path} could not be read as a tensors-only checkpoint ({exc}). {how_to_get}") from None
+    except Exception as exc:  # torch and safetensors raise their own error types for corrupt files
+        raise ClipsonicError(f"{path} could not be read as a tensors-only checkpoint ({exc}). {how_to_get}") from None
     for key in ("state_dict", "model"):
         state = state[key] if isinstance(state, dict) and key in state else state
     if not isinstance(state, dict) or not state:
         raise ClipsonicError(f"{path} holds no state dict. {how_to_get}")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_module(make: Callable[[], nn.Module], path: str | os.PathLike, what: str, how_to_get: str,
+                device: torch.device | str = "cpu") -> nn.Module:
+    """``make()``, built without random init (meta device), given the checkpoint's tensors (floats as
+    float32), in eval mode on ``device``; a missing or misshapen tensor is one error naming the file."""
+    state = read_state_dict(path, how_to_get)
+    with torch.device("meta"):
+        model = make()
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise ClipsonicError(f"{path} is not a {what} checkpoint: {len(missing)} tensors missing, e.g. "
+                             f"{missing[:3]}. {how_to_get}")
+    try:
+        model.load_state_dict({k: state[k].float() if state[k].is_floating_point() else state[k] for k in own},
+                              assign=True)
+    except RuntimeError as exc:  # size mismatch
+        raise ClipsonicError(f"{path} does not fit {what}: {exc}. {how_to_get}") from None
+    return model.eval().to(device)

@@ -9,27 +9,25 @@ never fires. One 512-d embedding per clip.
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
 from clipsonic.embedders.base import (
     AudioEmbedder,
+    pick_device,
     quick_fingerprint,
     read_state_dict,
     resolve_weights,
 )
 from clipsonic.errors import ClipsonicError
 
-log = logging.getLogger(__name__)
-
 SAMPLE_RATE = 48000
 CLIP_SAMPLES = 10 * SAMPLE_RATE
 WEIGHTS_FILE = "630k-audioset-best.pt"
+AMODEL = "HTSAT-tiny"  # the audio tower of the 630k checkpoints
 INSTALL_HINT = (
     "the CLAP score needs the optional laion-clap package. Its wheel pins numpy<2, so install it "
     "without dependencies, then its few runtime ones: `pip install --no-deps laion-clap && "
@@ -48,20 +46,10 @@ def crop_or_pad(wav: np.ndarray, length: int = CLIP_SAMPLES) -> np.ndarray:
     """``[samples]`` → ``[length]``: the first ``length`` samples, or (laion-clap's "repeatpad")
     ``length // n`` whole copies of the ``n``-sample clip, then zeros."""
     wav = np.asarray(wav, dtype=np.float32)
-    n = len(wav)
-    if n == 0:
-        raise ClipsonicError("CLAP: empty audio")
-    if n >= length:
+    if len(wav) >= length:
         return wav[:length].copy()
-    repeated = np.tile(wav, length // n)
+    repeated = np.tile(wav, length // len(wav))
     return np.pad(repeated, (0, length - len(repeated)))
-
-
-def import_laion_clap() -> Any:
-    try:
-        return importlib.import_module("laion_clap")
-    except ImportError as exc:
-        raise ClipsonicError(f"{INSTALL_HINT} (import failed: {exc})") from None
 
 
 class ClapEmbedder(AudioEmbedder):
@@ -72,14 +60,15 @@ class ClapEmbedder(AudioEmbedder):
     dim = 512
     description = "LAION-CLAP (512-d per clip, 48 kHz, deterministic 10-s crop/pad)"
 
-    def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                 amodel: str = "HTSAT-tiny", enable_fusion: bool | None = None, batch_size: int = 8):
+    def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device | None = None):
         path = resolve_weights(weights, WEIGHTS_FILE, "LAION-CLAP", HOW_TO_GET)
-        laion_clap = import_laion_clap()
-        fusion = "fusion" in path.name if enable_fusion is None else enable_fusion
-        device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         try:
-            module = laion_clap.CLAP_Module(enable_fusion=fusion, device=device, amodel=amodel)
+            laion_clap = importlib.import_module("laion_clap")
+        except ImportError as exc:
+            raise ClipsonicError(f"{INSTALL_HINT} (import failed: {exc})") from None
+        fusion = "fusion" in path.name
+        try:
+            module = laion_clap.CLAP_Module(enable_fusion=fusion, device=str(pick_device(device)), amodel=AMODEL)
         except OSError as exc:  # transformers could not find roberta-base offline
             raise ClipsonicError(f"LAION-CLAP could not build its text tower ({exc}). {HOW_TO_GET}") from None
         state = read_state_dict(path, HOW_TO_GET)
@@ -89,29 +78,21 @@ class ClapEmbedder(AudioEmbedder):
         missing = sorted(set(own) - set(state) - {k for k in own if k.endswith("position_ids")})
         if missing:
             raise ClipsonicError(
-                f"{path} does not fit LAION-CLAP {amodel} (fusion={fusion}): missing {missing[:3]}…; "
+                f"{path} does not fit LAION-CLAP {AMODEL} (fusion={fusion}): missing {missing[:3]}…; "
                 "pass the checkpoint that matches (\"fusion\" in the name for fusion models)")
         module.model.load_state_dict(state, strict=False)
         module.model.eval()
         self.module = module
-        self.batch_size = batch_size
-        self.weights_path = path
-        self.cache_id = f"clap-{amodel}{'-fusion' if fusion else ''}-{quick_fingerprint(path)}"
+        self.cache_id = f"clap-{AMODEL}{'-fusion' if fusion else ''}-{quick_fingerprint(path)}"
 
     @torch.no_grad()
     def _embed(self, wav: np.ndarray) -> np.ndarray:
-        return self.embed_clips([wav])
-
-    @torch.no_grad()
-    def embed_clips(self, clips: Sequence[np.ndarray]) -> np.ndarray:
-        """``[B, 512]`` for 48 kHz clips (each cropped/padded to 10 s)."""
-        fixed = np.stack([crop_or_pad(c) for c in clips])  # [B, 480000]
-        out = [np.asarray(self.module.get_audio_embedding_from_data(x=fixed[i:i + self.batch_size], use_tensor=False))
-               for i in range(0, len(fixed), self.batch_size)]
-        return np.concatenate(out).reshape(len(fixed), -1)
+        """``[1, 512]`` of the clip cropped/padded to 10 s."""
+        return np.asarray(self.module.get_audio_embedding_from_data(x=crop_or_pad(wav)[None], use_tensor=False))
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """``[B, 512]``, 64 texts a batch."""
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), np.float32)

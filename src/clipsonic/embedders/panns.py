@@ -17,11 +17,11 @@ from torch import nn
 
 from clipsonic.embedders.base import (
     AudioEmbedder,
+    load_module,
+    pick_device,
     quick_fingerprint,
-    read_state_dict,
     resolve_weights,
 )
-from clipsonic.errors import ClipsonicError
 
 SAMPLE_RATE = 32000
 N_FFT = 1024
@@ -90,16 +90,6 @@ class Cnn14(nn.Module):
         return F.relu(self.fc1(x))
 
 
-def load_cnn14_state(path) -> dict[str, torch.Tensor]:
-    state = read_state_dict(path, HOW_TO_GET)
-    with torch.device("meta"):
-        own = Cnn14().state_dict()
-    missing = sorted(set(own) - set(state))
-    if missing:
-        raise ClipsonicError(f"{path} is not a PANNs CNN14 checkpoint: missing {missing[:3]}. {HOW_TO_GET}")
-    return {k: state[k].float() if state[k].is_floating_point() else state[k] for k in own}
-
-
 class PannsEmbedder(AudioEmbedder):
     name = "panns"
     sample_rate = SAMPLE_RATE
@@ -108,12 +98,8 @@ class PannsEmbedder(AudioEmbedder):
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device | None = None):
         path = resolve_weights(weights, WEIGHTS_FILE, "PANNs CNN14", HOW_TO_GET)
-        state = load_cnn14_state(path)
-        with torch.device("meta"):
-            model = Cnn14()
-        model.load_state_dict(state, assign=True)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.eval().to(self.device)
+        self.device = pick_device(device)
+        self.model = load_module(Cnn14, path, "PANNs CNN14", HOW_TO_GET, self.device)
         self.cache_id = f"panns-cnn14-{quick_fingerprint(path)}"
 
     @torch.no_grad()

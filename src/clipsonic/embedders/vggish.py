@@ -1,6 +1,13 @@
-"""VGGish (Hershey et al. 2017), the classic FAD backbone: 128-d per 0.96 s of 16 kHz audio.
+"""VGGish (Hershey et al. 2017), the classic FAD backbone: 128-d per 0.96 s of 16 kHz audio (and mel-stats,
+a weight-free sanity embedder on its input features).
 
-Defined here; loads a local safetensors file with torchvggish's keys (``features.N.*``, ``embeddings.N.*``):
+Input features exactly as the reference (tensorflow/models research/audioset/vggish): 16 kHz mono →
+frames of 25 ms (400 samples) every 10 ms (160), no padding, periodic Hann window, |rfft| with 512
+points → 64 mel bands on HTK's mel scale (1127·ln(1 + f/700)) between 125 and 7500 Hz with triangles
+linear in *mel*, the DC bin excluded → ln(mel + 0.01) → non-overlapping patches of 96 frames (0.96 s):
+``[num_patches, 96, 64]``. The reference reads 16-bit PCM as ``int16 / 32768``: floats in [-1, 1] as here.
+
+The network, defined here, loads a local safetensors file with torchvggish's keys (``features.N.*``, …):
 
     features:   conv64 · pool · conv128 · pool · conv256 · conv256 · pool · conv512 · conv512 · pool
                 (3×3 convolutions, stride 1, "same" padding, ReLU; 2×2 max-pools)  [B, 1, 96, 64] → [B, 512, 6, 4]
@@ -13,26 +20,86 @@ The embedding has no final ReLU, as in the TF definition and Google's FAD code (
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
+import scipy.signal
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from clipsonic.embedders import vggish_input
 from clipsonic.embedders.base import (
     AudioEmbedder,
+    load_module,
+    pick_device,
     quick_fingerprint,
-    read_state_dict,
     resolve_weights,
 )
 from clipsonic.errors import ClipsonicError
 
 log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+WINDOW_SAMPLES = 400  # round(16000 · 0.025)
+HOP_SAMPLES = 160  # round(16000 · 0.010)
+FFT_LENGTH = 512  # next power of two ≥ the window
+NUM_BANDS = 64
+MEL_MIN_HZ = 125.0
+MEL_MAX_HZ = 7500.0
+LOG_OFFSET = 0.01
+PATCH_FRAMES = 96  # round(0.96 s · 100 frames/s), also the hop between patches
+#: shortest input giving one patch: 95 hops + one window
+MIN_SAMPLES = (PATCH_FRAMES - 1) * HOP_SAMPLES + WINDOW_SAMPLES
+
+
+def hertz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    """HTK mel scale: ``1127 · ln(1 + f / 700)``."""
+    return 1127.0 * np.log(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def frame(data: np.ndarray, window: int, hop: int) -> np.ndarray:
+    """Non-padded frames along axis 0: ``[N, ...]`` → ``[1 + (N − window) // hop, window, ...]``."""
+    count = 1 + (data.shape[0] - window) // hop
+    if count < 1:
+        return np.zeros((0, window) + data.shape[1:], dtype=data.dtype)
+    index = np.arange(window)[None, :] + hop * np.arange(count)[:, None]
+    return data[index]
+
+
+def stft_magnitude(wav: np.ndarray) -> np.ndarray:
+    """``[frames, 257]`` magnitudes of the 512-point rfft of Hann-windowed 400-sample frames."""
+    frames = frame(np.asarray(wav, dtype=np.float64), WINDOW_SAMPLES, HOP_SAMPLES)
+    window = scipy.signal.get_window("hann", WINDOW_SAMPLES)  # periodic: 0.5 − 0.5 cos(2π n / N)
+    return np.abs(np.fft.rfft(frames * window, FFT_LENGTH))
+
+
+@functools.lru_cache(maxsize=1)
+def mel_matrix() -> np.ndarray:
+    """``[257, 64]`` HTK-style triangular filters, linear in mel, DC bin zeroed (the reference's)."""
+    bins_mel = hertz_to_mel(np.linspace(0.0, SAMPLE_RATE / 2, FFT_LENGTH // 2 + 1))
+    edges = np.linspace(hertz_to_mel(MEL_MIN_HZ), hertz_to_mel(MEL_MAX_HZ), NUM_BANDS + 2)
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]  # [64] each
+    rising = (bins_mel[:, None] - lower) / (centre - lower)
+    falling = (upper - bins_mel[:, None]) / (upper - centre)
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights[0, :] = 0.0  # HTK excludes the DC bin
+    weights.setflags(write=False)
+    return weights
+
+
+def log_mel(wav: np.ndarray) -> np.ndarray:
+    """``[frames, 64]`` ln(mel + 0.01) of 16 kHz audio, ``frames = 1 + (samples − 400) // 160``."""
+    return np.log(stft_magnitude(wav) @ mel_matrix() + LOG_OFFSET)
+
+
+def waveform_to_patches(wav: np.ndarray) -> np.ndarray:
+    """``[num_patches, 96, 64]`` log-mel patches of 16 kHz audio (``[0, 96, 64]`` when shorter than 0.975 s)."""
+    return frame(log_mel(wav), PATCH_FRAMES, PATCH_FRAMES)
+
 
 WEIGHTS_FILE = "vggish.safetensors"
 HOW_TO_GET = (
@@ -70,74 +137,67 @@ class VGGish(nn.Module):
         return self.embeddings(x)
 
 
-def load_vggish_state(path: Path) -> dict[str, torch.Tensor]:
-    """Read and check a converted VGGish state dict (safetensors); names the missing keys."""
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise ClipsonicError(f"{path} is not a readable safetensors file ({exc}). {HOW_TO_GET}") from None
-    expected = _shapes()
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise ClipsonicError(f"{path} is not a VGGish state dict: missing {missing[:4]}{'…' if len(missing) > 4 else ''}. {HOW_TO_GET}")
-    for key, shape in expected.items():
-        if tuple(state[key].shape) != shape:
-            raise ClipsonicError(f"{path}: {key} has shape {tuple(state[key].shape)}, VGGish needs {shape}")
-    return {k: state[k].float() for k in expected}
-
-
-def _shapes() -> dict[str, tuple[int, ...]]:
-    """Parameter names and shapes, from a weightless (meta-device) instance."""
-    with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in VGGish().state_dict().items()}
-
-
 def pad_to_one_patch(wav: np.ndarray, what: str) -> np.ndarray:
     """Zero-pad audio shorter than one 0.975-s patch (warned), so short clips still embed."""
-    if len(wav) >= vggish_input.MIN_SAMPLES:
+    if len(wav) >= MIN_SAMPLES:
         return wav
     log.warning("%s: %.3f s of audio is shorter than one 0.96-s patch; zero-padding it", what,
-                len(wav) / vggish_input.SAMPLE_RATE)
-    return np.pad(wav, (0, vggish_input.MIN_SAMPLES - len(wav)))
+                len(wav) / SAMPLE_RATE)
+    return np.pad(wav, (0, MIN_SAMPLES - len(wav)))
 
 
 class VGGishEmbedder(AudioEmbedder):
     name = "vggish"
-    sample_rate = vggish_input.SAMPLE_RATE
+    sample_rate = SAMPLE_RATE
     dim = 128
     description = "VGGish (128-d per 0.96 s, 16 kHz; the classic FAD backbone, as in the paper's Table 1)"
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                 final_relu: bool = False, batch_size: int = 64):
+                 final_relu: bool = False):
         path = resolve_weights(weights, WEIGHTS_FILE, "VGGish", HOW_TO_GET)
-        self.weights_path = path
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        state = load_vggish_state(path)
-        with torch.device("meta"):  # no random init of 72M parameters: the weights replace them
-            self.model = VGGish(final_relu=final_relu)
-        self.model.load_state_dict(state, assign=True)
-        self.model.eval().to(self.device)
-        self.batch_size = batch_size
+        self.device = pick_device(device)
+        self.model = load_module(lambda: VGGish(final_relu=final_relu), path, "VGGish", HOW_TO_GET, self.device)
         self.cache_id = f"vggish{'-relu' if final_relu else ''}-{quick_fingerprint(path)}"
 
     @torch.no_grad()
     def _embed(self, wav: np.ndarray) -> np.ndarray:
-        patches = vggish_input.waveform_to_patches(pad_to_one_patch(wav, self.name))  # [N, 96, 64]
+        patches = waveform_to_patches(pad_to_one_patch(wav, self.name))  # [N, 96, 64]
         x = torch.from_numpy(patches.astype(np.float32))[:, None]  # [N, 1, 96, 64]
-        out = [self.model(x[i:i + self.batch_size].to(self.device)).cpu() for i in range(0, len(x), self.batch_size)]
+        out = [self.model(x[i:i + 64].to(self.device)).cpu() for i in range(0, len(x), 64)]  # 64 patches a batch
         return torch.cat(out).numpy()
 
 
+
+class MelStatsEmbedder(AudioEmbedder):
+    """``mel-stats``: a weight-free embedder for plumbing and sanity checks — NOT a published metric.
+
+    Per 0.96-s patch of VGGish's log-mel, each band's mean and std over time → 128 numbers. Its FAD is
+    not comparable with any published FAD (those use VGGish, PANNs or CLAP), and reports say so.
+    """
+
+    name = "mel-stats"
+    sample_rate = SAMPLE_RATE
+    dim = 2 * NUM_BANDS
+    comparable = False
+    cache_id = "mel-stats-v1"
+    description = (
+        "mel-stats (weight-free: per-band mean and std of a 0.96-s log-mel patch). A plumbing/sanity "
+        "metric: its FAD is NOT comparable with published FADs (use --embedder vggish or clap for those)")
+
+    def __init__(self, weights: None = None, device: str | None = None) -> None:
+        if weights is not None:
+            raise ClipsonicError("mel-stats needs no weights; drop --embedder-weights")
+
+    def _embed(self, wav: np.ndarray) -> np.ndarray:
+        patches = waveform_to_patches(pad_to_one_patch(wav, self.name))  # [N, 96, 64]
+        return np.concatenate([patches.mean(axis=1), patches.std(axis=1)], axis=1)  # [N, 128]
+
 def convert_torchvggish(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Convert torchvggish's ``vggish-10086976.pth`` (a plain state dict; tensors only, no code runs) to safetensors."""
-    state = read_state_dict(src, HOW_TO_GET)
-    keys = set(_shapes())
-    missing = sorted(keys - set(state))
-    if missing:
-        raise ClipsonicError(f"{src} does not hold VGGish weights (missing {missing[:4]})")
+    model = load_module(VGGish, src, "VGGish", HOW_TO_GET)
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: state[k].contiguous().float() for k in sorted(keys)}, str(dst))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(dst))
     return dst
 
 

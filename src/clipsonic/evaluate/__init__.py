@@ -4,9 +4,9 @@
 ``results.json``, ``results.md`` and ``guidance_sweep.png``. Listening tests: :mod:`clipsonic.listening`.
 """
 
-from clipsonic.evaluate.config import ALL_MODES, TEXT_MODES, EvalConfig
+from clipsonic.evaluate.config import EvalConfig
 from clipsonic.evaluate.report import Evaluation, SetResult
 from clipsonic.evaluate.run import run_evaluation
 from clipsonic.evaluate.testset import load_captions
 
-__all__ = ["ALL_MODES", "TEXT_MODES", "EvalConfig", "Evaluation", "SetResult", "load_captions", "run_evaluation"]
+__all__ = ["EvalConfig", "Evaluation", "SetResult", "load_captions", "run_evaluation"]

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from clipsonic.embedders import AudioEmbedder, ClapEmbedder
+from clipsonic.embedders import AudioEmbedder
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import atomic_output, read_json, write_json_atomic
 from clipsonic.media import load_audio
@@ -31,11 +32,9 @@ def open_set_dir(folder: Path, settings: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     path, settings = folder / "settings.json", {**SETTINGS, **settings}
     if path.is_file():
-        try:
+        with contextlib.suppress(ClipsonicError):  # unreadable: regenerate
             if read_json(path) == settings:
                 return
-        except ClipsonicError:
-            pass  # unreadable: regenerate
         log.info("%s was generated with other settings; regenerating it", folder)
         for old in folder.iterdir():
             if old.suffix in (".wav", ".jsonl", ".json"):
@@ -74,10 +73,7 @@ class EmbeddingCache:
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
         """Text embeddings ``[B, D]`` (CLAP); computed in one batch for those not cached."""
-        if not isinstance(self.embedder, ClapEmbedder):
-            raise TypeError(f"{self.embedder.name} does not embed texts")
-        paths = [self.root / "text" / f"{_digest(t.encode('utf-8'))}.npy" for t in texts]
-        todo = sorted({t for t, p in zip(texts, paths, strict=True) if not p.is_file()})
-        for text, emb in zip(todo, self.embedder.embed_texts(todo) if todo else [], strict=True):
-            self._load_or(self.root / "text" / f"{_digest(text.encode('utf-8'))}.npy", lambda e=emb: e)
-        return np.stack([self._load_or(p, lambda: None) for p in paths])
+        paths = {t: self.root / "text" / f"{_digest(t.encode('utf-8'))}.npy" for t in texts}
+        todo = sorted(t for t, p in paths.items() if not p.is_file())
+        computed = dict(zip(todo, self.embedder.embed_texts(todo), strict=True))
+        return np.stack([self._load_or(paths[t], lambda t=t: computed[t]) for t in texts])

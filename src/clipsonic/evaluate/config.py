@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import typing
 from typing import Literal
 
-from clipsonic.bridges import TEXT_MODES
 from clipsonic.config import Config
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE
 
-#: every query mode the evaluation knows; IQ needs no label, the others query with the label text
+#: every query mode (bridges.MODES); IQ needs no label, the others query with the label text
 Mode = Literal["iq", "zs", "pd", "shift", "knn"]
-ALL_MODES = typing.get_args(Mode)  # == bridges.MODES
-__all__ = ["ALL_MODES", "TEXT_MODES", "EvalConfig", "Mode"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,17 +27,6 @@ from clipsonic.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, CLIPSonicPipeline
 IQ_CONDITION = "stored middle-frame CLIP embedding (clip.npy row K // 2)"
 
 
-def model_fingerprint(model_dir: str | os.PathLike) -> str:
-    """SHA-256 (first 16 hex) over every JSON file of a pipeline and a quick print of its weights."""
-    root = Path(model_dir)
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and path.suffix in (".json", ".safetensors"):
-            h.update(str(path.relative_to(root)).encode())
-            h.update(path.read_bytes() if path.suffix == ".json" else quick_fingerprint(path).encode())
-    return h.hexdigest()[:16]
-
-
 class PipelineGenerator:
     """What the evaluation asks of a model: its modes, audio per (mode, w, seeds), the vocoder's
     reconstruction of real mels, and every setting that shapes the audio (to key the caches)."""
@@ -54,7 +43,12 @@ class PipelineGenerator:
         self.sample_rate = int(self.pipe.sample_rate)
         self.modes = tuple(self.pipe.modes)
         self.seconds: float | None = None
-        self.fingerprint = model_fingerprint(self.model_dir)
+        # SHA-256 (first 16 hex) over every JSON file of the pipeline and a quick print of its weights
+        h = hashlib.sha256()
+        for path in sorted(p for p in self.model_dir.rglob("*") if p.suffix in (".json", ".safetensors")):
+            h.update(str(path.relative_to(self.model_dir)).encode())
+            h.update(path.read_bytes() if path.suffix == ".json" else quick_fingerprint(path).encode())
+        self.fingerprint = h.hexdigest()[:16]
         self.vocoder = "griffin-lim (fallback)" if self.pipe.vocoder_is_fallback else type(self.pipe.vocoder).__name__
 
     def check_dataset(self, info: DatasetInfo) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from clipsonic.errors import ClipsonicError
+from clipsonic.evaluate.testset import some_names
 from clipsonic.media import load_audio
 
 
@@ -39,8 +40,6 @@ class Relevance:
 
 def relevance_accuracy(predicted: Sequence[str | None], labels: Sequence[str]) -> Relevance:
     """Fraction of ``predicted[i] == labels[i]``, overall and per label (None never matches)."""
-    if len(predicted) != len(labels):
-        raise ValueError(f"{len(predicted)} predictions for {len(labels)} labels")
     hits: dict[str, list[bool]] = {}
     for guess, label in zip(predicted, labels, strict=True):
         hits.setdefault(label, []).append(guess is not None and guess == label)
@@ -53,8 +52,7 @@ def judge_files(classifier: Any, files: Sequence[Path], labels: Sequence[str], b
                 sample_rate: int) -> Relevance:
     """Classify the audio ``files`` (read at ``sample_rate``, batches of ``batch_size``) against ``labels``.
 
-    A batch is zero-padded to its longest file: a set's files are all the same length, so this
-    only matters for a stray shorter file.
+    A batch is zero-padded to its longest file (a set's files all have one length but a stray one).
     """
     predicted: list[str | None] = []
     for start in range(0, len(files), batch_size):
@@ -72,11 +70,8 @@ def judge_files(classifier: Any, files: Sequence[Path], labels: Sequence[str], b
 
 def unknown_label_note(labels: Sequence[str | None], classifier: Any) -> str | None:
     """A note counting the labelled clips whose label the classifier does not know (left out)."""
-    known = set(classifier.labels)
-    unknown = [label for label in labels if label and label not in known]
+    unknown = [label for label in labels if label and label not in set(classifier.labels)]
     if not unknown:
         return None
-    names = sorted(set(unknown))
-    shown = ", ".join(repr(n) for n in names[:5]) + (", …" if len(names) > 5 else "")
     return (f"{len(unknown)} clip(s) have label(s) the classifier {classifier_name(classifier)} does not know "
-            f"({shown}): left out of relevance")
+            f"({some_names(unknown)}): left out of relevance")

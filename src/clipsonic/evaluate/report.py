@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -54,7 +55,7 @@ class Evaluation:
     classifier: dict[str, Any] | None = None  # name, labels (count), chance; None: no relevance column
 
     def table_rows(self) -> list[SetResult]:
-        """Modes at the table's w (in ALL_MODES order), then reconstruction, then reference."""
+        """Modes at the table's w (in bridges.MODES order), then reconstruction, then reference."""
         w = float(self.config["guidance_scale"])
         order = list(MODE_TITLES)
         rows = [s for s in self.sets if s.guidance is None or math.isclose(s.guidance, w)]
@@ -126,14 +127,12 @@ def plot_sweep(ev: Evaluation, path: str | os.PathLike) -> Path | None:
     sweep = ev.sweep()
     if not sweep:
         return None
-    import matplotlib  # heavy: loaded only to draw
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # heavy: loaded only to draw
 
     metrics = ([("fad", "FAD ↓")] + ([("clap", "CLAP score ↑")] if ev.clap else [])
                + ([("relevance", f"relevance ({ev.classifier['name']}) ↑")] if ev.classifier else []))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), dpi=100, squeeze=False)
+    fig = Figure(figsize=(5.2 * len(metrics), 3.8), dpi=100)
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     recon = next((s for s in ev.sets if s.mode == "reconstruction"), None)
     for ax, (metric, title) in zip(axes[0], metrics, strict=True):
         for mode, sets in sweep.items():
@@ -152,36 +151,18 @@ def plot_sweep(ev: Evaluation, path: str | os.PathLike) -> Path | None:
         fig.suptitle(f"FAD on {ev.embedder['name']}: a sanity metric, not comparable with published FADs",
                      fontsize="small")
     fig.tight_layout()
-    path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
+    return Path(path)
 
 
 def write_report(ev: Evaluation, out: str | os.PathLike) -> list[Path]:
     """Write the three report files under ``out``; returns the paths written."""
     out = Path(out)
-    write_json_atomic(out / "results.json", _clean({
-        "format": RESULTS_FORMAT, "version": 2,
-        "config": ev.config, "model": ev.model, "dataset": ev.dataset,
-        "embedder": ev.embedder, "clap": ev.clap, "classifier": ev.classifier, "notes": ev.notes,
-        "table": [s.name for s in ev.table_rows()],
-        "sets": [dataclasses.asdict(s) for s in ev.sets],
-    }))
+    results = {"format": RESULTS_FORMAT, "version": 2, **dataclasses.asdict(ev),
+               "table": [s.name for s in ev.table_rows()]}
+    # NaN and infinity are not JSON: written as null
+    write_json_atomic(out / "results.json", json.loads(json.dumps(results), parse_constant=lambda _: None))
     write_bytes_atomic(out / "results.md", format_markdown(ev).encode())
-    written = [out / "results.json", out / "results.md"]
-    plot = plot_sweep(ev, out / "guidance_sweep.png")
-    if plot is not None:
-        written.append(plot)
-    return written
+    written = [out / "results.json", out / "results.md", plot_sweep(ev, out / "guidance_sweep.png")]
+    return [p for p in written if p is not None]
 

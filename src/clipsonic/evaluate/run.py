@@ -162,17 +162,6 @@ class _Run:
         return stats
 
 
-def _real_sets(run: _Run) -> tuple[list[SetResult], EmbeddingStats]:
-    """The reference set (real audio, its statistics) and the vocoder's reconstruction of the real mels."""
-    clips = run.clips
-    reference, recon = SetResult("reference", "reference", None), SetResult("reconstruction", "reconstruction", None)
-    run.produce(reference, run.data, clips, lambda idx: [clips[i].audio for i in idx])
-    stats = run.score(reference, clips, None)
-    run.produce(recon, {**run.gen.settings(), **run.data}, clips,
-                lambda idx: run.gen.reconstruct([clips[i].logmel for i in idx]))
-    return [reference, recon], stats
-
-
 def _generated_sets(run: _Run, modes: Sequence[str]) -> list[SetResult]:
     """Audio for every (mode, w); clip i of the split always gets seed + i (common random numbers)."""
     results = []
@@ -235,11 +224,16 @@ def run_evaluation(model_dir: str | os.PathLike, data_dir: str | os.PathLike, ou
                EmbeddingCache(out / "embeddings", clap_embedder) if clap_embedder is not None else None,
                captions, classifier, progress, total=len(clips) * 2 * n_sets)
 
-    # 2. Reference and reconstruction; 3. generations per (mode, w)
-    results, ref_stats = _real_sets(run)
+    # 2. The real audio (the reference set, its statistics) and the vocoder's reconstruction of the real mels
+    reference, recon = SetResult("reference", "reference", None), SetResult("reconstruction", "reconstruction", None)
+    run.produce(reference, data, clips, lambda idx: [clips[i].audio for i in idx])
+    ref_stats = run.score(reference, clips, None)
+    run.produce(recon, {**gen.settings(), **data}, clips,
+                lambda idx: gen.reconstruct([clips[i].logmel for i in idx]))
+    # 3. Generations per (mode, w)
     generated = _generated_sets(run, modes)
     # 4. Scores: every set against the reference statistics
-    for result in results[1:] + generated:
+    for result in [recon, *generated]:
         run.score(result, clips if result.mode in ("iq", "reconstruction") else [c for c in clips if c.label], ref_stats)
     log.info("embeddings: %d computed, %d from cache", run.fad_cache.misses, run.fad_cache.hits)
 
@@ -248,16 +242,11 @@ def run_evaluation(model_dir: str | os.PathLike, data_dir: str | os.PathLike, ou
         config=config.to_dict(), model=gen.describe(),
         dataset={"path": str(info.root), "split": config.split, "clips": len(clips),
                  "split_clips": info.num_clips(config.split), "clip_model": info.clip.describe()},
-        embedder=_describe(fad_embedder), clap=_describe(clap_embedder) if clap_embedder is not None else None,
-        sets=results + generated, notes=[n for n in notes if n],
+        embedder=fad_embedder.describe(), clap=clap_embedder.describe() if clap_embedder is not None else None,
+        sets=[reference, recon, *generated], notes=[n for n in notes if n],
         classifier=describe_classifier(classifier) if classifier is not None else None,
     )
     for problem, names in evaluation.problems().items():
         log.warning("%s: %s", ", ".join(names), problem)
     write_report(evaluation, out)
     return evaluation
-
-
-def _describe(embedder: AudioEmbedder) -> dict:
-    return {"name": embedder.name, "cache_id": embedder.cache_id, "comparable": embedder.comparable,
-            "description": embedder.description, "sample_rate": embedder.sample_rate, "dim": embedder.dim}

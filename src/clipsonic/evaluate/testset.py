@@ -1,13 +1,8 @@
-"""The evaluation clips (a split's keys, labels, frame embeddings, mels, real audio) and their text queries.
+"""The evaluation clips (a split's keys, labels, middle-frame CLIP embeddings, mels, real audio) and their text queries.
 
-For each clip, IQ conditions on the CLIP embedding of its middle stored frame (row ``K // 2`` of
-``clip.npy``, the frame preprocess also saves as jpg); the text modes query with its label through
-a template, or with a caption of its label; the real audio (the sample's ``flac``) is the FAD
-reference set and its log-mel is what the vocoder reconstructs for the upper-bound row.
-
-Captions per label: a JSON file ``{label: [caption, …]}``; text modes query clip i with
-``captions[label][i % n]``. ``i`` is the clip's position in the split (the index that also seeds
-it), so a clip keeps its caption (and its cached audio stays valid) whatever ``--num-clips`` picks.
+Text modes query a labelled clip with its label through a template or, given a captions file
+``{label: [caption, …]}``, with ``captions[label][i % n]``: ``i`` is the clip's position in the split (the
+index that also seeds it), so a clip keeps its caption (and its cached audio) whatever ``--num-clips`` picks.
 Beware of aliasing: when the split interleaves classes (clip i has class i % C) and the number of
 captions shares a factor with C, a label's clips see only some of its captions.
 """
@@ -111,10 +106,14 @@ def text_query(clip: EvalClip, template: str, captions: Captions | None) -> str:
 
 def uncaptioned_note(clips: Sequence[EvalClip], captions: Captions, path: str) -> str | None:
     """A note naming the labels of the split that the captions file does not cover (they use the template)."""
-    missing = sorted({c.label for c in clips if c.label and not captions.get(c.label)})
+    missing = [c.label for c in clips if c.label and not captions.get(c.label)]
     if not missing:
         return None
-    count = sum(c.label in missing for c in clips)
-    shown = ", ".join(repr(m) for m in missing[:5]) + (", …" if len(missing) > 5 else "")
-    return (f"{count} clip(s) with label(s) {shown} have no captions in {path}: "
+    return (f"{len(missing)} clip(s) with label(s) {some_names(missing)} have no captions in {path}: "
             "their text modes query with text_template")
+
+
+def some_names(names: Sequence[str]) -> str:
+    """The distinct ``names``, sorted and quoted, the first five then "…"."""
+    distinct = sorted(set(names))
+    return ", ".join(repr(n) for n in distinct[:5]) + (", …" if len(distinct) > 5 else "")

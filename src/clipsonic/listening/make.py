@@ -82,10 +82,8 @@ def make_listening_test(systems: Mapping[str, str | os.PathLike], out: str | os.
                         num_items: int | None = None, seed: int = 0, title: str = "Listening test") -> Path:
     """Write the page, its audio and ``key.json`` under ``out``; returns the page's ``index.html``.
 
-    Args:
-        systems: display name → folder (names stay in ``key.json``; listeners never see them).
-        num_items: rate only this many items (drawn with ``seed``) of those all systems share.
-        seed: fixes the item draw and the opaque file names.
+    ``systems``: display name → folder (names stay in ``key.json``; listeners never see them). ``num_items``:
+    rate only this many of the items all systems share, drawn with ``seed`` (which also names the audio files).
     """
     if len(systems) < 1:
         raise ClipsonicError("give at least one system (--systems NAME=DIR …)")
@@ -131,6 +129,5 @@ def make_listening_test(systems: Mapping[str, str | os.PathLike], out: str | os.
 
 
 def read_key(test_dir: str | os.PathLike) -> dict:
-    """The ``key.json`` of a test folder (or the file itself)."""
-    path = Path(test_dir)
-    return read_versioned_json(path / KEY_FILE if path.is_dir() else path, KEY_FORMAT, 1)
+    """The ``key.json`` of a test folder."""
+    return read_versioned_json(Path(test_dir) / KEY_FILE, KEY_FORMAT, 1)

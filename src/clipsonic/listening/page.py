@@ -38,8 +38,6 @@ progress { width: 100%; } textarea { width: 100%; height: 8rem; font-family: mon
 _SCRIPT = r"""
 "use strict";
 const DATA = JSON.parse(document.getElementById("test-data").textContent);
-const CRITERIA = JSON.parse(document.getElementById("criteria").textContent);
-const COLUMNS = JSON.parse(document.getElementById("csv-columns").textContent);
 const STORE = "clipsonic-listening-" + DATA.test_id;
 const byId = Object.fromEntries(DATA.trials.map(t => [t.id, t]));
 const $ = id => document.getElementById(id);
@@ -67,19 +65,7 @@ function save() { try { localStorage.setItem(STORE, JSON.stringify(state)); } ca
 function loadSaved() { try { return JSON.parse(localStorage.getItem(STORE)); } catch (e) { return null; } }
 function show(section) { for (const s of ["start", "trial", "done"]) $(s).hidden = s !== section; }
 
-function buildScales() {
-  for (const [name, [question, labels]] of Object.entries(CRITERIA)) {
-    const box = $(name);
-    box.querySelector("legend").textContent = question;
-    const scale = box.querySelector(".scale");
-    labels.forEach((label, i) => {
-      const el = document.createElement("label");
-      el.innerHTML = `<input type="radio" name="${name}" value="${i + 1}"><b>${i + 1}</b><br>${label}`;
-      el.querySelector("input").addEventListener("change", rate);
-      scale.appendChild(el);
-    });
-  }
-}
+const ratings = () => document.querySelectorAll(".scale input");
 function answer(id) { return state.answers[id] || (state.answers[id] = { fidelity: "", relevance: "", plays: 0, answered_at: "" }); }
 function complete(id) { const a = state.answers[id]; return !!a && a.fidelity !== "" && a.relevance !== ""; }
 
@@ -95,8 +81,7 @@ function render() {
   $("query").textContent = trial.query;
   const player = $("player");
   player.src = trial.audio; player.dataset.trial = id;
-  for (const name of Object.keys(CRITERIA))
-    for (const input of document.getElementsByName(name)) input.checked = input.value === String(a[name]);
+  for (const input of ratings()) input.checked = input.value === String(a[input.name]);
   $("prev").disabled = state.index === 0;
   $("next").disabled = !complete(id);
   show("trial");
@@ -113,13 +98,13 @@ function csvField(value) {
   return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
 }
 function toCsv() {
-  const rows = [COLUMNS.join(",")];
+  const rows = [DATA.columns.join(",")];
   state.order.forEach((id, position) => {
     const a = state.answers[id] || {};
     const row = { test_id: DATA.test_id, listener: state.listener, trial_id: id, position: position + 1,
                   query: byId[id].query, fidelity: a.fidelity, relevance: a.relevance, plays: a.plays || 0,
                   answered_at: a.answered_at };
-    rows.push(COLUMNS.map(c => csvField(row[c])).join(","));
+    rows.push(DATA.columns.map(c => csvField(row[c])).join(","));
   });
   return rows.join("\r\n") + "\r\n";
 }
@@ -136,10 +121,7 @@ function finish() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  document.title = DATA.title;
-  $("title").textContent = DATA.title;
-  $("count").textContent = DATA.trials.length;
-  buildScales();
+  for (const input of ratings()) input.addEventListener("change", rate);
   const saved = loadSaved();
   if (saved && saved.order && saved.order.length === DATA.trials.length) {
     $("resume").hidden = false;
@@ -160,9 +142,9 @@ document.addEventListener("DOMContentLoaded", () => {
 """
 
 _BODY = """
-<h1 id="title"></h1>
+<h1 id="title">{title}</h1>
 <section id="start">
-  <p>You will hear <span id="count"></span> short sounds, one at a time, each with the text query it was
+  <p>You will hear <span id="count">{count}</span> short sounds, one at a time, each with the text query it was
   made for. Play each sound (as often as you like, with headphones if you can) and rate it twice from
   1 to 5: its <b>fidelity</b> (how natural and clean it sounds) and its <b>relevance</b> (how well it
   matches the query). Your progress is saved in this browser; at the end, download your answers and
@@ -176,8 +158,7 @@ _BODY = """
   <p class="muted" id="progress-text"></p><progress id="progress-bar"></progress>
   <p class="muted">Query</p><p class="query" id="query"></p>
   <audio id="player" controls preload="auto"></audio>
-  <fieldset id="fidelity"><legend></legend><div class="scale"></div></fieldset>
-  <fieldset id="relevance"><legend></legend><div class="scale"></div></fieldset>
+  {scales}
   <button id="prev" type="button">Back</button><button id="next" type="button" disabled>Next</button>
 </section>
 <section id="done" hidden>
@@ -190,24 +171,28 @@ _BODY = """
 """
 
 
-def _json_script(element_id: str, value: Any) -> str:
-    # "</" would end the script element early: JSON allows escaping the slash
-    text = json.dumps(value, ensure_ascii=False).replace("</", "<\\/")
-    return f'<script id="{element_id}" type="application/json">{text}</script>'
+def _scale(name: str) -> str:
+    """The radio buttons 1–5 of one criterion."""
+    question, labels = CRITERIA[name]
+    options = "".join(f'<label><input type="radio" name="{name}" value="{i}"><b>{i}</b><br>{label}</label>'
+                      for i, label in enumerate(labels, 1))
+    return f'<fieldset id="{name}"><legend>{question}</legend><div class="scale">{options}</div></fieldset>'
 
 
 def render_page(data: dict[str, Any]) -> str:
     """The page for ``{"test_id", "title", "trials": [{"id", "audio", "query"}]}``."""
+    # "</" would end the script element early: JSON allows escaping the slash
+    payload = json.dumps({**data, "columns": CSV_COLUMNS}, ensure_ascii=False).replace("</", "<\\/")
+    scales = "\n  ".join(_scale(name) for name in CRITERIA)
+    title = html.escape(str(data.get("title", "Listening test")))
     return "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(str(data.get('title', 'Listening test')))}</title>",
+        f"<title>{title}</title>",
         f"<style>{_STYLE}</style>",
-        _json_script("test-data", data),
-        _json_script("criteria", CRITERIA),
-        _json_script("csv-columns", list(CSV_COLUMNS)),
+        f'<script id="test-data" type="application/json">{payload}</script>',
         f"<script>{_SCRIPT}</script>",
-        f"</head><body>{_BODY}</body></html>",
+        f"</head><body>{_BODY.format(scales=scales, title=title, count=len(data['trials']))}</body></html>",
         "",
     ])

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from scipy import stats
 
 from clipsonic.errors import ClipsonicError
@@ -25,14 +26,10 @@ from clipsonic.listening.page import CRITERIA, CSV_COLUMNS
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
     """``(mean, half-width)`` of the Student-t confidence interval; half-width is NaN for n < 2."""
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    if len(values) < 2:
+        return (float(values[0]) if values else math.nan), math.nan
+    half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * stats.sem(values)  # sem: s / √n, ddof 1
+    return float(np.mean(values)), float(half)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +39,13 @@ class MosResult:
     n: int
     mean: float
     ci95: float
+
+    def cell(self) -> str:
+        """``mean ± ci95 (n=…)``; no interval for a single rating, "–" for none."""
+        if self.n == 0:
+            return "–"
+        interval = "" if math.isnan(self.ci95) else f" ± {self.ci95:.2f}"
+        return f"{self.mean:.2f}{interval} (n={self.n})"
 
 
 def read_answers(path: str | os.PathLike, test_id: str) -> list[dict[str, str]]:
@@ -95,28 +99,19 @@ def score_answers(answer_files: Sequence[str | os.PathLike], test_dir: str | os.
 
 def format_table(results: Sequence[MosResult]) -> str:
     """Markdown: one row per system, one ``MOS ± CI`` column per criterion."""
-    systems = list(dict.fromkeys(r.system for r in results))
-    cell = {(r.system, r.criterion): r for r in results}
+    cell = {(r.system, r.criterion): r.cell() for r in results}
     lines = ["| System | " + " | ".join(c.capitalize() for c in CRITERIA) + " |",
              "|---|" + "---|" * len(CRITERIA)]
-    for system in systems:
-        cells = []
-        for criterion in CRITERIA:
-            r = cell[(system, criterion)]
-            if r.n == 0:
-                cells.append("–")
-            elif math.isnan(r.ci95):
-                cells.append(f"{r.mean:.2f} (n={r.n})")
-            else:
-                cells.append(f"{r.mean:.2f} ± {r.ci95:.2f} (n={r.n})")
-        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    for system in dict.fromkeys(r.system for r in results):
+        lines.append(f"| {system} | " + " | ".join(cell[(system, c)] for c in CRITERIA) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_results(results: Sequence[MosResult], out: str | os.PathLike, test_id: str) -> tuple[Path, Path]:
     """``mos.md`` (the table) and ``mos.json`` (every number) under ``out``."""
     out = Path(out)
-    write_bytes_atomic(out / "mos.md", f"MOS ± 95% CI (Student t), listening test {test_id}\n\n{format_table(results)}".encode())
+    table = f"MOS ± 95% CI (Student t), listening test {test_id}\n\n{format_table(results)}"
+    write_bytes_atomic(out / "mos.md", table.encode())
     write_json_atomic(out / "mos.json", {
         "format": "clipsonic-listening-mos", "version": 1, "test_id": test_id,
         "results": [{k: (None if isinstance(v, float) and math.isnan(v) else v)

@@ -10,8 +10,7 @@ it, undecodable data) raises :class:`MediaError` naming the file; PyAV's excepti
 """
 
 from clipsonic.media._container import MediaError, MediaInfo, probe
-from clipsonic.media.audio import load_audio
+from clipsonic.media.audio import load_audio, save_audio
 from clipsonic.media.frames import load_frames
-from clipsonic.media.write import save_audio
 
 __all__ = ["MediaError", "MediaInfo", "probe", "load_audio", "load_frames", "save_audio"]

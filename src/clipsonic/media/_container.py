@@ -1,10 +1,8 @@
-"""Opening media files, finding streams, the shared timeline, and ``probe``."""
+"""Opening media files, their tracks on the shared timeline, and ``probe``."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import math
 import os
 from collections.abc import Iterator
@@ -16,9 +14,6 @@ import numpy as np
 
 from clipsonic.errors import ClipsonicError
 
-log = logging.getLogger(__name__)
-
-_EPS = 1e-6  # seconds: float round-off when comparing times with frame timestamps
 # What PyAV raises on broken input: its FFmpegError family, plus plain ValueError / IndexError /
 # OverflowError from its Python layer on nonsense headers.
 _AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, IndexError, OverflowError)
@@ -46,13 +41,12 @@ class MediaInfo:
     audio_codec: str | None
 
 
-# --- opening files and streams -------------------------------------------------------------
-
 def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
-def _open_container(path: Path) -> Any:
+def _open(path: Path) -> Any:
+    """An open PyAV input container (a context manager that closes it)."""
     if not path.exists():
         raise MediaError(f"{path}: file not found")
     if not path.is_file():
@@ -65,31 +59,11 @@ def _open_container(path: Path) -> Any:
         raise MediaError(f"{path}: not a readable media file ({_reason(exc)})") from exc
 
 
-@contextlib.contextmanager
-def _open(path: Path) -> Iterator[Any]:
-    container = _open_container(path)
-    try:
-        yield container
-    finally:
-        container.close()
-
-
-def _describe_streams(container: Any) -> str:
-    kinds = [f"{s.type} {s.codec_context.name if s.codec_context else '?'}" for s in container.streams]
-    return ", ".join(kinds) or "none"
-
-
-def _audio_stream(container: Any, path: Path) -> Any:
-    if not container.streams.audio:
-        raise MediaError(f"{path}: no audio stream (streams: {_describe_streams(container)})")
-    return container.streams.best("audio")
-
-
-def _video_stream(container: Any, path: Path, required: bool = True) -> Any:
-    """The best video stream that is not cover art (an attached picture)."""
+def _best_stream(container: Any, kind: str) -> Any:
+    """The best ``kind`` ("audio" or "video") stream, or None; cover art (an attached picture) is no video."""
+    if kind == "audio":
+        return container.streams.best("audio")
     streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
-    if not streams and required:
-        raise MediaError(f"{path}: no video stream (streams: {_describe_streams(container)})")
     best = container.streams.best("video")
     return best if best in streams else (streams[0] if streams else None)
 
@@ -102,28 +76,57 @@ def _origin(container: Any) -> float:
     return min(starts, default=0.0)
 
 
-def _frames(container: Any, stream: Any, path: Path) -> Iterator[Any]:
-    """Decoded frames of ``stream``; decoding errors become :class:`MediaError`."""
-    decoded, last_pts = container.decode(stream), None
-    while True:
+class _Track:
+    """The best ``kind`` stream of a file, opened for decoding, with times on the file's timeline."""
+
+    def __init__(self, path: Path, kind: str):
+        self.path = path
+        self.container = _open(path)
+        self.stream = _best_stream(self.container, kind)
+        if self.stream is None:
+            streams = [f"{s.type} {s.codec_context.name if s.codec_context else '?'}" for s in self.container.streams]
+            self.container.close()
+            raise MediaError(f"{path}: no {kind} stream (streams: {', '.join(streams) or 'none'})")
+        self.origin = _origin(self.container)
+
+    def __enter__(self) -> _Track:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.container.close()
+
+    def pts(self, t: float) -> int:
+        """The stream timestamp of ``t`` seconds (rounded down)."""
+        return int(math.floor((t + self.origin) / self.stream.time_base))
+
+    def seconds(self, frame: Any) -> float:
+        if frame.pts is None:
+            raise MediaError(f"{self.path}: a decoded {self.stream.type} frame has no timestamp; cannot place it "
+                             "in time")
+        return float(frame.pts * self.stream.time_base) - self.origin
+
+    def seek(self, t: float) -> bool:
+        """Move to the keyframe at or before ``t`` seconds; False when the demuxer cannot."""
         try:
-            frame = next(decoded)
-        except StopIteration:
-            return
+            self.container.seek(self.pts(t), stream=self.stream, backward=True)
+        except _AV_ERRORS:
+            return False
+        return True
+
+    def frames(self) -> Iterator[Any]:
+        """Decoded frames from where the track stands; decoding errors become :class:`MediaError`."""
+        last_pts = None
+        try:
+            for frame in self.container.decode(self.stream):
+                last_pts = frame.pts if frame.pts is not None else last_pts
+                yield frame
         except _AV_ERRORS as exc:
-            at = "the start" if last_pts is None else f"{float(last_pts * stream.time_base):.3f} s"
-            raise MediaError(
-                f"{path}: decoding the {stream.type} stream failed after {at} ({_reason(exc)}); "
-                "the file may be truncated or corrupt"
-            ) from exc
-        last_pts = frame.pts if frame.pts is not None else last_pts
-        yield frame
-
-
-def _seconds(frame: Any, stream: Any, origin: float, path: Path) -> float:
-    if frame.pts is None:
-        raise MediaError(f"{path}: a decoded {stream.type} frame has no timestamp; cannot place it in time")
-    return float(frame.pts * stream.time_base) - origin
+            at = "the start" if last_pts is None else f"{float(last_pts * self.stream.time_base):.3f} s"
+            raise MediaError(f"{self.path}: decoding the {self.stream.type} stream failed after {at} ({_reason(exc)}); "
+                             "the file may be truncated or corrupt") from exc
 
 
 def _check_rate(sample_rate: Any, path: Path) -> int:
@@ -143,31 +146,22 @@ def _check_time(value: Any, what: str, path: Path) -> float:
     return t
 
 
-# --- probe -----------------------------------------------------------------------------------
-
 def probe(path: str | os.PathLike) -> MediaInfo:
     """Container, duration and stream properties of a media file, without decoding it."""
     path = Path(path)
     with _open(path) as container:
-        audio = container.streams.best("audio") if container.streams.audio else None
-        video = _video_stream(container, path, required=False)
+        audio, video = _best_stream(container, "audio"), _best_stream(container, "video")
         actx = audio.codec_context if audio else None
         vctx = video.codec_context if video else None
         fps = video.average_rate if video else None
         return MediaInfo(
-            path=str(path),
-            container=container.format.name,
-            duration=_duration(container, path),
-            has_audio=audio is not None,
-            has_video=video is not None,
+            path=str(path), container=container.format.name, duration=_duration(container, path),
+            has_audio=audio is not None, has_video=video is not None,
             audio_sample_rate=actx.sample_rate if actx else None,
             audio_channels=actx.layout.nb_channels if actx else None,
-            video_width=vctx.width if vctx else None,
-            video_height=vctx.height if vctx else None,
-            video_fps=float(fps) if fps else None,
-            video_codec=vctx.codec.canonical_name if vctx else None,
-            audio_codec=actx.codec.canonical_name if actx else None,
-        )
+            video_width=vctx.width if vctx else None, video_height=vctx.height if vctx else None,
+            video_fps=float(fps) if fps else None, video_codec=vctx.codec.canonical_name if vctx else None,
+            audio_codec=actx.codec.canonical_name if actx else None)
 
 
 def _duration(container: Any, path: Path) -> float:
@@ -191,7 +185,3 @@ def _duration(container: Any, path: Path) -> float:
     if end is None:
         raise MediaError(f"{path}: cannot tell the duration: the file has no timestamps")
     return end
-
-
-# --- audio -----------------------------------------------------------------------------------
-

@@ -1,4 +1,5 @@
-"""``load_audio``: decode, downmix and resample a segment of a file's sound."""
+"""``load_audio``: decode, downmix and resample a segment of a file's sound; ``save_audio``: write
+wav/flac files atomically, never silently clipped."""
 
 from __future__ import annotations
 
@@ -9,19 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile
 import soxr
 
-from clipsonic.media._container import (
-    _AV_ERRORS,
-    MediaError,
-    _audio_stream,
-    _check_rate,
-    _check_time,
-    _frames,
-    _open,
-    _origin,
-    _seconds,
-)
+from clipsonic.files import atomic_output
+from clipsonic.media._container import MediaError, _check_rate, _check_time, _reason, _Track
 
 log = logging.getLogger(__name__)
 
@@ -56,56 +49,45 @@ def _mono(frame: Any) -> np.ndarray:
 
 
 class _Resampler:
-    """Streaming soxr resampler (identity when the rates agree); output is delay-free.
-
-    Input is gathered into blocks of ~64k samples: one soxr call per decoded frame costs more
-    than the resampling itself.
-    """
+    """Streaming soxr resampling (identity when the rates agree; delay-free output), fed in ~64k-sample
+    blocks: one soxr call per decoded frame costs more than the resampling itself."""
 
     def __init__(self, rate_in: int, rate_out: int):
-        self._stream = None if rate_in == rate_out else soxr.ResampleStream(
+        self.soxr = None if rate_in == rate_out else soxr.ResampleStream(
             rate_in, rate_out, 1, dtype="float32", quality=RESAMPLE_QUALITY)
-        self._pending: list[np.ndarray] = []
-        self._pending_len = 0
+        self.pending: list[np.ndarray] = []
         self.chunks: list[np.ndarray] = []
 
     def feed(self, x: np.ndarray, last: bool = False) -> None:
-        self._pending.append(x)
-        self._pending_len += len(x)
-        if last or self._pending_len >= 65536:
-            block = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
-            self._pending, self._pending_len = [], 0
-            self.chunks.append(block if self._stream is None else self._stream.resample_chunk(block, last=last))
+        self.pending.append(x)
+        if last or sum(map(len, self.pending)) >= 65536:
+            block = np.concatenate(self.pending)
+            self.pending = []
+            self.chunks.append(block if self.soxr is None else self.soxr.resample_chunk(block, last=last))
 
     def output(self) -> np.ndarray:
         self.feed(np.zeros(0, np.float32), last=True)
         return np.concatenate(self.chunks)
 
 
-def _decode_audio(container: Any, path: Path, rate_out: int, lo: float, hi: float,
+def _decode_audio(track: _Track, rate_out: int, lo: float, hi: float,
                   seek: bool) -> tuple[np.ndarray, int, float | None] | None:
-    """Decode the best audio stream over ``[lo, hi)`` seconds (plus margins), resampled.
+    """Decode the track over ``[lo, hi)`` seconds (plus margins), resampled.
 
     Returns ``(audio, first, end)``: ``audio[k]`` is the sound at ``(first + k) / rate_out``
     seconds; ``end`` is where the track ends, None when decoding stopped before it. Resampling
     starts at a native sample on the output grid, so every segment is a slice of the whole
-    decode. Returns None when a seek landed after ``lo`` (the caller decodes from the top).
+    decode. Returns None when a seek failed or landed after ``lo`` (the caller decodes from the top).
     """
-    stream = _audio_stream(container, path)
-    origin = _origin(container)
-    if seek:
-        target = int(math.floor((max(lo - AUDIO_SEEK_PREROLL_S, 0.0) + origin) / stream.time_base))
-        try:
-            container.seek(target, stream=stream, backward=True)
-        except _AV_ERRORS:
-            return None
-    resampler, rate_in, pos, first, tick = None, 0, 0, 0, float(stream.time_base)
-    for frame in _frames(container, stream, path):
+    if seek and not track.seek(max(lo - AUDIO_SEEK_PREROLL_S, 0.0)):
+        return None
+    path, resampler, rate_in, pos, first = track.path, None, 0, 0, 0
+    for frame in track.frames():
         if resampler is None:  # the first frame places the track on the timeline
             if frame.pts is None and seek:
                 return None
             rate_in = frame.sample_rate
-            pos = round(_seconds(frame, stream, origin, path) * rate_in) if frame.pts is not None else 0
+            pos = round(track.seconds(frame) * rate_in) if frame.pts is not None else 0
             step = rate_in // math.gcd(rate_in, rate_out)  # native samples between shared grid points
             first = max(math.floor((lo - _RESAMPLE_MARGIN_S) * rate_in) // step * step, 0)
             if seek and pos > first:
@@ -115,7 +97,7 @@ def _decode_audio(container: Any, path: Path, rate_out: int, lo: float, hi: floa
                 resampler.feed(np.zeros(pos - first, np.float32))
         elif frame.sample_rate != rate_in:
             raise MediaError(f"{path}: audio sample rate changes mid-stream ({rate_in} → {frame.sample_rate} Hz)")
-        elif frame.pts is not None and abs(frame.pts * tick - origin - pos / rate_in) > 0.1:
+        elif frame.pts is not None and abs(track.seconds(frame) - pos / rate_in) > 0.1:
             log.debug("%s: audio timestamps jump at %.3f s; samples kept contiguous", path, pos / rate_in)
         samples = _mono(frame)
         if pos + len(samples) > first:
@@ -128,14 +110,8 @@ def _decode_audio(container: Any, path: Path, rate_out: int, lo: float, hi: floa
     return resampler.output(), first * rate_out // rate_in, pos / rate_in
 
 
-def load_audio(
-    path: str | os.PathLike,
-    sample_rate: int = 16000,
-    start: float | None = None,
-    duration: float | None = None,
-    *,
-    pad_end: bool = False,
-) -> np.ndarray:
+def load_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float | None = None,
+               duration: float | None = None, *, pad_end: bool = False) -> np.ndarray:
     """Decode a file's (best) audio track to float32 mono ``[samples]`` at ``sample_rate``.
 
     Channels are averaged (stereo and 5.1 alike; LFE included). Resampling is soxr "HQ".
@@ -155,13 +131,13 @@ def load_audio(
     if duration is not None and _check_time(duration, "duration", path) == 0:
         raise MediaError(f"{path}: duration must be > 0 seconds, got {duration!r}")
     hi = math.inf if duration is None else start + float(duration)
-    with _open(path) as container:
-        seek = start > AUDIO_SEEK_MIN_S and not set(container.format.name.split(",")) & _ROUGH_SEEK_FORMATS
-        decoded = _decode_audio(container, path, rate, start, hi, seek)
+    with _Track(path, "audio") as track:
+        seek = start > AUDIO_SEEK_MIN_S and not set(track.container.format.name.split(",")) & _ROUGH_SEEK_FORMATS
+        decoded = _decode_audio(track, rate, start, hi, seek)
     if decoded is None:
         log.debug("%s: seeking to %.3f s missed; decoding from the start", path, start)
-        with _open(path) as container:
-            decoded = _decode_audio(container, path, rate, start, hi, seek=False)
+        with _Track(path, "audio") as track:
+            decoded = _decode_audio(track, rate, start, hi, seek=False)
     audio, first, end = decoded
     if end is not None and start >= end:
         raise MediaError(f"{path}: start {start:.3f} s is at or beyond the end of the audio ({end:.3f} s)")
@@ -178,5 +154,48 @@ def load_audio(
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-# --- frames ----------------------------------------------------------------------------------
+_MAX_CHANNELS = 8
+_WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 
+
+def save_audio(path: str | os.PathLike, audio: Any, sample_rate: int, *, warn: bool = True) -> float:
+    """Write ``[samples]`` or ``[C, samples]`` float audio (numpy or torch) to a 16-bit .wav or .flac, atomically.
+
+    Values beyond [-1, 1] are not clipped: the whole signal is scaled down so its peak is 1 and a
+    warning is logged (``warn=False``: a debug line; batch writers report once, from the return
+    value). Returns the gain applied in dB (0.0 when none). The file appears under its name only
+    once completely written.
+    """
+    path = Path(path)
+    fmt = _WRITE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise MediaError(f"{path}: cannot write '{path.suffix}' files; use .wav or .flac")
+    rate = _check_rate(sample_rate, path)
+    if hasattr(audio, "detach"):  # torch, without importing it
+        audio = audio.detach().to("cpu").float().numpy()
+    data = np.asarray(audio)
+    if data.dtype.kind != "f":
+        raise MediaError(f"{path}: expected float audio in [-1, 1], got dtype {data.dtype}")
+    data = data[None] if data.ndim == 1 else data
+    if data.ndim != 2 or data.shape[0] > _MAX_CHANNELS:
+        raise MediaError(
+            f"{path}: expected audio shaped [samples] or [channels, samples] with at most "
+            f"{_MAX_CHANNELS} channels, got {tuple(np.shape(audio))} (transpose [samples, channels]?)"
+        )
+    if not np.isfinite(data).all():
+        raise MediaError(f"{path}: audio contains NaN or infinite values")
+    data = np.ascontiguousarray(data.T, dtype=np.float32)  # [samples, C] for soundfile
+    peak = float(np.abs(data).max()) if data.size else 0.0
+    gain_db = 0.0
+    if peak > 1.0:
+        gain_db = 20 * math.log10(peak)
+        log.log(logging.WARNING if warn else logging.DEBUG,
+                "%s: audio peaks at %.3f, beyond [-1, 1]; scaling it down %.2f dB instead of clipping",
+                path, peak, gain_db)
+        data = data / np.float32(peak)
+    try:
+        with atomic_output(path) as tmp:
+            soundfile.write(tmp, data, rate, format=fmt)
+    except (OSError, RuntimeError, ValueError) as exc:  # soundfile.LibsndfileError is a RuntimeError
+        raise MediaError(f"{path}: writing {fmt} failed ({_reason(exc)})") from exc
+    return gain_db

@@ -11,94 +11,72 @@ from typing import Any
 
 import numpy as np
 
-from clipsonic.media._container import (
-    _AV_ERRORS,
-    _EPS,
-    MediaError,
-    _check_time,
-    _frames,
-    _open_container,
-    _origin,
-    _reason,
-    _seconds,
-    _video_stream,
-)
+from clipsonic.media._container import _AV_ERRORS, MediaError, _check_time, _reason, _Track
 
 log = logging.getLogger(__name__)
 
 # load_frames decodes forward through gaps up to this long and seeks across longer ones.
 FRAME_SEEK_GAP_S = 2.0
+_EPS = 1e-6  # seconds: float round-off when comparing times with frame timestamps
 
 
 class _FrameCursor:
-    """Walks forward through one video stream; seeks (to the keyframe before) only across long gaps.
+    """Walks forward through the video track of a file; seeks (to the keyframe before) only across long gaps.
 
     ``current`` is the last frame with time <= the last asked time, ``upcoming`` the frame after it
-    (None at the end of the stream).
+    (None at the end of the stream); ``frames`` is None until decoding starts.
     """
 
     def __init__(self, path: Path):
         self.path = path
-        self.container = _open_container(path)
-        try:
-            self._reset()
-        except MediaError:
-            self.container.close()
-            raise
-
-    def _reset(self) -> None:
-        self.stream = _video_stream(self.container, self.path)
-        self.stream.codec_context.thread_type = "AUTO"
-        self.origin = _origin(self.container)
+        self.track = self._open()
         self.frames: Iterator[Any] | None = None
         self.current = self.upcoming = None
 
-    def close(self) -> None:
-        self.container.close()
+    def _open(self) -> _Track:
+        track = _Track(self.path, "video")
+        track.stream.codec_context.thread_type = "AUTO"
+        return track
 
-    def time(self, frame: Any) -> float:
-        return _seconds(frame, self.stream, self.origin, self.path)
-
-    def _from_top(self, reopen: bool = True) -> None:
-        if reopen:  # rewind by reopening: the one move every format supports
-            self.container.close()
-            self.container = _open_container(self.path)
-            self._reset()
-        self.frames = _frames(self.container, self.stream, self.path)
+    def _decode_on(self) -> None:
+        """Start decoding from where the track stands (its start, or a seek's keyframe)."""
+        self.frames = self.track.frames()
         self.current, self.upcoming = None, next(self.frames, None)
+
+    def _time(self, frame: Any) -> float:
+        """A frame's time; inf for None (past the end of the stream)."""
+        return math.inf if frame is None else self.track.seconds(frame)
 
     def _seek(self, t: float) -> None:
         """Position so that the next decoded frame is at or before ``t``."""
         log.debug("%s: seeking to the keyframe before %.3f s", self.path, t)
         for back in (0.0, 1.0, 5.0, 30.0):
-            target = max(t - back, 0.0) + self.origin
-            try:
-                self.container.seek(int(math.floor(target / self.stream.time_base)), stream=self.stream, backward=True)
-            except _AV_ERRORS:
+            if not self.track.seek(max(t - back, 0.0)):
                 break
-            self.frames = _frames(self.container, self.stream, self.path)
-            self.current, self.upcoming = None, next(self.frames, None)
-            if self.upcoming is not None and self.time(self.upcoming) <= t + _EPS:
+            self._decode_on()
+            if self._time(self.upcoming) <= t + _EPS:
                 return
         log.debug("%s: seeking before %.3f s failed; decoding from the start", self.path, t)
-        self._from_top()
+        self.track.close()  # rewind by reopening: the one move every format supports
+        self.track = self._open()
+        self._decode_on()
 
     def frame_at(self, t: float) -> Any:
         """The frame on screen at ``t``: pts <= t < next pts. Call with non-decreasing ``t``."""
         # Where decoding stands: the file's start before the first call, inf at the end of the stream.
-        here = 0.0 if self.frames is None else self.time(self.upcoming) if self.upcoming is not None else math.inf
+        here = 0.0 if self.frames is None else self._time(self.upcoming)
         if t - here > FRAME_SEEK_GAP_S and self._keyframe_before(t) > here:
             self._seek(t)
         elif self.frames is None:
-            self._from_top(reopen=False)
-        while self.upcoming is not None and self.time(self.upcoming) <= t + _EPS:
+            self._decode_on()
+        while self._time(self.upcoming) <= t + _EPS:
             self.current, self.upcoming = self.upcoming, next(self.frames, None)
         if self.current is None:
             if self.upcoming is None:
                 raise MediaError(f"{self.path}: the video stream has no decodable frames")
             return self.upcoming  # t precedes the first frame: players show the first frame
         if self.upcoming is None:  # at the end, the last frame lasts its duration
-            end = self.time(self.current) + self._duration(self.current)
+            end = self._time(self.current) + self._duration(self.current)
             if t >= end - _EPS:
                 raise MediaError(f"{self.path}: time {t:.3f} s is beyond the end of the video ({end:.3f} s)")
         return self.current
@@ -107,14 +85,14 @@ class _FrameCursor:
         """Time of the indexed keyframe at or before ``t`` (inf when the file has no index):
         seeking only pays when that keyframe lies beyond where decoding already is. Index times
         are decoding times (dts), a few frames early with B-frames: an estimate on the safe side."""
-        entries = self.stream.index_entries
-        i = entries.search_timestamp(int(math.floor((t + self.origin) / self.stream.time_base))) if len(entries) else -1
-        return math.inf if i < 0 else float(entries[i].timestamp * self.stream.time_base) - self.origin
+        entries, time_base = self.track.stream.index_entries, self.track.stream.time_base
+        i = entries.search_timestamp(self.track.pts(t)) if len(entries) else -1
+        return math.inf if i < 0 else float(entries[i].timestamp * time_base) - self.track.origin
 
     def _duration(self, frame: Any) -> float:
         if frame.duration:
-            return float(frame.duration * self.stream.time_base)
-        rate = self.stream.average_rate
+            return float(frame.duration * self.track.stream.time_base)
+        rate = self.track.stream.average_rate
         return 1.0 / float(rate) if rate else 0.0
 
 
@@ -141,12 +119,9 @@ def load_frames(path: str | os.PathLike, times: Sequence[float]) -> list[np.ndar
             try:
                 last_frame, last_rgb = frame, frame.to_ndarray(format="rgb24")
             except _AV_ERRORS as exc:
-                raise MediaError(f"{path}: converting the frame at {times[i]:.3f} s to RGB failed ({_reason(exc)})") from exc
+                raise MediaError(f"{path}: converting the frame at {times[i]:.3f} s to RGB failed "
+                                 f"({_reason(exc)})") from exc
             pictures[i] = last_rgb
         return pictures
     finally:
-        cursor.close()
-
-
-# --- writing ---------------------------------------------------------------------------------
-
+        cursor.track.close()

@@ -1,7 +1,7 @@
 """``CLIPSonicPipeline``: query (text | image | video) → CLIP embedding → bridge → sampler + guidance
-→ mel → vocoder → waveform. Files: ``pipeline.py`` (the class and its ``__call__``), ``queries.py``
-(checking and encoding queries, output length, seeds), ``loading.py`` (pipeline directories),
-``outputs.py`` (writing audio, muxed videos and mel images)."""
+→ mel → vocoder → waveform. ``pipeline.py``: the class (loading, saving, its ``__call__``);
+``queries.py``: checking and encoding queries, output length, seeds; ``outputs.py``: writing audio,
+muxed videos and mel images."""
 
 from clipsonic.pipeline.pipeline import (
     BUILTIN_DIR,

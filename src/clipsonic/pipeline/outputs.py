@@ -42,9 +42,7 @@ def check_target(target: str | os.PathLike, rows: int, query_kind: str) -> Path:
     if kind == "video" and query_kind != "video":
         raise ClipsonicError(f"-o {target} is a video file, but the query is {query_kind}, not a video; use .wav or a directory")
     folder = target if kind == "dir" else target.parent
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ClipsonicError(f"cannot write to {folder}: {existing} is not a writable directory")
     if target.exists() and kind != "dir" and not os.access(target, os.W_OK):
@@ -57,11 +55,10 @@ def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "query"
 
 
-def save_generation(output, target: str | os.PathLike, *, videos: list[str | os.PathLike] | None = None,
-                    save_mel: bool = False, first_index: int = 0) -> list[Path]:
-    """Write a :class:`~clipsonic.pipeline.CLIPSonicOutput`'s rows to ``target`` and return the files;
-    ``videos``: each row's video (video queries); ``first_index``: the first row's number in file names."""
-    target = check_target(target, len(output.audios), "video" if videos else "other")
+def _save_rows(output, target: Path, videos: list[str | os.PathLike] | None, save_mel: bool,
+               first_index: int) -> list[Path]:
+    """Write a :class:`~clipsonic.pipeline.CLIPSonicOutput`'s rows to a checked ``target``; ``videos``: each
+    row's video (video queries); ``first_index``: the first row's number in file names."""
     kind = target_kind(target)
     written: list[Path] = []
     for i, audio in enumerate(output.audios):
@@ -94,7 +91,7 @@ def generate_files(pipe, query, target: str | os.PathLike, *, batch_size: int = 
     ``seed + i`` however texts are batched (images and videos go one per call); ``call`` goes to the pipeline."""
     if batch_size < 1:
         raise ClipsonicError(f"batch_size must be >= 1, got {batch_size}")
-    check_target(target, len(query) * num_samples, query.kind)
+    target = check_target(target, len(query) * num_samples, query.kind)
     per_call = batch_size if query.kind == "text" else 1
     starts = range(0, len(query), per_call)
     written: list[Path] = []
@@ -105,5 +102,5 @@ def generate_files(pipe, query, target: str | os.PathLike, *, batch_size: int = 
         out = pipe(**{query.kind: items}, seed=seeds, num_samples=num_samples, **call,
                    progress=progress and (lambda done, total, n=n: progress(n * total + done, len(starts) * total)))
         videos = [items[i // num_samples] for i in range(rows)] if query.kind == "video" else None
-        written += save_generation(out, target, videos=videos, save_mel=save_mel, first_index=start * num_samples)
+        written += _save_rows(out, target, videos, save_mel, first_index=start * num_samples)
     return written

@@ -25,7 +25,6 @@ are then sampled one after another (slower on a GPU than one batch).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -41,18 +40,21 @@ from clipsonic import bridges
 from clipsonic.audio import MelConfig, denormalize
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, SAMPLERS, DiffusionConfig, GaussianDiffusion
 from clipsonic.diffusion.rng import randn_per_row
-from clipsonic.encoders import ClipModelRef
+from clipsonic.encoders import ClipModelRef, default_device, load_clip, parse_dtype
 from clipsonic.errors import ClipsonicError
-from clipsonic.pipeline import loading
+from clipsonic.export import load_stats, read_model_index, write_pipeline_dir
+from clipsonic.models import MelUNet
 from clipsonic.pipeline.queries import (
     DEFAULT_VIDEO_FRAMES,
     MAX_SECONDS,
+    check_positive_int,
     encode_query,
     expand_seeds,
     parse_query,
     resolve_frames,
 )
-from clipsonic.vocoder import GriffinLimVocoder
+from clipsonic.prior import load_prior
+from clipsonic.vocoder import GriffinLimVocoder, load_vocoder
 
 log = logging.getLogger(__name__)
 
@@ -112,30 +114,59 @@ class CLIPSonicPipeline:
         self.dtype = dtype  # autocast dtype of the mel model (None: float32)
         self._mean_text: dict[tuple[str, ...], torch.Tensor] = {}
 
-    # --- loading and saving -------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | str | None = None, *, clip_model: str | None = None,
-                        vocoder: str | os.PathLike | None = None, check_clip: bool = True) -> CLIPSonicPipeline:
+                        vocoder: str | os.PathLike | None = None) -> CLIPSonicPipeline:
         """Load a pipeline directory (see clipsonic.export for its layout); no ``path``: the built-in
-        SonicWorld model (:data:`BUILTIN_DIR`).
+        SonicWorld model (:data:`BUILTIN_DIR`). A pipeline made for another CLIP is refused with both names.
 
         Args:
             device: default cuda when available, else cpu.
             dtype: float16 / bfloat16 run the mel model under autocast (GPU); default float32.
             clip_model: load the CLIP from here instead of the name in model_index.json (e.g. a local
-                copy); its weights must be the same (fingerprint checked unless ``check_clip=False``).
+                copy); its weights must be the same (fingerprint checked).
             vocoder: a vocoder directory to use instead of the pipeline's, or "griffin-lim".
         """
         if path is None and not (BUILTIN_DIR / "model_index.json").is_file():
             raise ClipsonicError(f"this clipsonic install has no built-in model ({BUILTIN_DIR} is missing); "
                                  "pass a pipeline directory (--model DIR), or reinstall clipsonic")
-        return cls(**loading.load_components(path or BUILTIN_DIR, device, dtype, clip_model=clip_model, vocoder=vocoder,
-                                             check_clip=check_clip))
+        path = path or BUILTIN_DIR
+        index, device = read_model_index(path), default_device(device)
+        unet = MelUNet.from_pretrained(index.component_dir("unet"), device=device)
+        diffusion = DiffusionConfig.load(index.component_dir("scheduler") / "config.json")
+        if unet.config.cond_dim != index.clip.dim:
+            raise ClipsonicError(f"{path}: the UNet takes {unet.config.cond_dim}-d conditions but the pipeline's CLIP "
+                                 f"{index.clip.model} is {index.clip.dim}-d; the directory mixes two models")
+        if unet.config.learn_sigma != diffusion.learn_sigma:
+            raise ClipsonicError(f"{path}: unet learn_sigma={unet.config.learn_sigma} but the scheduler's is "
+                                 f"{diffusion.learn_sigma}")
+        # a bundled clip/ makes the folder self-contained; --clip-model still wins
+        clip_source = clip_model or index.component_dir("clip") or index.clip.model
+        encoder = load_clip(clip_source, device=device)
+        if encoder.dim != index.clip.dim or encoder.fingerprint != index.clip.fingerprint:
+            raise ClipsonicError(f"{path} was trained with {index.clip.describe()} but the CLIP loaded from "
+                                 f"{clip_source} is {encoder.dim}-d with weights {encoder.fingerprint[:12]}; "
+                                 "pass the CLIP the pipeline was trained with (--clip-model)")
+        prior = None
+        if index.component_dir("prior") is not None:
+            prior = load_prior(index.component_dir("prior"), device=device)
+            prior.check_compatible(index.clip, what=str(index.root))
+        vocoder = vocoder or index.component_dir("vocoder")  # None: the Griffin-Lim fallback
+        if vocoder is not None:
+            vocoder = (GriffinLimVocoder(index.mel).to(device) if str(vocoder) == "griffin-lim"
+                       else load_vocoder(vocoder, device=device, mel_config=index.mel))
+        return cls(unet=unet, diffusion=diffusion, encoder=encoder, mel=index.mel, clip=index.clip, prior=prior,
+                   stats=load_stats(path) if index.component_dir("stats") is not None else None,
+                   vocoder=vocoder, training=index.training, dtype=parse_dtype(dtype))
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write this pipeline as a directory ``from_pretrained`` reads (the Griffin-Lim fallback is not saved)."""
-        return loading.save_components(self, directory)
+        extra = {"prior": self.prior.save_pretrained} if self.prior is not None else {}
+        if not self.vocoder_is_fallback:
+            extra["vocoder"] = self.vocoder.save_pretrained
+        return write_pipeline_dir(directory, unet=self.unet, diffusion=self.diffusion.config, mel=self.mel,
+                                  clip=self.clip, stats=self.stats, training=self.training, extra_components=extra)
 
     @property
     def device(self) -> torch.device:
@@ -158,16 +189,6 @@ class CLIPSonicPipeline:
             return "iq"
         return "pd" if self.prior is not None else "zs"
 
-    def to(self, device: str | torch.device) -> CLIPSonicPipeline:
-        """Move every network (CLIP, UNet, prior, vocoder) to ``device``."""
-        self.encoder.model.to(device)  # the encoder reads its device from its model's parameters
-        self.unet.to(device)
-        self.vocoder.to(device)
-        if self.prior is not None:
-            self.prior.to(device)
-        return self
-
-    # --- the bridges ---------------------------------------------------------------------------
     def _bridge(self, mode: str, texts: list[str], emb: torch.Tensor, generators: list[torch.Generator], *,
                 prior_guidance_scale: float | None, prior_steps: int | None, knn_k: int) -> torch.Tensor:
         """Text embeddings [B, D] → image-space embeddings [B, D] by ``mode`` (iq: unchanged)."""
@@ -183,28 +204,18 @@ class CLIPSonicPipeline:
             return bridges.modality_shift(emb, self.stats.mean_image_embedding, self._mean_text[prompts])
         return bridges.nearest_images(emb, self.stats.image_bank, knn_k)
 
-    def _check(self, kind: str, mode: str | None, guidance_scale: float, steps: int, sampler: str,
-               num_samples: int) -> str:
+    def _check_mode(self, kind: str, mode: str | None) -> str:
         mode = mode or self.default_mode(kind)
         if mode not in bridges.MODES:
             raise ClipsonicError(f"unknown mode {mode!r}; choose one of {list(bridges.MODES)}")
         if (mode == "iq") != (kind != "text"):
-            raise ClipsonicError(f"mode {mode!r} does not take a {kind} query "
-                                f"({'iq is for images and videos' if mode == 'iq' else 'text modes: ' + ', '.join(bridges.TEXT_MODES)})")
+            which = "iq is for images and videos" if mode == "iq" else "text modes: " + ", ".join(bridges.TEXT_MODES)
+            raise ClipsonicError(f"mode {mode!r} does not take a {kind} query ({which})")
         if mode not in self.modes:
             need = "a prior component (clipsonic attach prior)" if mode == "pd" else "the stats component (re-export the run)"
             raise ClipsonicError(f"mode {mode!r} needs {need}; this pipeline can run {', '.join(self.modes)}")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or not guidance_scale >= 0:
-            raise ClipsonicError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.diffusion.num_timesteps:
-            raise ClipsonicError(f"num_inference_steps must be an integer in 1..{self.diffusion.num_timesteps}, got {steps!r}")
-        if sampler not in SAMPLERS:
-            raise ClipsonicError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ClipsonicError(f"num_samples must be a positive integer, got {num_samples!r}")
         return mode
 
-    # --- generation ----------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
         self,
@@ -241,15 +252,19 @@ class CLIPSonicPipeline:
         """
         # 1. Check inputs
         query = parse_query(text, image, video, image_embeds)
-        mode = self._check(query.kind, mode, guidance_scale, num_inference_steps, sampler, num_samples)
+        mode = self._check_mode(query.kind, mode)
+        for name, w in (("guidance_scale", guidance_scale), ("prior_guidance_scale", prior_guidance_scale or 0)):
+            if isinstance(w, bool) or not isinstance(w, int | float) or not w >= 0:
+                raise ClipsonicError(f"{name} must be a number >= 0, got {w!r}")
+        check_positive_int("num_inference_steps", num_inference_steps, self.diffusion.num_timesteps)
+        if sampler not in SAMPLERS:
+            raise ClipsonicError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+        check_positive_int("num_samples", num_samples)
         if negative_text is not None and not (isinstance(negative_text, str) and negative_text.strip()):
             raise ClipsonicError("negative_text must be a non-empty string")
-        if prior_steps is not None and (isinstance(prior_steps, bool) or not isinstance(prior_steps, int) or prior_steps < 1):
-            raise ClipsonicError(f"prior_steps must be a positive integer, got {prior_steps!r}")
-        if prior_guidance_scale is not None and not prior_guidance_scale >= 0:
-            raise ClipsonicError(f"prior_guidance_scale must be >= 0, got {prior_guidance_scale!r}")
-        if isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1:
-            raise ClipsonicError(f"knn_k must be a positive integer, got {knn_k!r}")
+        if prior_steps is not None:
+            check_positive_int("prior_steps", prior_steps)
+        check_positive_int("knn_k", knn_k)
         if query.kind != "video":  # lengths are checked before any slow work
             frames = resolve_frames(seconds, None, self.mel, self.unet.config.downsample_factor)
 
@@ -264,8 +279,7 @@ class CLIPSonicPipeline:
         batch = len(query) * num_samples
         rows = torch.arange(len(query)).repeat_interleave(num_samples)  # [B] query index of each row
         gens, seeds = expand_seeds(seed, generator, batch)
-        shape = (1, self.unet.config.in_channels, self.mel.n_mels, frames)
-        x_T = randn_per_row((batch, *shape[1:]), gens)  # [B, 1, n_mels, F]
+        x_T = randn_per_row((batch, self.unet.config.in_channels, self.mel.n_mels, frames), gens)  # [B, 1, n_mels, F]
 
         # 4. Bridge to the image-embedding space: [B, D]
         texts = [query.items[int(r)] for r in rows] if query.kind == "text" else []
@@ -295,14 +309,12 @@ class CLIPSonicPipeline:
         """Run the sampler on all rows at once, or row by row when it draws noise at every step."""
         device = self.device
         stochastic = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
-        groups = [[i] for i in range(len(cond))] if stochastic and len(cond) > 1 else [list(range(len(cond)))]
+        groups = [[i] for i in range(len(cond))] if stochastic else [list(range(len(cond)))]
         outputs = []
         for n, rows in enumerate(groups):
             model = self.unet if negative is None else _NegativeConditioned(self.unet, negative[rows].to(device))
             report = None if progress is None else (lambda i, k, n=n: progress(n * k + i, len(groups) * k))
-            autocast = (torch.autocast(device.type, dtype=self.dtype) if self.dtype not in (None, torch.float32)
-                        else contextlib.nullcontext())
-            with autocast:
+            with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype not in (None, torch.float32)):
                 outputs.append(self.diffusion.sample(
                     model, tuple(x_T[rows].shape), cond[rows].to(device), sampler=sampler, steps=steps,
                     guidance_scale=guidance_scale, generator=gens[rows[0]], eta=eta, progress=report,

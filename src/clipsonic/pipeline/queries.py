@@ -48,12 +48,6 @@ class Query:
         return f"{self.kind} {i}"
 
 
-def _as_list(value: Any) -> list[Any]:
-    if isinstance(value, str | os.PathLike | np.ndarray) or hasattr(value, "convert"):  # PIL images have .convert
-        return [value]
-    return list(value)
-
-
 def parse_query(text: Any = None, image: Any = None, video: Any = None, image_embeds: Any = None) -> Query:
     """Exactly one of ``text`` / ``image`` / ``video`` (one item or a sequence) / ``image_embeds`` ``[Q, D]``."""
     given = {k: v for k, v in (("text", text), ("image", image), ("video", video), ("embedding", image_embeds))
@@ -68,21 +62,18 @@ def parse_query(text: Any = None, image: Any = None, video: Any = None, image_em
         if emb.ndim != 2 or emb.shape[0] == 0 or not bool(torch.isfinite(emb).all()) or bool((emb.norm(dim=-1) == 0).any()):
             raise ClipsonicError(f"image_embeds must be finite, non-zero embeddings [Q, D], got shape {list(emb.shape)}")
         return Query(kind, list(torch.nn.functional.normalize(emb, dim=-1)))
-    items = _as_list(value)
+    one = isinstance(value, str | os.PathLike | np.ndarray) or hasattr(value, "convert")  # PIL images have .convert
+    items = [value] if one else list(value)
     if not items:
         raise ClipsonicError(f"the {kind} query is an empty list")
-    if kind == "text":
-        for i, t in enumerate(items):
-            if not isinstance(t, str):
-                raise ClipsonicError(f"text query {i} is a {type(t).__name__}, not a string")
-            if not t.strip():
-                raise ClipsonicError(f"text query {i} is empty or only whitespace")
-        items = [t.strip() for t in items]
-    if kind == "video":
-        for v in items:
-            if not isinstance(v, str | os.PathLike):
-                raise ClipsonicError(f"a video query is a file path, got {type(v).__name__}")
-    return Query(kind, items)
+    for i, item in enumerate(items):
+        if kind == "text" and not isinstance(item, str):
+            raise ClipsonicError(f"text query {i} is a {type(item).__name__}, not a string")
+        if kind == "text" and not item.strip():
+            raise ClipsonicError(f"text query {i} is empty or only whitespace")
+        if kind == "video" and not isinstance(item, str | os.PathLike):
+            raise ClipsonicError(f"a video query is a file path, got {type(item).__name__}")
+    return Query(kind, [t.strip() for t in items] if kind == "text" else items)
 
 
 def load_image(item: Any) -> Any:
@@ -98,27 +89,8 @@ def load_image(item: Any) -> Any:
         raise ClipsonicError(f"{item}: not a readable image ({exc})") from None
 
 
-def video_frame_times(duration: float, num_frames: int, pooling: str) -> list[float]:
-    """Frame times (s): the centres of ``num_frames`` equal spans ("mean"), 0 ("first") or the middle."""
-    if pooling == "first":
-        return [0.0]
-    if pooling == "middle":
-        return [duration / 2]
-    return [(i + 0.5) * duration / num_frames for i in range(num_frames)]
-
-
-def video_duration(path: str | os.PathLike) -> float:
-    """Seconds of a video file that has pictures (a ClipsonicError naming the file otherwise)."""
-    info = probe(path)  # MediaError (a ClipsonicError) for missing / unreadable files
-    if not info.has_video:
-        raise ClipsonicError(f"{path}: has no video stream (an audio file or a picture?)")
-    if not info.duration > 0:
-        raise ClipsonicError(f"{path}: the video has no frames")
-    return float(info.duration)
-
-
 def encode_query(query: Query, encoder, *, pooling: str = "mean", num_frames: int = DEFAULT_VIDEO_FRAMES,
-                 max_seconds: float | None = None) -> tuple[torch.Tensor, list[float] | None]:
+                 max_seconds: float = MAX_SECONDS) -> tuple[torch.Tensor, list[float] | None]:
     """L2-normalised CLIP embeddings ``[Q, D]`` (text rows: text embeddings, to be bridged) and, for videos,
     their durations in seconds; video frames come from the first ``max_seconds`` (what the audio covers)."""
     if query.kind == "text":
@@ -131,34 +103,41 @@ def encode_query(query: Query, encoder, *, pooling: str = "mean", num_frames: in
         return encoder.encode_images([load_image(item) for item in query.items]), None
     if pooling not in VIDEO_POOLING:
         raise ClipsonicError(f"video frames: choose one of {list(VIDEO_POOLING)}, got {pooling!r}")
-    if num_frames < 1:
-        raise ClipsonicError(f"video frames: need at least 1, got {num_frames}")
+    check_positive_int("num_frames", num_frames)
     rows, durations = [], []
     for path in query.items:
-        duration = video_duration(path)
-        span = min(duration, max_seconds) if max_seconds else duration
-        frames = load_frames(path, video_frame_times(span, num_frames, pooling))  # [H, W, 3] uint8 each
+        info = probe(path)  # MediaError (a ClipsonicError) for missing / unreadable files
+        if not info.has_video:
+            raise ClipsonicError(f"{path}: has no video stream (an audio file or a picture?)")
+        if not info.duration > 0:
+            raise ClipsonicError(f"{path}: the video has no frames")
+        duration = float(info.duration)
+        span = min(duration, max_seconds)
+        if pooling == "mean":  # the centres of num_frames equal spans
+            times = [(i + 0.5) * span / num_frames for i in range(num_frames)]
+        else:
+            times = [0.0 if pooling == "first" else span / 2]
+        frames = load_frames(path, times)  # [H, W, 3] uint8 each
         rows.append(torch.nn.functional.normalize(encoder.encode_images(frames).mean(0), dim=-1))
         durations.append(duration)
     return torch.stack(rows), durations
 
 
-def resolve_frames(seconds: float | None, durations: list[float] | None, mel: MelConfig, multiple: int,
-                   max_seconds: float = MAX_SECONDS) -> int:
+def resolve_frames(seconds: float | None, durations: list[float] | None, mel: MelConfig, multiple: int) -> int:
     """Mel frames to generate, a multiple of ``multiple``: ``seconds`` rounded, else the longest video
     (rounded up, so the audio covers it), else one training clip."""
     frame_seconds = mel.hop_length / mel.sample_rate
     if seconds is not None:
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds <= 0:
             raise ClipsonicError(f"seconds must be a positive number, got {seconds!r}")
-        if seconds > max_seconds:
-            raise ClipsonicError(f"seconds={seconds:g} is over the {max_seconds:g}-s limit of one generation")
+        if seconds > MAX_SECONDS:
+            raise ClipsonicError(f"seconds={seconds:g} is over the {MAX_SECONDS:g}-s limit of one generation")
         return max(multiple, round(seconds / frame_seconds / multiple) * multiple)
     if durations:
         longest = max(durations)
-        if longest > max_seconds:
-            raise ClipsonicError(f"the video lasts {longest:.1f} s, over the {max_seconds:g}-s limit of one "
-                             f"generation; pass seconds (e.g. {max_seconds:g}) to cover its beginning")
+        if longest > MAX_SECONDS:
+            raise ClipsonicError(f"the video lasts {longest:.1f} s, over the {MAX_SECONDS:g}-s limit of one "
+                                 f"generation; pass seconds (e.g. {MAX_SECONDS:g}) to cover its beginning")
         return max(multiple, math.ceil(longest / frame_seconds / multiple) * multiple)
     return max(multiple, mel.clip_frames // multiple * multiple)
 
@@ -184,6 +163,13 @@ def expand_seeds(seed: int | Sequence[int] | None, generator: Any, batch: int) -
     else:
         raise ClipsonicError(f"seed must be an integer or a list of integers, got {seed!r}")
     return [torch.Generator().manual_seed(s) for s in seeds], seeds
+
+
+def check_positive_int(name: str, value: Any, most: int | None = None) -> None:
+    """A one-line error unless ``value`` is an int (not a bool) in 1..``most`` (no upper bound when None)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= (most or value):
+        raise ClipsonicError(f"{name} must be " + (f"an integer in 1..{most}" if most else "a positive integer")
+                             + f", got {value!r}")
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:

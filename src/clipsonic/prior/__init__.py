@@ -4,29 +4,81 @@
     prior = load_prior("pipeline/prior")          # ours (train-prior) or a Karlo PriorTransformer
     image_emb = prior.sample(texts, text_emb, encoder, generators=[...])   # [B, D], L2-normalised
 
-Files: ``network.py`` (our PriorNet), ``ours.py`` (it + Gaussian diffusion, its directory),
-``karlo.py`` (diffusers PriorTransformer checkpoints), ``base.py`` (what they share, config.json),
-``loading.py`` (any prior directory; attaching one to a pipeline), ``data.py`` (image-caption
-pairs), ``train.py`` (train-prior).
+Files: ``base.py`` (what every prior offers, config.json), ``ours.py`` (our PriorNet + Gaussian
+diffusion), ``karlo.py`` (diffusers PriorTransformer checkpoints), ``train.py`` (train-prior and its
+image–caption pairs); here, finding, loading and attaching a prior directory (no code from it is run).
 """
 
-from clipsonic.prior.base import Prior, check_same_clip
-from clipsonic.prior.loading import attach_prior, load_prior, resolve_prior_dir
-from clipsonic.prior.network import PRIOR_PRESETS, PriorNet, PriorNetConfig
-from clipsonic.prior.ours import DiffusionPrior, PriorConfig
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipsonic.errors import ClipsonicError
+from clipsonic.export import read_model_index, set_component
+from clipsonic.prior.base import TYPES, Prior, check_same_clip, read_prior_config
+from clipsonic.prior.karlo import find_karlo, load_karlo
+from clipsonic.prior.ours import DiffusionPrior, PriorConfig, PriorNet, prior_preset
 from clipsonic.prior.train import PriorTrainConfig, train_prior
 
-__all__ = [
-    "PRIOR_PRESETS",
-    "DiffusionPrior",
-    "Prior",
-    "PriorConfig",
-    "PriorNet",
-    "PriorNetConfig",
-    "PriorTrainConfig",
-    "attach_prior",
-    "check_same_clip",
-    "load_prior",
-    "resolve_prior_dir",
-    "train_prior",
-]
+__all__ = ["DiffusionPrior", "Prior", "PriorConfig", "PriorNet", "PriorTrainConfig", "attach_prior", "check_same_clip",
+           "load_prior", "prior_preset", "train_prior"]
+
+log = logging.getLogger(__name__)
+
+
+def _find_prior(path: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The directory of the prior ``path`` names (itself or its ``prior/``) and its config.json (None: raw)."""
+    if not path.exists():
+        raise ClipsonicError(f"{path}: no such prior directory")
+    for candidate in (path, path / "prior"):
+        if (config := read_prior_config(candidate)) is not None:
+            return candidate, config
+    if find_karlo(path) is not None:
+        return path, None
+    raise ClipsonicError(
+        f"{path} is not a prior directory: no config.json with \"type\" in {list(TYPES)} here or in "
+        f"{path / 'prior'}, and no diffusers PriorTransformer; train one with `clipsonic train-prior` "
+        "or point at a Karlo download (kakaobrain/karlo-v1-alpha)"
+    )
+
+
+def load_prior(path: str | os.PathLike, *, device: str | torch.device | None = None,
+               clip_model: str | None = None) -> Prior:
+    """Load our prior directory (``config.json`` with ``"type": "clipsonic"``), a wrapped Karlo prior
+    (``"type": "karlo"``), a ``train-prior`` run or a pipeline directory (their ``prior/``), or a raw
+    diffusers ``PriorTransformer`` download, on ``device`` (default: the CPU).
+
+    ``clip_model`` only matters for a raw diffusers prior, which does not record its CLIP: it
+    names the CLIP it was trained with (default ``openai/clip-vit-large-patch14``, Karlo's).
+    """
+    directory, config = _find_prior(Path(path))
+    if config is not None and config["type"] == DiffusionPrior.type_name:
+        prior: Prior = DiffusionPrior.from_config_dict(config, directory)
+    else:
+        prior = load_karlo(directory, config, clip_model=clip_model)
+    return prior.to(device) if device is not None else prior
+
+
+def attach_prior(pipeline_dir: str | os.PathLike, prior_path: str | os.PathLike,
+                 clip_model: str | None = None) -> Prior:
+    """Copy the prior at ``prior_path`` into ``pipeline_dir/prior`` (in our layout: a raw Karlo download is
+    wrapped, so the pipeline stays self-contained); returns the loaded prior.
+
+    The prior is loaded and checked against the pipeline's CLIP first, so a broken prior or one of
+    another CLIP space never replaces a working one. ``clip_model`` names the CLIP of a raw diffusers
+    prior (which does not record it).
+    """
+    index = read_model_index(pipeline_dir, complete=False)
+    prior = load_prior(prior_path, clip_model=clip_model)
+    if index.clip is None:
+        raise ClipsonicError(f"{pipeline_dir}: its model_index.json names no CLIP, so no prior can be checked "
+                             "against it")
+    prior.check_compatible(index.clip, what=f"the pipeline {pipeline_dir}")
+    set_component(pipeline_dir, "prior", prior.save_pretrained)
+    log.info("attached the %s prior from %s to %s", prior.type_name, prior_path, Path(pipeline_dir) / "prior")
+    return prior

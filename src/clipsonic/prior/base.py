@@ -2,13 +2,11 @@
 
 A prior maps CLIP *text* embeddings to plausible CLIP *image* embeddings (DALL-E 2's prior),
 closing the modality gap before the mel diffusion model, which only ever saw image embeddings.
-It is only meaningful in the CLIP space it was trained in: a prior for ViT-L/14 (768-d) is
-nonsense for any other CLIP, even one of the same width, so every prior carries the
-:class:`~clipsonic.encoders.ClipModelRef` of its space and pipelines refuse a mismatch.
+It is only meaningful in the CLIP space it was trained in (even another CLIP of the same width is
+another space), so every prior carries the :class:`~clipsonic.encoders.ClipModelRef` of its space.
 
 ``config.json``: ``{"format": "clipsonic-prior", "version": 1, "type": "clipsonic" | "karlo",
-"clip_model": {...}, "clipsonic_version", ...}`` plus the type's own keys (ours.py, karlo.py);
-one without a version is version 1.
+"clip_model": {...}, "clipsonic_version", ...}`` plus the type's own keys; unversioned = version 1.
 """
 
 from __future__ import annotations
@@ -24,32 +22,35 @@ import torch
 from clipsonic import __version__
 from clipsonic.encoders import ClipModelRef
 from clipsonic.errors import ClipsonicError
-from clipsonic.files import read_versioned_json, write_json_atomic
+from clipsonic.files import read_json, read_versioned_json, write_json_atomic
 
 CONFIG_NAME = "config.json"
 FORMAT, VERSION = "clipsonic-prior", 1
+TYPES = ("clipsonic", "karlo")  # ours.py, karlo.py
 
 
-def read_prior_config(directory: Path) -> dict[str, Any]:
-    """``directory/config.json`` of a prior directory."""
-    if not (directory / CONFIG_NAME).is_file():
-        raise ClipsonicError(f"{directory}: no {CONFIG_NAME}; not a prior directory")
-    return read_versioned_json(directory / CONFIG_NAME, FORMAT, VERSION, unversioned=1)
+def read_prior_config(directory: Path) -> dict[str, Any] | None:
+    """``directory/config.json`` if it is a prior's, else None (a run's or a pipeline's config.json is not)."""
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        return None
+    data = read_json(path, CONFIG_NAME)
+    if not isinstance(data, dict) or data.get("format", FORMAT) != FORMAT or data.get("type") not in TYPES:
+        return None
+    return read_versioned_json(path, FORMAT, VERSION, unversioned=1)
 
 
 def check_same_clip(prior: ClipModelRef, other: ClipModelRef, what: str = "the pipeline") -> None:
-    """Refuse a prior made in another CLIP space than ``other``, naming both.
-
-    Same width is required; then the weight fingerprints must agree when both are known, and the
-    model names otherwise (a pretrained prior records its CLIP by name only).
-    """
+    """Refuse a prior made in another CLIP space than ``other``, naming both: same width, then the same
+    weight fingerprints when both are known, else the same model names (Karlo's records a name only)."""
     same = prior.dim == other.dim and (
         prior.fingerprint == other.fingerprint if prior.fingerprint and other.fingerprint
         else prior.model == other.model
     )
     if not same:
+        space = prior.describe() if prior.fingerprint else f"{prior.model} ({prior.dim}-d)"
         raise ClipsonicError(
-            f"the prior works in the space of {prior.describe() if prior.fingerprint else f'{prior.model} ({prior.dim}-d)'} "
+            f"the prior works in the space of {space} "
             f"but {what} uses {other.describe()}; train a prior with that CLIP (clipsonic train-prior "
             f"--clip-model {other.model}) or, if both names mean the same weights, attach with "
             f"--clip-model {other.model}"
@@ -57,30 +58,31 @@ def check_same_clip(prior: ClipModelRef, other: ClipModelRef, what: str = "the p
 
 
 class Prior(abc.ABC):
-    """A loaded prior. ``sample`` returns L2-normalised image embeddings ``[B, D]`` (float32, CPU)."""
+    """A loaded prior: the network ``net`` (frozen) working in the CLIP space ``clip``."""
 
     type_name: str = ""
 
-    def __init__(self, clip: ClipModelRef) -> None:
+    def __init__(self, net: torch.nn.Module, clip: ClipModelRef) -> None:
+        self.net = net.eval().requires_grad_(False)
         self.clip = clip
 
     @property
-    def dim(self) -> int:
-        return self.clip.dim
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def to(self, device: str | torch.device) -> Prior:
+        self.net.to(device)
+        return self
 
     @abc.abstractmethod
     def sample(self, texts: Sequence[str], text_emb: torch.Tensor, encoder, *,
                generators: Sequence[torch.Generator] | None = None, guidance_scale: float | None = None,
                steps: int | None = None) -> torch.Tensor:
-        """Image embeddings ``[B, D]`` for ``texts`` (B strings) whose L2-normalised CLIP text
-        embeddings are ``text_emb`` ``[B, D]``; ``encoder`` is the pipeline's
+        """L2-normalised image embeddings ``[B, D]`` (float32, CPU) for ``texts`` (B strings) whose
+        L2-normalised CLIP text embeddings are ``text_emb`` ``[B, D]``; ``encoder`` is the pipeline's
         :class:`~clipsonic.encoders.ClipEncoder` (priors that read token states call it).
         ``generators``: one per row (:func:`~clipsonic.diffusion.rng.randn_per_row`); ``None`` = global RNG.
         ``guidance_scale`` / ``steps``: ``None`` = the prior's own defaults."""
-
-    @abc.abstractmethod
-    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Prior:
-        """Move the weights; returns ``self``."""
 
     @abc.abstractmethod
     def _save_weights(self, directory: Path) -> dict[str, Any]:
@@ -98,6 +100,3 @@ class Prior(abc.ABC):
 
     def check_compatible(self, clip: ClipModelRef, what: str = "the pipeline") -> None:
         check_same_clip(self.clip, clip, what)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.clip.model!r}, {self.dim}-d)"

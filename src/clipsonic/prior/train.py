@@ -1,7 +1,13 @@
 """``train_prior``: our diffusion prior on image–caption pairs, as a task of the training loop.
 
-The run directory is the loop's (clipsonic.train.harness), plus ``RUN/pairs.safetensors``, the
-embedded pairs (computed once; a resumed run reuses them); the export is ``RUN/prior``
+Pairs (:func:`collect_pairs`), chosen by what ``source`` is: a **preprocessed dataset** (a folder with
+``dataset.json``: every clip's K frame embeddings, paired with captions made from its label through
+templates, "the sound of {label}"; clips without a label are skipped); a **CSV file** with an image
+column (``image``, ``path`` or ``file``, relative to the CSV's folder) and a caption column (``caption``
+or ``text``); a **folder** of images (any format PIL opens), each with a sidecar ``NAME.txt`` holding
+one caption per line. They are embedded once into ``RUN/pairs.safetensors`` (a resumed run reuses them).
+
+The run directory is the loop's (clipsonic.train.harness); the export is ``RUN/prior``
 (``load_prior(RUN)``, ``clipsonic attach prior``). Every process draws the same global batch of
 pair indices from a shared seeded generator and trains on its slice, so the data never depend on
 timing and a resumed run continues the exact index stream.
@@ -13,30 +19,194 @@ training-free shift bridge (``cos_shift``) and (c) a prior sample (``cos_prior``
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import logging
+import math
 import os
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from clipsonic.bridges import modality_shift
 from clipsonic.config import Config, ConfigError
+from clipsonic.data.dataset import read_dataset_info
+from clipsonic.data.loader import iter_split
 from clipsonic.diffusion import GaussianDiffusion
 from clipsonic.encoders import ClipModelRef, load_clip
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import atomic_directory, atomic_output
-from clipsonic.prior.data import DEFAULT_TEMPLATES, PAIRS_NAME, PairSet, collect_pairs
-from clipsonic.prior.network import PriorNet, prior_preset
-from clipsonic.prior.ours import DiffusionPrior, PriorConfig, _prior_diffusion, embedding_scale
+from clipsonic.prior.ours import DiffusionPrior, PriorConfig, PriorNet, prior_preset
 from clipsonic.train.checkpoint import Checkpoint
 from clipsonic.train.ema import EMA
 from clipsonic.train.harness import LoopConfig, Progress, Run, Task, fit
 from clipsonic.train.logs import read_metrics
 
 log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATES = ("the sound of {label}", "a photo of {label}")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+PAIRS_NAME = "pairs.safetensors"
+
+
+@dataclasses.dataclass
+class PairSet:
+    """Embedded pairs, stored as embeddings and index pairs (L2-normalised float32 on the CPU)."""
+
+    image_emb: torch.Tensor  # [N_img, D]
+    text_emb: torch.Tensor  # [N_cap, D]
+    captions: list[str]  # N_cap
+    pairs: torch.Tensor  # [P, 2] long: (image row, caption row)
+    group: torch.Tensor  # [N_img] long: the clip / image file a row came from, so validation holds out whole clips
+    clip: ClipModelRef
+    source: str
+
+    def __len__(self) -> int:
+        return int(self.pairs.shape[0])
+
+    def split(self, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train pair indices, validation pair indices): whole groups go to validation by a hash of their id."""
+        n_groups = int(self.group.max()) + 1
+        in_val = torch.tensor([zlib.crc32(str(g).encode()) % 10_000 < val_fraction * 10_000 for g in range(n_groups)],
+                              dtype=torch.bool)
+        if val_fraction > 0 and n_groups >= 2 and not bool(in_val.any()):
+            in_val[n_groups - 1] = True  # a tiny set still gets one validation group
+        val = in_val[self.group[self.pairs[:, 0]]]
+        return torch.nonzero(~val).flatten(), torch.nonzero(val).flatten()
+
+    def save(self, path: Path) -> None:
+        meta = {"captions": json.dumps(self.captions), "clip": json.dumps(self.clip.to_dict()), "source": self.source}
+        save_file({"image_emb": self.image_emb.contiguous(), "text_emb": self.text_emb.contiguous(),
+                   "pairs": self.pairs.contiguous(), "group": self.group.contiguous()}, str(path), metadata=meta)
+
+    @classmethod
+    def load(cls, path: Path) -> PairSet:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata()
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        return cls(captions=json.loads(meta["captions"]), clip=ClipModelRef.from_dict(json.loads(meta["clip"])),
+                   source=meta["source"], **tensors)
+
+
+def collect_pairs(source: str | os.PathLike, load_encoder: Callable[[str | None], object], *,
+                  clip_model: str | None = None, templates: Sequence[str] = DEFAULT_TEMPLATES) -> PairSet:
+    """Read the pairs of ``source`` (see module docstring) and embed what needs embedding.
+
+    ``load_encoder(name)`` returns a :class:`~clipsonic.encoders.ClipEncoder` (``name`` None for a
+    dataset = the dataset's own CLIP); it is called once, only when something needs encoding.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise ClipsonicError(f"{source}: no such pair source (a dataset folder, a CSV file, or a folder of images "
+                             "+ .txt captions)")
+    for template in templates:
+        if "{label}" not in template:
+            raise ClipsonicError(f"caption template {template!r} has no {{label}} placeholder")
+    if (source / "dataset.json").is_file():
+        return _from_dataset(source, load_encoder, clip_model, templates)
+    if source.is_file() and source.suffix.lower() == ".csv":
+        items = _read_csv(source)
+    elif source.is_dir():
+        items = _read_folder(source)
+    else:
+        raise ClipsonicError(f"{source}: not a dataset folder (no dataset.json), a .csv file, or a folder of images")
+    if clip_model is None:
+        raise ClipsonicError(f"{source}: images must be embedded: pass the CLIP model (--clip-model) the pipeline uses")
+    return _embed_images(items, load_encoder(clip_model), str(source))
+
+
+def _from_dataset(root: Path, load_encoder, clip_model: str | None, templates: Sequence[str]) -> PairSet:
+    info = read_dataset_info(root)
+    images, labels, groups = [], [], []
+    for split in info.splits:
+        for raw in iter_split(info, split, fields=("clip.npy", "json")):
+            if label := raw["json"].get("label"):
+                emb = torch.from_numpy(raw["clip.npy"])  # [K, D] float32
+                labels.extend([label] * len(emb))
+                groups.extend([len(images)] * len(emb))
+                images.append(emb)
+    if not images:
+        raise ClipsonicError(f"{root}: no clip has a label, so there are no captions; train the prior on a CSV or "
+                             "a folder of captioned images instead")
+    encoder = load_encoder(clip_model or info.clip.model)
+    if encoder.dim != info.clip.dim or encoder.fingerprint != info.clip.fingerprint:
+        raise ClipsonicError(f"{root} was embedded with {info.clip.describe()} but the caption encoder is "
+                             f"{encoder.name} ({encoder.dim}-d, weights {encoder.fingerprint[:12]})")
+    names = sorted(set(labels))
+    captions = [t.format(label=name) for name in names for t in templates]
+    first_caption = {name: i * len(templates) for i, name in enumerate(names)}
+    pairs = [(row, first_caption[label] + k) for row, label in enumerate(labels) for k in range(len(templates))]
+    log.info("%s: %d clips with labels, %d classes, %d pairs", root, len(images), len(names), len(pairs))
+    return PairSet(image_emb=F.normalize(torch.cat(images), dim=-1),
+                   text_emb=encoder.encode_texts(captions), captions=captions,
+                   pairs=torch.tensor(pairs, dtype=torch.long), group=torch.tensor(groups, dtype=torch.long),
+                   clip=info.clip, source=str(root))
+
+
+def _read_csv(path: Path) -> list[tuple[Path, list[str]]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ClipsonicError(f"{path}: not a readable CSV file ({exc})") from None
+    header = list(rows[0]) if rows else []
+    image_col = next((c for c in ("image", "path", "file") if c in header), None)
+    text_col = next((c for c in ("caption", "text") if c in header), None)
+    if image_col is None or text_col is None:
+        raise ClipsonicError(f"{path}: need a header with an image column (image/path/file) and a caption column "
+                             f"(caption/text); found {header or 'no rows'}")
+    by_image: dict[Path, list[str]] = {}
+    for row in rows:
+        caption = (row.get(text_col) or "").strip()
+        if row.get(image_col) and caption:
+            by_image.setdefault(path.parent / row[image_col], []).append(caption)
+    return list(by_image.items())
+
+
+def _read_folder(root: Path) -> list[tuple[Path, list[str]]]:
+    items = []
+    for image in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        sidecar = image.with_suffix(".txt")
+        lines = sidecar.read_text(encoding="utf-8").splitlines() if sidecar.is_file() else []
+        if captions := [line.strip() for line in lines if line.strip()]:
+            items.append((image, captions))
+    if not items:
+        raise ClipsonicError(f"{root}: no image with a caption file (photo.jpg + photo.txt, one caption per line)")
+    return items
+
+
+def _embed_images(items: list[tuple[Path, list[str]]], encoder, source: str, batch: int = 64) -> PairSet:
+    """Open and embed the images (unreadable ones are skipped with a warning) and their captions."""
+    kept, embs = [], []
+    for start in range(0, len(items), batch):
+        pictures = []
+        for path, captions in items[start:start + batch]:
+            try:
+                with Image.open(path) as im:
+                    pictures.append(im.convert("RGB"))
+                kept.append(captions)
+            except (OSError, UnidentifiedImageError, ValueError) as exc:
+                log.warning("skipping %s: not a readable image (%s)", path, exc)
+        if pictures:
+            embs.append(encoder.encode_images(pictures))
+    if not kept:
+        raise ClipsonicError(f"{source}: none of the {len(items)} images could be read")
+    captions = sorted({c for cs in kept for c in cs})
+    row = {c: i for i, c in enumerate(captions)}
+    pairs = [(i, row[c]) for i, cs in enumerate(kept) for c in cs]
+    clip = ClipModelRef(model=encoder.name, dim=encoder.dim, fingerprint=encoder.fingerprint)
+    log.info("%s: %d images, %d captions, %d pairs", source, len(kept), len(captions), len(pairs))
+    return PairSet(image_emb=torch.cat(embs), text_emb=encoder.encode_texts(captions), captions=captions,
+                   pairs=torch.tensor(pairs, dtype=torch.long), group=torch.arange(len(kept)),
+                   clip=clip, source=str(source))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +242,7 @@ class PriorTrainConfig(LoopConfig):
 
     def prior_config(self, dim: int) -> PriorConfig:
         return PriorConfig(network=prior_preset(self.preset, dim),
-                           diffusion=_prior_diffusion().replace(p_uncond=self.p_uncond),
+                           diffusion=PriorConfig().diffusion.replace(p_uncond=self.p_uncond),
                            steps=self.sample_steps, guidance_scale=self.guidance_scale)
 
 
@@ -92,17 +262,25 @@ class PriorTask(Task):
         cfg, acc = run.config.train, run.accelerator
         if cfg.batch_size % acc.num_processes:
             raise ClipsonicError(f"batch_size {cfg.batch_size} is not divisible by the {acc.num_processes} processes")
-        if acc.is_main_process:
-            self.pairs = _prepare_pairs(source, run.dir, cfg, clip_model,
-                                        load_encoder or (lambda name: load_clip(name, device=acc.device)))
+        path, main = run.dir / PAIRS_NAME, acc.is_main_process  # embedded once (main process), read by all
+        reused = path.is_file()
+        if main and not reused:
+            pairs = collect_pairs(source, load_encoder or (lambda name: load_clip(name, device=acc.device)),
+                                  clip_model=clip_model, templates=cfg.templates)
+            with atomic_output(path) as tmp:
+                pairs.save(tmp)
         acc.wait_for_everyone()
-        if not acc.is_main_process:
-            self.pairs = PairSet.load(run.dir / PAIRS_NAME)
+        self.pairs = PairSet.load(path)
+        if Path(self.pairs.source).resolve() != Path(source).resolve():
+            raise ClipsonicError(f"{run.dir} holds the pairs of {self.pairs.source}, not {source}; "
+                                 "use a new run directory")
+        if main and reused:
+            log.info("reusing the %d embedded pairs in %s", len(self.pairs), path)
         run.data.update(clip=self.pairs.clip.to_dict(), pairs=len(self.pairs))
         self.train_idx, self.val_idx = self.pairs.split(cfg.val_fraction)
         if len(self.train_idx) == 0:
             raise ClipsonicError(f"{source}: no training pairs left after holding out {cfg.val_fraction:.0%}")
-        self.train_config, self.prior_config = cfg, cfg.prior_config(self.pairs.clip.dim)
+        self.prior_config = cfg.prior_config(self.pairs.clip.dim)
         self.diffusion = GaussianDiffusion(self.prior_config.diffusion)
         torch.manual_seed(cfg.seed)  # the initial weights: the same on every process
         net = PriorNet(self.prior_config.network)
@@ -112,7 +290,6 @@ class PriorTask(Task):
                      "noise": torch.Generator().manual_seed(cfg.seed + 1 + acc.process_index)}
         self.model, self.optimizer = acc.prepare(net, optimizer)
         self.ema.model.to(acc.device)
-        self.scale = embedding_scale(self.pairs.clip.dim)
         self.image_emb, self.text_emb = self.pairs.image_emb.to(acc.device), self.pairs.text_emb.to(acc.device)
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -126,14 +303,15 @@ class PriorTask(Task):
 
     def batches(self, position: dict[str, Any] | None) -> Iterator[torch.Tensor]:
         """Each step's global batch of pair indices from the shared generator; this process's slice ``[b, 2]``."""
-        acc, n = self.accelerator, self.train_config.batch_size
+        acc, n = self.accelerator, self.config.train.batch_size
         while True:
             chosen = self.train_idx[torch.randint(len(self.train_idx), (n,), generator=self.gens["data"])]
             yield self.pairs.pairs[chosen[acc.process_index::acc.num_processes]].to(acc.device)  # (image, caption) rows
 
     def train_step(self, batch: torch.Tensor, step: int) -> dict[str, Any]:
+        scale = math.sqrt(self.pairs.clip.dim)  # the scaled space √D · e the prior diffuses in (ours.py)
         with self.accelerator.autocast():
-            losses = self.diffusion.training_losses(self.model, self.image_emb[batch[:, 0]] * self.scale,
+            losses = self.diffusion.training_losses(self.model, self.image_emb[batch[:, 0]] * scale,
                                                     self.text_emb[batch[:, 1]], generator=self.gens["noise"])
         self.backward(losses["loss"])
         grad_norm = self.step_optimizer("model")
@@ -142,24 +320,23 @@ class PriorTask(Task):
 
     @torch.no_grad()
     def validate(self, step: int) -> dict[str, float]:
-        """The EMA prior's loss and the mean image–condition cosines (zs, shift, prior) on ≤ val_pairs held-out pairs."""
+        """The EMA prior's loss and image–condition cosines (zs, shift, prior) on ≤ val_pairs held-out pairs."""
         if len(self.val_idx) == 0:
             return {}
-        pairs, seed, prior = self.pairs, self.train_config.seed, DiffusionPrior(self.ema.model, self.prior_config,
-                                                                                 self.pairs.clip)
+        pairs, seed = self.pairs, self.config.train.seed
+        prior = DiffusionPrior(self.ema.model, self.prior_config, pairs.clip)
         chosen = self.val_idx[torch.randperm(len(self.val_idx), generator=torch.Generator().manual_seed(seed))]
-        chosen = chosen[:self.train_config.val_pairs]
+        chosen = chosen[:self.config.train.val_pairs]
         img, txt = pairs.image_emb[pairs.pairs[chosen, 0]], pairs.text_emb[pairs.pairs[chosen, 1]]  # [n, D]
-        mse = prior.diffusion.training_losses(prior.net, img.to(prior.device) * self.scale, txt.to(prior.device),
-                                              generator=torch.Generator().manual_seed(seed))["mse"].mean()
-        train_img = pairs.image_emb[pairs.pairs[self.train_idx, 0]].mean(0)
-        train_txt = pairs.text_emb[pairs.pairs[self.train_idx, 1]].mean(0)
-        shifted = F.normalize(txt + train_img - train_txt, dim=-1)
-        sampled = prior.sample([], txt, generators=[torch.Generator().manual_seed(seed + i) for i in range(len(chosen))])
-        self.ema.model.eval()
-        cos = F.cosine_similarity
-        m = {"loss": float(mse), "cos_zs": float(cos(txt, img).mean()), "cos_shift": float(cos(shifted, img).mean()),
-             "cos_prior": float(cos(sampled, img).mean()), "pairs": float(len(chosen))}
+        mse = prior.diffusion.training_losses(prior.net, img.to(prior.device) * math.sqrt(pairs.clip.dim),
+                                              txt.to(prior.device), generator=torch.Generator().manual_seed(seed))
+        shifted = modality_shift(txt, pairs.image_emb[pairs.pairs[self.train_idx, 0]].mean(0),
+                                 pairs.text_emb[pairs.pairs[self.train_idx, 1]].mean(0))
+        gens = [torch.Generator().manual_seed(seed + i) for i in range(len(chosen))]
+        sampled = prior.sample([], txt, generators=gens)
+        m = {"loss": float(mse["mse"].mean()), "cos_zs": float(F.cosine_similarity(txt, img).mean()),
+             "cos_shift": float(F.cosine_similarity(shifted, img).mean()),
+             "cos_prior": float(F.cosine_similarity(sampled, img).mean()), "pairs": float(len(chosen))}
         log.info("step %d: val loss %.4f, cosine image·text %.3f (zs) %.3f (shift) %.3f (prior)",
                  step, m["loss"], m["cos_zs"], m["cos_shift"], m["cos_prior"])
         return m
@@ -171,7 +348,8 @@ class PriorTask(Task):
         prior_config = cfg.prior_config(clip.dim)
         net = PriorNet(prior_config.network)
         net.load_state_dict(checkpoint.module("ema"))
-        train, val = ([r for r in read_metrics(run.dir, kind) if r["step"] <= checkpoint.step] for kind in ("train", "val"))
+        train, val = ([r for r in read_metrics(run.dir, kind) if r["step"] <= checkpoint.step]
+                      for kind in ("train", "val"))
         training = {"source": run.data["source"], "pairs": run.data["pairs"], "steps": checkpoint.step,
                     "train_loss": train[-1]["loss"] if train else None,
                     "validation": {k: v for k, v in val[-1].items() if k not in ("step", "kind")} if val else {},
@@ -182,24 +360,9 @@ class PriorTask(Task):
         return out
 
 
-def _prepare_pairs(source, run_dir: Path, config: PriorTrainConfig, clip_model: str | None,
-                   load_encoder: Callable[[str | None], Any]) -> PairSet:
-    """The run's pairs: reused from ``RUN/pairs.safetensors`` when present, else embedded and saved."""
-    path = run_dir / PAIRS_NAME
-    if path.is_file():
-        pairs = PairSet.load(path)
-        if Path(pairs.source).resolve() != Path(source).resolve():
-            raise ClipsonicError(f"{run_dir} holds the pairs of {pairs.source}, not {source}; use a new run directory")
-        log.info("reusing the %d embedded pairs in %s", len(pairs), path)
-        return pairs
-    pairs = collect_pairs(source, load_encoder, clip_model=clip_model, templates=config.templates)
-    with atomic_output(path) as tmp:
-        pairs.save(tmp)
-    return pairs
-
-
-def train_prior(source: str | os.PathLike, run_dir: str | os.PathLike, overrides: dict[str, dict[str, Any]] | None = None,
-                *, resume: bool = False, clip_model: str | None = None, cpu: bool = False,
+def train_prior(source: str | os.PathLike, run_dir: str | os.PathLike,
+                overrides: dict[str, dict[str, Any]] | None = None, *, resume: bool = False,
+                clip_model: str | None = None, cpu: bool = False,
                 load_encoder: Callable[[str | None], Any] | None = None, progress: Progress | None = None) -> Path:
     """Train (or resume) a prior on the pairs of ``source``; returns ``run_dir`` (the prior in RUN/prior).
 

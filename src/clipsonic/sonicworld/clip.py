@@ -1,48 +1,116 @@
 """The world's own CLIP: a tiny transformers ``CLIPModel`` trained contrastively on SonicWorld.
 
-CLIPSonic needs a CLIP whose image and text embeddings share one space; in SonicWorld we train
-one in a minute on 2 CPU cores from (freshly rendered frame, training caption of its concept)
-pairs. The loss is CLIP's symmetric InfoNCE with a learnable temperature (Radford et al. 2021,
-Fig. 3), except that with only 8 concepts a batch holds several pairs of each concept, so every
-same-concept pair counts as a positive (the target spreads evenly over them; Khosla et al. 2020).
-Frames are JPEG re-encoded at random quality during training, so frames decoded from the H.264
-videos (blocky, chroma-subsampled) embed like clean renders.
-
-:func:`train_world_clip` saves a genuine Hugging Face directory (``model.safetensors``,
-``config.json``, a CLIP BPE tokenizer, ``preprocessor_config.json``) that
-:func:`clipsonic.encoders.load_clip` loads like ``openai/clip-vit-large-patch14``;
-:func:`modality_gap` measures it on held-out captions and test-split frames.
+It is trained in a minute on 2 CPU cores on (freshly rendered frame, training caption of its
+concept) pairs with CLIP's symmetric InfoNCE (Radford et al. 2021, Fig. 3), except that with only
+8 concepts a batch holds several pairs of each concept, so every same-concept pair counts as a
+positive (Khosla et al. 2020). Frames are JPEG re-encoded at random quality, so frames decoded
+from the H.264 videos embed like clean renders. It is saved as a Hugging Face directory that
+:func:`clipsonic.encoders.load_clip` loads like OpenAI's, with a real byte-level BPE tokenizer in
+CLIP's file format learned from the captions' words (:func:`write_clip_tokenizer`, which the
+tests' tiny CLIP uses too); :func:`modality_gap` measures it on held-out captions and frames.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import math
 import os
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
 from PIL import Image
 
 from clipsonic.config import Config
 from clipsonic.encoders import _quiet_transformers  # no tqdm bar when saving
-from clipsonic.files import atomic_directory
-from clipsonic.sonicworld.tokenizer import (
-    BOS,
-    CLIP_IMAGE_MEAN,
-    CLIP_IMAGE_STD,
-    EOS,
-    write_clip_image_processor,
-    write_clip_tokenizer,
-)
+from clipsonic.files import atomic_directory, write_bytes_atomic, write_json_atomic
 from clipsonic.sonicworld.world import CONCEPTS, WorldConfig, captions, clip_rng, render_frames
 
 log = logging.getLogger(__name__)
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+END_OF_WORD = "</w>"
+# OpenAI CLIP's pixel statistics; the world-CLIP keeps them so its processor is the stock one.
+CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from the 256 byte values to printable unicode characters."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    shifted = iter(range(256, 512))  # bytes without a printable glyph are shifted above U+00FF
+    return {b: chr(b) if b in printable else chr(next(shifted)) for b in range(256)}
+
+
+def learn_bpe(words: Iterable[str]) -> list[tuple[str, str]]:
+    """Greedy BPE training until every word is one symbol; returns the merges in rank order.
+    Words are byte-level encoded and their last symbol carries ``</w>``, as CLIP's tokenizer sees
+    them. Ties between equally frequent pairs break lexicographically so the result is deterministic."""
+    byte_char = bytes_to_unicode()
+    seqs = [[byte_char[b] for b in word.encode("utf-8")] for word in sorted(set(words))]
+    seqs = [s[:-1] + [s[-1] + END_OF_WORD] for s in seqs]
+    merges: list[tuple[str, str]] = []
+    while True:
+        pairs = Counter(p for s in seqs for p in zip(s, s[1:], strict=False))
+        if not pairs:
+            return merges
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        seqs = [_merge(s, best) for s in seqs]
+
+
+def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    """``symbols`` with each occurrence of ``pair`` joined, left to right (a merged symbol never matches)."""
+    out: list[str] = []
+    for symbol in symbols:
+        if out and (out[-1], symbol) == pair:
+            out[-1] += symbol
+        else:
+            out.append(symbol)
+    return out
+
+
+def write_clip_tokenizer(directory: str | Path, texts: Sequence[str], *,
+                         model_max_length: int = 77) -> dict[str, int]:
+    """Write a CLIP tokenizer (``vocab.json``, ``merges.txt``, configs) learned from ``texts``' words.
+    The vocabulary is laid out like OpenAI CLIP's: the 256 byte characters, the same with
+    ``</w>``, one token per merge, then ``<|startoftext|>`` and ``<|endoftext|>`` (the highest id,
+    which CLIP's text model pools at). Returns the vocabulary (token -> id)."""
+    directory = Path(directory)
+    # roughly CLIP's pre-tokenizer: lowercase; runs of letters, single digits, runs of other symbols
+    words = (w for text in texts for w in re.findall(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+", text.lower()))
+    merges = learn_bpe(words)
+    base = list(bytes_to_unicode().values())
+    tokens = base + [c + END_OF_WORD for c in base] + ["".join(m) for m in merges] + [BOS, EOS]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
+    write_bytes_atomic(directory / "vocab.json", json.dumps(vocab, ensure_ascii=False).encode("utf-8"))
+    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    write_bytes_atomic(directory / "merges.txt", ("\n".join(lines) + "\n").encode("utf-8"))
+    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
+    write_json_atomic(directory / "special_tokens_map.json", special)
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": model_max_length,
+              "do_lower_case": True, "errors": "replace", **special}
+    write_json_atomic(directory / "tokenizer_config.json", config)
+    return vocab
+
+
+def write_clip_image_processor(directory: str | Path, image_size: int) -> None:
+    """``preprocessor_config.json`` of CLIP's image processor at ``image_size`` (resize short side, centre crop)."""
+    config = {"image_processor_type": "CLIPImageProcessor",
+              "do_resize": True, "size": {"shortest_edge": image_size}, "resample": 3,  # bicubic
+              "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
+              "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+              "image_mean": list(CLIP_IMAGE_MEAN), "image_std": list(CLIP_IMAGE_STD), "do_convert_rgb": True}
+    write_json_atomic(Path(directory) / "preprocessor_config.json", config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +144,8 @@ def train_world_clip(out_dir: str | os.PathLike, world: WorldConfig | None = Non
                      config: WorldClipConfig | None = None, *,
                      progress: Callable[[int, int, dict], None] | None = None) -> Path:
     """Train the world-CLIP and save it to ``out_dir`` (replaced whole, atomically); returns ``out_dir``.
-
-    ``progress(step, total, {"loss": …})`` is called after every step. Measure it with :func:`modality_gap`.
-    """
-    from transformers import CLIPModel, CLIPTokenizer  # heavy: loaded only to train
+    ``progress(step, total, {"loss": …})`` is called after every step. Measure it with :func:`modality_gap`."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer  # heavy: loaded only to train
 
     world, config = world or WorldConfig(), config or WorldClipConfig()
     out = Path(out_dir)
@@ -89,7 +155,13 @@ def train_world_clip(out_dir: str | os.PathLike, world: WorldConfig | None = Non
         vocab = write_clip_tokenizer(staging, texts, model_max_length=config.max_text_tokens)
         write_clip_image_processor(staging, world.size)
         tokenizer = CLIPTokenizer.from_pretrained(staging)
-        # 2. Model and training.
+        # 2. Model: both towers of one width; the text tower pools at the end token.
+        common = dict(hidden_size=config.width, intermediate_size=4 * config.width, num_hidden_layers=config.layers,
+                      num_attention_heads=config.heads, projection_dim=config.projection_dim)
+        text = dict(common, vocab_size=len(vocab), max_position_embeddings=config.max_text_tokens,
+                    bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[EOS])
+        vision = dict(common, image_size=world.size, patch_size=config.patch_size, num_channels=3)
+        # 3. Training.
         threads = torch.get_num_threads()
         try:
             # So small a model gains nothing from intra-op threads, and on a shared 2-core
@@ -97,7 +169,8 @@ def train_world_clip(out_dir: str | os.PathLike, world: WorldConfig | None = Non
             torch.set_num_threads(1)
             with torch.random.fork_rng():
                 torch.manual_seed(config.seed)
-                model = CLIPModel(_clip_config(config, world, vocab))
+                model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision,
+                                             projection_dim=config.projection_dim))
                 began = time.perf_counter()
                 final_loss = _train(model, tokenizer, world, config, progress)
         finally:
@@ -109,26 +182,12 @@ def train_world_clip(out_dir: str | os.PathLike, world: WorldConfig | None = Non
     return out
 
 
-def _clip_config(config: WorldClipConfig, world: WorldConfig, vocab: dict[str, int]):
-    from transformers import CLIPConfig  # heavy: loaded only to train
-
-    common = dict(hidden_size=config.width, intermediate_size=4 * config.width,
-                  num_hidden_layers=config.layers, num_attention_heads=config.heads,
-                  projection_dim=config.projection_dim)
-    text = dict(common, vocab_size=len(vocab), max_position_embeddings=config.max_text_tokens,
-                bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[EOS])
-    vision = dict(common, image_size=world.size, patch_size=config.patch_size, num_channels=3)
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=config.projection_dim)
-
-
 def _train(model, tokenizer, world: WorldConfig, config: WorldClipConfig, progress) -> float:
     """AdamW on symmetric multi-positive InfoNCE; returns the mean loss of the last 20 steps."""
     pool = [captions(c, "train") for c in CONCEPTS]
-    tokens = [tokenizer(p, padding="max_length", max_length=config.max_text_tokens, truncation=True,
-                        return_tensors="pt") for p in pool]
-    labels = torch.arange(len(CONCEPTS)).repeat_interleave(config.per_concept)  # [B]
-    same = (labels[:, None] == labels[None, :]).float()
-    target = same / same.sum(dim=1, keepdim=True)  # [B, B], rows sum to 1 (symmetric)
+    labels = torch.arange(len(CONCEPTS)).repeat_interleave(config.per_concept).tolist()  # [B]
+    same = torch.tensor(labels)[:, None] == torch.tensor(labels)[None, :]
+    target = same.float() / same.sum(dim=1, keepdim=True)  # [B, B], rows sum to 1 (symmetric)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: _lr_factor(s, config))
     with torch.no_grad():
@@ -138,13 +197,12 @@ def _train(model, tokenizer, world: WorldConfig, config: WorldClipConfig, progre
     losses = []
     for step in range(1, config.steps + 1):
         rng = np.random.default_rng([world.seed, config.seed, 3, step])
-        pixels = _pixels(_training_frames(world, labels.tolist(), rng, config.jpeg_probability))
-        picks = [int(rng.integers(len(pool[k]))) for k in labels.tolist()]
-        ids = torch.stack([tokens[k]["input_ids"][j] for k, j in zip(labels.tolist(), picks, strict=True)])
-        mask = torch.stack([tokens[k]["attention_mask"][j] for k, j in zip(labels.tolist(), picks, strict=True)])
-        logits = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits_per_image  # [B, B]
-        loss = 0.5 * (torch.sum(-target * logits.log_softmax(dim=1), dim=1).mean()
-                      + torch.sum(-target * logits.T.log_softmax(dim=1), dim=1).mean())
+        pixels = _training_pixels(world, labels, rng, config.jpeg_probability)
+        texts = [pool[k][rng.integers(len(pool[k]))] for k in labels]
+        tokens = tokenizer(texts, padding="max_length", max_length=config.max_text_tokens, truncation=True,
+                           return_tensors="pt")
+        logits = model(**tokens, pixel_values=pixels).logits_per_image  # [B, B]
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -165,9 +223,10 @@ def _lr_factor(step: int, config: WorldClipConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _training_frames(world: WorldConfig, labels: Sequence[int], rng: np.random.Generator,
-                     jpeg_probability: float) -> list[np.ndarray]:
-    """One fresh frame per label (new position, size, background, noise), some JPEG-degraded."""
+def _training_pixels(world: WorldConfig, labels: Sequence[int], rng: np.random.Generator,
+                     jpeg_probability: float) -> torch.Tensor:
+    """One fresh frame per label (new position, size, background, noise), some JPEG-degraded, CLIP-normalised
+    as CLIPImageProcessor does at the frame size: ``[B, 3, H, W]``."""
     frames = []
     for k in labels:
         frame = render_frames(k, rng, world.size)[0]
@@ -176,70 +235,75 @@ def _training_frames(world: WorldConfig, labels: Sequence[int], rng: np.random.G
             Image.fromarray(frame).save(buffer, format="JPEG", quality=int(rng.integers(15, 86)))
             frame = np.asarray(Image.open(buffer).convert("RGB"))
         frames.append(frame)
-    return frames
-
-
-def _pixels(frames: Sequence[np.ndarray]) -> torch.Tensor:
-    """uint8 ``[H, W, 3]`` frames → CLIP-normalised ``[B, 3, H, W]``, as CLIPImageProcessor at the frame size."""
     x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255
-    mean = torch.tensor(CLIP_IMAGE_MEAN)[:, None, None]
-    std = torch.tensor(CLIP_IMAGE_STD)[:, None, None]
-    return (x - mean) / std
+    return (x - torch.tensor(CLIP_IMAGE_MEAN)[:, None, None]) / torch.tensor(CLIP_IMAGE_STD)[:, None, None]
 
 
-def heldout_frames(world: WorldConfig, per_concept: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """The first frames of the test split's videos 0…per_concept-1 of each concept, rendered fresh."""
-    frames, labels = [], []
-    for k in range(len(CONCEPTS)):
-        for number in range(per_concept):
-            frames.append(render_frames(k, clip_rng(world, "test", k, number)[0], world.size)[0])
-            labels.append(k)
-    return frames, np.array(labels)
-
-
-def modality_gap(encoder, world: WorldConfig | None = None, per_concept: int = 16,
-                 images: Sequence | None = None, labels: Sequence[int] | None = None) -> dict:
-    """Zero-shot accuracy and the modality gap of a CLIP on SonicWorld.
-
-    Images are the test-split frames (:func:`heldout_frames`) unless ``images`` and their concept
-    ``labels`` are given (e.g. frames decoded from the rendered videos); texts are the held-out
-    captions. Returns: ``zero_shot_accuracy`` (image → concept whose mean caption embedding is
-    nearest), ``caption_accuracy`` (caption → concept whose mean image embedding is nearest), mean
-    cosines of text-image pairs of the same / different concepts, of image-image and text-text
-    pairs within / between concepts (self-pairs excluded), and ``mean_gap_distance``, the distance
-    ‖mean text embedding − mean image embedding‖ (Liang et al. 2022's modality gap).
-    """
-    world = world or WorldConfig()
+def modality_gap(encoder, world: WorldConfig | None = None, per_concept: int = 16, images: Sequence | None = None,
+                 labels: Sequence[int] | None = None, figure: str | os.PathLike | None = None) -> dict:
+    """Zero-shot accuracy and the modality gap of a CLIP on SonicWorld's held-out captions.
+    Images are the first frames of test videos 0…per_concept-1, rendered fresh, unless ``images``
+    and their concept ``labels`` are given (e.g. frames decoded from the rendered videos). Returns:
+    ``zero_shot_accuracy`` (image → concept whose mean caption embedding is nearest),
+    ``caption_accuracy`` (caption → concept whose mean image embedding is nearest), mean cosines of
+    text-image pairs of the same / different concepts, of image-image and text-text pairs within /
+    between concepts (self-pairs excluded), and ``mean_gap_distance`` ‖mean text embedding − mean
+    image embedding‖ (Liang et al. 2022's modality gap). ``figure``: also draws both in a PNG there,
+    projected on their two principal axes."""
     if images is None:
-        images, labels = heldout_frames(world, per_concept)
+        world = world or WorldConfig()
+        images = [render_frames(k, clip_rng(world, "test", k, n)[0], world.size)[0]
+                  for k in range(len(CONCEPTS)) for n in range(per_concept)]
+        labels = np.repeat(np.arange(len(CONCEPTS)), per_concept)
     labels = np.asarray(labels)
-    texts = [(t, k) for k, c in enumerate(CONCEPTS) for t in captions(c, "test")]
-    text_labels = np.array([k for _, k in texts])
+    texts = [t for c in CONCEPTS for t in captions(c, "test")]
+    text_labels = np.array([k for k, c in enumerate(CONCEPTS) for _ in captions(c, "test")])
     img = encoder.encode_images(list(images)).double()  # [N, D] unit rows
-    txt = encoder.encode_texts([t for t, _ in texts]).double()  # [T, D]
-    K = len(CONCEPTS)
+    txt = encoder.encode_texts(texts).double()  # [T, D]
+    if figure is not None:
+        _gap_figure(img.numpy(), labels, txt.numpy(), text_labels, figure)
 
-    def prototypes(emb: torch.Tensor, lab: np.ndarray) -> torch.Tensor:  # [K, D] unit rows
-        means = torch.stack([emb[torch.from_numpy(lab == k)].mean(0) for k in range(K)])
-        return torch.nn.functional.normalize(means, dim=-1)
+    def nearest_prototype(queries: torch.Tensor, emb: torch.Tensor, lab: np.ndarray) -> np.ndarray:
+        """The concept whose mean embedding (renormalised) is nearest to each query."""
+        means = torch.stack([emb[torch.from_numpy(lab == k)].mean(0) for k in range(len(CONCEPTS))])
+        return (queries @ F.normalize(means, dim=-1).T).argmax(1).numpy()
 
-    zero_shot = (img @ prototypes(txt, text_labels).T).argmax(1).numpy() == labels
-    caption_hits = (txt @ prototypes(img, labels).T).argmax(1).numpy() == text_labels
-    cross, ii, tt = (img @ txt.T).numpy(), (img @ img.T).numpy(), (txt @ txt.T).numpy()
-    same_it = labels[:, None] == text_labels[None, :]
-    same_ii = (labels[:, None] == labels[None, :]) & ~np.eye(len(labels), dtype=bool)
-    same_tt = (text_labels[:, None] == text_labels[None, :]) & ~np.eye(len(text_labels), dtype=bool)
-    diff_ii = labels[:, None] != labels[None, :]
-    diff_tt = text_labels[:, None] != text_labels[None, :]
+    def cosines(a: torch.Tensor, la: np.ndarray, b: torch.Tensor, lb: np.ndarray) -> tuple[float, float]:
+        """Mean cosine of the same-concept pairs (self-pairs excluded) and of the other-concept pairs."""
+        cos, same = (a @ b.T).numpy(), la[:, None] == lb[None, :]
+        own = same & ~np.eye(len(la), len(lb), dtype=bool) if a is b else same
+        return float(cos[own].mean()), float(cos[~same].mean())
+
+    it_same, it_other = cosines(img, labels, txt, text_labels)
+    ii_same, ii_other = cosines(img, labels, img, labels)
+    tt_same, tt_other = cosines(txt, text_labels, txt, text_labels)
     return {
-        "zero_shot_accuracy": float(zero_shot.mean()),
-        "caption_accuracy": float(caption_hits.mean()),
+        "zero_shot_accuracy": float((nearest_prototype(img, txt, text_labels) == labels).mean()),
+        "caption_accuracy": float((nearest_prototype(txt, img, labels) == text_labels).mean()),
         "images": len(labels), "captions": len(texts),
-        "text_image_cosine_same_concept": float(cross[same_it].mean()),
-        "text_image_cosine_other_concept": float(cross[~same_it].mean()),
-        "image_image_cosine_within_concept": float(ii[same_ii].mean()),
-        "image_image_cosine_between_concepts": float(ii[diff_ii].mean()),
-        "text_text_cosine_within_concept": float(tt[same_tt].mean()),
-        "text_text_cosine_between_concepts": float(tt[diff_tt].mean()),
+        "text_image_cosine_same_concept": it_same, "text_image_cosine_other_concept": it_other,
+        "image_image_cosine_within_concept": ii_same, "image_image_cosine_between_concepts": ii_other,
+        "text_text_cosine_within_concept": tt_same, "text_text_cosine_between_concepts": tt_other,
         "mean_gap_distance": float((txt.mean(0) - img.mean(0)).norm()),
     }
+
+
+def _gap_figure(img: np.ndarray, labels: np.ndarray, txt: np.ndarray, text_labels: np.ndarray,
+                path: str | os.PathLike) -> None:
+    """Images (dots) and captions (crosses) ``[N, D]``, ``[T, D]`` on the two principal axes of both together."""
+    both = np.concatenate([img, txt])
+    centred = both - both.mean(0)
+    xy = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T  # [N + T, 2]
+    fig = Figure(figsize=(6, 5))
+    ax = fig.add_subplot()
+    for k, c in enumerate(CONCEPTS):
+        colour = np.array(c.colour) / 255
+        ax.scatter(*xy[:len(img)][labels == k].T, s=14, color=colour, edgecolors="k", linewidths=0.3, label=c.name)
+        ax.scatter(*xy[len(img):][text_labels == k].T, s=30, marker="x", color=colour)
+    ax.set_title("world-CLIP: images (dots) and captions (crosses)\nthe two clouds apart = the modality gap")
+    ax.set_facecolor("#333")
+    ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    write_bytes_atomic(path, buffer.getvalue())

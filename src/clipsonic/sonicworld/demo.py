@@ -11,7 +11,9 @@ Every step calls the public API the commands call, in the order of the method's 
 7. evaluate  :func:`clipsonic.evaluate.run_evaluation`: FAD (mel-stats), relevance by the oracle,
              held-out captions as the text queries, a guidance sweep
 8. gallery   one sample per test concept and mode, with its mel image and the oracle's verdict
-9. report    ``report.html`` and ``metrics.json``
+9. report    ``report.html`` (the results table, the gallery with players and mel images, the
+             guidance sweep and the modality-gap figure) and ``metrics.json`` (its one reader and
+             writer are here)
 
 Re-running the same command reuses what is complete (each API resumes or confirms its output).
 """
@@ -19,33 +21,54 @@ Re-running the same command reuses what is complete (each API resumes or confirm
 from __future__ import annotations
 
 import dataclasses
+import functools
+import html
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from clipsonic.audio import MelConfig
 from clipsonic.config import Config
 from clipsonic.data.clips import ClipOptions
 from clipsonic.data.preprocess import PreprocessOptions, preprocess
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE
+from clipsonic.encoders import load_clip
 from clipsonic.errors import ClipsonicError
 from clipsonic.evaluate import EvalConfig, Evaluation, run_evaluation
 from clipsonic.export import attach_clip
-from clipsonic.files import write_json_atomic
+from clipsonic.files import read_versioned_json, write_bytes_atomic, write_json_atomic
+from clipsonic.media import save_audio
+from clipsonic.pipeline import CLIPSonicPipeline
+from clipsonic.plotting import save_mel_image
 from clipsonic.prior import attach_prior, train_prior
-from clipsonic.sonicworld import report
-from clipsonic.sonicworld.clip import WorldClipConfig, train_world_clip
+from clipsonic.sonicworld.clip import WorldClipConfig, modality_gap, train_world_clip
 from clipsonic.sonicworld.oracle import OracleClassifier
-from clipsonic.sonicworld.world import CONCEPTS, WorldConfig, captions, render_world
+from clipsonic.sonicworld.world import CONCEPT_NAMES, CONCEPTS, WorldConfig, captions, render_world
 from clipsonic.train import train
 from clipsonic.vocoder import attach_vocoder, train_vocoder
 
 log = logging.getLogger(__name__)
 
-MODES = ("iq", "zs", "pd", "shift", "knn")
+MODE_NAMES = {"iq": "IQ (image)", "zs": "ZS (text, zero-shot)", "pd": "PD (text + prior)",
+              "shift": "text + gap shift", "knn": "text + nearest images"}
+MODES = tuple(MODE_NAMES)
+METRICS = {"format": "clipsonic-demo", "version": 1}  # heads metrics.json
+PIPELINE, TEST_CAPTIONS = Path("run", "pipeline"), Path("world", "test_captions.json")  # inside the demo folder
+
+
+def read_metrics(demo_dir: str | os.PathLike) -> dict[str, Any]:
+    """A demo folder's ``metrics.json``: its ``config`` from the start, every number once finished."""
+    return read_versioned_json(Path(demo_dir) / "metrics.json", METRICS["format"], METRICS["version"])
+
+
+def write_metrics(demo_dir: str | os.PathLike, metrics: dict[str, Any]) -> None:
+    write_json_atomic(Path(demo_dir) / "metrics.json", {**METRICS, **metrics})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,39 +133,30 @@ class _Clock:
         self.expected, self.callback = expected, callback
         self.names = [n for n, s in expected.items() if s > 0]
         self.began = time.perf_counter()
-        self.done_expected = 0.0
-        self.current = ""
+        self.done_expected, self._last = 0.0, 0.0
         self.step_seconds: dict[str, float] = {}
-        self._step_began = self.began
-        self._last = 0.0
 
-    def start(self, name: str) -> None:
-        self.current, self._step_began = name, time.perf_counter()
-        self.update(0.0, force=True)
+    def step(self, name: str, fn: Callable[[Callable[[float], None]], Any]) -> Any:
+        """Run ``fn(update)`` as step ``name``; ``update(fraction)`` reports its progress."""
+        began = time.perf_counter()
+        self.update(name, 0.0, force=True)
+        result = fn(lambda fraction: self.update(name, fraction))
+        self.step_seconds[name] = round(time.perf_counter() - began, 1)
+        self.done_expected += self.expected[name]
+        log.info("demo: %s done in %.0f s", name, self.step_seconds[name])
+        return result
 
-    def finish(self) -> None:
-        self.step_seconds[self.current] = round(time.perf_counter() - self._step_began, 1)
-        self.done_expected += self.expected[self.current]
-
-    def update(self, fraction: float, force: bool = False) -> None:
+    def update(self, name: str, fraction: float, force: bool = False) -> None:
         now = time.perf_counter()
         if self.callback is None or (not force and now - self._last < 0.5):
             return
         self._last = now
         elapsed = now - self.began
-        done = self.done_expected + fraction * self.expected[self.current]
+        done = self.done_expected + fraction * self.expected[name]
         left = sum(self.expected.values()) - done
         remaining = elapsed / done * left if done > 0 and elapsed > 5 else None
-        self.callback(DemoProgress(self.current, self.names.index(self.current) + 1, len(self.names),
-                                   min(max(fraction, 0.0), 1.0), elapsed, remaining))
-
-    def step(self, name: str, fn: Callable[[Callable[[float], None]], Any]) -> Any:
-        """Run ``fn(update)`` as step ``name``; ``update(fraction)`` reports its progress."""
-        self.start(name)
-        result = fn(self.update)
-        self.finish()
-        log.info("demo: %s done in %.0f s", name, self.step_seconds[name])
-        return result
+        self.callback(DemoProgress(name, self.names.index(name) + 1, len(self.names), min(max(fraction, 0.0), 1.0),
+                                   elapsed, remaining))
 
 
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *, fast: bool = False,
@@ -151,74 +165,65 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *, fa
     config = config or demo_config(fast)
     out = Path(out_dir)
     if (out / "metrics.json").is_file():
-        if report.read_metrics(out)["config"] != config.to_dict():
+        if read_metrics(out)["config"] != config.to_dict():
             raise ClipsonicError(f"{out} holds a demo made with other settings; use a new --out (or delete it)")
     elif out.exists() and any(out.iterdir()):
         raise ClipsonicError(f"{out} exists and is not a demo folder; choose an empty or new --out")
     else:
-        report.write_metrics(out, {"config": config.to_dict()})  # marks the folder as this demo's
+        write_metrics(out, {"config": config.to_dict()})  # marks the folder as this demo's
     clock = _Clock(_expected(config, fast), progress)
-    mel = MelConfig().with_clip_seconds(config.clip_seconds)
-    pipeline, test_captions = out / "run" / "pipeline", out / "world" / "test_captions.json"
-
-    def world(update: Callable[[float], None]) -> None:
-        if not (out / "world" / "manifest.csv").is_file():
-            render_world(out / "world", config.world, progress=lambda done, total: update(done / total))
-        write_json_atomic(test_captions, {c.name: captions(c, "test") for c in CONCEPTS})  # an evaluate --captions file
-
-    def clip(update: Callable[[float], None]) -> None:
-        if not (out / "clip" / "config.json").is_file():
-            train_world_clip(out / "clip", config.world, WorldClipConfig(steps=config.clip_steps, seed=config.seed),
-                             progress=lambda s, total, _: update(s / total))
-
-    def data(update: Callable[[float], None]) -> None:
-        options = PreprocessOptions(clip_model=str(out / "clip"), clips=ClipOptions(keep_audio=True, jpg_size=64),
-                                    shard_size_mb=64.0)
-        # in-process decoding: with a CLIP this small, worker start-up costs more than it overlaps
-        # (benchmarks/bench_preprocess.py: 19.4 videos/s in-process vs 13.0 with 2 workers)
-        preprocess(out / "world" / "manifest.csv", out / "dataset", options=options, mel=mel, workers=0,
-                   device="cpu", progress=lambda p: update(p.items_done / max(p.items_total, 1)))
-
-    def evaluate(update: Callable[[float], None]) -> Evaluation:
-        eval_config = EvalConfig(modes=MODES, guidance_scale=config.guidance_scale, sweep=config.sweep,
-                                 steps=config.sample_steps, sampler=config.sampler, embedder="mel-stats",
-                                 captions=str(test_captions), seed=config.seed, batch_size=16, device="cpu")
-        return run_evaluation(pipeline, out / "dataset", out / "evaluation", eval_config, classifier=OracleClassifier(),
-                              progress=lambda done, total, _: update(done / max(total, 1)))
-
-    clock.step("world", world)
-    clock.step("clip", clip)
-    clock.step("data", data)
-    clock.step("unet", lambda update: _unet(out, config, update))
-    clock.step("prior", lambda update: _prior(out, config, update))
-    if config.vocoder_steps:
-        clock.step("vocoder", lambda update: _vocoder(out, config, update))
-    attach_clip(pipeline, out / "clip")
-    evaluation = clock.step("evaluate", evaluate)
-    gallery = clock.step("gallery", lambda update: report.make_gallery(pipeline, out / "world", out / "gallery",
-                                                                       config, update))
-    metrics = report.collect_metrics(out, config, evaluation, gallery, clock.step_seconds,
-                                     time.perf_counter() - clock.began)
-    clock.step("report", lambda update: report.write_report(out, metrics, gallery))
+    steps = [("world", _world), ("clip", _clip), ("data", _data), ("unet", _unet), ("prior", _prior)]
+    for name, step in steps + ([("vocoder", _vocoder)] if config.vocoder_steps else []):
+        clock.step(name, functools.partial(step, out, config))
+    attach_clip(out / PIPELINE, out / "clip")
+    evaluation = clock.step("evaluate", functools.partial(_evaluate, out, config))
+    gallery = clock.step("gallery", functools.partial(make_gallery, out / PIPELINE, out / "world", out / "gallery",
+                                                      config))
+    metrics = collect_metrics(out, config, evaluation, gallery, clock.step_seconds, time.perf_counter() - clock.began)
+    clock.step("report", lambda update: write_report(out, metrics, gallery))
     metrics["wall_seconds"] = round(time.perf_counter() - clock.began, 1)
     metrics["step_seconds"] = clock.step_seconds
-    report.write_metrics(out, metrics)
+    write_metrics(out, metrics)
     return metrics
 
 
 def _expected(config: DemoConfig, fast: bool) -> dict[str, float]:
     """Expected seconds of each step: the measured ones of the preset, scaled by the step counts."""
-    base, ref = _EXPECTED[fast], demo_config(fast)
-    out = dict(base)
-    for name, field in (("clip", "clip_steps"), ("unet", "unet_steps"), ("prior", "prior_steps"),
-                        ("vocoder", "vocoder_steps")):
-        mine, theirs = getattr(config, field), getattr(ref, field)
-        out[name] = base[name] * mine / theirs if theirs else (0.7 * mine if mine else 0)
+    out, ref = dict(_EXPECTED[fast]), demo_config(fast)
+    for name in ("clip", "unet", "prior", "vocoder"):
+        mine, theirs = getattr(config, f"{name}_steps"), getattr(ref, f"{name}_steps")
+        out[name] = out[name] * mine / theirs if theirs else 0.7 * mine
     return out
 
 
+# Each step below is ``step(out, config, update)``, skips or resumes what a previous run finished,
+# and reports its progress as ``update(fraction)``.
+
+def _world(out: Path, config: DemoConfig, update: Callable[[float], None]) -> None:
+    if not (out / "world" / "manifest.csv").is_file():
+        render_world(out / "world", config.world, progress=lambda done, total: update(done / total))
+    # the held-out captions as an ``evaluate --captions`` file
+    write_json_atomic(out / TEST_CAPTIONS, {c.name: captions(c, "test") for c in CONCEPTS})
+
+
+def _clip(out: Path, config: DemoConfig, update: Callable[[float], None]) -> None:
+    if not (out / "clip" / "config.json").is_file():
+        train_world_clip(out / "clip", config.world, WorldClipConfig(steps=config.clip_steps, seed=config.seed),
+                         progress=lambda s, total, _: update(s / total))
+
+
+def _data(out: Path, config: DemoConfig, update: Callable[[float], None]) -> None:
+    options = PreprocessOptions(clip_model=str(out / "clip"), clips=ClipOptions(keep_audio=True, jpg_size=64),
+                                shard_size_mb=64.0)
+    # in-process decoding: with a CLIP this small, worker start-up costs more than it overlaps
+    # (benchmarks/bench_preprocess.py: 19.4 videos/s in-process vs 13.0 with 2 workers)
+    preprocess(out / "world" / "manifest.csv", out / "dataset", options=options,
+               mel=MelConfig().with_clip_seconds(config.clip_seconds), workers=0, device="cpu",
+               progress=lambda p: update(p.items_done / max(p.items_total, 1)))
+
+
 def _unet(out: Path, config: DemoConfig, update: Callable[[float], None]) -> None:
-    if (out / "run" / "pipeline" / "model_index.json").is_file():
+    if (out / PIPELINE / "model_index.json").is_file():
         return
     loop = dict(preset=config.preset, batch_size=config.batch_size, lr=config.lr, max_steps=config.unet_steps,
                 ema=config.ema, seed=config.seed, num_workers=0, save_every=max(config.unet_steps // 2, 1),
@@ -236,7 +241,7 @@ def _prior(out: Path, config: DemoConfig, update: Callable[[float], None]) -> No
         train_prior(out / "world" / "captions", out / "prior", {"train": loop},
                     resume=(out / "prior" / "config.json").is_file(), clip_model=str(out / "clip"), cpu=True,
                     progress=lambda s, total, _: update(s / total))
-    attach_prior(out / "run" / "pipeline", out / "prior")
+    attach_prior(out / PIPELINE, out / "prior")
 
 
 def _vocoder(out: Path, config: DemoConfig, update: Callable[[float], None]) -> None:
@@ -244,5 +249,110 @@ def _vocoder(out: Path, config: DemoConfig, update: Callable[[float], None]) -> 
         n = config.vocoder_steps
         loop = dict(preset="tiny", max_steps=n, save_every=n, val_every=n, seed=config.seed)
         train_vocoder(out / "dataset", out / "vocoder", {"train": loop},
-                      resume=(out / "vocoder" / "config.json").is_file(), progress=lambda s, total, _: update(s / total))
-    attach_vocoder(out / "run" / "pipeline", out / "vocoder" / "vocoder")
+                      resume=(out / "vocoder" / "config.json").is_file(),
+                      progress=lambda s, total, _: update(s / total))
+    attach_vocoder(out / PIPELINE, out / "vocoder" / "vocoder")
+
+
+def _evaluate(out: Path, config: DemoConfig, update: Callable[[float], None]) -> Evaluation:
+    eval_config = EvalConfig(modes=MODES, guidance_scale=config.guidance_scale, sweep=config.sweep,
+                             steps=config.sample_steps, sampler=config.sampler, embedder="mel-stats",
+                             captions=str(out / TEST_CAPTIONS), seed=config.seed, batch_size=16, device="cpu")
+    return run_evaluation(out / PIPELINE, out / "dataset", out / "evaluation", eval_config,
+                          classifier=OracleClassifier(), progress=lambda done, total, _: update(done / max(total, 1)))
+
+
+# --- what the demo shows ----------------------------------------------------------------------
+
+def make_gallery(pipeline_dir: Path, world_dir: Path, out: Path, config, progress: Callable[[float], None]) -> dict:
+    """One clip per test concept and mode: ``out/<mode>/<concept>.wav`` + ``.png``; returns the index.
+    IQ queries with the concept's first test video (its frames' mean embedding, as ``generate
+    --video`` does); the text modes with its first held-out caption. The oracle judges each clip."""
+    pipe = CLIPSonicPipeline.from_pretrained(pipeline_dir, device="cpu")
+    oracle = OracleClassifier()
+    modes = [m for m in MODE_NAMES if m in pipe.modes]
+    videos = [world_dir / "videos" / "test" / f"{name}_0.mp4" for name in CONCEPT_NAMES]
+    texts = [captions(c, "test")[0] for c in CONCEPTS]
+    items: dict[str, dict[str, dict]] = {name: {} for name in CONCEPT_NAMES}
+    accuracy = {}
+    for done, mode in enumerate(modes):
+        query = {"video": [str(v) for v in videos]} if mode == "iq" else {"text": texts}
+        result = pipe(**query, mode=mode, guidance_scale=config.guidance_scale, num_inference_steps=config.sample_steps,
+                      sampler=config.sampler, seed=config.seed, seconds=config.clip_seconds)
+        verdicts = oracle.classify_audio(result.audios, sample_rate=result.sample_rate)
+        accuracy[mode] = float(np.mean(verdicts == np.arange(len(CONCEPTS))))
+        for k, name in enumerate(CONCEPT_NAMES):
+            wav, png = out / mode / f"{name}.wav", out / mode / f"{name}.png"
+            save_audio(wav, result.audios[k], result.sample_rate, warn=False)  # limited, not clipped
+            save_mel_image(result.mels[k], result.mel_config, png, title=f"{mode}: {name}")
+            items[name][mode] = {"wav": wav.relative_to(out.parent).as_posix(),
+                                 "png": png.relative_to(out.parent).as_posix(),
+                                 "query": videos[k].name if mode == "iq" else texts[k],
+                                 "verdict": CONCEPT_NAMES[verdicts[k]] if verdicts[k] >= 0 else None}
+        progress((done + 1) / len(modes))
+    return {"modes": modes, "items": items, "accuracy": accuracy}
+
+
+def collect_metrics(out: Path, config, evaluation: Evaluation, gallery: dict, step_seconds: dict,
+                    wall: float) -> dict[str, Any]:
+    """Every number of the demo in one JSON-able dict (the evaluation's own files hold more)."""
+    table = {s.mode: {"fad": s.fad, "relevance": s.relevance, "clips": s.clips,
+                      "relevance_by_label": s.relevance_by_label} for s in evaluation.table_rows()}
+    sweep = {mode: {f"{s.guidance:g}": {"fad": s.fad, "relevance": s.relevance} for s in sets}
+             for mode, sets in evaluation.sweep().items()}
+    iq, zs, pd = (table.get(m, {}).get("relevance") for m in ("iq", "zs", "pd"))
+    return {
+        "config": config.to_dict(), "guidance": float(evaluation.config["guidance_scale"]),
+        "chance": 1.0 / len(CONCEPTS), "table": table, "sweep": sweep,
+        "gap_closed_by_prior": None if zs is None or pd is None else round(pd - zs, 4),
+        "headline": {"iq_relevance": iq, "zs_relevance": zs, "pd_relevance": pd},
+        "gallery_accuracy": gallery["accuracy"],
+        "modality_gap": modality_gap(load_clip(out / "clip", device="cpu"), config.world,
+                                     figure=out / "modality_gap.png"),
+        "notes": list(evaluation.notes), "step_seconds": dict(step_seconds), "wall_seconds": round(wall, 1),
+    }
+
+
+def write_report(out: Path, metrics: dict, gallery: dict) -> Path:
+    """``out/report.html`` (relative links to the gallery, the sweep figure and the gap figure, drawn by
+    :func:`collect_metrics`)."""
+    sweep_png = out / "evaluation" / "guidance_sweep.png"
+    if sweep_png.is_file():
+        shutil.copyfile(sweep_png, out / "guidance_sweep.png")
+    esc = html.escape
+    fmt = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
+    rows = "".join(
+        f"<tr><td>{esc(MODE_NAMES.get(m, m))}</td><td>{fmt(r['relevance'])}</td><td>{fmt(r['fad'], 2)}</td>"
+        f"<td>{r['clips']}</td></tr>" for m, r in metrics["table"].items())
+    head = "".join(f"<th>{esc(MODE_NAMES[m])}</th>" for m in gallery["modes"])
+
+    def cell(name: str, it: dict) -> str:  # green when the oracle names the concept
+        return (f"<td class='{'ok' if it['verdict'] == name else 'miss'}'><img src='{esc(it['png'])}' width='220'>"
+                f"<br><audio controls preload='none' src='{esc(it['wav'])}'></audio><br><small>{esc(it['query'])}"
+                f" → oracle: {esc(str(it['verdict']))}</small></td>")
+
+    cells = [f"<tr><th>{esc(name)}</th>{''.join(cell(name, gallery['items'][name][m]) for m in gallery['modes'])}</tr>"
+             for name in CONCEPT_NAMES]
+    gap = metrics["modality_gap"]
+    gap_text = ", ".join(f"{k} {v:.3f}" for k, v in gap.items() if isinstance(v, float))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>clipsonic demo: SonicWorld</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1500px}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:center}} td.ok{{background:#e8f6e8}}
+td.miss{{background:#f9e6e6}} small{{color:#555}}</style></head><body>
+<h1>CLIPSonic on SonicWorld</h1>
+<p>{len(CONCEPTS)} concepts, chance = {metrics['chance']:.3f}. Relevance = the oracle classifier's accuracy
+(exact by construction from each concept's pitch and partials). FAD with the mel-stats embedder.
+Guidance w = {metrics['guidance']:g}. Wall time {metrics['wall_seconds'] / 60:.1f} min.</p>
+<h2>Results (test split, held-out captions for the text modes)</h2>
+<table><tr><th>set</th><th>relevance</th><th>FAD (mel-stats)</th><th>clips</th></tr>{rows}</table>
+<p>The prior moves relevance from ZS {fmt(metrics['headline']['zs_relevance'])} to PD
+{fmt(metrics['headline']['pd_relevance'])}.</p>
+<h2>Gallery (one sample per test concept and mode; green: the oracle agrees)</h2>
+<table><tr><th>concept</th>{head}</tr>{''.join(cells)}</table>
+<h2>Guidance sweep</h2><img src="guidance_sweep.png" width="900">
+<h2>The modality gap of the world-CLIP</h2><img src="modality_gap.png" width="500">
+<p>{esc(gap_text)}</p>
+<h2>Notes</h2><ul>{''.join(f'<li>{esc(n)}</li>' for n in metrics['notes'])}</ul>
+</body></html>"""
+    write_bytes_atomic(out / "report.html", page.encode())
+    return out / "report.html"

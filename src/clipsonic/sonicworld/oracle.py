@@ -18,8 +18,7 @@ import torch
 
 from clipsonic.audio import MelConfig, mel_spectrogram
 from clipsonic.errors import ClipsonicError
-from clipsonic.sonicworld.sounds import F0_JITTER, synthesize
-from clipsonic.sonicworld.world import CONCEPT_NAMES, CONCEPTS
+from clipsonic.sonicworld.world import CONCEPT_NAMES, CONCEPTS, F0_JITTER, synthesize
 
 NONE = -1  # the answer for silence (and, with ``min_score``, for sounds like no concept)
 SILENCE_DBFS = -60.0
@@ -28,19 +27,14 @@ _GRID = 7  # f0 factors across ±F0_JITTER, so no clip is more than ~0.5 % from 
 
 
 class OracleClassifier:
-    """Matched-filter classifier of SonicWorld sounds; :meth:`classify` is the relevance classifier of evaluate.
-
-    Args:
-        mel_config: the log-mel front end; default :class:`clipsonic.audio.MelConfig` (16 kHz,
-            64 bands, hop 512), the one the diffusion model generates.
-        min_score: if given, clips whose best score is below it are answered :data:`NONE`.
-    """
+    """Matched-filter classifier of SonicWorld sounds on the default :class:`MelConfig` (the diffusion model's);
+    :meth:`classify` is the relevance classifier of evaluate. Clips scoring below ``min_score`` get :data:`NONE`."""
 
     name = "sonicworld"
     labels = CONCEPT_NAMES
 
-    def __init__(self, mel_config: MelConfig | None = None, min_score: float | None = None) -> None:
-        self.mel_config = mel_config or MelConfig()
+    def __init__(self, min_score: float | None = None) -> None:
+        self.mel_config = MelConfig()
         self.min_score = min_score
         factors = np.exp(np.linspace(-1.0, 1.0, _GRID) * np.log1p(F0_JITTER))
         rng = np.random.default_rng(0)
@@ -53,49 +47,42 @@ class OracleClassifier:
         self.silence_level = float(self._profiles(mel_spectrogram(torch.from_numpy(quiet)[None],
                                                                   self.mel_config)).max())
 
-    @staticmethod
-    def _profiles(logmels) -> np.ndarray:
-        """Time-averaged log-mel ``[B, M, F]`` → ``[B, M]`` (float64)."""
-        return torch.as_tensor(logmels).double().mean(dim=-1).cpu().numpy()
-
-    def _check_mels(self, logmels) -> torch.Tensor:
+    def _profiles(self, logmels) -> np.ndarray:
+        """Time-averaged log-mels ``[B, M, F]`` (or one ``[M, F]``) → ``[B, M]`` (float64)."""
         logmels = torch.as_tensor(logmels)
         if logmels.dim() == 2:
             logmels = logmels[None]
         if logmels.dim() != 3 or logmels.shape[1] != self.mel_config.n_mels or logmels.shape[2] == 0:
             raise ClipsonicError(f"expected log-mels [B, {self.mel_config.n_mels}, frames], got "
-                              f"{tuple(logmels.shape)}; pass clipsonic.audio.mel_spectrogram output")
-        return logmels
+                                 f"{tuple(logmels.shape)}; pass clipsonic.audio.mel_spectrogram output")
+        return logmels.double().mean(dim=-1).cpu().numpy()
 
     def scores(self, logmels) -> np.ndarray:
         """Correlation of each clip with each concept ``[B, K]`` (in [-1, 1]) from log-mels ``[B, M, F]``."""
-        profiles = _standardise(self._profiles(self._check_mels(logmels)))  # [B, M]
-        corr = np.einsum("bm,kgm->bkg", profiles, self.templates)
+        corr = np.einsum("bm,kgm->bkg", _standardise(self._profiles(logmels)), self.templates)
         return corr.max(axis=-1)
 
     def classify_mels(self, logmels) -> np.ndarray:
         """Concept index per clip (int64 ``[B]``; :data:`NONE` for silence) from log-mels ``[B, M, F]``."""
-        logmels = self._check_mels(logmels)
         scores = self.scores(logmels)
         answer = scores.argmax(axis=1).astype(np.int64)
-        silent = self._profiles(logmels).max(axis=1) < self.silence_level
-        answer[silent] = NONE
+        answer[self._profiles(logmels).max(axis=1) < self.silence_level] = NONE
         if self.min_score is not None:
             answer[scores.max(axis=1) < self.min_score] = NONE
         return answer
 
     def mels(self, audio, sample_rate: int = 16000) -> torch.Tensor:
         """Log-mels ``[B, M, F]`` of waveforms ``[B, samples]`` or ``[samples]``."""
-        if sample_rate != self.mel_config.sample_rate:
-            raise ClipsonicError(f"audio at {sample_rate} Hz, but the oracle listens at {self.mel_config.sample_rate} Hz; "
-                              f"resample it (e.g. clipsonic.media.load_audio(path, sample_rate="
-                              f"{self.mel_config.sample_rate}))")
+        rate = self.mel_config.sample_rate
+        if sample_rate != rate:
+            raise ClipsonicError(f"audio at {sample_rate} Hz, but the oracle listens at {rate} Hz; resample it "
+                                 f"(e.g. clipsonic.media.load_audio(path, sample_rate={rate}))")
         wav = torch.as_tensor(np.asarray(audio, dtype=np.float32))
         if wav.dim() == 1:
             wav = wav[None]
         if wav.dim() != 2 or wav.shape[1] < self.mel_config.n_fft:
             raise ClipsonicError(f"expected audio [B, samples] or [samples] with ≥ {self.mel_config.n_fft} samples, "
-                              f"got {tuple(wav.shape)}")
+                                 f"got {tuple(wav.shape)}")
         return mel_spectrogram(wav, self.mel_config)
 
     def classify_audio(self, audio, sample_rate: int = 16000) -> np.ndarray:
@@ -104,15 +91,11 @@ class OracleClassifier:
 
     def classify(self, audio: np.ndarray, sample_rate: int) -> list[str | None]:
         """Concept name per clip of ``audio`` ``[B, samples]`` at any rate (resampled); None for silence."""
+        rate = self.mel_config.sample_rate
         audio = np.asarray(audio, dtype=np.float32)
-        if sample_rate != self.mel_config.sample_rate:
-            audio = np.stack([soxr.resample(a, sample_rate, self.mel_config.sample_rate) for a in audio])
-        return [CONCEPT_NAMES[k] if k != NONE else None for k in self.classify_audio(audio, self.mel_config.sample_rate)]
-
-    def accuracy(self, logmels, labels) -> float:
-        """Fraction of clips judged as ``labels`` (concept indices ``[B]``)."""
-        answer = self.classify_mels(logmels)
-        return float(np.mean(answer == np.asarray(labels)))
+        if sample_rate != rate:
+            audio = np.stack([soxr.resample(a, sample_rate, rate) for a in audio])
+        return [CONCEPT_NAMES[k] if k != NONE else None for k in self.classify_audio(audio, rate)]
 
 
 def _standardise(profiles: np.ndarray) -> np.ndarray:

@@ -1,17 +1,17 @@
 """SonicWorld: eight concepts, each a coloured shape that makes one kind of sound, rendered to videos.
 
-A concept ties a picture (a colour AND a shape on a dark background) to a sound (a fundamental,
-a timbre and a rhythm, see :mod:`clipsonic.sonicworld.sounds`) and to words (nouns and sound
-words for captions). :func:`render_world` writes the whole world as real H.264 + AAC mp4 videos
-with a ``manifest.csv`` that ``clipsonic preprocess`` reads, a ``world.json``, and a folder of
-captioned pictures for the prior. Every clip is a pure function of (seed, split, concept, index).
+A concept ties a picture (a colour AND a shape on a dark background) to a sound and to words (nouns
+and sound words for captions). A sound is an ``f0``, a :data:`TIMBRES` entry (partials, the
+fundamental strongest) and a :data:`RHYTHMS` envelope, which never falls below
+:data:`ENVELOPE_FLOOR` so the pitch shows in every mel frame; per clip, f0 and gain jitter, random
+phases and a white noise floor. :func:`render_world` writes the whole world as real H.264 + AAC mp4
+videos with a ``manifest.csv`` that ``clipsonic preprocess`` reads, a ``world.json``, and a folder
+of captioned pictures for the prior. Every clip is a pure function of (seed, split, concept, index).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import logging
 import math
 import os
@@ -27,11 +27,20 @@ from PIL import Image, ImageDraw
 from clipsonic.config import Config
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import atomic_output, write_bytes_atomic, write_json_atomic
-from clipsonic.sonicworld.sounds import SAMPLE_RATE, synthesize
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
+SAMPLE_RATE = 16000
+F0_JITTER = 0.03  # ±3 %: far less than the ≥ 40 % steps between the concepts' fundamentals
+GAIN_JITTER_DB = 3.0
+PEAK_DBFS = -6.0  # headroom for AAC's overshoot
+NOISE_DBFS = -40.0  # RMS of the white noise floor
+ENVELOPE_FLOOR = 0.2  # the "off" level of pulses: -14 dB, audible in every frame
+RAMP_S = 0.010  # pulse edges: 10-ms raised-cosine ramps (no clicks)
+PULSE_ON = 0.6  # pulses: the fraction of each period at full level
+TREMOLO_DEPTH = 0.6  # tremolo: gain swings between 1 and 1 - depth
+MAX_PARTIAL_HZ = 7500.0  # partials above this are dropped (below 8 kHz Nyquist, inside AAC's band)
 _SPLIT_CODE = {"train": 0, "test": 1, "captions": 2, "clip": 3}  # independent random streams
 
 
@@ -43,8 +52,8 @@ class Concept:
     colour: tuple[int, int, int]
     shape: str
     f0: float  # Hz, nominal fundamental
-    timbre: str  # key of sounds.TIMBRES
-    rhythm: str  # key of sounds.RHYTHMS
+    timbre: str  # key of TIMBRES
+    rhythm: str  # key of RHYTHMS
     nouns: tuple[str, ...]  # each names colour and shape, so a caption alone picks the concept
     sounds: tuple[str, ...]  # sound words (participles)
 
@@ -72,11 +81,11 @@ CONCEPT_NAMES = tuple(c.name for c in CONCEPTS)
 
 # Held-out templates reuse only words of the training templates, so every test caption is made of
 # training words in a new order; no test caption equals a training caption (tested).
-TRAIN_TEMPLATES = ("a {noun} {sound}", "the {sound} {noun}", "a {noun} that is {sound}",
-                   "the sound of a {sound} {noun}", "a video of a {noun} {sound}",
-                   "the {noun} is {sound}", "{sound} {noun}")
-TEST_TEMPLATES = ("the {noun} that is {sound}", "a video of the {sound} {noun}",
-                  "a {sound} {noun}", "the sound of the {noun} {sound}")
+TEMPLATES = {"train": ("a {noun} {sound}", "the {sound} {noun}", "a {noun} that is {sound}",
+                       "the sound of a {sound} {noun}", "a video of a {noun} {sound}", "the {noun} is {sound}",
+                       "{sound} {noun}"),
+             "test": ("the {noun} that is {sound}", "a video of the {sound} {noun}", "a {sound} {noun}",
+                      "the sound of the {noun} {sound}")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,29 +122,96 @@ class WorldConfig(Config):
 
 def concept(which: Concept | int | str) -> Concept:
     """A concept by itself, its index, or its name."""
-    if isinstance(which, Concept):
-        return which
+    if isinstance(which, str) and which in CONCEPT_NAMES:
+        which = CONCEPT_NAMES.index(which)
     if isinstance(which, (int, np.integer)) and 0 <= which < len(CONCEPTS):
         return CONCEPTS[int(which)]
-    if isinstance(which, str) and which in CONCEPT_NAMES:
-        return CONCEPTS[CONCEPT_NAMES.index(which)]
-    raise ClipsonicError(f"unknown concept {which!r}; use an index 0-{len(CONCEPTS) - 1} or one of {list(CONCEPT_NAMES)}")
+    if isinstance(which, Concept):
+        return which
+    raise ClipsonicError(f"unknown concept {which!r}; use an index 0-{len(CONCEPTS) - 1} "
+                         f"or one of {list(CONCEPT_NAMES)}")
 
 
 def captions(which: Concept | int | str, split: str = "train") -> list[str]:
     """The concept's captions: every ``split`` template × noun × sound word, in a fixed order."""
-    templates = {"train": TRAIN_TEMPLATES, "test": TEST_TEMPLATES}.get(split)
-    if templates is None:
+    if split not in TEMPLATES:
         raise ClipsonicError(f"unknown caption split {split!r}; use 'train' or 'test'")
     c = concept(which)
-    return [t.format(noun=n, sound=s) for t in templates for n in c.nouns for s in c.sounds]
+    return [t.format(noun=n, sound=s) for t in TEMPLATES[split] for n in c.nouns for s in c.sounds]
 
 
-def clip_rng(config: WorldConfig, split: str, index: int, number: int) -> tuple[np.random.Generator, np.random.Generator]:
+def clip_rng(config: WorldConfig, split: str, index: int,
+             number: int) -> tuple[np.random.Generator, np.random.Generator]:
     """Independent (picture, sound) generators of one clip, from (seed, split, concept, number)."""
-    seq = np.random.SeedSequence([config.seed, _SPLIT_CODE[split], index, number])
-    picture, sound = seq.spawn(2)
+    picture, sound = np.random.SeedSequence([config.seed, _SPLIT_CODE[split], index, number]).spawn(2)
     return np.random.default_rng(picture), np.random.default_rng(sound)
+
+
+# --- sounds ------------------------------------------------------------------------------------
+
+# name -> ((frequency ratio, amplitude), ...); the fundamental (ratio 1) is the strongest partial.
+TIMBRES: dict[str, tuple[tuple[float, float], ...]] = {
+    "sine": ((1, 1.0),), "soft": ((1, 1.0), (2, 0.5), (3, 0.25)),
+    "square": tuple((k, 1 / k) for k in (1, 3, 5, 7)), "saw": tuple((k, 1 / k) for k in range(1, 7)),
+    "bright": ((1, 1.0), (2, 0.8), (3, 0.7), (4, 0.6)), "reed": tuple((k, 1 / k**2) for k in (1, 3, 5, 7)),
+    "bell": ((1, 1.0), (2.76, 0.5), (5.40, 0.3)),  # inharmonic, like a struck bar
+    "hollow": ((1, 1.0), (3, 0.5), (5, 0.3)),  # 1, 0, .5, 0, .3: odd partials only
+}
+
+# name -> (kind, rate Hz): "steady", "pulse" (on/off) or "tremolo" (a sinusoid); rates ≥ 1 Hz so the
+# pattern shows within a 1.024-s window.
+RHYTHMS: dict[str, tuple[str, float]] = {
+    "steady": ("steady", 0.0), "pulse2": ("pulse", 2.0), "pulse3": ("pulse", 3.0), "pulse4": ("pulse", 4.0),
+    "pulse5": ("pulse", 5.0), "tremolo3": ("tremolo", 3.0), "tremolo6": ("tremolo", 6.0),
+}
+
+
+def envelope(rhythm: str, t: np.ndarray, phase: float) -> np.ndarray:
+    """Gain in [ENVELOPE_FLOOR or 1 - TREMOLO_DEPTH, 1] at times ``t`` ``[N]``; ``phase`` in [0, 1) periods."""
+    kind, rate = RHYTHMS[rhythm]
+    if kind == "steady":
+        return np.ones_like(t)
+    cycles = t * rate + phase
+    if kind == "tremolo":
+        return 1.0 - TREMOLO_DEPTH * 0.5 * (1.0 - np.cos(2 * np.pi * cycles))
+    period = 1.0 / rate
+    u = (cycles % 1.0) * period  # seconds into the current period
+    # raised-cosine ramps up over [0, RAMP_S] and down over [on - RAMP_S, on]
+    rise = np.clip(u / RAMP_S, 0.0, 1.0)
+    fall = np.clip((PULSE_ON * period - u) / RAMP_S, 0.0, 1.0)
+    shape = 0.5 - 0.5 * np.cos(np.pi * np.minimum(rise, fall))
+    return ENVELOPE_FLOOR + (1.0 - ENVELOPE_FLOOR) * shape
+
+
+def synthesize(f0: float, timbre: str, rhythm: str, num_samples: int, rng: np.random.Generator, *,
+               sample_rate: int = SAMPLE_RATE, jitter: bool = True) -> np.ndarray:
+    """One clip: float32 ``[num_samples]`` peaking near :data:`PEAK_DBFS` (± the gain jitter).
+    With ``jitter=False`` the clip has the nominal f0 and gain and zero phases (the oracle's
+    templates); the generator is still consumed the same way, so clips stay reproducible."""
+    if timbre not in TIMBRES or rhythm not in RHYTHMS:
+        raise ClipsonicError(f"unknown timbre {timbre!r} or rhythm {rhythm!r}; choose a timbre of "
+                             f"{sorted(TIMBRES)} and a rhythm of {sorted(RHYTHMS)}")
+    if not 0 < f0 < sample_rate / 2:
+        raise ClipsonicError(f"f0 {f0} Hz is outside (0, {sample_rate / 2}) Hz at {sample_rate} Hz sampling")
+    # Draw every random number up front, in a fixed order, whatever the flags say.
+    f0_factor = math.exp(rng.uniform(-1.0, 1.0) * math.log1p(F0_JITTER))
+    gain_db = rng.uniform(-GAIN_JITTER_DB, GAIN_JITTER_DB)
+    phases = rng.uniform(0.0, 2 * np.pi, len(TIMBRES[timbre]))
+    env_phase = rng.uniform()
+    floor = rng.standard_normal(num_samples)
+    if not jitter:
+        f0_factor, gain_db, phases, env_phase = 1.0, 0.0, np.zeros_like(phases), 0.0
+
+    t = np.arange(num_samples) / sample_rate
+    tone = np.zeros(num_samples)
+    for (ratio, amp), phase in zip(TIMBRES[timbre], phases, strict=True):
+        freq = f0 * f0_factor * ratio
+        if freq <= MAX_PARTIAL_HZ:
+            tone += amp * np.sin(2 * np.pi * freq * t + phase)
+    tone *= envelope(rhythm, t, env_phase)
+    peak = np.abs(tone).max() if num_samples else 1.0
+    audio = tone * (10 ** ((PEAK_DBFS + gain_db) / 20) / max(peak, 1e-12))
+    return (audio + floor * 10 ** (NOISE_DBFS / 20)).astype(np.float32)
 
 
 # --- pictures ----------------------------------------------------------------------------------
@@ -143,56 +219,35 @@ def clip_rng(config: WorldConfig, split: str, index: int, number: int) -> tuple[
 _SUPERSAMPLE = 4  # draw at 4× and downsample: anti-aliased edges
 
 
-def _polygon(shape: str, cx: float, cy: float, r: float) -> list[list[tuple[float, float]]]:
+def _polygons(shape: str, cx: float, cy: float, r: float) -> list[list[tuple[float, float]]]:
     """The shape's filled polygons (in pixels) for centre (cx, cy) and half-extent r."""
     def at(radius: float, degrees: float) -> tuple[float, float]:
         a = math.radians(degrees)
         return cx + radius * math.sin(a), cy - radius * math.cos(a)
 
-    if shape == "square":
-        s = 0.85 * r
-        return [[(cx - s, cy - s), (cx + s, cy - s), (cx + s, cy + s), (cx - s, cy + s)]]
-    if shape == "triangle":
-        return [[at(r, a) for a in (0, 120, 240)]]
-    if shape == "star":
-        return [[at(r if k % 2 == 0 else 0.42 * r, 36 * k) for k in range(10)]]
-    if shape == "diamond":
-        return [[(cx, cy - r), (cx + 0.7 * r, cy), (cx, cy + r), (cx - 0.7 * r, cy)]]
-    if shape == "cross":
-        w = 0.32 * r
-        return [[(cx - r, cy - w), (cx + r, cy - w), (cx + r, cy + w), (cx - r, cy + w)],
-                [(cx - w, cy - r), (cx + w, cy - r), (cx + w, cy + r), (cx - w, cy + r)]]
-    if shape == "stripes":  # four bars in a square, gaps between them
-        h = 2 * r / 7
-        return [[(cx - r, cy - r + k * h), (cx + r, cy - r + k * h), (cx + r, cy - r + (k + 1) * h),
-                 (cx - r, cy - r + (k + 1) * h)] for k in (0, 2, 4, 6)]
-    raise ClipsonicError(f"unknown shape {shape!r}")
+    def box(x0: float, y0: float, x1: float, y1: float) -> list[tuple[float, float]]:
+        return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
 
-
-def draw(c: Concept, centre: tuple[float, float], radius: float, background: tuple[int, int, int],
-         size: int) -> np.ndarray:
-    """The concept's shape on a plain background: uint8 ``[size, size, 3]`` (no noise)."""
-    k = _SUPERSAMPLE
-    image = Image.new("RGB", (size * k, size * k), tuple(background))
-    pen = ImageDraw.Draw(image)
-    cx, cy, r = centre[0] * k, centre[1] * k, radius * k
-    if c.shape == "circle":
-        pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=c.colour)
-    elif c.shape == "ring":
-        pen.ellipse([cx - r, cy - r, cx + r, cy + r], outline=c.colour, width=max(1, round(0.38 * r)))
-    else:
-        for points in _polygon(c.shape, cx, cy, r):
-            pen.polygon(points, fill=c.colour)
-    return np.asarray(image.resize((size, size), Image.Resampling.BOX))
+    s, w, h = 0.85 * r, 0.32 * r, 2 * r / 7
+    polygons = {
+        "square": [box(cx - s, cy - s, cx + s, cy + s)],
+        "triangle": [[at(r, a) for a in (0, 120, 240)]],
+        "star": [[at(r if k % 2 == 0 else 0.42 * r, 36 * k) for k in range(10)]],
+        "diamond": [[(cx, cy - r), (cx + 0.7 * r, cy), (cx, cy + r), (cx - 0.7 * r, cy)]],
+        "cross": [box(cx - r, cy - w, cx + r, cy + w), box(cx - w, cy - r, cx + w, cy + r)],
+        # four bars in a square, gaps between them
+        "stripes": [box(cx - r, cy - r + k * h, cx + r, cy - r + (k + 1) * h) for k in (0, 2, 4, 6)],
+    }
+    if shape not in polygons:
+        raise ClipsonicError(f"unknown shape {shape!r}")
+    return polygons[shape]
 
 
 def render_frames(which: Concept | int | str, rng: np.random.Generator, size: int = 64,
                   times: np.ndarray | None = None) -> np.ndarray:
     """Frames of one video ``[T, size, size, 3]`` uint8 at ``times`` (seconds; default ``[0]``).
-
     Random per video: background (dark), object size (30-55 % of the frame), start position and a
-    slow drift (1-4 px/s, kept inside the frame); per frame: Gaussian pixel noise (σ = 4 levels).
-    """
+    slow drift (1-4 px/s, kept inside the frame); per frame: Gaussian pixel noise (σ = 4 levels)."""
     c = concept(which)
     times = np.zeros(1) if times is None else np.asarray(times, dtype=np.float64)
     background = tuple(int(v) for v in rng.integers(0, 70, 3))
@@ -202,9 +257,19 @@ def render_frames(which: Concept | int | str, rng: np.random.Generator, size: in
     angle, speed = rng.uniform(0, 2 * np.pi), rng.uniform(1.0, 4.0)
     velocity = speed * np.array([math.cos(angle), math.sin(angle)])
     frames = np.empty((len(times), size, size, 3), np.uint8)
+    k, r = _SUPERSAMPLE, radius * _SUPERSAMPLE
     for i, t in enumerate(times):
-        centre = np.clip(start + velocity * t, lo, hi)
-        clean = draw(c, (float(centre[0]), float(centre[1])), radius, background, size)
+        cx, cy = np.clip(start + velocity * t, lo, hi) * k
+        image = Image.new("RGB", (size * k, size * k), background)
+        pen = ImageDraw.Draw(image)
+        if c.shape == "circle":
+            pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=c.colour)
+        elif c.shape == "ring":
+            pen.ellipse([cx - r, cy - r, cx + r, cy + r], outline=c.colour, width=max(1, round(0.38 * r)))
+        else:
+            for points in _polygons(c.shape, cx, cy, r):
+                pen.polygon(points, fill=c.colour)
+        clean = np.asarray(image.resize((size, size), Image.Resampling.BOX))
         noisy = clean + rng.normal(0.0, 4.0, clean.shape)
         frames[i] = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
     return frames
@@ -223,9 +288,7 @@ def make_clip(config: WorldConfig, split: str, index: int, number: int) -> tuple
 
 def rgb_to_yuv420p(image: np.ndarray) -> np.ndarray:
     """uint8 RGB ``[H, W, 3]`` → planar BT.601 limited-range 4:2:0 ``[3H/2, W]`` (FFmpeg's layout).
-
-    Done here, in numpy, so the pixels x264 sees do not depend on swscale's version or CPU paths.
-    """
+    Done here, in numpy, so the pixels x264 sees do not depend on swscale's version or CPU paths."""
     rgb = image.astype(np.float64)
     y = 16 + rgb @ np.array([65.481, 128.553, 24.966]) / 255
     cb = 128 + rgb @ np.array([-37.797, -74.203, 112.0]) / 255
@@ -240,86 +303,61 @@ def rgb_to_yuv420p(image: np.ndarray) -> np.ndarray:
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray, fps: int,
-              sample_rate: int = SAMPLE_RATE) -> Path:
+              sample_rate: int = SAMPLE_RATE) -> None:
     """Write H.264 (yuv420p) + AAC (mono) mp4, atomically. Same inputs give the same bytes."""
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        container = av.open(str(tmp), "w", format="mp4", options={"fflags": "+bitexact"})
-        try:
-            # Byte-identical re-renders: one thread, and no macroblock-tree rate control, whose
-            # output varied from run to run on identical input (libx264 core 165 in PyAV 18).
-            video = container.add_stream("libx264", rate=fps, options={"x264-params": "mbtree=0"})
-            video.codec_context.thread_count = 1
-            video.width, video.height = frames.shape[2], frames.shape[1]
-            video.pix_fmt = "yuv420p"
-            video.codec_context.time_base = Fraction(1, fps)
-            sound = container.add_stream("aac", rate=sample_rate)
-            sound.layout = "mono"
-            sound.codec_context.bit_rate = 64000  # keeps the band up to ~7.5 kHz at 16 kHz mono
-            for i, image in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(image), format="yuv420p")
-                frame.pts, frame.time_base = i, Fraction(1, fps)
-                for packet in video.encode(frame):
-                    container.mux(packet)
-            for packet in video.encode(None):
-                container.mux(packet)
-            block = 1024
-            for s in range(0, len(audio), block):
-                chunk = np.ascontiguousarray(audio[None, s:s + block], dtype=np.float32)
-                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
-                frame.sample_rate, frame.pts, frame.time_base = sample_rate, s, Fraction(1, sample_rate)
-                for packet in sound.encode(frame):
-                    container.mux(packet)
-            for packet in sound.encode(None):
-                container.mux(packet)
-        finally:
-            container.close()
-    return path
+    with atomic_output(path) as tmp, av.open(str(tmp), "w", format="mp4", options={"fflags": "+bitexact"}) as container:
+        # Byte-identical re-renders: one thread, and no macroblock-tree rate control, whose
+        # output varied from run to run on identical input (libx264 core 165 in PyAV 18).
+        video = container.add_stream("libx264", rate=fps, options={"x264-params": "mbtree=0"})
+        video.codec_context.thread_count = 1
+        video.width, video.height = frames.shape[2], frames.shape[1]
+        video.pix_fmt = "yuv420p"
+        video.codec_context.time_base = Fraction(1, fps)
+        sound = container.add_stream("aac", rate=sample_rate)
+        sound.layout = "mono"
+        sound.codec_context.bit_rate = 64000  # keeps the band up to ~7.5 kHz at 16 kHz mono
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(image), format="yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        # one frame of the whole clip: PyAV cuts it into the encoder's 1024-sample frames
+        frame = av.AudioFrame.from_ndarray(np.asarray(audio, np.float32)[None], format="fltp", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
+        container.mux(sound.encode(frame))
+        container.mux(sound.encode(None))
 
 
 def render_world(out_dir: str | os.PathLike, config: WorldConfig | None = None,
                  progress: Callable[[int, int], None] | None = None) -> Path:
     """Write the world under ``out_dir`` and return the path of its ``manifest.csv``.
-
     Layout: ``videos/{train,test}/<concept>_<i>.mp4``; ``manifest.csv`` (path,label,split; paths
     relative to it); ``world.json`` (config + concept table); ``captions/<concept>_<i>.png`` each
     with ``.txt`` holding its concept's training captions, one per line (the prior's folder source).
-    ``progress(done, total)`` is called after each file.
-    """
-    config = config or WorldConfig()
+    ``progress(done, total)`` is called after each file."""
+    config, progress = config or WorldConfig(), progress or (lambda done, total: None)
     out = Path(out_dir)
     began = time.perf_counter()
-    jobs = [(s, i, n) for s in SPLITS for i in range(len(CONCEPTS))
-            for n in range(config.train_videos_per_concept if s == "train" else config.test_videos_per_concept)]
-    total = len(jobs) + len(CONCEPTS) * config.caption_images_per_concept
-    rows = []
-    for done, (split, index, number) in enumerate(jobs, 1):
-        rel = Path("videos", split, f"{CONCEPT_NAMES[index]}_{number}.mp4")
+    videos = [(s, i, n) for s in SPLITS for i in range(len(CONCEPTS))
+              for n in range(config.train_videos_per_concept if s == "train" else config.test_videos_per_concept)]
+    pictures = [(i, n) for i in range(len(CONCEPTS)) for n in range(config.caption_images_per_concept)]
+    total = len(videos) + len(pictures)
+    rows = ["path,label,split"]
+    for split, index, number in videos:
+        rel = f"videos/{split}/{CONCEPT_NAMES[index]}_{number}.mp4"
         write_mp4(out / rel, *make_clip(config, split, index, number), fps=config.fps, sample_rate=config.sample_rate)
-        rows.append((rel.as_posix(), CONCEPT_NAMES[index], split))
-        if progress:
-            progress(done, total)
-    done = len(jobs)
-    for index, c in enumerate(CONCEPTS):
-        for number in range(config.caption_images_per_concept):
-            frame = render_frames(c, clip_rng(config, "captions", index, number)[0], config.size)[0]
-            _write_captioned_png(out / "captions" / f"{c.name}_{number}.png", frame, captions(c, "train"))
-            done += 1
-            if progress:
-                progress(done, total)
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(("path", "label", "split"))
-    writer.writerows(rows)
-    write_bytes_atomic(out / "manifest.csv", table.getvalue().encode())
+        rows.append(f"{rel},{CONCEPT_NAMES[index]},{split}")
+        progress(len(rows) - 1, total)
+    for done, (index, number) in enumerate(pictures, len(videos) + 1):
+        path = out / "captions" / f"{CONCEPT_NAMES[index]}_{number}.png"
+        frame = render_frames(index, clip_rng(config, "captions", index, number)[0], config.size)[0]
+        with atomic_output(path) as tmp:
+            Image.fromarray(frame).save(tmp, format="PNG")
+        write_bytes_atomic(path.with_suffix(".txt"), ("\n".join(captions(index, "train")) + "\n").encode())
+        progress(done, total)
+    write_bytes_atomic(out / "manifest.csv", ("\n".join(rows) + "\n").encode())
     write_json_atomic(out / "world.json", {"format": "clipsonic-world", "version": 1, "config": config.to_dict(),
                                            "concepts": [dataclasses.asdict(c) for c in CONCEPTS]})
-    log.info("SonicWorld: %d videos and %d captioned pictures in %s (%.1f s)", len(jobs),
-             total - len(jobs), out, time.perf_counter() - began)
+    log.info("SonicWorld: %d videos and %d captioned pictures in %s (%.1f s)", len(videos), len(pictures), out,
+             time.perf_counter() - began)
     return out / "manifest.csv"
-
-
-def _write_captioned_png(path: Path, frame: np.ndarray, lines: list[str]) -> None:
-    with atomic_output(path) as tmp:
-        Image.fromarray(frame).save(tmp, format="PNG")
-    write_bytes_atomic(path.with_suffix(".txt"), ("\n".join(lines) + "\n").encode())

@@ -54,32 +54,12 @@ def remove_stale_temporaries(run_dir: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# --- RNG states -----------------------------------------------------------------------------------
-
-def capture_rng(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
-    """Torch's global CPU/CUDA RNG states (dropout draws from them) and the task's generators, as uint8 tensors."""
-    states = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    states.update({f"gen_{name}": g.get_state() for name, g in generators.items()})
-    return states
-
-
-def restore_rng(states: dict[str, torch.Tensor], generators: dict[str, torch.Generator]) -> None:
-    torch.set_rng_state(states["torch_cpu"])
-    cuda = sorted((int(k.rsplit("_", 1)[1]), v) for k, v in states.items() if k.startswith("torch_cuda_"))
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([v for _, v in cuda])
-    for name, g in generators.items():
-        g.set_state(states[f"gen_{name}"])
-
-
 # --- saving ---------------------------------------------------------------------------------------
 
 def save_checkpoint(run_dir: Path, step: int, accelerator, *, task: str, modules: dict[str, nn.Module],
-                    optimizers: dict[str, torch.optim.Optimizer], rng: dict[str, torch.Tensor],
+                    optimizers: dict[str, torch.optim.Optimizer], generators: dict[str, torch.Generator],
                     position: dict[str, Any], extra: dict[str, Any], keep_last: int) -> Path:
-    """Write ``checkpoints/step-NNNNNNN`` atomically; every process calls this together."""
+    """Write ``checkpoints/step-NNNNNNN`` atomically; every process calls this together (``extra``: the main's)."""
     main, rank = accelerator.is_main_process, accelerator.process_index
     root = Path(run_dir) / "checkpoints"
     tmp, final = root / f".tmp-step-{step:07d}", root / f"step-{step:07d}"
@@ -88,15 +68,19 @@ def save_checkpoint(run_dir: Path, step: int, accelerator, *, task: str, modules
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
+    # Torch's global CPU/CUDA RNG states (dropout draws from them) and the task's generators, as uint8 tensors.
+    rng = {"torch_cpu": torch.get_rng_state(), **{f"gen_{name}": g.get_state() for name, g in generators.items()}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     save_file(rng, str(tmp / f"rank-{rank:05d}.safetensors"), metadata={"position": json.dumps(position)})
     accelerator.wait_for_everyone()
     if main:
         for name, module in modules.items():
             save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
                       str(tmp / f"{name}.safetensors"))
-        tensors, metas = {}, {}
-        for name, optimizer in optimizers.items():
-            metas[name] = _flatten_optimizer(optimizer.state_dict(), name, tensors)
+        tensors: dict[str, torch.Tensor] = {}
+        metas = {name: _flatten_optimizer(optimizer.state_dict(), name, tensors)
+                 for name, optimizer in optimizers.items()}
         save_file(tensors, str(tmp / "optimizers.safetensors"))
         if os.environ.get(FAULT_ENV) == f"kill-in-save:{step}":
             log.warning("%s=kill-in-save:%d: killing this process (fault injection)", FAULT_ENV, step)
@@ -134,35 +118,13 @@ def _flatten_optimizer(state_dict: dict[str, Any], name: str, tensors: dict[str,
 
 # --- loading --------------------------------------------------------------------------------------
 
-def _problem(path: Path) -> str | None:
-    """What is wrong with a checkpoint's files (None: nothing); raises for a checkpoint of another version."""
-    try:
-        state = read_json(path / "state.json", "checkpoint state")
-    except ClipsonicError as exc:
-        return str(exc)
-    if state.get("format") != FORMAT or state.get("version") != VERSION:
-        found = f"{state['format']} version {state.get('version')}" if "format" in state else "an unversioned checkpoint"
-        raise ClipsonicError(f"{path} is {found}, written before clipsonic's shared training harness; this clipsonic "
-                             f"reads {FORMAT} version {VERSION}: export it with the clipsonic that wrote it, or start "
-                             "a new run")
-    for name, size in state["files"].items():
-        file = path / name
-        if not file.is_file() or file.stat().st_size != size:
-            return f"{file}: missing or truncated (expected {size} bytes)"
-        try:
-            with safe_open(str(file), "pt"):
-                pass
-        except Exception as exc:  # safetensors raises its own SafetensorError
-            return f"{file}: unreadable ({exc})"
-    return None
-
-
 @dataclasses.dataclass
 class Checkpoint:
     """A verified checkpoint; module and optimizer tensors are read (to the CPU) on demand."""
 
     path: Path
     state: dict[str, Any]  # state.json
+    rank: int  # the process it is read for
     rng: dict[str, torch.Tensor] | None  # this process's; None when the checkpoint had fewer processes
     position: dict[str, Any]  # this process's (else process 0's) data position
 
@@ -186,24 +148,69 @@ class Checkpoint:
         groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
         return {"state": state, "param_groups": groups}
 
+    def restore(self, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                generators: dict[str, torch.Generator], scaler: torch.amp.GradScaler | None) -> int:
+        """Load the weights, optimizer states, fp16 scaler and this process's RNG states saved by
+        :func:`save_checkpoint` into a task's (prepared) ones; returns the step."""
+        for name, module in modules.items():
+            module.load_state_dict(self.module(name))
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(self.optimizer(name))
+        if self.state["extra"].get("scaler") and scaler is not None:
+            scaler.load_state_dict(self.state["extra"]["scaler"])
+        if self.rng is not None:
+            torch.set_rng_state(self.rng["torch_cpu"])
+            cuda = sorted((int(k.rsplit("_", 1)[1]), v) for k, v in self.rng.items() if k.startswith("torch_cuda_"))
+            if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all([v for _, v in cuda])
+            for name, g in generators.items():
+                g.set_state(self.rng[f"gen_{name}"])
+        else:
+            log.warning("checkpoint %s has no state for process %d (saved with %d processes): its random draws "
+                        "restart and its data restart at the epoch of process 0", self.path, self.rank,
+                        self.state["world_size"])
+        log.info("resumed from %s (step %d)", self.path, self.step)
+        return self.step
+
+
+def _problem(path: Path) -> str | None:
+    """What is wrong with a checkpoint's files (None: nothing); raises for a checkpoint of another version."""
+    try:
+        state = read_json(path / "state.json", "checkpoint state")
+    except ClipsonicError as exc:
+        return str(exc)
+    if state.get("format") != FORMAT or state.get("version") != VERSION:
+        what = f"{state['format']} version {state.get('version')}" if "format" in state else "an unversioned checkpoint"
+        raise ClipsonicError(f"{path} is {what}, written before clipsonic's shared training harness; this clipsonic "
+                             f"reads {FORMAT} version {VERSION}: export it with the clipsonic that wrote it, or start "
+                             "a new run")
+    for name, size in state["files"].items():
+        file = path / name
+        if not file.is_file() or file.stat().st_size != size:
+            return f"{file}: missing or truncated (expected {size} bytes)"
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except Exception as exc:  # safetensors raises its own SafetensorError
+            return f"{file}: unreadable ({exc})"
+    return None
+
 
 def find_checkpoint(run_dir: Path, step: int | None = None, rank: int = 0) -> Checkpoint | None:
     """The newest checkpoint that verifies (or exactly ``step``'s; corrupt ones are skipped with a warning),
     with process ``rank``'s RNG and data position."""
-    found = list_checkpoints(run_dir)
-    if step is not None:
-        found = [(s, p) for s, p in found if s == step]
-        if not found:
-            raise ClipsonicError(f"{run_dir} has no checkpoint of step {step} "
-                                 f"(has {[s for s, _ in list_checkpoints(run_dir)] or 'none'})")
+    every = list_checkpoints(run_dir)
+    found = [(s, p) for s, p in every if step is None or s == step]
+    if step is not None and not found:
+        raise ClipsonicError(f"{run_dir} has no checkpoint of step {step} (has {[s for s, _ in every] or 'none'})")
     for i, (_, path) in enumerate(found):
         problem = _problem(path)
         if problem is None:
             own = path / f"rank-{rank:05d}.safetensors"
             with safe_open(str(own if own.is_file() else path / "rank-00000.safetensors"), "pt") as fh:
                 position = json.loads(fh.metadata()["position"])
-            return Checkpoint(path, read_json(path / "state.json"), load_file(str(own)) if own.is_file() else None,
-                              position)
+                rng = {k: fh.get_tensor(k) for k in fh.keys()} if own.is_file() else None
+            return Checkpoint(path, read_json(path / "state.json"), rank, rng, position)
         if step is not None:
             raise ClipsonicError(problem)
         fallback = f"falling back to {found[i + 1][1].name}" if i + 1 < len(found) else "no older checkpoint left"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import importlib
 import json
 import logging
@@ -40,13 +39,11 @@ from clipsonic.errors import ClipsonicError
 from clipsonic.files import read_json, write_json_atomic
 from clipsonic.train.checkpoint import (
     Checkpoint,
-    capture_rng,
     find_checkpoint,
     remove_stale_temporaries,
-    restore_rng,
     save_checkpoint,
 )
-from clipsonic.train.logs import MetricsLog
+from clipsonic.train.logs import MetricsLog, write_weight_hash
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +205,8 @@ class Task:
                                  "--precision no, or resume from the last checkpoint")
         raise ClipsonicError(
             f"step {step}: non-finite loss on process {acc.process_index} for {len(index)} of {bad.numel()} clips in "
-            f"the batch: {', '.join(describe(index))}; no checkpoint was written for this step. Fix or drop those clips "
-            "(re-run preprocess), or lower --lr if the inputs are finite")
+            f"the batch: {', '.join(describe(index))}; no checkpoint was written for this step. Fix or drop those "
+            "clips (re-run preprocess), or lower --lr if the inputs are finite")
 
     def step_optimizer(self, name: str) -> float:
         """Clip optimizer ``name``'s gradients to ``grad_clip``, step, zero them (only its own); the norm."""
@@ -238,17 +235,22 @@ def config_sections(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def read_run(run_dir: str | os.PathLike) -> Run:
     """The run in ``run_dir`` (its config.json); one line naming the version of a run written before version 2."""
     run_dir = Path(run_dir)
-    path = next((p for p in (run_dir / CONFIG_NAME, run_dir / "train_config.json") if p.is_file()), None)
+    path = _config_path(run_dir)
     if path is None:
         raise ClipsonicError(f"{run_dir} is not a clipsonic run directory (no {CONFIG_NAME})")
     record = read_json(path, "run config")
     if not isinstance(record, dict) or (record.get("format"), record.get("version")) != (RUN_FORMAT, RUN_VERSION):
         version = record.get("version", 1) if isinstance(record, dict) else "?"
-        raise ClipsonicError(f"{run_dir} is a run of {RUN_FORMAT} version {version} (written before the shared training "
-                             f"loop); this clipsonic reads version {RUN_VERSION}: export it with the clipsonic that "
-                             f"wrote it, or start a new run (its settings: {path})")
+        raise ClipsonicError(f"{run_dir} is a run of {RUN_FORMAT} version {version} (written before the shared "
+                             f"training loop); this clipsonic reads version {RUN_VERSION}: export it with the "
+                             f"clipsonic that wrote it, or start a new run (its settings: {path})")
     config = task_class(record["task"]).config_class.from_dict(config_sections(record), source=str(path))
     return Run(dir=run_dir, task=record["task"], config=config, data=record["data"], created=record.get("created"))
+
+
+def _config_path(run_dir: Path) -> Path | None:
+    """The run's config.json, or the train_config.json of a prior or vocoder run from before version 2."""
+    return next((p for p in (run_dir / CONFIG_NAME, run_dir / "train_config.json") if p.is_file()), None)
 
 
 def write_run(run: Run) -> None:
@@ -294,7 +296,7 @@ def fit(task_cls: type[Task], run_dir: str | os.PathLike, overrides: dict[str, d
     RESUMABLE fields may differ; ``data``: what the run trains on (``check_data`` on resume).
     """
     run_dir, overrides = Path(run_dir), config_sections(overrides or {})
-    exists = (run_dir / CONFIG_NAME).is_file() or (run_dir / "train_config.json").is_file()
+    exists = _config_path(run_dir) is not None
     if exists and not resume:
         raise ClipsonicError(f"{run_dir} already holds a run; pass --resume to continue it or choose another directory")
     if resume and not exists:
@@ -324,10 +326,10 @@ def fit(task_cls: type[Task], run_dir: str | os.PathLike, overrides: dict[str, d
     if acc.is_main_process:
         write_run(run)
     ckpt = find_checkpoint(run_dir, rank=acc.process_index) if resume else None
-    step = _restore(task, ckpt) if ckpt else 0
+    step = ckpt.restore(task.modules(), task.optimizers(), task.generators(), acc.scaler) if ckpt else 0
     run.logs = MetricsLog(run_dir, acc, step)
     try:
-        step = _Loop(task, run, step, progress).train(task.batches(ckpt.position if ckpt else None))
+        step = _train(task, step, task.batches(ckpt.position if ckpt else None), progress)
     finally:
         run.logs.close()
     if loop.export_at_end and acc.is_main_process and step >= loop.max_steps:
@@ -336,120 +338,51 @@ def fit(task_cls: type[Task], run_dir: str | os.PathLike, overrides: dict[str, d
     return run_dir
 
 
-def _restore(task: Task, ckpt: Checkpoint) -> int:
-    acc = task.accelerator
-    for name, module in task.modules().items():
-        module.load_state_dict(ckpt.module(name))
-    for name, optimizer in task.optimizers().items():
-        optimizer.load_state_dict(ckpt.optimizer(name))
-    if ckpt.state.get("scaler") and acc.scaler is not None:
-        acc.scaler.load_state_dict(ckpt.state["scaler"])
-    if ckpt.rng is not None:
-        restore_rng(ckpt.rng, task.generators())
-    else:
-        log.warning("checkpoint %s has no state for process %d (saved with %d processes): its random draws restart "
-                    "and its data restart at the epoch of process 0", ckpt.path, acc.process_index,
-                    ckpt.state["world_size"])
-    log.info("resumed from %s (step %d)", ckpt.path, ckpt.step)
-    return ckpt.step
-
-
-class _Loop:
-    """The steps of one invocation, its log window and its checkpoints."""
-
-    def __init__(self, task: Task, run: Run, step: int, progress: Progress | None):
-        self.task, self.run, self.step, self.progress = task, run, step, progress
-        self.acc, self.loop = run.accelerator, run.config.train
-        self.debug = os.environ.get(DEBUG_ENV) == "weight-hashes"
-        self.clips_seen: list[str] = []
-        self._reset_window()
-
-    def train(self, batches: Iterator[Any]) -> int:
-        task, loop, main = self.task, self.loop, self.acc.is_main_process
-        while self.step < loop.max_steps:
-            for optimizer in task.optimizers().values():
-                for group in optimizer.param_groups:
-                    group["lr"] = loop.lr_at(self.step)
-            start = time.perf_counter()
-            batch = next(batches)
-            self.data_s += time.perf_counter() - start
-            task._step = self.step + 1
-            try:
-                out = task.train_step(batch, self.step + 1)
-            except torch.cuda.OutOfMemoryError:
-                raise ClipsonicError(f"step {self.step + 1}: out of GPU memory {task.out_of_memory()}") from None
-            self.step += 1
-            self._collect(out)
-            logged = self._log_train() if self.step % loop.log_every == 0 or self.step == loop.max_steps else None
-            if main and (loop.val_every and self.step % loop.val_every == 0 or self.step == loop.max_steps):
-                values = task.validate(self.step)
-                if values:
-                    self.run.logs.scalars(self.step, "val", values)
-            if main:
-                task.sample(self.step)
-            if self.step % loop.save_every == 0 or self.step == loop.max_steps:
-                self._save()
-            if self.progress is not None and main:
-                self.progress(self.step, loop.max_steps, logged)
-        if self.debug:
-            self._write_weight_hash()
-        return self.step
-
-    def _reset_window(self) -> None:
-        self.examples: dict[str, list[torch.Tensor]] = {}
-        self.scalars: dict[str, list[float]] = {}
-        self.data_s, self.window_start = 0.0, time.perf_counter()
-
-    def _collect(self, out: dict[str, Any]) -> None:
+def _train(task: Task, step: int, batches: Iterator[Any], progress: Progress | None) -> int:
+    """Steps ``step + 1`` … ``max_steps``: each one's lr, train_step, log window, validation, sample and checkpoint."""
+    run, acc, loop = task.run, task.accelerator, task.config.train
+    main, logs = acc.is_main_process, task.run.logs
+    clips_seen: list[str] | None = [] if os.environ.get(DEBUG_ENV) == "weight-hashes" else None
+    while step < loop.max_steps:
+        for optimizer in task.optimizers().values():
+            for group in optimizer.param_groups:
+                group["lr"] = loop.lr_at(step)
+        start = time.perf_counter()
+        batch = next(batches)
+        data_s, step = time.perf_counter() - start, step + 1
+        task._step = step
+        try:
+            out = task.train_step(batch, step)
+        except torch.cuda.OutOfMemoryError:
+            raise ClipsonicError(f"step {step}: out of GPU memory {task.out_of_memory()}") from None
         clips = out.pop("clips", ())
-        if self.debug:
-            self.clips_seen.extend(clips)
-        for name, value in out.items():
-            if torch.is_tensor(value):
-                self.examples.setdefault(name, []).append(value.detach().float().reshape(-1).cpu())
-            else:
-                self.scalars.setdefault(name, []).append(float(value))
-
-    def _log_train(self) -> dict[str, float]:
-        """Means over the window (per-example values over every process's examples); all processes call this."""
-        names = sorted(self.examples)
-        cat = {name: torch.cat(self.examples[name]) for name in names}
-        totals = torch.tensor([[float(cat[n].sum()), float(cat[n].numel())] for n in names] or [[0.0, 0.0]])
-        totals = self.acc.reduce(totals.to(self.acc.device), reduction="sum").cpu()  # [names, (sum, count)]
-        elapsed = time.perf_counter() - self.window_start
-        values = {n: float(totals[i, 0] / totals[i, 1]) for i, n in enumerate(names) if totals[i, 1] > 0}
-        values.update({name: sum(v) / len(v) for name, v in self.scalars.items()})
-        values["lr"] = self.loop.lr_at(self.step - 1)
-        if "loss" in names:
-            values["samples_per_s"] = float(totals[names.index("loss"), 1]) / elapsed
-        values["data_wait_frac"] = self.data_s / elapsed
-        self.run.logs.scalars(self.step, "train", values)
-        self._reset_window()
-        return values
-
-    def _save(self) -> None:
-        task, acc = self.task, self.acc
-        scaler = acc.scaler.state_dict() if acc.scaler is not None else None
-        save_checkpoint(self.run.dir, self.step, acc, task=task.name, modules=task.modules(),
-                        optimizers=task.optimizers(), rng=capture_rng(task.generators()), position=task.position(),
-                        extra={"scaler": scaler, **task.extra_state()} if acc.is_main_process else {},
-                        keep_last=self.loop.keep_last)
-
-    def _write_weight_hash(self) -> None:
-        digest = hashlib.sha256()
-        for module_name, module in sorted(self.task.modules().items()):
-            for name, tensor in sorted(module.state_dict().items()):
-                digest.update(f"{module_name}.{name}".encode())
-                digest.update(tensor.detach().float().cpu().numpy().tobytes())
-        write_json_atomic(self.run.dir / "debug" / f"weights-rank{self.acc.process_index}.json",
-                          {"step": self.step, "sha256": digest.hexdigest(), "world_size": self.acc.num_processes,
-                           "position": self.task.position(), "keys_seen": self.clips_seen})
+        if clips_seen is not None:
+            clips_seen.extend(clips)
+        logs.add(out, data_s)
+        last = step == loop.max_steps
+        logged = logs.log_window(step, loop.lr_at(step - 1)) if step % loop.log_every == 0 or last else None
+        if main and (loop.val_every and step % loop.val_every == 0 or last) and (values := task.validate(step)):
+            logs.scalars(step, "val", values)
+        if main:
+            task.sample(step)
+        if step % loop.save_every == 0 or last:
+            scaler = acc.scaler.state_dict() if acc.scaler is not None else None
+            save_checkpoint(run.dir, step, acc, task=task.name, modules=task.modules(), optimizers=task.optimizers(),
+                            generators=task.generators(), position=task.position(),
+                            extra={"scaler": scaler, **task.extra_state()} if main else {}, keep_last=loop.keep_last)
+        if progress is not None and main:
+            progress(step, loop.max_steps, logged)
+    if clips_seen is not None:
+        write_weight_hash(run.dir / "debug" / f"weights-rank{acc.process_index}.json", step, task.modules(),
+                          world_size=acc.num_processes, position=task.position(), keys_seen=clips_seen)
+    return step
 
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, step: int | None = None, *,
                data: str | os.PathLike | None = None) -> Path:
     """Export checkpoint ``step`` (default: the newest readable) of any run to ``out`` (default RUN/pipeline,
-    RUN/prior or RUN/vocoder); ``data``: the data the task reads at export (the UNet's statistics; default the run's)."""
+    RUN/prior or RUN/vocoder); ``data``: the data the task reads at export (the UNet's statistics; default the
+    run's)."""
     run = read_run(run_dir)
     cls, ckpt = task_class(run.task), find_checkpoint(run.dir, step)
     if ckpt is None:

@@ -8,13 +8,18 @@ logs tell one history: TensorBoard's ``purge_step`` does it for the event files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-from clipsonic.files import write_bytes_atomic
+import torch
+from torch import nn
+
+from clipsonic.files import write_bytes_atomic, write_json_atomic
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -22,18 +27,28 @@ METRICS_NAME = "metrics.jsonl"
 def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[dict[str, Any]]:
     """The records of ``RUN/metrics.jsonl`` (optionally of one kind), in order."""
     path = Path(run_dir) / METRICS_NAME
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     return [r for r in records if kind is None or r.get("kind") == kind]
 
 
+def write_weight_hash(path: Path, step: int, modules: dict[str, nn.Module], **facts: Any) -> None:
+    """Debug (CLIPSONIC_DEBUG=weight-hashes): a SHA-256 of the weights of ``modules``, with ``facts``, to ``path``."""
+    digest = hashlib.sha256()
+    for module_name, module in sorted(modules.items()):
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(f"{module_name}.{name}".encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    write_json_atomic(path, {"step": step, "sha256": digest.hexdigest(), **facts})
+
+
 class MetricsLog:
-    """Appends to ``metrics.jsonl`` and logs to the accelerator's trackers; a no-op on other processes."""
+    """Appends to ``metrics.jsonl`` and logs to the accelerator's trackers (main process only), and averages
+    the train steps' values over each log window (every process)."""
 
     def __init__(self, run_dir: Path, accelerator, start_step: int):
         self.accelerator, self.main = accelerator, accelerator.is_main_process
         self.path = Path(run_dir) / METRICS_NAME
+        self._reset_window()
         if not self.main:
             return
         if self.path.is_file():
@@ -59,6 +74,36 @@ class MetricsLog:
         if self.main:
             with open(self.path, "a") as fh:
                 fh.write(json.dumps({"step": step, "kind": kind, **fields}) + "\n")
+
+    def _reset_window(self) -> None:
+        self.examples: dict[str, list[torch.Tensor]] = {}
+        self.steps: dict[str, list[float]] = {}
+        self.data_s, self.window_start = 0.0, time.perf_counter()
+
+    def add(self, values: dict[str, Any], data_s: float) -> None:
+        """One step's values (a tensor: per example, a float: per step) and its seconds waiting for data."""
+        self.data_s += data_s
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                self.examples.setdefault(name, []).append(value.detach().float().reshape(-1).cpu())
+            else:
+                self.steps.setdefault(name, []).append(float(value))
+
+    def log_window(self, step: int, lr: float) -> dict[str, float]:
+        """The window's "train" record: means over its steps, and over every process's examples (all call this)."""
+        names = sorted(self.examples)
+        cat = {name: torch.cat(self.examples[name]) for name in names}
+        totals = torch.tensor([[float(cat[n].sum()), float(cat[n].numel())] for n in names] or [[0.0, 0.0]])
+        totals = self.accelerator.reduce(totals.to(self.accelerator.device), reduction="sum").cpu()  # [names, 2]
+        elapsed = time.perf_counter() - self.window_start
+        values = {n: float(totals[i, 0] / totals[i, 1]) for i, n in enumerate(names) if totals[i, 1] > 0}
+        values.update({name: sum(v) / len(v) for name, v in self.steps.items()}, lr=lr)
+        if "loss" in names:
+            values["samples_per_s"] = float(totals[names.index("loss"), 1]) / elapsed
+        values["data_wait_frac"] = self.data_s / elapsed
+        self.scalars(step, "train", values)
+        self._reset_window()
+        return values
 
     def close(self) -> None:
         """Flush and close the trackers (not ``accelerator.end_training``, which also ends the process group)."""

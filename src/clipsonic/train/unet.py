@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import heapq
 import logging
 import os
 from collections.abc import Iterator
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -26,17 +28,16 @@ from PIL import Image
 from clipsonic.audio import MelConfig, denormalize, griffin_lim
 from clipsonic.config import Config, ConfigError
 from clipsonic.data.dataset import DatasetInfo, read_dataset_info
-from clipsonic.data.loader import StreamLayout, TrainStream, load_fixed_samples
+from clipsonic.data.loader import StreamLayout, TrainStream, iter_split, load_fixed_samples
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, DiffusionConfig, GaussianDiffusion
 from clipsonic.errors import ClipsonicError
-from clipsonic.export import write_pipeline_dir
+from clipsonic.export import PipelineStats, write_pipeline_dir
 from clipsonic.media import save_audio
 from clipsonic.models import UNET_PRESETS, MelUNet, MelUNetConfig
 from clipsonic.plotting import save_mel_image
 from clipsonic.train.checkpoint import Checkpoint
 from clipsonic.train.ema import EMA
 from clipsonic.train.harness import LoopConfig, Progress, Run, Task, config_sections, fit
-from clipsonic.train.stats import compute_dataset_stats
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class RunConfig(Config):
 
 
 def resolve_run_config(cond_dim: int, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
-    """Defaults < preset < ``overrides``; ``unet.cond_dim`` comes from the dataset, ``learn_sigma`` from the diffusion."""
+    """Defaults < preset < ``overrides``; ``unet.cond_dim`` from the dataset, ``learn_sigma`` from the diffusion."""
     sections = config_sections(overrides or {})
     train = TrainConfig.from_dict(sections.get("train", {}), source="train")
     diffusion = DiffusionConfig.from_dict(sections.get("diffusion", {}), source="diffusion")
@@ -96,12 +97,6 @@ def resolve_run_config(cond_dim: int, overrides: dict[str, dict[str, Any]] | Non
                               f"{'dataset' if key == 'cond_dim' else 'diffusion config'} needs {want!r}")
     unet = {**UNET_PRESETS[train.preset].to_dict(), **unet, "cond_dim": cond_dim, "learn_sigma": diffusion.learn_sigma}
     return RunConfig.from_dict({**sections, "train": train.to_dict(), "unet": unet, "diffusion": diffusion.to_dict()})
-
-
-def dataset_record(info: DatasetInfo) -> dict[str, Any]:
-    """What a UNet run trains on, as config.json's "data"."""
-    return {"dataset": str(info.root.resolve()), "mel": info.mel.to_dict(), "clip": info.clip.to_dict(),
-            "frames": info.mel.clip_frames, "train_clips": info.num_clips("train")}
 
 
 def check_dataset_fits(info: DatasetInfo, run_dir: Path, saved: dict[str, Any]) -> None:
@@ -133,7 +128,6 @@ class UNetTask(Task):
         torch.manual_seed(cfg.seed * 100_003 + acc.process_index + 50_000)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.ema.model.to(acc.device)
-        self.fixed: dict[str, Any] | None = None  # built on the main process at the first validation or sample
 
     @classmethod
     def resolve_config(cls, overrides: dict[str, dict[str, Any]], data: dict[str, Any]) -> RunConfig:
@@ -141,8 +135,8 @@ class UNetTask(Task):
         frames, factor = data["frames"], config.unet.downsample_factor
         if frames % factor:
             raise ClipsonicError(f"{data['dataset']} has clips of {frames} mel frames but preset "
-                                 f"{config.train.preset!r} needs a multiple of {factor}; re-run preprocess with another "
-                                 "--clip-seconds or use another preset")
+                                 f"{config.train.preset!r} needs a multiple of {factor}; re-run preprocess with "
+                                 "another --clip-seconds or use another preset")
         return config
 
     @classmethod
@@ -176,74 +170,65 @@ class UNetTask(Task):
             yield [next(micro) for _ in range(cfg.grad_accum)]
 
     def train_step(self, batch: list[dict[str, Any]], step: int) -> dict[str, Any]:
-        acc, device = self.accelerator, self.accelerator.device
-        parts: dict[str, list[torch.Tensor]] = {}
+        acc, device, chunks = self.accelerator, self.accelerator.device, []
         for i, micro in enumerate(batch):
             x0 = micro["mel"].to(device, non_blocking=True)  # [B, 1, 64, F]
             cond = micro["cond"].to(device, non_blocking=True)  # [B, D]
-            sync = contextlib.nullcontext() if i == len(batch) - 1 else acc.no_sync(self.model)
-            with sync:
+            with contextlib.nullcontext() if i == len(batch) - 1 else acc.no_sync(self.model):
                 terms = self.diffusion.training_losses(self.model, x0, cond, generator=self.gen)
                 self.backward(terms["loss"], scale=1 / len(batch), describe=partial(_describe, micro["keys"], x0, cond))
-            for name in ("loss", "mse", "vlb", "t"):
-                if name in terms:
-                    parts.setdefault(name, []).append(terms[name].detach().float().cpu())
+            chunks.append({name: value.detach() for name, value in terms.items()})
         grad_norm = self.step_optimizer("model")
         self.ema.update(acc.unwrap_model(self.model), step)
-        out: dict[str, Any] = {k: torch.cat(v) for k, v in parts.items()}  # each [grad_accum · B]
-        out.update(quarter_means(out.pop("t"), out["loss"], self.diffusion.num_timesteps))
+        out = loss_terms(chunks, torch.cat([c["t"].cpu() for c in chunks]), self.diffusion.num_timesteps)
         return {**out, "grad_norm": grad_norm, "epoch": float(self.stream.position()["epoch"]),
                 "clips": [key for micro in batch for key in micro["keys"]]}
 
-    def _fixed(self) -> dict[str, Any]:
-        """What validation and samples always use: the first ``val_samples`` test clips with fixed t (bin
-        midpoints of [0, T)) and noise, or None; the sample's condition (a test clip, else a train clip)."""
-        if self.fixed is None:
-            cfg, info, val = self.train_config, self.info, None
-            if cfg.val_every and info.num_clips("test"):
-                val = load_fixed_samples(info, "test", cfg.val_samples)
-                n = len(val["keys"])
-                val["t"] = ((torch.arange(n) + 0.5) * self.diffusion.num_timesteps / n).long()  # [N], never T - 1
-                val["noise"] = torch.randn(val["mel"].shape, generator=torch.Generator().manual_seed(cfg.seed))
-            elif cfg.val_every:
-                log.warning("%s has no test split: no validation loss (re-run preprocess with --test-fraction)", info.root)
-            source = val if val is not None else load_fixed_samples(info, "train", 1)
-            self.fixed = {"val": val, "cond": source["cond"][:1], "frames": source["mel"].shape[-1],
-                          "caption": f"{source['keys'][0]} (label: {source['labels'][0]})"}
-        return self.fixed
+    @cached_property
+    def fixed(self) -> dict[str, Any]:
+        """What validation and samples always use (main process): the first ``val_samples`` test clips with fixed
+        t (bin midpoints of [0, T)) and noise, or None; the sample's condition (a test clip, else a train clip)."""
+        cfg, info, val = self.train_config, self.info, None
+        if cfg.val_every and info.num_clips("test"):
+            val = load_fixed_samples(info, "test", cfg.val_samples)
+            n = len(val["keys"])
+            val["t"] = ((torch.arange(n) + 0.5) * self.diffusion.num_timesteps / n).long()  # [N], never T - 1
+            val["noise"] = torch.randn(val["mel"].shape, generator=torch.Generator().manual_seed(cfg.seed))
+        elif cfg.val_every:
+            log.warning("%s has no test split: no validation loss (re-run preprocess with --test-fraction)", info.root)
+        source = val if val is not None else load_fixed_samples(info, "train", 1)
+        return {"val": val, "cond": source["cond"][:1], "frames": source["mel"].shape[-1],
+                "caption": f"{source['keys'][0]} (label: {source['labels'][0]})"}
 
     @torch.no_grad()
     def validate(self, step: int) -> dict[str, float]:
         """Mean loss terms over the validation clips, and by quarter of t, of the weights and of the EMA."""
-        val, out = self._fixed()["val"], {}
+        val, out = self.fixed["val"], {}
         if val is None:
             return out
         device, b = self.accelerator.device, self.train_config.batch_size
         for prefix, model in (("", self.accelerator.unwrap_model(self.model)), ("ema_", self.ema.model)):
             was_training = model.training
             model.eval()
-            gen, parts = torch.Generator().manual_seed(self.train_config.seed + 1), {}
+            gen, chunks = torch.Generator().manual_seed(self.train_config.seed + 1), []
             for lo in range(0, len(val["keys"]), b):
+                part = {k: val[k][lo:lo + b].to(device) for k in ("mel", "cond", "t", "noise")}
                 with self.accelerator.autocast():
-                    terms = self.diffusion.training_losses(
-                        model, val["mel"][lo:lo + b].to(device), val["cond"][lo:lo + b].to(device),
-                        t=val["t"][lo:lo + b].to(device), noise=val["noise"][lo:lo + b].to(device), generator=gen)
-                for name in ("loss", "mse", "vlb"):
-                    if name in terms:
-                        parts.setdefault(name, []).append(terms[name].float().cpu())
+                    chunks.append(self.diffusion.training_losses(model, part["mel"], part["cond"], t=part["t"],
+                                                                 noise=part["noise"], generator=gen))
             model.train(was_training)
-            per_example = {name: torch.cat(chunks) for name, chunks in parts.items()}  # each [N]
-            per_example.update(quarter_means(val["t"], per_example["loss"], self.diffusion.num_timesteps))
-            out.update({prefix + name: float(v.mean()) for name, v in per_example.items() if v.numel()})
+            terms = loss_terms(chunks, val["t"], self.diffusion.num_timesteps)  # each [N]
+            out.update({prefix + name: float(v.mean()) for name, v in terms.items() if v.numel()})
         return out
 
     @torch.no_grad()
     def sample(self, step: int) -> None:
         """Every ``sample_every`` steps: a short DDIM chain of the EMA from fixed noise → ``RUN/samples/step-N.png``
         and its Griffin-Lim ``.wav``, and TensorBoard."""
-        cfg, fixed, mel = self.train_config, self._fixed(), self.info.mel
+        cfg, mel = self.train_config, self.info.mel
         if not cfg.sample_every or step % cfg.sample_every:
             return
+        fixed = self.fixed
         x0 = self.diffusion.sample(self.ema.model, (1, 1, mel.n_mels, fixed["frames"]),
                                    fixed["cond"].to(self.accelerator.device), sampler="ddim",
                                    steps=min(cfg.sample_steps, self.diffusion.num_timesteps),
@@ -268,7 +253,8 @@ class UNetTask(Task):
 
     @classmethod
     def export(cls, run: Run, checkpoint: Checkpoint, out: Path, data: str | os.PathLike | None = None) -> Path:
-        """The pipeline directory of the checkpoint's EMA weights, with the statistics of ``data`` (default: the run's)."""
+        """The pipeline directory of the checkpoint's EMA weights, with the statistics of ``data`` (default: the
+        run's)."""
         info = read_dataset_info(data if data is not None else run.data["dataset"])
         check_dataset_fits(info, run.dir, run.data)
         unet = MelUNet(run.config.unet)
@@ -283,10 +269,47 @@ class UNetTask(Task):
                                   stats=compute_dataset_stats(info, t.bank_size), training=training)
 
 
-def quarter_means(t: torch.Tensor, loss: torch.Tensor, num_timesteps: int) -> dict[str, torch.Tensor]:
-    """Per-example ``loss`` [B] split by quarter of the timesteps ``t`` [B]: ``loss_q1`` (least noise) … ``loss_q4``."""
+def loss_terms(chunks: list[dict[str, torch.Tensor]], t: torch.Tensor, num_timesteps: int) -> dict[str, torch.Tensor]:
+    """The per-example terms of ``training_losses`` outputs joined, each ``[N]``, and the loss split by quarter
+    of the timesteps ``t`` ``[N]``: ``loss_q1`` (least noise) … ``loss_q4``."""
+    out = {name: torch.cat([c[name].float().cpu() for c in chunks]) for name in ("loss", "mse", "vlb")
+           if name in chunks[0]}
     quarter = (t.cpu() * 4) // num_timesteps
-    return {f"loss_q{q + 1}": loss.detach().float().cpu()[quarter == q] for q in range(4)}
+    return {**out, **{f"loss_q{q + 1}": out["loss"][quarter == q] for q in range(4)}}
+
+
+def compute_dataset_stats(info: DatasetInfo, bank_size: int, split: str = "train") -> PipelineStats:
+    """One pass over a split's clip embeddings: their mean, and a bank of up to ``bank_size`` of them.
+
+    The bank keeps the (key, frame) pairs with the smallest BLAKE2b hash of ``"key/frame"``, sorted
+    by that hash: a uniform, deterministic choice independent of shard order.
+    """
+    total: np.ndarray | None = None
+    clips = embeddings = 0
+    heap: list[tuple[int, str, np.ndarray, str | None]] = []  # max-heap by hash via negation
+    for raw in iter_split(info, split, fields=("clip.npy", "json")):
+        clip = raw["clip.npy"].astype(np.float64)  # [K, D]
+        label = raw["json"].get("label")
+        total = clip.sum(0) if total is None else total + clip.sum(0)
+        clips, embeddings = clips + 1, embeddings + clip.shape[0]
+        for k, row in enumerate(clip):
+            name = f"{raw['__key__']}/{k}"
+            h = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+            item = (-h, name, row.astype(np.float16), label)
+            if len(heap) < bank_size:
+                heapq.heappush(heap, item)
+            elif bank_size and -h > heap[0][0]:
+                heapq.heapreplace(heap, item)
+    if total is None:
+        raise ClipsonicError(f"{info.root}: the {split!r} split has no clips to compute statistics from")
+    chosen = sorted(heap, key=lambda item: -item[0])
+    bank = np.stack([row for _, _, row, _ in chosen]) if chosen else np.zeros((0, total.shape[0]), np.float16)
+    return PipelineStats(
+        mean_image_embedding=torch.from_numpy((total / embeddings).astype(np.float32)),
+        image_bank=torch.from_numpy(bank), bank_keys=[n for _, n, _, _ in chosen],
+        bank_labels=[lab for _, _, _, lab in chosen],
+        info={"dataset": str(info.root.resolve()), "split": split, "num_clips": clips, "num_embeddings": embeddings,
+              "selection": "smallest blake2b-64 of 'key/frame'"})
 
 
 def _describe(keys: list[str], mel: torch.Tensor, cond: torch.Tensor, bad: list[int]) -> list[str]:
@@ -308,4 +331,6 @@ def train(data_dir: str | os.PathLike, run_dir: str | os.PathLike, overrides: di
     info = read_dataset_info(data_dir)
     if not info.shard_paths("train"):
         raise ClipsonicError(f"{info.root}: the train split has no shards; re-run preprocess")
-    return fit(UNetTask, run_dir, overrides, data=dataset_record(info), resume=resume, progress=progress, info=info)
+    data = {"dataset": str(info.root.resolve()), "mel": info.mel.to_dict(), "clip": info.clip.to_dict(),
+            "frames": info.mel.clip_frames, "train_clips": info.num_clips("train")}
+    return fit(UNetTask, run_dir, overrides, data=data, resume=resume, progress=progress, info=info)

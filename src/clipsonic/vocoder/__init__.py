@@ -1,24 +1,16 @@
 """Mel → waveform: a BigVGAN trained on the paper's 16 kHz / 64-band mels, or Griffin-Lim.
 
 ```python
-from clipsonic.vocoder import load_vocoder
 vocoder = load_vocoder("runs/vocoder")       # a vocoder folder, or a train-vocoder run folder
 wav = vocoder(logmel)                        # [B, 64, frames] → [B, frames * 512], float32
 vocoder.check_compatible(pipeline_mel)       # ClipsonicError naming both configs if they differ
 ```
-Training: :func:`train_vocoder` (``clipsonic train-vocoder``, a task of the shared loop; its run
-exports with ``clipsonic.train.export_run``); :func:`attach_vocoder` copies a vocoder into a
-pipeline as its ``vocoder/`` component.
+:func:`train_vocoder` (``clipsonic train-vocoder``) is a task of the shared loop (``task.py``);
+:func:`attach_vocoder` copies a vocoder into a pipeline as its ``vocoder/`` component.
 """
 
 from clipsonic.vocoder.discriminators import DiscriminatorConfig
-from clipsonic.vocoder.task import (
-    TRAIN_PRESETS,
-    VocoderRunConfig,
-    VocoderTask,
-    VocoderTrainConfig,
-    train_vocoder,
-)
+from clipsonic.vocoder.task import VocoderTrainConfig, train_vocoder
 from clipsonic.vocoder.vocoders import (
     VOCODER_PRESETS,
     BigVGANConfig,
@@ -28,12 +20,10 @@ from clipsonic.vocoder.vocoders import (
     Vocoder,
     attach_vocoder,
     load_vocoder,
-    resolve_vocoder_dir,
     vocode_file,
 )
 
 __all__ = [
     "Vocoder", "BigVGANConfig", "BigVGANVocoder", "VOCODER_PRESETS", "GriffinLimConfig", "GriffinLimVocoder",
-    "DiscriminatorConfig", "load_vocoder", "attach_vocoder", "resolve_vocoder_dir", "vocode_file",
-    "VocoderTrainConfig", "VocoderRunConfig", "VocoderTask", "TRAIN_PRESETS", "train_vocoder",
+    "DiscriminatorConfig", "load_vocoder", "attach_vocoder", "vocode_file", "VocoderTrainConfig", "train_vocoder",
 ]

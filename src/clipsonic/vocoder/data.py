@@ -86,15 +86,14 @@ class AudioCorpus:
         self.held = {c.key for c in self.val}
 
     def _open_dataset(self, root: Path, num_val: int) -> None:
-        info = read_dataset_info(root)
-        if info.mel.sample_rate != self.sample_rate:
-            raise ClipsonicError(f"{root} holds {info.mel.sample_rate} Hz audio but the vocoder is for {self.sample_rate} Hz")
+        info = read_dataset_info(root)  # its sample rate is the vocoder's: train_vocoder takes the dataset's mel
         val_split = next((s for s in VALIDATION_SPLITS if info.num_clips(s)), None)
         train = [s for s in info.splits if s != val_split]
         self.shards = tuple(str(p) for s in train for p in info.shard_paths(s))
         first = next(iter_raw_samples(self.shards[:1], fields=(), optional=("flac",)), {})
         if "flac" not in first:
-            raise ClipsonicError(f"{root}: its clips store no audio (flac); re-run `clipsonic preprocess` with --keep-audio")
+            raise ClipsonicError(f"{root}: its clips store no audio (flac); "
+                                 "re-run `clipsonic preprocess` with --keep-audio")
         self.num_train = sum(info.num_clips(s) for s in train)
         source = info.shard_paths(val_split) if val_split else self.shards
         count = num_val if val_split else _num_held_out(self.num_train, num_val)
@@ -182,5 +181,4 @@ def validation_audio(corpus: AudioCorpus, length: int, count: int, seed: int) ->
     if corpus.val:
         return torch.from_numpy(np.stack([c.segment(length, corpus.sample_rate) for c in corpus.val[:count]]))
     log.warning("validating on segments of the training audio (fewer than 10 clips, no validation split)")
-    batch = next(training_batches(corpus, count, length, seed + 1))
-    return batch["audio"]
+    return next(training_batches(corpus, count, length, seed + 1))["audio"]

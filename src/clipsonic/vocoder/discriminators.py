@@ -1,15 +1,11 @@
-"""The discriminators of BigVGAN's recipe, configured for 16 kHz audio.
+"""The discriminators of BigVGAN's recipe for 16 kHz audio: the multi-period discriminator (MPD,
+HiFi-GAN) plus UnivNet's multi-resolution STFT discriminator (``mrd``, BigVGAN v1, the default), or
+BigVGAN v2's ``mbd`` (descript-audio-codec's multi-band) or ``cqtd`` (multi-scale sub-band CQT, with
+7 octaves instead of 9 so that every bin from 32.7 Hz stays below the 8 kHz Nyquist).
 
-Always the multi-period discriminator (MPD, HiFi-GAN), plus one of:
-- ``mrd``: UnivNet's multi-resolution STFT discriminator (BigVGAN v1; the default);
-- ``mbd``: descript-audio-codec's multi-band discriminator (a BigVGAN v2 option);
-- ``cqtd``: the multi-scale sub-band CQT discriminator (BigVGAN v2), with 7 octaves instead of
-  its 9 so that every bin from 32.7 Hz stays below the 8 kHz Nyquist of 16 kHz audio.
-
-MPD and MRD are copied from ``bigvgan/discriminators.py`` (MIT, NVIDIA; adapted from HiFi-GAN),
-diffusers-style, because that module imports torchaudio at its top, which has no build for every
-torch release. ``mbd`` and ``cqtd`` need torchaudio (and nnAudio): they come from the bigvgan
-package itself when those are installed.
+MPD and MRD are copied from ``bigvgan/discriminators.py`` (MIT, NVIDIA), diffusers-style, because
+that module imports torchaudio at its top; ``mbd`` and ``cqtd`` come from it when torchaudio (and
+nnAudio) are installed.
 """
 
 from __future__ import annotations
@@ -56,13 +52,14 @@ class DiscriminatorConfig(Config):
             raise ValueError("cqtd_hop_lengths, cqtd_n_octaves and cqtd_bins_per_octaves must have equal length")
 
     def check_cqt_range(self, sample_rate: int) -> None:
-        """Every CQT bin must lie below Nyquist."""
+        """Every CQT bin, up to ``CQT_FMIN * 2 ** (octaves - 1 / bins)``, must lie below Nyquist."""
+        nyquist = sample_rate / 2
         for octaves, bins in zip(self.cqtd_n_octaves, self.cqtd_bins_per_octaves, strict=True):
-            if CQT_FMIN * 2 ** (octaves - 1 / bins) >= sample_rate / 2:
-                fit = next(n for n in range(octaves, 0, -1) if CQT_FMIN * 2 ** (n - 1 / bins) < sample_rate / 2)
-                raise ClipsonicError(
-                    f"a CQT discriminator with {octaves} octaves reaches {CQT_FMIN * 2 ** (octaves - 1 / bins):.0f} Hz, "
-                    f"above the {sample_rate / 2:.0f} Hz Nyquist of {sample_rate} Hz audio; use at most {fit} octaves")
+            top = CQT_FMIN * 2 ** (octaves - 1 / bins)
+            if top >= nyquist:
+                fit = next(n for n in range(octaves, 0, -1) if CQT_FMIN * 2 ** (n - 1 / bins) < nyquist)
+                raise ClipsonicError(f"a CQT discriminator with {octaves} octaves reaches {top:.0f} Hz, above the "
+                                     f"{nyquist:.0f} Hz Nyquist of {sample_rate} Hz audio; use at most {fit} octaves")
 
 
 def build_discriminator(config: DiscriminatorConfig, sample_rate: int) -> nn.Module:
@@ -71,35 +68,31 @@ def build_discriminator(config: DiscriminatorConfig, sample_rate: int) -> nn.Mod
     ``forward(y, y_hat)`` on waveforms ``[B, 1, T]`` returns ``(real_scores, fake_scores,
     real_feature_maps, fake_feature_maps)``, lists over all sub-discriminators.
     """
-    # bigvgan's classes read their settings from its dict-with-attributes
+    # bigvgan's classes read their settings, by its names, from its dict-with-attributes
     from bigvgan.env import AttrDict
 
-    d = config.to_dict()
-    h = AttrDict(discriminator_channel_mult=config.channel_mult, use_spectral_norm=False,
-                 mpd_reshapes=d["mpd_reshapes"], resolutions=d["mrd_resolutions"], mbd_fft_sizes=d["mbd_fft_sizes"],
-                 cqtd_hop_lengths=d["cqtd_hop_lengths"], cqtd_n_octaves=d["cqtd_n_octaves"],
-                 cqtd_bins_per_octaves=d["cqtd_bins_per_octaves"], sampling_rate=sample_rate)
+    h = AttrDict({**config.to_dict(), "discriminator_channel_mult": config.channel_mult, "use_spectral_norm": False,
+                  "resolutions": config.mrd_resolutions, "sampling_rate": sample_rate})
+    if config.kind == "cqtd":
+        config.check_cqt_range(sample_rate)
     with warnings.catch_warnings():  # torch.nn.utils.weight_norm is deprecated in favour of parametrizations
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
-        second = MultiResolutionDiscriminator(h) if config.kind == "mrd" else _torchaudio_discriminator(config, h)
+        try:
+            if config.kind == "mrd":
+                second = MultiResolutionDiscriminator(h)
+            else:
+                # imports torchaudio; its CQT discriminator imports nnAudio
+                from bigvgan import discriminators
+
+                second = (discriminators.MultiBandDiscriminator if config.kind == "mbd"
+                          else discriminators.MultiScaleSubbandCQTDiscriminator)(h)
+        except ImportError as exc:
+            raise ClipsonicError(
+                f"the '{config.kind}' discriminator needs torchaudio{' and nnAudio' if config.kind == 'cqtd' else ''} "
+                f"({exc}); `pip install torchaudio nnAudio` (a build matching your torch), or use --discriminator mrd"
+            ) from None
         return CombinedDiscriminator([MultiPeriodDiscriminator(h), second])
-
-
-def _torchaudio_discriminator(config: DiscriminatorConfig, h) -> nn.Module:
-    if config.kind == "cqtd":
-        config.check_cqt_range(h.sampling_rate)
-    try:
-        from bigvgan import discriminators
-
-        if config.kind == "mbd":
-            return discriminators.MultiBandDiscriminator(h)
-        return discriminators.MultiScaleSubbandCQTDiscriminator(h)
-    except ImportError as exc:
-        raise ClipsonicError(
-            f"the '{config.kind}' discriminator needs torchaudio{' and nnAudio' if config.kind == 'cqtd' else ''} "
-            f"({exc}); `pip install torchaudio nnAudio` (a build matching your torch), or use --discriminator mrd"
-        ) from None
 
 
 # Copied from bigvgan.utils.get_padding
@@ -169,8 +162,9 @@ class MultiPeriodDiscriminator(torch.nn.Module):
         return y_d_rs, y_d_gs, fmap_rs, fmap_gs
 
 
-# Copied from bigvgan.discriminators.DiscriminatorR (without the mrd_* overrides we never set, and
-# with the rectangular STFT window torch.stft uses by default passed explicitly: same numbers, no warning)
+# Copied from bigvgan.discriminators.DiscriminatorR (without the mrd_* overrides we never set, its three
+# strided convs built in a loop, and with the rectangular STFT window torch.stft uses by default passed
+# explicitly: same numbers, no warning)
 class DiscriminatorR(nn.Module):
     def __init__(self, cfg, resolution):
         super().__init__()
@@ -183,13 +177,9 @@ class DiscriminatorR(nn.Module):
         self.d_mult = cfg.discriminator_channel_mult
         ch = int(32 * self.d_mult)
         self.convs = nn.ModuleList(
-            [
-                norm_f(nn.Conv2d(1, ch, (3, 9), padding=(1, 4))),
-                norm_f(nn.Conv2d(ch, ch, (3, 9), stride=(1, 2), padding=(1, 4))),
-                norm_f(nn.Conv2d(ch, ch, (3, 9), stride=(1, 2), padding=(1, 4))),
-                norm_f(nn.Conv2d(ch, ch, (3, 9), stride=(1, 2), padding=(1, 4))),
-                norm_f(nn.Conv2d(ch, ch, (3, 3), padding=(1, 1))),
-            ]
+            [norm_f(nn.Conv2d(1, ch, (3, 9), padding=(1, 4)))]
+            + [norm_f(nn.Conv2d(ch, ch, (3, 9), stride=(1, 2), padding=(1, 4))) for _ in range(3)]
+            + [norm_f(nn.Conv2d(ch, ch, (3, 3), padding=(1, 1)))]
         )
         self.conv_post = norm_f(nn.Conv2d(ch, 1, (3, 3), padding=(1, 1)))
 
@@ -221,31 +211,15 @@ class DiscriminatorR(nn.Module):
         return mag
 
 
-# Copied from bigvgan.discriminators.MultiResolutionDiscriminator
-class MultiResolutionDiscriminator(nn.Module):
+# Copied from bigvgan.discriminators.MultiResolutionDiscriminator (its forward is MultiPeriodDiscriminator's)
+class MultiResolutionDiscriminator(MultiPeriodDiscriminator):
     def __init__(self, cfg, debug=False):
-        super().__init__()
+        nn.Module.__init__(self)
         self.resolutions = cfg.resolutions
         assert len(self.resolutions) == 3, (
             f"MRD requires list of list with len=3, each element having a list with len=3. Got {self.resolutions}"
         )
         self.discriminators = nn.ModuleList([DiscriminatorR(cfg, resolution) for resolution in self.resolutions])
-
-    def forward(self, y, y_hat):
-        y_d_rs = []
-        y_d_gs = []
-        fmap_rs = []
-        fmap_gs = []
-
-        for d in self.discriminators:
-            y_d_r, fmap_r = d(x=y)
-            y_d_g, fmap_g = d(x=y_hat)
-            y_d_rs.append(y_d_r)
-            fmap_rs.append(fmap_r)
-            y_d_gs.append(y_d_g)
-            fmap_gs.append(fmap_g)
-
-        return y_d_rs, y_d_gs, fmap_rs, fmap_gs
 
 
 # Copied from bigvgan.discriminators.CombinedDiscriminator (upstream's attribute spelling kept)

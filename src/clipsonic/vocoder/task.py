@@ -66,7 +66,8 @@ class VocoderTrainConfig(LoopConfig):
         self.check_ints(positive=("segment_size", "batch_size", "num_val", "val_segment_size"),
                         non_negative=("disc_start_step", "audio_examples", "num_workers"))
         if self.segment_size % 512 or self.val_segment_size % 512:
-            raise ConfigError(f"segment sizes must be multiples of 512, got {self.segment_size}/{self.val_segment_size}")
+            raise ConfigError("segment sizes must be multiples of 512, "
+                              f"got {self.segment_size}/{self.val_segment_size}")
 
     def lr_at(self, step: int) -> float:
         return super().lr_at(step) * self.lr_decay ** step
@@ -103,21 +104,20 @@ class VocoderTask(Task):
 
     @classmethod
     def resolve_config(cls, overrides: dict[str, dict[str, Any]], data: dict[str, Any]) -> VocoderRunConfig:
-        """The preset's sections (``train.preset``, default base) with ``overrides`` over each."""
-        sections = ("train", "generator", "discriminator")
-        if unknown := sorted(set(overrides) - set(sections)):
-            raise ConfigError(f"unknown config section(s) {unknown}; a vocoder run has {', '.join(sections)}")
+        """The preset's sections (``train.preset``, default base) with ``overrides`` over each; from_dict refuses
+        an unknown section or preset."""
         preset = overrides.get("train", {}).get("preset", VocoderTrainConfig.preset)
-        if preset not in VOCODER_PRESETS:
-            raise ConfigError(f"unknown vocoder preset {preset!r}; choose one of {sorted(VOCODER_PRESETS)}")
-        base = {"generator": VOCODER_PRESETS[preset].to_dict(), **TRAIN_PRESETS[preset]}
-        return VocoderRunConfig.from_dict({s: {**base.get(s, {}), **overrides.get(s, {})} for s in sections},
-                                          source="--config/flags")
+        sections = {**TRAIN_PRESETS.get(preset, {})}
+        if preset in VOCODER_PRESETS:
+            sections["generator"] = VOCODER_PRESETS[preset].to_dict()
+        for name, values in overrides.items():
+            sections[name] = {**sections.get(name, {}), **values}
+        return VocoderRunConfig.from_dict(sections, source="--config/flags")
 
     def __init__(self, run: Run):
         super().__init__(run)
         cfg, acc = run.config.train, run.accelerator
-        self.train_config, self.mel = cfg, MelConfig.from_dict(run.data["mel"], source="config.json:data.mel")
+        self.mel = MelConfig.from_dict(run.data["mel"], source="config.json:data.mel")
         self.corpus = AudioCorpus(run.data["source"], self.mel.sample_rate, cfg.num_val, cfg.seed)
         if acc.is_main_process:
             for key, reason in self.corpus.skipped:
@@ -148,7 +148,7 @@ class VocoderTask(Task):
         return dict(self.pos)
 
     def batches(self, position: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
-        cfg, acc = self.train_config, self.accelerator
+        cfg, acc = self.config.train, self.accelerator
         if position is None and acc.is_main_process:  # a new run: where the validation curve starts
             self.run.logs.scalars(0, "val", self.validate(0))
         self.pos = dict(position or self.pos)
@@ -164,7 +164,7 @@ class VocoderTask(Task):
         x = logmel(audio, self.mel)  # [B, n_mels, frames]: the generator's input and the mel-loss target
         y, y_hat = audio[:, None], self.generator(x).float()  # [B, 1, T], [B, 1, frames * hop]
         out: dict[str, Any] = {}
-        adversarial = step > self.train_config.disc_start_step
+        adversarial = step > self.config.train.disc_start_step
         if adversarial:  # 1. the discriminators: real vs the detached fake
             self.optim_d.zero_grad(set_to_none=True)  # drop what the last generator loss left in them
             d_real, d_fake, _, _ = self.discriminator(y, y_hat.detach())
@@ -173,7 +173,7 @@ class VocoderTask(Task):
             out.update(loss_disc=float(loss_disc.detach()), grad_norm_d=self.step_optimizer("discriminator"))
         # 2. the generator: mel L1, plus adversarial and feature matching once the discriminators train
         mel_l1 = F.l1_loss(logmel(y_hat[:, 0], self.mel), x)
-        loss_gen = self.train_config.lambda_mel * mel_l1
+        loss_gen = self.config.train.lambda_mel * mel_l1
         if adversarial:
             _, d_fake, fmap_real, fmap_fake = self.discriminator(y, y_hat)
             loss_fm, (loss_adv, _) = feature_loss(fmap_real, fmap_fake), generator_loss(d_fake)
@@ -197,7 +197,7 @@ class VocoderTask(Task):
             outputs.append(wav.cpu())
         generator.train()
         writer, sr, outputs = self.run.logs.tensorboard, self.mel.sample_rate, torch.cat(outputs)
-        for i in range(min(self.train_config.audio_examples, len(outputs))):
+        for i in range(min(self.config.train.audio_examples, len(outputs))):
             if not self.reals_written:
                 writer.add_audio(f"val/real_{i}", self.val_audio[i].clamp(-1, 1), step, sr)
             writer.add_audio(f"val/generated_{i}", outputs[i].clamp(-1, 1), step, sr)
@@ -207,22 +207,17 @@ class VocoderTask(Task):
     @classmethod
     def export(cls, run: Run, checkpoint: Checkpoint, out: Path, data: str | os.PathLike | None = None) -> Path:
         mel = MelConfig.from_dict(run.data["mel"], source=f"{run.dir}/config.json:data.mel")
-        generator = build_generator(run.config.generator, mel)
-        generator.load_state_dict(checkpoint.module("generator"))
         with atomic_directory(out) as tmp:
-            BigVGANVocoder(mel, run.config.generator, generator).save_pretrained(tmp)
+            BigVGANVocoder(mel, run.config.generator, checkpoint.module("generator")).save_pretrained(tmp)
         return out
 
 
 def train_vocoder(data: str | os.PathLike, run_dir: str | os.PathLike,
                   overrides: dict[str, dict[str, Any]] | None = None, *, resume: bool = False,
                   progress: Progress | None = None) -> Path:
-    """Train (or resume) a BigVGAN on a dataset directory (its flac clips) or a folder of audio files.
-
-    ``overrides``: config sections ``{"train": {...}, "generator": {...}, "discriminator": {...}}`` over
-    the preset's. The mel config is the dataset's (the paper's for a folder). Returns ``run_dir``;
-    the vocoder is written to ``RUN/vocoder`` at the end.
-    """
+    """Train (or resume) a BigVGAN on a dataset directory (its flac clips, its mel config) or a folder of audio
+    files (the paper's mel config); ``overrides``: sections ``{"train", "generator", "discriminator"}`` over the
+    preset's. Returns ``run_dir``; the vocoder is written to ``RUN/vocoder`` at the end."""
     data = Path(data)
     mel = read_dataset_info(data).mel if (data / "dataset.json").is_file() else MelConfig()
     return fit(VocoderTask, run_dir, overrides, data={"source": str(data.resolve()), "mel": mel.to_dict()},

@@ -14,7 +14,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -46,10 +46,6 @@ class GriffinLimConfig(Config):
             raise ValueError(f"need n_iter >= 0 and momentum in [0, 1), got {self.n_iter}, {self.momentum}")
 
 
-def _nested_tuple(value: Any) -> Any:
-    return tuple(_nested_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
 @dataclasses.dataclass(frozen=True)
 class BigVGANConfig(Config):
     """Generator hyper-parameters, named as in the bigvgan package's config files.
@@ -72,11 +68,12 @@ class BigVGANConfig(Config):
     use_bias_at_final: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("upsample_rates", "upsample_kernel_sizes", "resblock_kernel_sizes", "resblock_dilation_sizes"):
-            object.__setattr__(self, name, _nested_tuple(getattr(self, name)))
+        # JSON has no tuples and from_dict converts only the outer list
+        object.__setattr__(self, "resblock_dilation_sizes", tuple(map(tuple, self.resblock_dilation_sizes)))
         if (not self.upsample_rates or len(self.upsample_rates) != len(self.upsample_kernel_sizes)
                 or len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes)):
-            raise ValueError("need as many upsample kernels as rates (at least one), and of resblock dilations as kernels")
+            raise ValueError("need as many upsample kernels as rates (at least one), "
+                             "and of resblock dilations as kernels")
         for u, k in zip(self.upsample_rates, self.upsample_kernel_sizes, strict=True):
             if u < 1 or k < u or (k - u) % 2:
                 raise ValueError(f"upsample kernel {k} for rate {u}: need k >= u and k - u even")
@@ -101,11 +98,8 @@ VOCODER_PRESETS: dict[str, BigVGANConfig] = {
 
 
 def build_generator(config: BigVGANConfig, mel: MelConfig) -> torch.nn.Module:
-    """A fresh ``bigvgan.bigvgan.BigVGAN`` with weight norm (the training form) for ``mel``.
-
-    Always the pure-PyTorch anti-aliased activations: the CUDA kernel needs a compiler at run
-    time and cannot train.
-    """
+    """A fresh ``bigvgan.bigvgan.BigVGAN`` with weight norm (the training form) for ``mel``, with the pure-PyTorch
+    anti-aliased activations (the CUDA kernel needs a compiler at run time and cannot train)."""
     if config.hop_length != mel.hop_length:
         raise ClipsonicError(f"generator upsample_rates {list(config.upsample_rates)} multiply to {config.hop_length} "
                              f"but the mel hop is {mel.hop_length}; pick upsample rates whose product is the hop")
@@ -127,10 +121,13 @@ class Vocoder:
     travels with every vocoder and :meth:`check_compatible` refuses a mismatch.
     """
 
-    type_name = ""
+    type_name: ClassVar[str]  # config.json's "type"
+    config_key: ClassVar[str]  # config.json's entry holding ``self.config``
+    config_class: ClassVar[type[Config]]
+    files: ClassVar[dict[str, str]] = {}  # config.json's entries naming the folder's other files
 
-    def __init__(self, mel_config: MelConfig) -> None:
-        self.mel_config = mel_config
+    def __init__(self, mel_config: MelConfig, config: Config) -> None:
+        self.mel_config, self.config = mel_config, config
         self.device = torch.device("cpu")
 
     @property
@@ -142,10 +139,8 @@ class Vocoder:
         return self
 
     def check_compatible(self, mel_config: MelConfig, what: str = "the pipeline") -> None:
-        """Raise naming both configs unless ``mel_config`` makes the same log-mels as ours.
-
-        ``log_min``/``log_max`` only scale the diffusion space, so they are not compared.
-        """
+        """Raise naming both configs unless ``mel_config`` makes the same log-mels as ours (``log_min``/``log_max``
+        only scale the diffusion space, so they are not compared)."""
         diffs = self.mel_config.mismatch(mel_config.replace(log_min=self.mel_config.log_min,
                                                             log_max=self.mel_config.log_max))
         if diffs:
@@ -158,7 +153,8 @@ class Vocoder:
         """``[B, n_mels, F]`` (or ``[n_mels, F]``) → ``[B, F * hop]`` (or ``[F * hop]``) on the input's device."""
         batch = logmel[None] if logmel.dim() == 2 else logmel
         if batch.dim() != 3 or batch.shape[1] != self.mel_config.n_mels:
-            raise ClipsonicError(f"expected a log-mel [B, {self.mel_config.n_mels}, frames], got shape {tuple(logmel.shape)}")
+            raise ClipsonicError(f"expected a log-mel [B, {self.mel_config.n_mels}, frames], "
+                                 f"got shape {tuple(logmel.shape)}")
         if not torch.isfinite(batch).all():
             raise ClipsonicError("the log-mel contains NaN or infinite values; check the model that produced it")
         with torch.inference_mode():
@@ -168,55 +164,49 @@ class Vocoder:
     def _synthesize(self, logmel: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _settings(self) -> dict[str, Any]:
-        """What rebuilds this vocoder, written into ``config.json`` beside ``type`` and ``mel``."""
-        raise NotImplementedError
-
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` into ``directory``; returns it."""
         directory = Path(directory)
         write_json_atomic(directory / CONFIG_NAME, {"format": FORMAT, "version": VERSION, "type": self.type_name,
-                                                    "mel": self.mel_config.to_dict(), **self._settings(),
+                                                    "mel": self.mel_config.to_dict(),
+                                                    self.config_key: self.config.to_dict(), **self.files,
                                                     "clipsonic_version": __version__})
         return directory
 
 
 class GriffinLimVocoder(Vocoder):
-    """Phase reconstruction (:func:`clipsonic.audio.griffin_lim`): no training, audible but phasey.
+    """Phase reconstruction (:func:`clipsonic.audio.griffin_lim`), no training: the fallback of a pipeline without
+    a trained BigVGAN (audible but phasey; the paper's numbers use BigVGAN)."""
 
-    The fallback when a pipeline has no trained BigVGAN; the paper's numbers use BigVGAN.
-    """
-
-    type_name = "griffin-lim"
+    type_name, config_key, config_class = "griffin-lim", "griffin_lim", GriffinLimConfig
+    config: GriffinLimConfig
 
     def __init__(self, mel_config: MelConfig | None = None, config: GriffinLimConfig | None = None) -> None:
-        super().__init__(mel_config or MelConfig())
-        self.config = config or GriffinLimConfig()
+        super().__init__(mel_config or MelConfig(), config or GriffinLimConfig())
 
     def _synthesize(self, logmel: torch.Tensor) -> torch.Tensor:
         c = self.config
         return griffin_lim(logmel, self.mel_config, n_iter=c.n_iter, momentum=c.momentum, seed=c.seed)
 
-    def _settings(self) -> dict[str, Any]:
-        return {"griffin_lim": self.config.to_dict()}
-
 
 class BigVGANVocoder(Vocoder):
     """A BigVGAN generator in inference form (weight norm folded, eval mode) with its mel config."""
 
-    type_name = "bigvgan"
+    type_name, config_key, config_class = "bigvgan", "generator", BigVGANConfig
+    files = {"weights": WEIGHTS_NAME}
+    config: BigVGANConfig
 
-    def __init__(self, mel_config: MelConfig, config: BigVGANConfig, generator: torch.nn.Module | None = None) -> None:
-        """``generator``: trained weights (copied, so a training model is left as it is); None: random."""
-        super().__init__(mel_config)
-        self.config = config
-        fresh = build_generator(config, mel_config)
-        if generator is not None:  # a state-dict copy: deepcopy refuses a weight-normed module that has run
-            fresh.load_state_dict(generator.state_dict())
-        for m in fresh.modules():
+    def __init__(self, mel_config: MelConfig, config: BigVGANConfig,
+                 state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """``state_dict``: trained weights in the training form (weight norm on); None: random."""
+        super().__init__(mel_config, config)
+        generator = build_generator(config, mel_config)
+        if state_dict is not None:
+            generator.load_state_dict(state_dict)
+        for m in generator.modules():
             if hasattr(m, "weight_g"):
                 torch.nn.utils.remove_weight_norm(m)
-        self.generator = fresh.eval().requires_grad_(False)
+        self.generator = generator.eval().requires_grad_(False)
 
     @classmethod
     def from_preset(cls, name: str, mel_config: MelConfig | None = None) -> BigVGANVocoder:
@@ -231,9 +221,6 @@ class BigVGANVocoder(Vocoder):
 
     def _synthesize(self, logmel: torch.Tensor) -> torch.Tensor:
         return self.generator(logmel)[:, 0]  # [B, 1, F * hop] → [B, F * hop]
-
-    def _settings(self) -> dict[str, Any]:
-        return {"generator": self.config.to_dict(), "weights": WEIGHTS_NAME}
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         state = {k: v.detach().cpu().contiguous() for k, v in self.generator.state_dict().items()}
@@ -262,12 +249,14 @@ def load_vocoder(path: str | os.PathLike, *, device: str | torch.device | None =
     data = read_versioned_json(source, FORMAT, VERSION, unversioned=1)  # version 1 had no format field
     if "mel" not in data:
         raise ClipsonicError(f"{source}: no \"mel\" entry; re-export the vocoder")
+    kinds: dict[str, type[Vocoder]] = {cls.type_name: cls for cls in (BigVGANVocoder, GriffinLimVocoder)}
+    if data["type"] not in kinds:
+        raise ClipsonicError(f"{source}: unknown vocoder type {data['type']!r} (this clipsonic knows "
+                             f"{', '.join(map(repr, kinds))})")
+    cls = kinds[data["type"]]
     mel = MelConfig.from_dict(data["mel"], source=f"{source}:mel")
-    if data["type"] == GriffinLimVocoder.type_name:
-        vocoder: Vocoder = GriffinLimVocoder(mel, GriffinLimConfig.from_dict(data.get("griffin_lim", {}),
-                                                                             source=f"{source}:griffin_lim"))
-    elif data["type"] == BigVGANVocoder.type_name:
-        vocoder = BigVGANVocoder(mel, BigVGANConfig.from_dict(data.get("generator", {}), source=f"{source}:generator"))
+    vocoder = cls(mel, cls.config_class.from_dict(data.get(cls.config_key, {}), source=f"{source}:{cls.config_key}"))
+    if isinstance(vocoder, BigVGANVocoder):
         weights = directory / data.get("weights", WEIGHTS_NAME)
         if not weights.is_file():
             raise ClipsonicError(f"{directory}: weights file {weights.name} is missing; re-export the vocoder")
@@ -275,16 +264,13 @@ def load_vocoder(path: str | os.PathLike, *, device: str | torch.device | None =
             vocoder.generator.load_state_dict(load_file(str(weights)), strict=True)
         except RuntimeError as exc:
             raise ClipsonicError(f"{weights} does not fit the generator in {source}: {str(exc)[:300]}") from None
-    else:
-        raise ClipsonicError(f"{source}: unknown vocoder type {data['type']!r} (this clipsonic knows "
-                             f"'{BigVGANVocoder.type_name}', '{GriffinLimVocoder.type_name}')")
     if mel_config is not None:
         vocoder.check_compatible(mel_config)
     return vocoder.to(device) if device is not None else vocoder
 
 
 def attach_vocoder(pipeline_dir: str | os.PathLike, vocoder_dir: str | os.PathLike) -> Path:
-    """Copy a vocoder (folder or training run) into ``pipeline_dir/vocoder`` once it loads and fits the pipeline's mels."""
+    """Copy a vocoder (folder or run) into ``pipeline_dir/vocoder`` once it loads and fits the pipeline's mels."""
     source = resolve_vocoder_dir(vocoder_dir)
     load_vocoder(source, mel_config=read_model_index(pipeline_dir, complete=False).mel)
     return set_component(pipeline_dir, "vocoder", lambda folder: shutil.copytree(source, folder, dirs_exist_ok=True))
@@ -292,10 +278,8 @@ def attach_vocoder(pipeline_dir: str | os.PathLike, vocoder_dir: str | os.PathLi
 
 def vocode_file(input_path: str | os.PathLike, output_path: str | os.PathLike, vocoder: Vocoder,
                 start: float | None = None, duration: float | None = None) -> float:
-    """Audio/video file → log-mel → ``vocoder`` → audio file; returns the seconds written.
-
-    The output lasts the input rounded down to whole hops: frame t covers ``[t*hop, (t+1)*hop)``.
-    """
+    """Audio/video file → log-mel → ``vocoder`` → audio file; returns the seconds written: the input's rounded
+    down to whole hops (frame t covers ``[t*hop, (t+1)*hop)``)."""
     mel = vocoder.mel_config
     audio = load_audio(input_path, sample_rate=mel.sample_rate, start=start, duration=duration)
     if audio.shape[-1] <= mel.n_fft // 2:
