@@ -37,18 +37,20 @@ def test_mel_png_and_resynth_wav(tmp_path):
     assert abs(np.fft.rfftfreq(len(wav), 1 / sr)[spectrum.argmax()] - 440.0) < 30
 
 
-def test_bad_inputs_give_one_line_errors(tmp_path):
+def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
+    # in-process: main() is what the entry point runs (test_version covers `python -m clipsonic`)
     (tmp_path / "notes.mp4").write_text("not a video")
     for args in (["mel", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "x.png")],
                  ["resynth", str(tmp_path / "notes.mp4"), "-o", str(tmp_path / "x.wav")]):
-        r = run(*args)
-        assert r.returncode == 2, r.stderr
-        assert "Traceback" not in r.stderr
-        last = r.stderr.strip().splitlines()[-1]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        last = err.strip().splitlines()[-1]
         assert last.startswith(f"clipsonic {args[0]}: error:") and args[1].rsplit("/", 1)[1] in last
     assert not (tmp_path / "x.wav").exists() and not (tmp_path / "x.png").exists()
-    r = run("mel")
-    assert r.returncode == 2 and "required" in r.stderr
+    with pytest.raises(SystemExit) as exit_:
+        main(["mel"])
+    assert exit_.value.code == 2 and "required" in capsys.readouterr().err
 
 
 def test_top_level_help_lists_every_command(capsys):

@@ -21,7 +21,7 @@ from clipsonic.listening import (
 )
 from clipsonic.listening.page import CSV_COLUMNS
 
-ITEMS = {"a1": "dog barking", "b2": 'a "loud" engine, revving', "c3": "rain </script> on a roof"}
+ITEMS = {"a1": "dog barking", "b2": 'a "loud" engine, revving', "c3": "rain </script> <!-- <script> on a roof"}
 
 
 def make_system(folder: Path, freq: float, manifest: bool = True, items=ITEMS) -> Path:

@@ -97,11 +97,8 @@ def mel_to_hz(mel: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=16)
 def mel_basis(config: MelConfig) -> torch.Tensor:
     """Slaney mel filterbank ``[n_mels, n_fft // 2 + 1]`` float32 on the CPU: ``librosa.filters.mel`` with its
-    defaults (Slaney scale and area norm), as BigVGAN uses it.
-
-    Written out because importing librosa costs ~3 s (scipy.signal, numba) in every process
-    and decoding worker; tests check it against librosa.
-    """
+    defaults (Slaney scale and area norm), as BigVGAN uses it. Written out because importing librosa costs ~3 s
+    (scipy.signal, numba) in every process and decoding worker; tests check it against librosa."""
     fft_hz = np.linspace(0.0, config.sample_rate / 2, 1 + config.n_fft // 2)
     edges = mel_to_hz(np.linspace(hz_to_mel(config.fmin), hz_to_mel(config.fmax), config.n_mels + 2))  # [n_mels + 2]
     widths = np.diff(edges)
@@ -148,11 +145,9 @@ def denormalize(x: torch.Tensor, config: MelConfig | None = None) -> torch.Tenso
 
 
 def mel_to_magnitude(logmel: torch.Tensor, config: MelConfig, n_iter: int = 50) -> torch.Tensor:
-    """Approximate linear magnitude ``[B, n_fft//2+1, frames]`` from a log-mel ``[B, n_mels, frames]``.
-
-    Non-negative least squares by multiplicative updates (Lee & Seung), started from the
-    transposed filterbank: the pseudo-inverse alone gives negative bins and audible holes.
-    """
+    """Approximate linear magnitude ``[B, n_fft//2+1, frames]`` from a log-mel ``[B, n_mels, frames]``: non-negative
+    least squares by multiplicative updates (Lee & Seung), started from the transposed filterbank (the
+    pseudo-inverse alone gives negative bins and audible holes)."""
     basis = mel_basis(config).to(logmel.device)  # [M, F]
     gram_t_mel = torch.matmul(basis.T, torch.exp(logmel.float()))  # [B, F, T]
     mag = (gram_t_mel / (basis.sum(0)[:, None] ** 2 + 1e-8)).clamp(min=1e-8)

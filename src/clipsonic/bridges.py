@@ -1,8 +1,7 @@
 """Bridges from CLIP text embeddings to the image-embedding space the mel model was trained on.
 
-CLIP's image and text embeddings of one thing lie in separate cones of the sphere (the *modality
-gap*, Liang et al. 2022) and the mel model only saw image embeddings, so a text query is mapped by
-the pipeline's ``mode`` first. All embeddings are ``[B, D]`` float32; every bridge returns unit rows.
+The mel model only saw image embeddings, and CLIP's text embeddings lie in another cone of the sphere
+(the *modality gap*, Liang et al. 2022). Embeddings are ``[B, D]`` float32; every bridge returns unit rows.
 
 - ``zs``: zero-shot (the paper's ZS): the CLIP text embedding itself.
 - ``pd``: a diffusion prior samples an image embedding for the text (the paper's PD; clipsonic.prior).

@@ -1,9 +1,6 @@
-"""Installing the built-in model: a finished ``clipsonic demo``'s pipeline, shipped inside the package.
-
-``CLIPSonicPipeline.from_pretrained()`` and ``clipsonic generate`` without ``--model`` load it, offline
-and at once. It is a whole pipeline directory (UNet, scheduler, statistics, prior, vocoder and its own
-CLIP; JSON and safetensors only, ≤ :data:`MAX_BYTES`); its ``README.md`` records the command and the
-measured numbers, and ``prompts.txt`` lists what it knows. ``python -m clipsonic.builtin DEMO_DIR``.
+"""The built-in model: a finished ``clipsonic demo``'s whole pipeline directory (with its own CLIP), shipped
+inside the package so that ``from_pretrained()`` and ``clipsonic generate`` without ``--model`` load it offline.
+Installed with ``python -m clipsonic.builtin DEMO_DIR``.
 """
 
 from __future__ import annotations
@@ -25,8 +22,7 @@ log = logging.getLogger(__name__)
 
 MAX_BYTES = 20 * 1024 * 1024
 PROMPTS_NAME = "prompts.txt"
-# only what loading reads: a pipeline folder also holds nothing else, but be explicit
-_KEEP_SUFFIXES = (".json", ".safetensors", ".txt", ".md")
+_KEEP_SUFFIXES = (".json", ".safetensors", ".txt", ".md")  # what loading reads, the card and prompts
 
 
 def builtin_prompts() -> list[str]:
@@ -101,7 +97,6 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m clipsonic.builtin DEMO_DIR [--target DIR] [--griffin-lim] [--command TEXT]``."""
     parser = argparse.ArgumentParser(prog="python -m clipsonic.builtin", description=install_builtin.__doc__)
     parser.add_argument("demo_dir", type=Path)
     parser.add_argument("--target", type=Path, default=BUILTIN_DIR)

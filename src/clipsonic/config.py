@@ -1,9 +1,7 @@
 """Typed, frozen configs that serialise to JSON and refuse unknown keys and values outside a ``Literal``.
 
-Every component (mel front end, network, diffusion, training, vocoder, prior) has one frozen
-dataclass deriving from :class:`Config`. Defaults, choices (``Literal[...]``) and help (the comment
-beside each field) live in the dataclass and nowhere else: the CLI flags are generated from them
-(``clipsonic.cli.options``). The dict form is written into every checkpoint and dataset.
+Every component has one :class:`Config` dataclass: defaults, choices (``Literal[...]``) and help (the
+comment beside each field) live there only; the CLI flags are generated from them (``clipsonic.cli.options``).
 """
 
 from __future__ import annotations
@@ -26,11 +24,8 @@ class ConfigError(ClipsonicError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Base class: ``to_dict`` / ``from_dict`` / ``save`` / ``load`` for frozen dataclasses.
-
-    A field annotated ``Literal[...]`` (or ``Literal[...] | None``, ``tuple[Literal[...], ...]``) is
-    checked on construction, before the subclass's own ``__post_init__`` runs.
-    """
+    """``to_dict`` / ``from_dict`` / ``save`` / ``load``; a ``Literal`` field (also in ``| None`` or a tuple) is
+    checked on construction, before the subclass's own ``__post_init__`` runs."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

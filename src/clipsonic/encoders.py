@@ -63,13 +63,18 @@ def load_clip(name_or_path: str | os.PathLike = DEFAULT_CLIP, device: str | torc
     weights = _check_clip_dir(directory)
     from transformers import AutoTokenizer, CLIPModel
 
+    try:  # transformers 5 maps CLIPImageProcessor to a torchvision backend (and warns when falling back)
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # transformers 4: CLIPImageProcessor is the PIL/numpy one (no torchvision needed)
+        from transformers import CLIPImageProcessor as ImageProcessor
+
     device = default_device(device)
     dtype = parse_dtype(dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
     try:
         with _quiet_transformers():
             model = CLIPModel.from_pretrained(directory)
             tokenizer = AutoTokenizer.from_pretrained(directory)
-            processor = _image_processor_class().from_pretrained(directory)
+            processor = ImageProcessor.from_pretrained(directory)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:  # corrupt or mismatched files
         raise ClipsonicError(f"{directory}: cannot load the CLIP model ({exc})") from exc
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -199,16 +204,6 @@ def _quiet_transformers():
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
-
-
-def _image_processor_class():
-    # transformers 5 maps CLIPImageProcessor to a torchvision backend (and warns when falling back);
-    # the PIL/numpy one is what we want and needs no torchvision. transformers 4's default is it.
-    try:
-        from transformers import CLIPImageProcessorPil
-    except ImportError:
-        from transformers import CLIPImageProcessor as CLIPImageProcessorPil
-    return CLIPImageProcessorPil
 
 
 def default_device(device: str | torch.device | None) -> torch.device:

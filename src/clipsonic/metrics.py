@@ -24,12 +24,9 @@ class MetricError(ClipsonicError, ValueError):
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """``tr((Σ₁ Σ₂)^{1/2})`` for symmetric positive semi-definite ``Σ₁, Σ₂`` ``[D, D]``.
-
-    Σ₁Σ₂ is similar to the symmetric PSD ``M = Σ₁^{1/2} Σ₂ Σ₁^{1/2}``, so the trace is Σ √λᵢ over M's
-    eigenvalues (``eigh``: no general matrix square root, whose SciPy version was wrong in some releases,
-    and no complex numbers). An eigenvalue below zero by more than rounding raises instead of being clipped.
-    """
+    """``tr((Σ₁ Σ₂)^{1/2})`` for symmetric PSD ``Σ₁, Σ₂`` ``[D, D]``: Σ₁Σ₂ is similar to the symmetric PSD
+    ``M = Σ₁^{1/2} Σ₂ Σ₁^{1/2}``, so the trace is Σ √λᵢ over M's eigenvalues (``eigh``: no general matrix square
+    root, wrong in some SciPy releases, no complex numbers). An eigenvalue below zero beyond rounding raises."""
     eig1, vec1 = np.linalg.eigh(_symmetric(sigma1, "sigma1"))
     root1 = (vec1 * np.sqrt(_nonnegative(eig1, "sigma1"))) @ vec1.T
     m = root1 @ _symmetric(sigma2, "sigma2") @ root1
@@ -39,11 +36,8 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
                      eps: float = 1e-6) -> float:
-    """Fréchet distance between ``N(μ₁, Σ₁)`` and ``N(μ₂, Σ₂)`` (means ``[D]``, covariances ``[D, D]``), in float64.
-
-    A non-finite first result (near-singular covariances) is retried with ``εI`` added to both, with a
-    warning; the result is clamped at 0 (rounding gives −1e-12 for equal inputs).
-    """
+    """Fréchet distance between ``N(μ₁, Σ₁)`` and ``N(μ₂, Σ₂)`` (means ``[D]``, covariances ``[D, D]``), in float64;
+    near-singular covariances retry with ``εI`` added (warned); clamped at 0 (rounding gives −1e-12 for equals)."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     dim = mu1.shape[0]

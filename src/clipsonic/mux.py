@@ -65,14 +65,23 @@ def mux_audio(video: str | os.PathLike, audio: np.ndarray, sample_rate: int, out
 
 
 def _remux(video, audio: np.ndarray, sample_rate: int, start: float, tmp: Path, fmt: str, codec: str) -> None:
-    """Copy video packets and interleave the encoded audio packets by time."""
+    """Encode ``audio`` [N] in packets stamped from ``start`` seconds (PyAV re-frames and resamples), then copy
+    the video packets and interleave the audio packets by time."""
     with av.open(str(video)) as src, av.open(str(tmp), "w", format=fmt) as dst:
         v_in = src.streams.video[0]
         v_out = dst.add_stream_from_template(v_in)
         rate = sample_rate if codec != "libopus" or sample_rate in _OPUS_RATES else 48000
         a_out = dst.add_stream(codec, rate=rate)
         a_out.layout = "mono"
-        pending = _encode(a_out, audio, sample_rate, start)  # [(seconds, packet)], in order
+        packets = []
+        for s in range(0, audio.size, 4096):
+            frame = av.AudioFrame.from_ndarray(audio[None, s:s + 4096].copy(), format="fltp", layout="mono")
+            frame.sample_rate = sample_rate
+            frame.pts = int(round(start * sample_rate)) + s
+            frame.time_base = Fraction(1, sample_rate)
+            packets.extend(a_out.encode(frame))
+        packets.extend(a_out.encode(None))
+        pending = [(float((p.dts if p.dts is not None else p.pts) * p.time_base), p) for p in packets]  # (s, packet)
         t = start
         for packet in src.demux(v_in):
             if packet.size == 0:  # the demuxer's end-of-stream marker
@@ -86,17 +95,3 @@ def _remux(video, audio: np.ndarray, sample_rate: int, start: float, tmp: Path, 
             dst.mux(packet)
         for _, packet in pending:
             dst.mux(packet)
-
-
-def _encode(stream, audio: np.ndarray, sample_rate: int, start: float, block: int = 4096) -> list:
-    """Encode ``audio`` [N] into packets stamped from ``start`` seconds; PyAV re-frames and resamples."""
-    offset = int(round(start * sample_rate))
-    packets = []
-    for s in range(0, audio.size, block):
-        frame = av.AudioFrame.from_ndarray(audio[None, s:s + block].copy(), format="fltp", layout="mono")
-        frame.sample_rate = sample_rate
-        frame.pts = offset + s
-        frame.time_base = Fraction(1, sample_rate)
-        packets.extend(stream.encode(frame))
-    packets.extend(stream.encode(None))
-    return [(float((p.dts if p.dts is not None else p.pts) * p.time_base), p) for p in packets]

@@ -7,16 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from clipsonic import listening
 from clipsonic.cli import options
 from clipsonic.errors import ClipsonicError
 from clipsonic.evaluate import EvalConfig, run_evaluation
-from clipsonic.listening import (
-    format_table,
-    make_listening_test,
-    read_key,
-    score_answers,
-    write_results,
-)
 from clipsonic.listening.make import KEY_FILE
 from clipsonic.sonicworld import OracleClassifier
 from clipsonic.sonicworld.demo import DemoProgress, run_demo
@@ -46,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     options.deprecated_alias(p, "--guidance", "--guidance-scale", type=float, dest="eval.guidance_scale")
 
     p = options.command(
-        sub, "listening-test", lambda args: p.print_help() or 2,
+        sub, "listening-test", None,
         "build a listening-test web page, or score the answers (MOS ± 95%% CI)",
         "Listening tests as in the paper: `make` writes a static page (no server) that plays trials in random order "
         "with hidden system names and collects 1-5 ratings of fidelity and relevance; `score` turns the answers CSVs "
@@ -54,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "clipsonic listening-test make --systems PD=report/audio/pd/w1.5 ZS=report/audio/zs/w1.5 "
         "Real=report/audio/reference --out lt/ --items 20",
         "clipsonic listening-test score answers-*.csv --test lt/ --out lt/scores")
+    p.set_defaults(func=lambda args, parser=p: parser.print_help() or 2)  # no make|score: this command's help
     commands = p.add_subparsers(dest="listening_command", metavar="make|score")
     make = commands.add_parser("make", help="write the page, its audio and the key",
                                description="A system is a folder of audio with manifest.jsonl ({\"file\", \"item\", "
@@ -103,9 +98,9 @@ def run_listening_make(args: argparse.Namespace) -> None:
     systems = dict(value.partition("=")[::2] for value in args.systems)
     if not all(systems) or not all(systems.values()) or len(systems) < len(args.systems):
         raise ClipsonicError(f"--systems wants distinct NAME=DIR pairs, got {' '.join(args.systems)}")
-    page = make_listening_test({k: Path(v) for k, v in systems.items()}, args.out, num_items=args.items,
-                               seed=args.seed, title=args.title)
-    key = read_key(args.out)
+    page = listening.make_listening_test({k: Path(v) for k, v in systems.items()}, args.out,
+                                         num_items=args.items, seed=args.seed, title=args.title)
+    key = listening.read_key(args.out)
     print(f"listening test {key['test_id']}: {len(key['trials'])} trials; send listeners {page.parent}/ "
           f"(open index.html); keep {args.out / KEY_FILE}")
 
@@ -115,12 +110,12 @@ def run_listening_score(args: argparse.Namespace) -> None:
     if test is None:
         raise ClipsonicError(f"no {KEY_FILE} beside or above {args.answers[0]}; pass --test with the folder "
                              "`listening-test make` wrote")
-    results = score_answers(args.answers, test)
-    key = read_key(test)
+    results = listening.score_answers(args.answers, test)
+    key = listening.read_key(test)
     print(f"MOS ± 95% CI (Student t), listening test {key['test_id']}, {len(args.answers)} answers file(s)\n")
-    print(format_table(results), end="")
+    print(listening.format_table(results), end="")
     if args.out is not None:
-        md, js = write_results(results, args.out, key["test_id"])
+        md, js = listening.write_results(results, args.out, key["test_id"])
         print(f"\nwrote {md} and {js}")
 
 

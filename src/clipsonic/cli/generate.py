@@ -16,15 +16,9 @@ from clipsonic.cli.options import command, deprecated_alias, progress_bar
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, SAMPLERS
 from clipsonic.errors import ClipsonicError
 from clipsonic.media import load_audio
-from clipsonic.pipeline import (
-    DEFAULT_SAMPLER,
-    DEFAULT_STEPS,
-    MAX_SECONDS,
-    VIDEO_POOLING,
-    CLIPSonicPipeline,
-)
+from clipsonic.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, VIDEO_POOLING, CLIPSonicPipeline
 from clipsonic.pipeline.outputs import check_target, generate_files
-from clipsonic.pipeline.queries import DEFAULT_VIDEO_FRAMES, parse_query, read_prompts
+from clipsonic.pipeline.queries import DEFAULT_VIDEO_FRAMES, MAX_SECONDS, parse_query, read_prompts
 from clipsonic.plotting import save_mel_image
 from clipsonic.vocoder import GriffinLimConfig, GriffinLimVocoder, load_vocoder, vocode_file
 

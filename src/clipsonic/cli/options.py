@@ -1,9 +1,7 @@
-"""Flags generated from config dataclasses (improved-diffusion's ``add_dict_to_argparser``), and what
-every command shares (``--help`` layout, progress bars).
-
-A field's name gives the flag (``batch_size`` → ``--batch-size``), its annotation the type (``bool`` →
-``--x/--no-x``, ``tuple`` → a comma list, ``Literal`` → choices), its default and source comment the help.
-"""
+"""What every command shares (``--help`` layout, progress bars), and flags generated from config dataclasses
+(improved-diffusion's ``add_dict_to_argparser``): a field's name gives the flag (``batch_size`` → ``--batch-size``),
+its annotation the type (``bool`` → ``--x/--no-x``, ``tuple`` → a comma list, ``Literal`` → choices), its default
+and source comment the help."""
 
 from __future__ import annotations
 

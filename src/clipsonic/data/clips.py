@@ -1,8 +1,8 @@
 """One video → its training clips (log-mels, frames), deterministically, in a decoding worker process.
 
-Clip rule (as ``clipsonic preprocess --help`` says): clips start at the segment start and every ``stride``
-seconds while they fit; a shorter tail is dropped, except that a segment shorter than one clip but at
-least ``min_clip_fraction`` of it gives one zero-padded clip. Clips below ``silence_db`` dBFS RMS are dropped.
+Clip rule (as ``clipsonic preprocess --help`` says): clips start at the segment start and every ``stride`` seconds
+while they fit; a shorter tail is dropped, except that a segment shorter than one clip but at least
+``min_clip_fraction`` of it gives one zero-padded clip. Clips below ``silence_db`` dBFS RMS are dropped.
 """
 
 from __future__ import annotations

@@ -1,21 +1,15 @@
 """The dataset directory contract: ``dataset.json`` + WebDataset shards.
 
-``dataset.json`` (format version 1)::
+``dataset.json`` (format "clipsonic-dataset", version 1) holds ``mel`` (the MelConfig), ``clip`` (``model``,
+``dim``, ``fingerprint``), ``frames_per_clip``, ``splits`` (``{split: {"shards": [names], "clips": n}}``),
+``counts`` (inputs, clips, rejected, silent_clips), ``options`` (the preprocess options that shape the data) and
+``rejected`` (``[{"path", "reason"}]``: inputs that gave no clip).
 
-    {"format": "clipsonic-dataset", "version": 1,
-     "mel": {...MelConfig...},
-     "clip": {"model": "openai/clip-vit-large-patch14", "dim": 768, "fingerprint": "ab12…"},
-     "frames_per_clip": 3,
-     "splits": {"train": {"shards": ["train-000000.tar", …], "clips": 1234}, "test": {…}},
-     "counts": {"inputs": 100, "clips": 1300, "rejected": 3, "silent_clips": 2},
-     "options": {…preprocess options that shape the data…},
-     "rejected": [{"path": …, "reason": …}, …]}   (inputs that gave no clip; before: rejected.jsonl)
-
-Per sample in a shard: ``__key__``; ``mel.npy`` float16 ``[n_mels, frames]`` log-mel;
-``clip.npy`` float16 ``[K, D]`` L2-normalised image embeddings; ``json`` (source, start, frame
-times, label, split); optional ``flac`` (16 kHz clip audio) and ``jpg`` (middle frame).
-A shard is written as ``.{name}.tmp`` and renamed to ``{split}-{NNNNNN}.tar`` when complete (readers
-never see half a shard); tar headers carry a fixed mtime/owner, so the same samples give the same bytes.
+Per sample in a shard: ``__key__``; ``mel.npy`` float16 ``[n_mels, frames]`` log-mel; ``clip.npy`` float16
+``[K, D]`` L2-normalised image embeddings; ``json`` (source, start, frame times, label, split); optional ``flac``
+(16 kHz clip audio) and ``jpg`` (middle frame). A shard is written as ``.{name}.tmp`` and renamed to
+``{split}-{NNNNNN}.tar`` when complete (readers never see half a shard); tar headers carry a fixed mtime/owner,
+so the same samples give the same bytes.
 """
 
 from __future__ import annotations

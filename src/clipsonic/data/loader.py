@@ -4,19 +4,18 @@ Training stream: each DataLoader worker of each rank plays one *role*; ``slot = 
 ``S = world_size · W`` reader slots. The order is a pure function of ``(seed, epoch, slot)``:
 
 1. Epoch ``e``'s shard order is a permutation drawn from ``(seed, e)``, the same on all slots.
-2. With at least ``S`` shards slot ``s`` reads shards ``order[s::S]``; with fewer (a tiny dataset)
-   every slot reads all of them and keeps the samples ``i`` with ``i % S == s``. Either way the
-   slots of one epoch partition the split.
+2. With at least ``S`` shards slot ``s`` reads shards ``order[s::S]``; with fewer (a tiny dataset) every slot reads
+   all of them and keeps the samples ``i`` with ``i % S == s``. Either way the slots of one epoch partition the split.
 3. A shuffle buffer (``shuffle_buffer`` samples) drawn from ``(seed, e, slot)`` mixes the stream.
-4. A sample gives ``mel`` (the log-mel scaled to about [-1, 1], ``[1, 64, F]``) and ``cond``: one of
-   its K frame embeddings ``[D]``, drawn from ``(seed, e, key)``, so epochs see different frames.
+4. A sample gives ``mel`` (the log-mel scaled to about [-1, 1], ``[1, 64, F]``) and ``cond``: one of its K frame
+   embeddings ``[D]``, drawn from ``(seed, e, key)``, so epochs see different frames.
 5. A worker batches ``batch_size`` consecutive samples and runs on into epoch ``e + 1``.
 
-Position: the DataLoader delivers batches from workers 0, 1, …, W−1, 0, … in turn, so the number of
-batches taken and, per role, ``(epoch, samples consumed)`` say exactly where a rank's stream is.
-A stream built with :meth:`TrainStream.position` continues with exactly the next batch (skipped
-samples are re-read, not decoded). A position saved with another world size, worker count, batch
-size, seed or shard list restarts each role at the earliest epoch recorded, with a warning.
+Position: the DataLoader delivers batches from workers 0, 1, …, W−1, 0, … in turn, so the number of batches taken
+and, per role, ``(epoch, samples consumed)`` say exactly where a rank's stream is. A stream built with
+:meth:`TrainStream.position` continues with exactly the next batch (skipped samples are re-read, not decoded).
+A position saved with another world size, worker count, batch size, seed or shard list restarts each role at the
+earliest epoch recorded, with a warning.
 """
 
 from __future__ import annotations
@@ -209,18 +208,15 @@ class TrainStream:
         if not layout.shards:
             raise ClipsonicError(f"{info.root}: the training split has no shards; re-run preprocess")
         self.info, self.layout, self.pin_memory = info, layout, pin_memory
-        self.batches, self.roles = self._resolve(position)
-
-    def _resolve(self, position: dict[str, Any] | None) -> tuple[int, list[tuple[int, int]]]:
-        if position is None:
-            return 0, [(0, 0)] * self.layout.roles
-        roles = [(int(e), int(o)) for e, o in position["roles"]]
-        if position.get("layout") != self.layout.key() or len(roles) != self.layout.roles:
-            epoch = min(e for e, _ in roles)
-            log.warning("the saved data position was made with another data layout (world size, workers, batch "
-                        "size, seed or shards); restarting the data stream at the start of epoch %d", epoch)
-            roles = [(epoch, 0)] * self.layout.roles
-        return int(position["batches"]), roles
+        self.batches, self.roles = 0, [(0, 0)] * layout.roles
+        if position is not None:
+            roles = [(int(e), int(o)) for e, o in position["roles"]]
+            if position.get("layout") != layout.key() or len(roles) != layout.roles:
+                epoch = min(e for e, _ in roles)
+                log.warning("the saved data position was made with another data layout (world size, workers, batch "
+                            "size, seed or shards); restarting the data stream at the start of epoch %d", epoch)
+                roles = [(epoch, 0)] * layout.roles
+            self.batches, self.roles = int(position["batches"]), roles
 
     def position(self) -> dict[str, Any]:
         """``{"batches", "epoch" (earliest role's), "samples" (taken by this rank), "roles": [[epoch, offset]…],

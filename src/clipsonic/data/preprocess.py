@@ -1,11 +1,10 @@
 """``clipsonic preprocess``: videos → dataset directory (log-mels + CLIP frame embeddings in shards).
 
-Decoding runs in worker processes, CLIP in batches in this process. The run is resumable: a
-journal (``.progress.json``: ``{"format": "clipsonic-preprocess-journal", "version": 1, "header",
-"splits"}``) is committed each time a shard is renamed into place, and a re-run of the same
-command continues from the last commit. Items are processed in fixed groups of
-``encode_group`` so CLIP batches (and hence the bytes written) do not depend on where a run
-was resumed: same inputs and options → the same shards.
+Decoding runs in worker processes, CLIP in batches in this process. The run is resumable: a journal
+(``.progress.json``: ``{"format": "clipsonic-preprocess-journal", "version": 1, "header", "splits"}``) is committed
+each time a shard is renamed into place, and a re-run of the same command continues from the last commit. Items are
+processed in fixed groups of ``encode_group`` so CLIP batches (and hence the bytes written) do not depend on where a
+run was resumed: same inputs and options → the same shards.
 """
 
 from __future__ import annotations
@@ -193,15 +192,12 @@ def _run_split(out: Path, split: str, items: list[SourceItem], journal: dict, de
                options: PreprocessOptions, batch_size: int, stats: Progress, progress) -> None:
     state = journal["splits"].setdefault(split, {"next_item": 0, "shards": [], "clips": 0, "rejected": [],
                                                  "silent_clips": 0})
-    pending = {"clips": 0, "rejected": [], "silent_clips": 0}  # since the last commit
 
     def commit(shard: str | None, next_item: int) -> None:
+        # state also counts the items written since the last commit; on disk they count only from here
         if shard is not None:
             state["shards"].append(shard)
-        for key, value in pending.items():
-            state[key] += value
         state["next_item"] = next_item
-        pending.update(clips=0, rejected=[], silent_clips=0)
         write_json_atomic(out / JOURNAL, journal)
 
     writer = ShardWriter(out, split, len(state["shards"]), int(options.shard_size_mb * 2**20))
@@ -212,7 +208,7 @@ def _run_split(out: Path, split: str, items: list[SourceItem], journal: dict, de
     try:
         for g0 in range(state["next_item"], len(items), group):
             batch = items[g0:g0 + group]
-            _write_group(writer, decoder.map(batch), batch, encoder, batch_size, pending, stats, progress)
+            _write_group(writer, decoder.map(batch), batch, encoder, batch_size, state, stats, progress)
             if writer.full:
                 commit(writer.finalize(), g0 + len(batch))
         commit(writer.finalize(), len(items))
@@ -222,7 +218,7 @@ def _run_split(out: Path, split: str, items: list[SourceItem], journal: dict, de
 
 
 def _write_group(writer: ShardWriter, results: list[ItemResult], items: list[SourceItem], encoder, batch_size: int,
-                 pending: dict, stats: Progress, progress) -> None:
+                 state: dict, stats: Progress, progress) -> None:
     clips = [c for r in results for c in r.clips]
     emb = []
     if clips:
@@ -232,10 +228,10 @@ def _write_group(writer: ShardWriter, results: list[ItemResult], items: list[Sou
     for result, item in zip(results, items, strict=True):
         for clip in result.clips:
             writer.write(encode_sample(clip.key, clip.mel, next(rows), clip.meta, clip.jpg, clip.flac))
-        pending["clips"] += len(result.clips)
-        pending["silent_clips"] += result.silent_clips
+        state["clips"] += len(result.clips)
+        state["silent_clips"] += result.silent_clips
         if result.reason is not None:
-            pending["rejected"].append(dataclasses.asdict(Problem(str(item.path), result.reason)))
+            state["rejected"].append(dataclasses.asdict(Problem(str(item.path), result.reason)))
             log.info("skipped %s: %s", item.path, result.reason)
         stats.items_done += 1
         stats.clips += len(result.clips)

@@ -52,7 +52,7 @@ def collect_sources(source: str | os.PathLike, video_dir: str | os.PathLike | No
     if source.is_dir():
         items, problems = _from_folder(source), []
     elif source.suffix.lower() == ".json":
-        items, problems = _from_music_json(source, _need_video_dir(source, video_dir))
+        items, problems = _from_music_json(source, video_dir)
     elif source.suffix.lower() == ".jsonl":
         items, problems = _from_manifest_rows(source, _read_jsonl(source), video_dir)
     elif source.suffix.lower() in (".csv", ".tsv"):
@@ -65,13 +65,14 @@ def collect_sources(source: str | os.PathLike, video_dir: str | os.PathLike | No
     return sorted(items, key=lambda it: it.key), problems
 
 
-def _need_video_dir(source: Path, video_dir) -> Path:
+def _need_video_dir(source: Path, video_dir) -> tuple[Path, dict[str, Path]]:
+    """``--video-dir`` and its videos by file stem (the first by sorted path wins), for sources of YouTube ids."""
     if video_dir is None:
         raise ClipsonicError(f"{source}: this source lists YouTube ids; pass --video-dir with the downloaded videos")
     video_dir = Path(video_dir)
     if not video_dir.is_dir():
         raise ClipsonicError(f"--video-dir {video_dir}: not a folder")
-    return video_dir
+    return video_dir, {path.stem: path for path in reversed(_video_files(video_dir))}
 
 
 def _video_files(root: Path) -> list[Path]:
@@ -89,11 +90,6 @@ def _from_folder(root: Path) -> list[SourceItem]:
     return items
 
 
-def _index_videos(video_dir: Path) -> dict[str, Path]:
-    """Map file stem → path for every video under ``video_dir`` (first by sorted path wins)."""
-    return {path.stem: path for path in reversed(_video_files(video_dir))}
-
-
 def _from_csv(source: Path, video_dir) -> tuple[list[SourceItem], list[Problem]]:
     try:
         with open(source, newline="") as fh:
@@ -106,13 +102,13 @@ def _from_csv(source: Path, video_dir) -> tuple[list[SourceItem], list[Problem]]
     header = [c.strip().lower() for c in rows[0]]
     if "path" in header:  # generic manifest with a header row
         return _from_manifest_rows(source, [dict(zip(header, r, strict=False)) for r in rows[1:]], video_dir)
-    return _from_vggsound(source, rows, _need_video_dir(source, video_dir))
+    return _from_vggsound(source, rows, video_dir)
 
 
-def _from_vggsound(source: Path, rows: list[list[str]], video_dir: Path) -> tuple[list[SourceItem], list[Problem]]:
+def _from_vggsound(source: Path, rows: list[list[str]], video_dir) -> tuple[list[SourceItem], list[Problem]]:
     """VGGSound CSV rows ``youtube_id,start_seconds,label,split``: pre-cut files ``{ytid}_{start:06d}.ext``
     (the whole file) or full videos ``{ytid}.ext`` (the 10-s clip from ``start_seconds``)."""
-    index = _index_videos(video_dir)
+    video_dir, index = _need_video_dir(source, video_dir)
     items, problems = [], []
     for line_no, row in enumerate(rows, 1):
         where = f"{source}:{line_no}"
@@ -138,13 +134,13 @@ def _from_vggsound(source: Path, rows: list[list[str]], video_dir: Path) -> tupl
     return items, problems
 
 
-def _from_music_json(source: Path, video_dir: Path) -> tuple[list[SourceItem], list[Problem]]:
+def _from_music_json(source: Path, video_dir) -> tuple[list[SourceItem], list[Problem]]:
     """MUSIC JSON ``{"videos": {"flute": [ytid, …], …}}``: label = instrument, whole videos."""
+    video_dir, index = _need_video_dir(source, video_dir)
     data = read_json(source, "MUSIC JSON")
     videos = data.get("videos") if isinstance(data, dict) else None
     if not isinstance(videos, dict):
         raise ClipsonicError(f"{source}: not a MUSIC JSON; expected {{\"videos\": {{label: [ytid, …]}}}}")
-    index = _index_videos(video_dir)
     items, problems = [], []
     for label in sorted(videos):
         for ytid in videos[label]:

@@ -1,11 +1,6 @@
-"""Audio embedders for FAD and the CLAP score, behind one small interface (:class:`AudioEmbedder`).
-
-- ``mel-stats``: per-band mean/std of 0.96-s log-mel patches; no weights; a sanity check only.
-- ``vggish``: VGGish, 128-d per 0.96 s at 16 kHz (the classic FAD); local safetensors.
-- ``panns``: PANNs CNN14, 2048-d per clip at 32 kHz; local ``Cnn14_mAP=0.431.pth``.
-- ``clap``: LAION-CLAP, 512-d per 10-s clip at 48 kHz, and texts (``embed_texts``); local checkpoint
-  + the optional ``laion-clap`` package.
-"""
+"""Audio embedders for FAD and the CLAP score behind one interface (:class:`AudioEmbedder`), from local weights:
+``mel-stats`` (weight-free sanity check), ``vggish`` (the paper's FAD), ``panns`` (CNN14) and ``clap`` (LAION-CLAP,
+which also embeds texts)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The one interface every audio embedder implements, and the waveform and weight loading they share.
-
-An embedder turns a mono waveform, at any sample rate (resampled to its own), into embedding frames
-``[frames, D]`` (VGGish: one per 0.96 s; CLAP: one per clip).
-"""
+"""The one interface every audio embedder implements (any-rate mono waveform → embedding frames
+``[frames, D]``), and the waveform and weight loading they share."""
 
 from __future__ import annotations
 
@@ -25,18 +22,12 @@ from clipsonic.errors import ClipsonicError
 class AudioEmbedder(abc.ABC):
     """Waveform → embedding frames. Subclasses set the class attributes and implement ``_embed``."""
 
-    #: short name used on the command line and in reports ("vggish", "clap", "mel-stats")
-    name: str = ""
-    #: the rate the model works at; inputs are resampled to it
-    sample_rate: int = 16000
-    #: embedding size D
-    dim: int = 0
-    #: whether its FAD can be compared with published numbers (False for sanity metrics)
-    comparable: bool = True
-    #: one line for reports: what it is, and what its numbers can be compared with
-    description: str = ""
-    #: names the embedder *and its weights*: cached embeddings are reused only under the same id
-    cache_id: str = ""
+    name: str = ""  # on the command line and in reports ("vggish", "clap", "mel-stats")
+    sample_rate: int = 16000  # the model's rate; inputs are resampled to it
+    dim: int = 0  # embedding size D
+    comparable: bool = True  # whether its FAD compares with published numbers (False for sanity metrics)
+    description: str = ""  # one line for reports: what it is, what its numbers compare with
+    cache_id: str = ""  # names the embedder *and its weights*: cached embeddings are reused only under the same id
 
     def embed(self, wav: np.ndarray, sample_rate: int) -> np.ndarray:
         """Embedding frames ``[frames, D]`` (float32) of a mono waveform ``[samples]``."""

@@ -1,10 +1,6 @@
-"""LAION-CLAP (Wu et al. 2023) audio and text towers, for the CLAP score (and CLAP-space FAD).
-
-Needs the optional ``laion-clap`` package, a local checkpoint (``630k-audioset-best.pt``; "fusion" in the
-file name enables feature fusion) and ``roberta-base`` in the HF cache. Audio is resampled to 48 kHz and cut
-to 10 s deterministically (its first 10 s, or laion-clap's own "repeatpad"), so the package's random crop
-never fires. One 512-d embedding per clip.
-"""
+"""LAION-CLAP (Wu et al. 2023) audio and text towers, for the CLAP score (and CLAP-space FAD): one 512-d
+embedding per clip, cut to 10 s at 48 kHz deterministically (:func:`crop_or_pad`) so laion-clap's random crop
+never fires. "fusion" in the checkpoint's file name enables feature fusion."""
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ centred STFT (n_fft 1024, hop 320, periodic Hann) → power → Slaney mel (64 b
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipsonic.audio import MelConfig, mel_basis
 from clipsonic.embedders.base import (
     AudioEmbedder,
     load_module,
@@ -34,14 +34,9 @@ HOW_TO_GET = (
     "--embedder-weights PATH (or put it in $CLIPSONIC_WEIGHTS)."
 )
 _CHANNELS = (64, 128, 256, 512, 1024, 2048)
-
-
-@functools.lru_cache(maxsize=1)
-def mel_basis() -> np.ndarray:
-    """``[64, 513]`` Slaney mel filterbank (librosa defaults, as torchlibrosa builds it)."""
-    import librosa  # ~3 s to import (numba): only when PANNs is used
-
-    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX)
+# for its Slaney filterbank [64, 513], as torchlibrosa builds it (clip_samples: any the config accepts, unused)
+_MEL = MelConfig(sample_rate=SAMPLE_RATE, n_fft=N_FFT, win_length=N_FFT, hop_length=HOP, n_mels=N_MELS,
+                 fmin=FMIN, fmax=FMAX, clip_samples=8 * HOP)
 
 
 def log_mel(wav: torch.Tensor) -> torch.Tensor:
@@ -49,7 +44,7 @@ def log_mel(wav: torch.Tensor) -> torch.Tensor:
     window = torch.hann_window(N_FFT, periodic=True, dtype=wav.dtype, device=wav.device)
     spec = torch.stft(wav, N_FFT, HOP, N_FFT, window, center=True, pad_mode="reflect", return_complex=True)
     power = spec.real ** 2 + spec.imag ** 2  # [B, 513, frames]
-    basis = torch.from_numpy(mel_basis()).to(wav)  # [64, 513]
+    basis = mel_basis(_MEL).to(wav)  # [64, 513]
     mel = torch.matmul(basis, power)
     return (10.0 * torch.log10(torch.clamp(mel, min=1e-10))).transpose(1, 2)
 

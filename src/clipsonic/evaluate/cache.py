@@ -1,10 +1,7 @@
-"""Caches that make a rerun cheap: generated audio per set, embeddings per audio file and text.
-
-- A set folder (``audio/pd/w1.5/``) holds ``<key>.wav``, ``manifest.jsonl`` (a listening-test
-  system) and ``settings.json`` (everything that shaped the audio); other settings clear the folder.
-- Embeddings live under ``embeddings/<embedder cache id>/`` by the SHA-1 of the audio file's bytes
-  (or of the text): regenerated audio is never matched with stale embeddings.
-"""
+"""Caches that make a rerun cheap. A set folder (``audio/pd/w1.5/``) holds ``<key>.wav``, ``manifest.jsonl`` (a
+listening-test system) and ``settings.json`` (what shaped the audio; other settings clear the folder). Embeddings
+live under ``embeddings/<embedder cache id>/`` by the SHA-1 of the audio file's bytes (or of the text), so
+regenerated audio is never matched with stale embeddings."""
 
 from __future__ import annotations
 
@@ -42,10 +39,6 @@ def open_set_dir(folder: Path, settings: dict[str, Any]) -> None:
     write_json_atomic(path, settings)
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
-
-
 class EmbeddingCache:
     """Embeddings of audio files (``[frames, D]``) and texts (``[D]``), keyed by content hash."""
 
@@ -67,13 +60,13 @@ class EmbeddingCache:
 
     def audio(self, file: Path) -> np.ndarray:
         """Embedding frames of an audio file ``[frames, D]``."""
-        digest, rate = _digest(file.read_bytes()), self.embedder.sample_rate
+        digest, rate = hashlib.sha1(file.read_bytes()).hexdigest(), self.embedder.sample_rate
         return self._load_or(self.root / "audio" / digest[:2] / f"{digest}.npy",
                              lambda: self.embedder.embed(load_audio(file, rate), rate))
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
         """Text embeddings ``[B, D]`` (CLAP); computed in one batch for those not cached."""
-        paths = {t: self.root / "text" / f"{_digest(t.encode('utf-8'))}.npy" for t in texts}
+        paths = {t: self.root / "text" / f"{hashlib.sha1(t.encode('utf-8')).hexdigest()}.npy" for t in texts}
         todo = sorted(t for t, p in paths.items() if not p.is_file())
         computed = dict(zip(todo, self.embedder.embed_texts(todo), strict=True))
         return np.stack([self._load_or(paths[t], lambda t=t: computed[t]) for t in texts])

@@ -1,9 +1,6 @@
-"""The model under evaluation: a :class:`CLIPSonicPipeline` run through its one ``__call__``.
-
-IQ conditions on the clip's stored middle-frame CLIP embedding (``image_embeds``: what preprocess
-computed from the original frame, not a re-encoded jpg); the reconstruction row is the pipeline's
-vocoder on the real mels.
-"""
+"""The model under evaluation: a :class:`CLIPSonicPipeline` run through its one ``__call__``. IQ conditions on
+the stored middle-frame CLIP embedding (what preprocess computed, not a re-encoded jpg); the reconstruction
+row is the pipeline's vocoder on the real mels."""
 
 from __future__ import annotations
 
@@ -52,7 +49,7 @@ class PipelineGenerator:
         self.vocoder = "griffin-lim (fallback)" if self.pipe.vocoder_is_fallback else type(self.pipe.vocoder).__name__
 
     def check_dataset(self, info: DatasetInfo) -> None:
-        """Refuse a dataset with another mel config or CLIP; generate as long as its clips (FAD compares like with like)."""
+        """Refuse another mel config or CLIP; generate as long as the dataset's clips (FAD compares like with like)."""
         info.check_compatible(self.pipe.mel, clip_dim=self.pipe.clip.dim, clip_model=self.pipe.clip.fingerprint,
                               what=f"the model {self.model_dir}")
         self.seconds = info.mel.clip_samples / info.mel.sample_rate

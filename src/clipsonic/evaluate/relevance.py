@@ -1,10 +1,8 @@
 """Relevance accuracy: the fraction of clips an audio classifier labels as the clip's label.
 
-A classifier is any object with ``labels`` (those it knows), an optional ``name`` and
-``classify(audio [B, samples] float32, sample_rate) -> [label or None]`` (None: no answer, which
-counts as wrong), e.g. :class:`clipsonic.sonicworld.OracleClassifier`. It judges the audio files a
-set wrote, so it never invalidates cached audio. Clips without a label, or whose label the
-classifier does not know, are left out. Chance level is ``1 / len(labels)``.
+A classifier (e.g. :class:`clipsonic.sonicworld.OracleClassifier`) has ``labels``, an optional ``name`` and
+``classify(audio [B, samples] float32, sample_rate) -> [label or None]`` (None counts as wrong). It judges the
+files a set wrote (cached audio stays valid); clips without a label it knows are left out. Chance: ``1 / len(labels)``.
 """
 
 from __future__ import annotations
@@ -50,10 +48,7 @@ def relevance_accuracy(predicted: Sequence[str | None], labels: Sequence[str]) -
 
 def judge_files(classifier: Any, files: Sequence[Path], labels: Sequence[str], batch_size: int,
                 sample_rate: int) -> Relevance:
-    """Classify the audio ``files`` (read at ``sample_rate``, batches of ``batch_size``) against ``labels``.
-
-    A batch is zero-padded to its longest file (a set's files all have one length but a stray one).
-    """
+    """Classify the audio ``files`` (read at ``sample_rate``, batches zero-padded to their longest file)."""
     predicted: list[str | None] = []
     for start in range(0, len(files), batch_size):
         wavs = [load_audio(p, sample_rate) for p in files[start:start + batch_size]]

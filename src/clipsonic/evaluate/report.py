@@ -96,9 +96,8 @@ def format_markdown(ev: Evaluation) -> str:
     ]
     judged = ev.classifier is not None
     if judged:
-        chance = ev.classifier.get("chance")
         lines.append(f"Relevance: fraction of clips the classifier `{ev.classifier['name']}` labels as their label; "
-                     f"chance level 1/{ev.classifier['labels']} = {_fmt(chance, 3)}.")
+                     f"chance level 1/{ev.classifier['labels']} = {_fmt(ev.classifier.get('chance'), 3)}.")
     lines += ["", "| System | FAD ↓ | CLAP score ↑ |" + (" relevance ↑ |" if judged else "") + " clips |",
               "|---|---|---|---|" + ("---|" if judged else "")]
     for s in ev.table_rows():

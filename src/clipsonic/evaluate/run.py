@@ -1,8 +1,7 @@
 """``run_evaluation``: Table 1 and the guidance sweep of the paper for one model on one test split.
 
-Every set of audio (the real audio, the vocoder's reconstruction of the real mels, each generated
-(mode, w)) is written, embedded (cached by file content) and scored: FAD against the real audio,
-CLAP score against the label, relevance (an audio classifier's accuracy on the label).
+Every set of audio (real, the vocoder's reconstruction, each generated (mode, w)) is written, embedded
+(cached by file content) and scored: FAD against the real audio, CLAP score and relevance against the label.
 """
 
 from __future__ import annotations
@@ -105,11 +104,8 @@ class _Run:
 
     def produce(self, result: SetResult, settings: dict, clips: Sequence[EvalClip],
                 make: Callable[[list[int]], list[np.ndarray]], queries: Sequence[str | None] | None = None) -> None:
-        """Fill the set's folder with every clip's audio, calling ``make(indices)`` only for missing files.
-
-        Non-finite audio is not written (its key goes to ``result.excluded``). The manifest's query
-        is ``queries[i]`` (the text a text mode generated from), else the label.
-        """
+        """Fill the set's folder with every clip's audio, calling ``make(indices)`` only for missing files;
+        non-finite audio is not written (``result.excluded``). The manifest's query: ``queries[i]``, else the label."""
         folder = self.out / "audio" / result.name
         open_set_dir(folder, settings)
         todo = [i for i, c in enumerate(clips) if not (folder / f"{c.key}.wav").is_file()]
@@ -164,8 +160,7 @@ class _Run:
 
 def _generated_sets(run: _Run, modes: Sequence[str]) -> list[SetResult]:
     """Audio for every (mode, w); clip i of the split always gets seed + i (common random numbers)."""
-    results = []
-    cfg = run.config
+    results, cfg = [], run.config
     for mode in modes:
         subset = [c for c in run.clips if mode == "iq" or c.label]
         queries = [None if mode == "iq" else text_query(c, cfg.text_template, run.captions) for c in subset]
@@ -189,10 +184,8 @@ def _generated_sets(run: _Run, modes: Sequence[str]) -> list[SetResult]:
 def run_evaluation(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                    config: EvalConfig | None = None, *, generator: PipelineGenerator | None = None,
                    classifier: Any = None, progress: Progress | None = None) -> Evaluation:
-    """Evaluate ``model_dir`` on ``data_dir``'s test split; writes everything under ``out_dir``.
-
-    ``classifier`` (see :mod:`clipsonic.evaluate.relevance`) adds the relevance column.
-    """
+    """Evaluate ``model_dir`` on ``data_dir``'s test split into ``out_dir``; ``classifier`` (see
+    :mod:`clipsonic.evaluate.relevance`) adds the relevance column."""
     config = config or EvalConfig()
     notes: list[str] = []
     # 1. Inputs (a bad captions file is refused before any work)
@@ -219,10 +212,9 @@ def run_evaluation(model_dir: str | os.PathLike, data_dir: str | os.PathLike, ou
     out = Path(out_dir)
     data = {"dataset": str(info.root), "split": config.split,
             "dataset_json": hashlib.sha256((info.root / "dataset.json").read_bytes()).hexdigest()[:16]}
-    n_sets = 2 + len(modes) * len(config.guidance_scales)
     run = _Run(out, config, gen, clips, data, EmbeddingCache(out / "embeddings", fad_embedder),
                EmbeddingCache(out / "embeddings", clap_embedder) if clap_embedder is not None else None,
-               captions, classifier, progress, total=len(clips) * 2 * n_sets)
+               captions, classifier, progress, total=len(clips) * 2 * (2 + len(modes) * len(config.guidance_scales)))
 
     # 2. The real audio (the reference set, its statistics) and the vocoder's reconstruction of the real mels
     reference, recon = SetResult("reference", "reference", None), SetResult("reconstruction", "reconstruction", None)

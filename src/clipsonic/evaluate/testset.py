@@ -1,10 +1,8 @@
 """The evaluation clips (a split's keys, labels, middle-frame CLIP embeddings, mels, real audio) and their text queries.
 
-Text modes query a labelled clip with its label through a template or, given a captions file
-``{label: [caption, …]}``, with ``captions[label][i % n]``: ``i`` is the clip's position in the split (the
-index that also seeds it), so a clip keeps its caption (and its cached audio) whatever ``--num-clips`` picks.
-Beware of aliasing: when the split interleaves classes (clip i has class i % C) and the number of
-captions shares a factor with C, a label's clips see only some of its captions.
+A captions file ``{label: [caption, …]}`` gives clip ``i`` (its position in the split, which also seeds it)
+``captions[label][i % n]``, so a clip keeps its caption and cached audio whatever ``--num-clips`` picks. Beware of
+aliasing: when clip i has class i % C and n shares a factor with C, a label's clips see only some of its captions.
 """
 
 from __future__ import annotations
@@ -40,11 +38,8 @@ class EvalClip:
 
 
 def pick_indices(total: int, count: int | None) -> list[int]:
-    """``count`` indices spread evenly over ``range(total)`` (all when ``count`` is None or ≥ total).
-
-    Evenly spaced rather than the first ``count``: shards are often written in class order
-    (MUSIC's JSON lists videos by instrument), so a prefix would cover only a few classes.
-    """
+    """``count`` indices spread evenly over ``range(total)`` (all when None or ≥ total): not a prefix, as shards
+    are often in class order (MUSIC's JSON lists videos by instrument)."""
     if count is None or count >= total:
         return list(range(total))
     if count < 1:

@@ -1,16 +1,12 @@
 """Build a listening test: a self-contained static page plus the key that only the experimenter keeps.
 
-Layout written under ``out``::
+Writes under ``out``: ``page/index.html`` (the whole test, no server, no network), ``page/audio/*`` (the audio
+under opaque names: system names never reach the page), ``key.json`` (the test id, and each trial id's system,
+item, query and source file) and ``README.txt`` (what to send to listeners and how to score their answers).
 
-    page/index.html      the whole test (HTML + CSS + JS inline, no server, no network)
-    page/audio/*.wav     the audio, copied under opaque names (system names never reach the page)
-    key.json             test id, and for each trial id: system, item, query, source file
-    README.txt           what to send to listeners and how to score their answers
-
-A *system* is a folder of audio files with a ``manifest.jsonl`` (one ``{"file", "item", "query"}``
-per line, as ``clipsonic evaluate`` writes beside its generated audio) or, without one, a
-``<stem>.txt`` beside each audio file holding its query (item = file stem). Items shared by all
-systems become trials; every listener rates every trial, in an order shuffled per listener.
+A *system* is a folder of audio files with a ``manifest.jsonl`` (lines of ``{"file", "item", "query"}``, as
+``clipsonic evaluate`` writes beside its audio) or a ``<stem>.txt`` query beside each file (item = file stem).
+Items shared by all systems become trials.
 """
 
 from __future__ import annotations
@@ -85,7 +81,7 @@ def make_listening_test(systems: Mapping[str, str | os.PathLike], out: str | os.
     ``systems``: display name → folder (names stay in ``key.json``; listeners never see them). ``num_items``:
     rate only this many of the items all systems share, drawn with ``seed`` (which also names the audio files).
     """
-    if len(systems) < 1:
+    if not systems:
         raise ClipsonicError("give at least one system (--systems NAME=DIR …)")
     by_system = {name: read_system(name, folder) for name, folder in systems.items()}
     items = sorted(set.intersection(*(set(s) for s in by_system.values())))

@@ -93,9 +93,6 @@ class _Track:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
         self.container.close()
 
     def pts(self, t: float) -> int:

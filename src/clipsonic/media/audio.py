@@ -72,13 +72,10 @@ class _Resampler:
 
 def _decode_audio(track: _Track, rate_out: int, lo: float, hi: float,
                   seek: bool) -> tuple[np.ndarray, int, float | None] | None:
-    """Decode the track over ``[lo, hi)`` seconds (plus margins), resampled.
-
-    Returns ``(audio, first, end)``: ``audio[k]`` is the sound at ``(first + k) / rate_out``
-    seconds; ``end`` is where the track ends, None when decoding stopped before it. Resampling
-    starts at a native sample on the output grid, so every segment is a slice of the whole
-    decode. Returns None when a seek failed or landed after ``lo`` (the caller decodes from the top).
-    """
+    """Decode the track over ``[lo, hi)`` seconds (plus margins), resampled, as ``(audio, first, end)``:
+    ``audio[k]`` is the sound at ``(first + k) / rate_out`` seconds; ``end`` is where the track ends, None when
+    decoding stopped before it. Resampling starts at a native sample on the output grid, so every segment is a
+    slice of the whole decode. None when a seek failed or landed after ``lo`` (the caller decodes from the top)."""
     if seek and not track.seek(max(lo - AUDIO_SEEK_PREROLL_S, 0.0)):
         return None
     path, resampler, rate_in, pos, first = track.path, None, 0, 0, 0
@@ -114,16 +111,14 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float |
                duration: float | None = None, *, pad_end: bool = False) -> np.ndarray:
     """Decode a file's (best) audio track to float32 mono ``[samples]`` at ``sample_rate``.
 
-    Channels are averaged (stereo and 5.1 alike; LFE included). Resampling is soxr "HQ".
-    ``start`` (default 0) is on the file's timeline (see the module docstring); sample k of
-    the result is the sound at ``(round(start * sample_rate) + k) / sample_rate`` seconds, so a
-    segment is exactly a slice of the whole decode.
-    With ``duration``, exactly ``round(duration * sample_rate)`` samples come back; a segment
-    running up to :data:`END_TOLERANCE_S` past the end of the track is zero-padded, one running
-    further is a :class:`MediaError` (with ``pad_end``, zero-padded too). Without it, everything
-    from ``start`` to the end.
-    Starts beyond :data:`AUDIO_SEEK_MIN_S` seek; Matroska/WebM keep millisecond timestamps, so
-    there a seek may place the sound up to 1 ms off (elsewhere seeking changes nothing).
+    Channels are averaged (stereo and 5.1 alike; LFE included). Resampling is soxr "HQ". ``start`` (default 0)
+    is on the file's timeline (see the package docstring); sample k of the result is the sound at
+    ``(round(start * sample_rate) + k) / sample_rate`` seconds, so a segment is exactly a slice of the whole decode.
+    With ``duration``, exactly ``round(duration * sample_rate)`` samples come back; a segment running up to
+    :data:`END_TOLERANCE_S` past the end of the track is zero-padded, one running further is a :class:`MediaError`
+    (with ``pad_end``, zero-padded too). Without it, everything from ``start`` to the end.
+    Starts beyond :data:`AUDIO_SEEK_MIN_S` seek; Matroska/WebM keep millisecond timestamps, so there a seek may
+    place the sound up to 1 ms off (elsewhere seeking changes nothing).
     """
     path = Path(path)
     rate = _check_rate(sample_rate, path)
@@ -142,10 +137,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float |
     if end is not None and start >= end:
         raise MediaError(f"{path}: start {start:.3f} s is at or beyond the end of the audio ({end:.3f} s)")
     if end is not None and duration is not None and hi > end + END_TOLERANCE_S and not pad_end:
-        raise MediaError(
-            f"{path}: segment {start:.3f}-{hi:.3f} s runs past the end of the audio ({end:.3f} s); "
-            "ask for a shorter duration"
-        )
+        raise MediaError(f"{path}: segment {start:.3f}-{hi:.3f} s runs past the end of the audio ({end:.3f} s); "
+                         "ask for a shorter duration")
     wanted = round(float(duration) * rate) if duration is not None else round(end * rate) - round(start * rate)
     offset = round(start * rate) - first
     out = audio[offset:offset + wanted]
@@ -161,10 +154,9 @@ _WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 def save_audio(path: str | os.PathLike, audio: Any, sample_rate: int, *, warn: bool = True) -> float:
     """Write ``[samples]`` or ``[C, samples]`` float audio (numpy or torch) to a 16-bit .wav or .flac, atomically.
 
-    Values beyond [-1, 1] are not clipped: the whole signal is scaled down so its peak is 1 and a
-    warning is logged (``warn=False``: a debug line; batch writers report once, from the return
-    value). Returns the gain applied in dB (0.0 when none). The file appears under its name only
-    once completely written.
+    Values beyond [-1, 1] are not clipped: the whole signal is scaled down so its peak is 1 and a warning is logged
+    (``warn=False``: a debug line; batch writers report once, from the return value). Returns the gain applied in
+    dB (0.0 when none). The file appears under its name only once completely written.
     """
     path = Path(path)
     fmt = _WRITE_FORMATS.get(path.suffix.lower())
@@ -178,10 +170,8 @@ def save_audio(path: str | os.PathLike, audio: Any, sample_rate: int, *, warn: b
         raise MediaError(f"{path}: expected float audio in [-1, 1], got dtype {data.dtype}")
     data = data[None] if data.ndim == 1 else data
     if data.ndim != 2 or data.shape[0] > _MAX_CHANNELS:
-        raise MediaError(
-            f"{path}: expected audio shaped [samples] or [channels, samples] with at most "
-            f"{_MAX_CHANNELS} channels, got {tuple(np.shape(audio))} (transpose [samples, channels]?)"
-        )
+        raise MediaError(f"{path}: expected audio shaped [samples] or [channels, samples] with at most "
+                         f"{_MAX_CHANNELS} channels, got {tuple(np.shape(audio))} (transpose [samples, channels]?)")
     if not np.isfinite(data).all():
         raise MediaError(f"{path}: audio contains NaN or infinite values")
     data = np.ascontiguousarray(data.T, dtype=np.float32)  # [samples, C] for soundfile

@@ -22,15 +22,12 @@ _EPS = 1e-6  # seconds: float round-off when comparing times with frame timestam
 
 class _FrameCursor:
     """Walks forward through the video track of a file; seeks (to the keyframe before) only across long gaps.
-
-    ``current`` is the last frame with time <= the last asked time, ``upcoming`` the frame after it
-    (None at the end of the stream); ``frames`` is None until decoding starts.
-    """
+    ``current`` is the last frame at or before the last asked time, ``upcoming`` the next one (None at the end)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.track = self._open()
-        self.frames: Iterator[Any] | None = None
+        self.frames: Iterator[Any] | None = None  # None until decoding starts
         self.current = self.upcoming = None
 
     def _open(self) -> _Track:
@@ -38,13 +35,11 @@ class _FrameCursor:
         track.stream.codec_context.thread_type = "AUTO"
         return track
 
-    def _decode_on(self) -> None:
-        """Start decoding from where the track stands (its start, or a seek's keyframe)."""
+    def _decode_on(self) -> None:  # from where the track stands: its start, or a seek's keyframe
         self.frames = self.track.frames()
         self.current, self.upcoming = None, next(self.frames, None)
 
-    def _time(self, frame: Any) -> float:
-        """A frame's time; inf for None (past the end of the stream)."""
+    def _time(self, frame: Any) -> float:  # inf for None: past the end of the stream
         return math.inf if frame is None else self.track.seconds(frame)
 
     def _seek(self, t: float) -> None:
@@ -57,7 +52,7 @@ class _FrameCursor:
             if self._time(self.upcoming) <= t + _EPS:
                 return
         log.debug("%s: seeking before %.3f s failed; decoding from the start", self.path, t)
-        self.track.close()  # rewind by reopening: the one move every format supports
+        self.track.container.close()  # rewind by reopening: the one move every format supports
         self.track = self._open()
         self._decode_on()
 
@@ -99,11 +94,10 @@ class _FrameCursor:
 def load_frames(path: str | os.PathLike, times: Sequence[float]) -> list[np.ndarray]:
     """RGB uint8 pictures ``[H, W, 3]`` of the frames on screen at ``times`` (seconds), in the caller's order.
 
-    Accurate seeking: for each time, the frame with pts <= t < next pts, decoded forward from the
-    keyframe before it. Times are visited in sorted order; decoding runs on through gaps up to
-    :data:`FRAME_SEEK_GAP_S`, and through longer ones when the file's index shows no keyframe
-    in between, so close times cost one decoding pass. A time before the first
-    frame gives the first frame; a time at or past the end of the last frame is a MediaError.
+    Accurate seeking: for each time, the frame with pts <= t < next pts, decoded forward from the keyframe before
+    it. Times are visited in sorted order; decoding runs on through gaps up to :data:`FRAME_SEEK_GAP_S`, and through
+    longer ones when the file's index shows no keyframe in between, so close times cost one decoding pass. A time
+    before the first frame gives the first frame; a time at or past the end of the last frame is a MediaError.
     """
     path = Path(path)
     times = [_check_time(t, "frame time", path) for t in times]
@@ -124,4 +118,4 @@ def load_frames(path: str | os.PathLike, times: Sequence[float]) -> list[np.ndar
             pictures[i] = last_rgb
         return pictures
     finally:
-        cursor.track.close()
+        cursor.track.container.close()

@@ -1,7 +1,5 @@
-"""``CLIPSonicPipeline``: query (text | image | video) → CLIP embedding → bridge → sampler + guidance
-→ mel → vocoder → waveform. ``pipeline.py``: the class (loading, saving, its ``__call__``);
-``queries.py``: checking and encoding queries, output length, seeds; ``outputs.py``: writing audio,
-muxed videos and mel images."""
+"""``CLIPSonicPipeline`` (``pipeline.py``) with its queries (``queries.py``: checking, encoding, output
+length, seeds) and outputs (``outputs.py``: audio, muxed videos, mel images)."""
 
 from clipsonic.pipeline.pipeline import (
     BUILTIN_DIR,
@@ -12,12 +10,5 @@ from clipsonic.pipeline.pipeline import (
 )
 from clipsonic.pipeline.queries import MAX_SECONDS, VIDEO_POOLING
 
-__all__ = [
-    "BUILTIN_DIR",
-    "DEFAULT_SAMPLER",
-    "DEFAULT_STEPS",
-    "MAX_SECONDS",
-    "VIDEO_POOLING",
-    "CLIPSonicOutput",
-    "CLIPSonicPipeline",
-]
+__all__ = ["BUILTIN_DIR", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "MAX_SECONDS", "VIDEO_POOLING", "CLIPSonicOutput",
+           "CLIPSonicPipeline"]

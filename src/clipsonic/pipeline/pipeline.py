@@ -2,25 +2,14 @@
 
     pipe = CLIPSonicPipeline.from_pretrained("runs/vgg/pipeline")
     out = pipe(text="dog barking", mode="pd", guidance_scale=1.5, num_inference_steps=50, seed=0)
-    out.audios        # float32 [B, samples] at out.sample_rate
-    out.mels          # float32 log-mel [B, 64, frames]
-    out.condition     # float32 [B, D]: the embeddings the mel model was conditioned on
+    out.audios, out.mels, out.condition  # [B, samples], log-mel [B, 64, frames], [B, D]; float32
 
 Modes (clipsonic.bridges): ``iq`` for images and videos; for text ``zs``, ``pd`` (needs a prior),
-``shift`` and ``knn`` (need the stats component). Default: image/video → iq; text → pd when the
-pipeline has a prior, else zs.
+``shift`` and ``knn`` (need the stats component); default iq, or for text pd with a prior, else zs.
 
-``negative_text``: its embedding, bridged like a text query (in the query's mode, or the default
-text mode for image/video queries), replaces the learned null condition in the unconditional
-branch of classifier-free guidance, so guidance steers *away* from it: with the default "cfg"
-formula ``eps = eps(neg) + w · (eps(query) − eps(neg))``. At w = 1 the unconditional branch is not
-evaluated and the negative has no effect.
-
-Seeds: output row i (query-major: query q's samples are rows q·num_samples …) draws its initial
-noise, then its prior sample, from its own generator (``seed + i``), so a batch gives exactly what
-the same queries give one at a time. The stochastic samplers (``ddpm``, ``ddim`` with eta > 0)
-draw fresh noise at every step from one generator per sampler call; to keep that per-row, rows
-are then sampled one after another (slower on a GPU than one batch).
+``negative_text`` is bridged like a text query and replaces the null condition of classifier-free
+guidance: ``eps = eps(neg) + w · (eps(query) − eps(neg))`` (no effect at w = 1). Output row i draws
+its noise from its own generator (``seed + i``), so a batch gives what its queries give one at a time.
 """
 
 from __future__ import annotations
@@ -80,11 +69,8 @@ class CLIPSonicOutput:
 
 
 class _NegativeConditioned(nn.Module):
-    """Wraps the mel model so its unconditional branch sees ``negative`` [B, D] instead of the null vector.
-
-    The guided denoiser passes each sample's condition with ``drop_cond`` set on the unconditional
-    rows, in sample order (all B of them, whichever guidance layout it uses).
-    """
+    """Wraps the mel model so its unconditional rows (``drop_cond`` set, in sample order, whichever
+    guidance layout the denoiser uses) see ``negative`` [B, D] instead of the null vector."""
 
     def __init__(self, model: nn.Module, negative: torch.Tensor) -> None:
         super().__init__()
@@ -306,7 +292,8 @@ class CLIPSonicPipeline:
     def _denoise(self, cond: torch.Tensor, negative: torch.Tensor | None, x_T: torch.Tensor,
                  gens: list[torch.Generator], *, sampler: str, steps: int, guidance_scale: float, eta: float,
                  progress: Callable[[int, int], None] | None) -> torch.Tensor:
-        """Run the sampler on all rows at once, or row by row when it draws noise at every step."""
+        """Run the sampler on all rows at once, or row by row when it draws noise at every step (ddpm,
+        ddim with eta > 0), so that each row's noise comes from its own generator (slower on a GPU)."""
         device = self.device
         stochastic = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
         groups = [[i] for i in range(len(cond))] if stochastic else [list(range(len(cond)))]

@@ -1,8 +1,5 @@
-"""Queries: checking them, turning them into CLIP embeddings, and deciding the output length.
-
-A query is texts, images (paths, PIL images or uint8 ``[H, W, 3]`` arrays), videos (paths; embedded as the
-mean of K frames, or the first or middle one) or CLIP image embeddings ``[Q, D]``.
-"""
+"""Queries (texts, images, videos or CLIP image embeddings ``[Q, D]``): checking them, turning them into
+CLIP embeddings, and deciding the output length and the seeds."""
 
 from __future__ import annotations
 

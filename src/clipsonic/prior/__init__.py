@@ -4,9 +4,8 @@
     prior = load_prior("pipeline/prior")          # ours (train-prior) or a Karlo PriorTransformer
     image_emb = prior.sample(texts, text_emb, encoder, generators=[...])   # [B, D], L2-normalised
 
-Files: ``base.py`` (what every prior offers, config.json), ``ours.py`` (our PriorNet + Gaussian
-diffusion), ``karlo.py`` (diffusers PriorTransformer checkpoints), ``train.py`` (train-prior and its
-image–caption pairs); here, finding, loading and attaching a prior directory (no code from it is run).
+``base.py`` (what every prior offers), ``ours.py`` (PriorNet + Gaussian diffusion), ``karlo.py``
+(diffusers PriorTransformer), ``train.py`` (train-prior); here, loading and attaching a prior directory.
 """
 
 from __future__ import annotations
@@ -14,14 +13,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from clipsonic.errors import ClipsonicError
 from clipsonic.export import read_model_index, set_component
-from clipsonic.prior.base import TYPES, Prior, check_same_clip, read_prior_config
-from clipsonic.prior.karlo import find_karlo, load_karlo
+from clipsonic.prior.base import Prior, check_same_clip, read_prior_config
+from clipsonic.prior.karlo import load_karlo
 from clipsonic.prior.ours import DiffusionPrior, PriorConfig, PriorNet, prior_preset
 from clipsonic.prior.train import PriorTrainConfig, train_prior
 
@@ -29,22 +27,6 @@ __all__ = ["DiffusionPrior", "Prior", "PriorConfig", "PriorNet", "PriorTrainConf
            "load_prior", "prior_preset", "train_prior"]
 
 log = logging.getLogger(__name__)
-
-
-def _find_prior(path: Path) -> tuple[Path, dict[str, Any] | None]:
-    """The directory of the prior ``path`` names (itself or its ``prior/``) and its config.json (None: raw)."""
-    if not path.exists():
-        raise ClipsonicError(f"{path}: no such prior directory")
-    for candidate in (path, path / "prior"):
-        if (config := read_prior_config(candidate)) is not None:
-            return candidate, config
-    if find_karlo(path) is not None:
-        return path, None
-    raise ClipsonicError(
-        f"{path} is not a prior directory: no config.json with \"type\" in {list(TYPES)} here or in "
-        f"{path / 'prior'}, and no diffusers PriorTransformer; train one with `clipsonic train-prior` "
-        "or point at a Karlo download (kakaobrain/karlo-v1-alpha)"
-    )
 
 
 def load_prior(path: str | os.PathLike, *, device: str | torch.device | None = None,
@@ -56,7 +38,14 @@ def load_prior(path: str | os.PathLike, *, device: str | torch.device | None = N
     ``clip_model`` only matters for a raw diffusers prior, which does not record its CLIP: it
     names the CLIP it was trained with (default ``openai/clip-vit-large-patch14``, Karlo's).
     """
-    directory, config = _find_prior(Path(path))
+    path = Path(path)
+    if not path.exists():
+        raise ClipsonicError(f"{path}: no such prior directory")
+    for directory in (path, path / "prior"):
+        if (config := read_prior_config(directory)) is not None:
+            break
+    else:
+        directory, config = path, None  # a raw diffusers prior, or none (load_karlo says which)
     if config is not None and config["type"] == DiffusionPrior.type_name:
         prior: Prior = DiffusionPrior.from_config_dict(config, directory)
     else:

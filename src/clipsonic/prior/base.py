@@ -1,9 +1,8 @@
 """What every diffusion prior offers the pipeline, and its directory's ``config.json``.
 
-A prior maps CLIP *text* embeddings to plausible CLIP *image* embeddings (DALL-E 2's prior),
-closing the modality gap before the mel diffusion model, which only ever saw image embeddings.
-It is only meaningful in the CLIP space it was trained in (even another CLIP of the same width is
-another space), so every prior carries the :class:`~clipsonic.encoders.ClipModelRef` of its space.
+A prior maps CLIP *text* embeddings to CLIP *image* embeddings (DALL-E 2's prior), closing the modality
+gap before the mel model, which only saw image embeddings. It is only meaningful in the CLIP space it was
+trained in, so every prior carries the :class:`~clipsonic.encoders.ClipModelRef` of its space.
 
 ``config.json``: ``{"format": "clipsonic-prior", "version": 1, "type": "clipsonic" | "karlo",
 "clip_model": {...}, "clipsonic_version", ...}`` plus the type's own keys; unversioned = version 1.
@@ -32,9 +31,7 @@ TYPES = ("clipsonic", "karlo")  # ours.py, karlo.py
 def read_prior_config(directory: Path) -> dict[str, Any] | None:
     """``directory/config.json`` if it is a prior's, else None (a run's or a pipeline's config.json is not)."""
     path = directory / CONFIG_NAME
-    if not path.is_file():
-        return None
-    data = read_json(path, CONFIG_NAME)
+    data = read_json(path, CONFIG_NAME) if path.is_file() else None
     if not isinstance(data, dict) or data.get("format", FORMAT) != FORMAT or data.get("type") not in TYPES:
         return None
     return read_versioned_json(path, FORMAT, VERSION, unversioned=1)

@@ -3,13 +3,8 @@
 Sampling follows diffusers' ``UnCLIPPipeline`` (prior part): the condition is the CLIP text embedding
 (projected, *not* normalised) plus the 77 final-layer token states and their mask; the unconditional
 branch is the prompt ""; ``UnCLIPScheduler`` runs 25 steps with guidance 4.0 in the standardised space
-and ``x · clip_std + clip_mean`` maps the result back; we L2-normalise it.
-
-Sources (:func:`load_karlo`): a Karlo download (kakaobrain/karlo-v1-alpha, CreativeML OpenRAIL-M:
-``prior/`` + ``prior_scheduler/``), its ``prior/`` alone (Karlo's published scheduler settings then),
-or the wrapped layout a pipeline's ``prior/`` holds: config.json (base.py; "type": "karlo", "steps",
-"guidance_scale"), ``transformer/`` and ``scheduler/``. Safetensors only. diffusers takes ~10 s to
-import: only Karlo priors import it.
+and ``x · clip_std + clip_mean`` maps the result back; we L2-normalise it. Safetensors only; diffusers
+(~10 s to import) is imported for Karlo priors only.
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ from clipsonic.diffusion.rng import randn_per_row
 from clipsonic.encoders import ClipModelRef
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import read_json
-from clipsonic.prior.base import CONFIG_NAME, Prior
+from clipsonic.prior.base import CONFIG_NAME, TYPES, Prior
 
 KARLO_CLIP = "openai/clip-vit-large-patch14"  # the text encoder Karlo's prior was trained with
 # Karlo's prior_scheduler/scheduler_config.json and UnCLIPPipeline's prior defaults.
@@ -36,7 +31,9 @@ SCHEDULER_FILE = "scheduler_config.json"
 
 
 def find_karlo(path: Path) -> tuple[Path, Path | None] | None:
-    """``(transformer dir, scheduler dir or None)`` of a raw or wrapped diffusers prior at ``path``, else None."""
+    """``(transformer dir, scheduler dir or None)`` of a diffusers prior at ``path``, else None: a Karlo download
+    (kakaobrain/karlo-v1-alpha, CreativeML OpenRAIL-M), its ``prior/`` alone (then Karlo's published scheduler
+    settings), or the wrapped layout of a pipeline's ``prior/`` (config.json "type": "karlo", base.py)."""
     for transformer, scheduler in ((path / "prior", path / "prior_scheduler"),
                                    (path, path.parent / "prior_scheduler"),
                                    (path / "transformer", path / "scheduler")):
@@ -108,12 +105,14 @@ def load_karlo(path: Path, config: dict[str, Any] | None = None, clip_model: str
 
     ``clip_model`` names the CLIP of a raw prior (default :data:`KARLO_CLIP`); a wrapped one knows it.
     """
-    from diffusers import PriorTransformer, UnCLIPScheduler
-
     found = find_karlo(path)
     if found is None:
-        raise ClipsonicError(f"{path}: no diffusers PriorTransformer here (expected prior/config.json with "
-                             "\"_class_name\": \"PriorTransformer\", as in kakaobrain/karlo-v1-alpha)")
+        no_config = "" if config else f"no config.json with \"type\" in {list(TYPES)} here or in {path / 'prior'}, and "
+        raise ClipsonicError(f"{path} is not a prior directory: {no_config}no diffusers PriorTransformer "
+                             "(prior/config.json with \"_class_name\": \"PriorTransformer\", as in kakaobrain/"
+                             "karlo-v1-alpha); train one with `clipsonic train-prior` or point at a Karlo download")
+    from diffusers import PriorTransformer, UnCLIPScheduler
+
     transformer_dir, scheduler_dir = found
     if not any(transformer_dir.glob("*.safetensors")):
         raise ClipsonicError(f"{transformer_dir}: no safetensors weights (pickled .bin files are not loaded); "

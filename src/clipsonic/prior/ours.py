@@ -9,9 +9,7 @@ samples it with :class:`~clipsonic.diffusion.GaussianDiffusion` on DALL-E 2's re
 cosine schedule over 1000 steps, MSE on x_0, the text dropped 10 % of the time, 64 strided sampling
 steps. Data live in the scaled space ``x = √D · e`` (components of unit variance, DALLE2-pytorch's
 ``image_embed_scale``), ``e`` the L2-normalised CLIP image embedding; samples are L2-normalised.
-
-Directory: ``config.json`` (base.py; ``"type": "clipsonic"``, ``"prior"``: PriorConfig, ``"training"``)
-and ``prior.safetensors``, the (EMA) weights of PriorNet.
+Directory: ``config.json`` (base.py; ``"prior"``: PriorConfig, ``"training"``) and ``prior.safetensors``.
 """
 
 from __future__ import annotations

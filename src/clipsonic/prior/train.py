@@ -1,20 +1,11 @@
 """``train_prior``: our diffusion prior on image–caption pairs, as a task of the training loop.
 
-Pairs (:func:`collect_pairs`), chosen by what ``source`` is: a **preprocessed dataset** (a folder with
-``dataset.json``: every clip's K frame embeddings, paired with captions made from its label through
-templates, "the sound of {label}"; clips without a label are skipped); a **CSV file** with an image
-column (``image``, ``path`` or ``file``, relative to the CSV's folder) and a caption column (``caption``
-or ``text``); a **folder** of images (any format PIL opens), each with a sidecar ``NAME.txt`` holding
-one caption per line. They are embedded once into ``RUN/pairs.safetensors`` (a resumed run reuses them).
-
-The run directory is the loop's (clipsonic.train.harness); the export is ``RUN/prior``
-(``load_prior(RUN)``, ``clipsonic attach prior``). Every process draws the same global batch of
-pair indices from a shared seeded generator and trains on its slice, so the data never depend on
-timing and a resumed run continues the exact index stream.
-
-Validation (held-out clips/images) reports the modality gap closing: the mean cosine between a
-pair's image embedding and (a) the raw text embedding (``cos_zs``, what ZS conditions on), (b) the
-training-free shift bridge (``cos_shift``) and (c) a prior sample (``cos_prior``, what PD uses).
+The pairs (:func:`collect_pairs`) are embedded once into ``RUN/pairs.safetensors``. Every process
+draws the same global batch of pair indices from a shared seeded generator and trains on its slice,
+so the data never depend on timing and a resumed run continues the exact index stream. Validation
+on held-out clips/images reports the modality gap closing: the mean cosine between a pair's image
+embedding and (a) the raw text embedding (``cos_zs``, what ZS conditions on), (b) the shift bridge
+(``cos_shift``) and (c) a prior sample (``cos_prior``, what PD uses). The export is ``RUN/prior``.
 """
 
 from __future__ import annotations
@@ -46,7 +37,6 @@ from clipsonic.errors import ClipsonicError
 from clipsonic.files import atomic_directory, atomic_output
 from clipsonic.prior.ours import DiffusionPrior, PriorConfig, PriorNet, prior_preset
 from clipsonic.train.checkpoint import Checkpoint
-from clipsonic.train.ema import EMA
 from clipsonic.train.harness import LoopConfig, Progress, Run, Task, fit
 from clipsonic.train.logs import read_metrics
 
@@ -98,7 +88,10 @@ class PairSet:
 
 def collect_pairs(source: str | os.PathLike, load_encoder: Callable[[str | None], object], *,
                   clip_model: str | None = None, templates: Sequence[str] = DEFAULT_TEMPLATES) -> PairSet:
-    """Read the pairs of ``source`` (see module docstring) and embed what needs embedding.
+    """Read and embed the pairs of ``source``: a **preprocessed dataset** (every clip's K frame embeddings
+    with captions made from its label through ``templates``; unlabelled clips are skipped); a **CSV file**
+    with an image column (image/path/file, relative to the CSV) and a caption column (caption/text); a
+    **folder** of images (any format PIL opens), each with a sidecar ``NAME.txt``, one caption per line.
 
     ``load_encoder(name)`` returns a :class:`~clipsonic.encoders.ClipEncoder` (``name`` None for a
     dataset = the dataset's own CLIP); it is called once, only when something needs encoding.
@@ -284,19 +277,10 @@ class PriorTask(Task):
         self.diffusion = GaussianDiffusion(self.prior_config.diffusion)
         torch.manual_seed(cfg.seed)  # the initial weights: the same on every process
         net = PriorNet(self.prior_config.network)
-        self.ema = EMA(net, cfg.ema)
-        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.gens = {"data": torch.Generator().manual_seed(cfg.seed),
                      "noise": torch.Generator().manual_seed(cfg.seed + 1 + acc.process_index)}
-        self.model, self.optimizer = acc.prepare(net, optimizer)
-        self.ema.model.to(acc.device)
+        self.prepare_with_ema(net, cfg.ema, cfg.weight_decay)
         self.image_emb, self.text_emb = self.pairs.image_emb.to(acc.device), self.pairs.text_emb.to(acc.device)
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {"model": self.accelerator.unwrap_model(self.model), "ema": self.ema.model}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"model": self.optimizer}
 
     def generators(self) -> dict[str, torch.Generator]:
         return self.gens

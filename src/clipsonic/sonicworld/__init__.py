@@ -1,13 +1,7 @@
 """SonicWorld: a small procedurally generated audio-visual world, so CLIPSonic runs offline on a CPU.
 
-Eight concepts, each a coloured shape that makes one kind of sound (:mod:`.world`), rendered as
-real H.264/AAC videos with a manifest for ``clipsonic preprocess``; an oracle that names the
-concept of any clip from its log-mel (:mod:`.oracle`); a tiny CLIP trained on the world's pictures
-and captions that loads like OpenAI's (:mod:`.clip`); and ``clipsonic demo`` (:mod:`.demo`).
-
-    manifest = render_world("world/", WorldConfig(seed=0))
-    clip_dir = train_world_clip("world/clip", WorldConfig(seed=0))
-    OracleClassifier().classify_audio(audio)  # → concept indices, -1 for silence
+The world and its videos (:mod:`.world`), an exact judge of its sounds (:mod:`.oracle`), a tiny CLIP
+trained on its pictures and captions (:mod:`.clip`) and ``clipsonic demo`` (:mod:`.demo`).
 """
 
 from clipsonic.sonicworld.clip import WorldClipConfig, modality_gap, train_world_clip

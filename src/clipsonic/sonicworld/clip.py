@@ -1,19 +1,17 @@
 """The world's own CLIP: a tiny transformers ``CLIPModel`` trained contrastively on SonicWorld.
 
-It is trained in a minute on 2 CPU cores on (freshly rendered frame, training caption of its
-concept) pairs with CLIP's symmetric InfoNCE (Radford et al. 2021, Fig. 3), except that with only
-8 concepts a batch holds several pairs of each concept, so every same-concept pair counts as a
-positive (Khosla et al. 2020). Frames are JPEG re-encoded at random quality, so frames decoded
-from the H.264 videos embed like clean renders. It is saved as a Hugging Face directory that
-:func:`clipsonic.encoders.load_clip` loads like OpenAI's, with a real byte-level BPE tokenizer in
-CLIP's file format learned from the captions' words (:func:`write_clip_tokenizer`, which the
-tests' tiny CLIP uses too); :func:`modality_gap` measures it on held-out captions and frames.
+CLIP's symmetric InfoNCE (Radford et al. 2021, Fig. 3) on (fresh frame, training caption) pairs,
+where every same-concept pair of a batch counts as a positive (Khosla et al. 2020); frames are JPEG
+re-encoded at random quality so decoded video frames embed like clean renders. Saved as a Hugging
+Face directory that :func:`clipsonic.encoders.load_clip` loads like OpenAI's, with a byte-level BPE
+tokenizer in CLIP's file format (:func:`write_clip_tokenizer`, used by the tests' tiny CLIP too).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 import logging
 import math
@@ -32,7 +30,7 @@ from PIL import Image
 
 from clipsonic.config import Config
 from clipsonic.encoders import _quiet_transformers  # no tqdm bar when saving
-from clipsonic.files import atomic_directory, write_bytes_atomic, write_json_atomic
+from clipsonic.files import atomic_directory, atomic_output, write_bytes_atomic, write_json_atomic
 from clipsonic.sonicworld.world import CONCEPTS, WorldConfig, captions, clip_rng, render_frames
 
 log = logging.getLogger(__name__)
@@ -56,27 +54,16 @@ def learn_bpe(words: Iterable[str]) -> list[tuple[str, str]]:
     Words are byte-level encoded and their last symbol carries ``</w>``, as CLIP's tokenizer sees
     them. Ties between equally frequent pairs break lexicographically so the result is deterministic."""
     byte_char = bytes_to_unicode()
-    seqs = [[byte_char[b] for b in word.encode("utf-8")] for word in sorted(set(words))]
-    seqs = [s[:-1] + [s[-1] + END_OF_WORD] for s in seqs]
+    # each word as its symbols joined by spaces (no byte character is a space)
+    seqs = [" ".join(byte_char[b] for b in word.encode("utf-8")) + END_OF_WORD for word in sorted(set(words))]
     merges: list[tuple[str, str]] = []
-    while True:
-        pairs = Counter(p for s in seqs for p in zip(s, s[1:], strict=False))
-        if not pairs:
-            return merges
+    while pairs := Counter(p for s in seqs for p in itertools.pairwise(s.split())):
         best = min(pairs, key=lambda p: (-pairs[p], p))
         merges.append(best)
-        seqs = [_merge(s, best) for s in seqs]
-
-
-def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
-    """``symbols`` with each occurrence of ``pair`` joined, left to right (a merged symbol never matches)."""
-    out: list[str] = []
-    for symbol in symbols:
-        if out and (out[-1], symbol) == pair:
-            out[-1] += symbol
-        else:
-            out.append(symbol)
-    return out
+        # Sennrich et al. 2016, Algorithm 1: join the pair's occurrences, left to right, at symbol boundaries
+        pattern = re.compile(r"(?<!\S)" + re.escape(" ".join(best)) + r"(?!\S)")
+        seqs = [pattern.sub("".join(best), s) for s in seqs]
+    return merges
 
 
 def write_clip_tokenizer(directory: str | Path, texts: Sequence[str], *,
@@ -126,12 +113,10 @@ class WorldClipConfig(Config):
     layers: int = 2
     heads: int = 4
     patch_size: int = 8  # 64 px frames → 8 × 8 patches
-    # The softmax temperature is held at 1/100, CLIP's learned value at the end of its training.
-    # Learned from CLIP's 1/0.07 start instead, it stays low while the loss pulls each caption onto
-    # its images, and this small world ends with paired text-image cosine 0.93 and almost no gap;
-    # fixed at 1/100 the loss saturates once pairs are merely ranked right, so the gap of the random
-    # initialisation survives as in real CLIP: paired cosine 0.41, image-image 0.99, gap 1.0
-    # (Liang et al. 2022). ``learn_logit_scale=True`` gives the closed-gap model.
+    # The temperature is held at 1/100, CLIP's final learned value: the loss then saturates once pairs
+    # are ranked right, so the modality gap of the random initialisation survives as in real CLIP
+    # (paired cosine 0.41, gap 1.0; Liang et al. 2022). Learned from CLIP's 1/0.07 start instead
+    # (``learn_logit_scale=True``), it closes the gap (paired cosine 0.93).
     logit_scale: float = 100.0
     learn_logit_scale: bool = False
     projection_dim: int = 64
@@ -241,15 +226,10 @@ def _training_pixels(world: WorldConfig, labels: Sequence[int], rng: np.random.G
 
 def modality_gap(encoder, world: WorldConfig | None = None, per_concept: int = 16, images: Sequence | None = None,
                  labels: Sequence[int] | None = None, figure: str | os.PathLike | None = None) -> dict:
-    """Zero-shot accuracy and the modality gap of a CLIP on SonicWorld's held-out captions.
-    Images are the first frames of test videos 0…per_concept-1, rendered fresh, unless ``images``
-    and their concept ``labels`` are given (e.g. frames decoded from the rendered videos). Returns:
-    ``zero_shot_accuracy`` (image → concept whose mean caption embedding is nearest),
-    ``caption_accuracy`` (caption → concept whose mean image embedding is nearest), mean cosines of
-    text-image pairs of the same / different concepts, of image-image and text-text pairs within /
-    between concepts (self-pairs excluded), and ``mean_gap_distance`` ‖mean text embedding − mean
-    image embedding‖ (Liang et al. 2022's modality gap). ``figure``: also draws both in a PNG there,
-    projected on their two principal axes."""
+    """Zero-shot accuracy (image → nearest mean caption embedding, and the reverse), mean cosines within /
+    between concepts, and the modality gap ‖mean text − mean image embedding‖ (Liang et al. 2022) of a
+    CLIP on SonicWorld's held-out captions and the first frames of test videos 0…per_concept-1 (or
+    ``images`` with their concept ``labels``). ``figure``: also a PNG of both on their principal axes."""
     if images is None:
         world = world or WorldConfig()
         images = [render_frames(k, clip_rng(world, "test", k, n)[0], world.size)[0]
@@ -304,6 +284,5 @@ def _gap_figure(img: np.ndarray, labels: np.ndarray, txt: np.ndarray, text_label
     ax.set_facecolor("#333")
     ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    write_bytes_atomic(path, buffer.getvalue())
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)

@@ -1,21 +1,9 @@
 """``clipsonic demo``: the whole CLIPSonic method on SonicWorld, offline, on 2 CPU cores.
 
-Every step calls the public API the commands call, in the order of the method's data flow:
-
-1. world     :func:`render_world` → ``world/`` (mp4 videos, manifest.csv, captioned pictures)
-2. clip      :func:`train_world_clip` → ``clip/`` (an HF ``CLIPModel`` directory + tokenizer)
-3. data      :func:`clipsonic.data.preprocess.preprocess` → ``dataset/`` (WebDataset shards)
-4. unet      :func:`clipsonic.train.train` → ``run/`` and its exported ``run/pipeline``
-5. prior     :func:`clipsonic.prior.train_prior` on the captioned pictures → attached
-6. vocoder   a tiny BigVGAN → attached; Griffin-Lim with ``--fast``
-7. evaluate  :func:`clipsonic.evaluate.run_evaluation`: FAD (mel-stats), relevance by the oracle,
-             held-out captions as the text queries, a guidance sweep
-8. gallery   one sample per test concept and mode, with its mel image and the oracle's verdict
-9. report    ``report.html`` (the results table, the gallery with players and mel images, the
-             guidance sweep and the modality-gap figure) and ``metrics.json`` (its one reader and
-             writer are here)
-
-Re-running the same command reuses what is complete (each API resumes or confirms its output).
+Each step calls the public API the commands call, in the method's data-flow order: world, clip
+(the world-CLIP), data (preprocess), unet (train), prior, vocoder, evaluate, gallery and report
+(``report.html`` from the template beside this module, and ``metrics.json``, whose one reader and
+writer are here). Re-running the same command reuses what is complete.
 """
 
 from __future__ import annotations
@@ -26,8 +14,10 @@ import html
 import logging
 import os
 import shutil
+import string
 import time
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -314,8 +304,8 @@ def collect_metrics(out: Path, config, evaluation: Evaluation, gallery: dict, st
 
 
 def write_report(out: Path, metrics: dict, gallery: dict) -> Path:
-    """``out/report.html`` (relative links to the gallery, the sweep figure and the gap figure, drawn by
-    :func:`collect_metrics`)."""
+    """``out/report.html`` from the template beside this module, with relative links to the gallery, the
+    sweep figure and the gap figure (drawn by :func:`collect_metrics`)."""
     sweep_png = out / "evaluation" / "guidance_sweep.png"
     if sweep_png.is_file():
         shutil.copyfile(sweep_png, out / "guidance_sweep.png")
@@ -333,26 +323,12 @@ def write_report(out: Path, metrics: dict, gallery: dict) -> Path:
 
     cells = [f"<tr><th>{esc(name)}</th>{''.join(cell(name, gallery['items'][name][m]) for m in gallery['modes'])}</tr>"
              for name in CONCEPT_NAMES]
-    gap = metrics["modality_gap"]
-    gap_text = ", ".join(f"{k} {v:.3f}" for k, v in gap.items() if isinstance(v, float))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>clipsonic demo: SonicWorld</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1500px}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:center}} td.ok{{background:#e8f6e8}}
-td.miss{{background:#f9e6e6}} small{{color:#555}}</style></head><body>
-<h1>CLIPSonic on SonicWorld</h1>
-<p>{len(CONCEPTS)} concepts, chance = {metrics['chance']:.3f}. Relevance = the oracle classifier's accuracy
-(exact by construction from each concept's pitch and partials). FAD with the mel-stats embedder.
-Guidance w = {metrics['guidance']:g}. Wall time {metrics['wall_seconds'] / 60:.1f} min.</p>
-<h2>Results (test split, held-out captions for the text modes)</h2>
-<table><tr><th>set</th><th>relevance</th><th>FAD (mel-stats)</th><th>clips</th></tr>{rows}</table>
-<p>The prior moves relevance from ZS {fmt(metrics['headline']['zs_relevance'])} to PD
-{fmt(metrics['headline']['pd_relevance'])}.</p>
-<h2>Gallery (one sample per test concept and mode; green: the oracle agrees)</h2>
-<table><tr><th>concept</th>{head}</tr>{''.join(cells)}</table>
-<h2>Guidance sweep</h2><img src="guidance_sweep.png" width="900">
-<h2>The modality gap of the world-CLIP</h2><img src="modality_gap.png" width="500">
-<p>{esc(gap_text)}</p>
-<h2>Notes</h2><ul>{''.join(f'<li>{esc(n)}</li>' for n in metrics['notes'])}</ul>
-</body></html>"""
+    gap = ", ".join(f"{k} {v:.3f}" for k, v in metrics["modality_gap"].items() if isinstance(v, float))
+    template = string.Template((resources.files(__package__) / "report.html").read_text("utf-8"))
+    page = template.substitute(
+        concepts=len(CONCEPTS), chance=f"{metrics['chance']:.3f}", guidance=f"{metrics['guidance']:g}",
+        minutes=f"{metrics['wall_seconds'] / 60:.1f}", rows=rows, zs=fmt(metrics["headline"]["zs_relevance"]),
+        pd=fmt(metrics["headline"]["pd_relevance"]), head=head, cells="".join(cells), gap=esc(gap),
+        notes="".join(f"<li>{esc(n)}</li>" for n in metrics["notes"]))
     write_bytes_atomic(out / "report.html", page.encode())
     return out / "report.html"

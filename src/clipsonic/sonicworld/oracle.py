@@ -5,9 +5,8 @@ k synthesised with its f0 scaled by each factor g of a grid spanning the ±3 % j
 
     score[k] = max_g corr(p, T[k, g])   (Pearson: blind to gain and vocoder scaling).
 
-The concepts' fundamentals are ≥ 1.4× apart, so the right template wins by a wide margin. Answers
-are concept indices, or :data:`NONE` (-1) for silence (loudest band below white noise at
-:data:`SILENCE_DBFS`); white noise gets the best-correlating concept unless ``min_score`` is set.
+The fundamentals are ≥ 1.4× apart, so the right template wins by a wide margin. Silence (loudest
+band below white noise at :data:`SILENCE_DBFS`) gets :data:`NONE`, as does, with ``min_score``, noise.
 """
 
 from __future__ import annotations

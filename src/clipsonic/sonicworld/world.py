@@ -1,12 +1,9 @@
 """SonicWorld: eight concepts, each a coloured shape that makes one kind of sound, rendered to videos.
 
-A concept ties a picture (a colour AND a shape on a dark background) to a sound and to words (nouns
-and sound words for captions). A sound is an ``f0``, a :data:`TIMBRES` entry (partials, the
-fundamental strongest) and a :data:`RHYTHMS` envelope, which never falls below
-:data:`ENVELOPE_FLOOR` so the pitch shows in every mel frame; per clip, f0 and gain jitter, random
-phases and a white noise floor. :func:`render_world` writes the whole world as real H.264 + AAC mp4
-videos with a ``manifest.csv`` that ``clipsonic preprocess`` reads, a ``world.json``, and a folder
-of captioned pictures for the prior. Every clip is a pure function of (seed, split, concept, index).
+A sound is an ``f0``, a :data:`TIMBRES` entry and a :data:`RHYTHMS` envelope that never falls below
+:data:`ENVELOPE_FLOOR` (the pitch shows in every mel frame), jittered per clip. :func:`render_world`
+writes H.264 + AAC mp4 videos with a ``manifest.csv`` for ``clipsonic preprocess``, a ``world.json``
+and captioned pictures for the prior. Every clip is a pure function of (seed, split, concept, index).
 """
 
 from __future__ import annotations

@@ -54,8 +54,6 @@ def remove_stale_temporaries(run_dir: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# --- saving ---------------------------------------------------------------------------------------
-
 def save_checkpoint(run_dir: Path, step: int, accelerator, *, task: str, modules: dict[str, nn.Module],
                     optimizers: dict[str, torch.optim.Optimizer], generators: dict[str, torch.Generator],
                     position: dict[str, Any], extra: dict[str, Any], keep_last: int) -> Path:
@@ -115,8 +113,6 @@ def _flatten_optimizer(state_dict: dict[str, Any], name: str, tensors: dict[str,
                 scalars.setdefault(str(param), {})[key] = value
     return {"scalars": scalars, "param_groups": state_dict["param_groups"]}
 
-
-# --- loading --------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class Checkpoint:

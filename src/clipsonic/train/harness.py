@@ -1,22 +1,16 @@
 """The one training loop: a :class:`Task` says what to train, :func:`fit` trains it.
 
 As improved-diffusion's ``TrainLoop`` and audiocraft's ``StandardSolver``: the loop owns accelerate,
-the run directory, the lr schedule, clipping, the non-finite-loss guard, checkpoints, logs and the
-export; a task (unet.py, prior/train.py, the vocoder GAN) owns its modules, data and step. A run::
-
-    config.json      {"format": "clipsonic-run", "version": 2, "task", "created", "clipsonic_version",
-                      the config sections ("train": a LoopConfig, ...), "data": what it trains on};
-                     ``--config RUN/config.json`` reproduces the run
-    metrics.jsonl    {"step", "kind": "train" | "val" | "sample", ...} per line, also in tensorboard/
-    checkpoints/     step-NNNNNNN/ (checkpoint.py), the newest ``keep_last``
-    pipeline/ | prior/ | vocoder/    the export (``Task.export_name``), written at the end
-
-A new task: a LoopConfig subclass, a Config of all sections with a ``train`` field, a Task
-subclass, an entry point calling :func:`fit`, and a line in :data:`TASKS` for :func:`export_run`.
+the run directory (config.json: the record and config sections, ``--config RUN/config.json``
+reproduces the run; metrics.jsonl; checkpoints/; the export), the lr schedule, clipping, the
+non-finite-loss guard, the logs and a one-network task's AdamW and EMA; a task (unet.py, prior/train.py,
+the vocoder GAN) owns its modules, data and step. A new task: a LoopConfig subclass as its ``train``
+section, a Config of all sections, a Task subclass, an entry point calling :func:`fit`, a line in :data:`TASKS`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import importlib
@@ -97,6 +91,27 @@ class LoopConfig(Config):
         return self.lr * min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else self.lr
 
 
+class EMA:
+    """A frozen float32 copy of ``model``: ``ema ← d · ema + (1 − d) · weights`` after each step, buffers copied.
+
+    With ``warmup`` the decay after ``n`` updates is ``min(decay, (1 + n) / (10 + n))`` (diffusers'
+    EMAModel): 0.92 at step 100, 0.991 at 1000, so a short run's EMA already tracks the weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.warmup = decay, warmup
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, n: int) -> None:
+        decay = min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+        ema_params = list(self.model.parameters())
+        params = [p.detach().to(e.dtype) for e, p in zip(ema_params, model.parameters(), strict=True)]
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            e.copy_(b)
+
+
 @dataclasses.dataclass
 class Run:
     """A run directory as the loop and the tasks see it (``accelerator`` is None when exporting)."""
@@ -139,13 +154,21 @@ class Task:
                 raise ClipsonicError(f"{run_dir} was trained on {key}={saved.get(key)!r}, not {value!r}; "
                                      "resume with the same data or start a new run")
 
+    def prepare_with_ema(self, net: nn.Module, decay: float, weight_decay: float, warmup: bool = True) -> None:
+        """For a task training one network: ``net`` with AdamW, prepared (``self.model``, ``self.optimizer``), and its
+        EMA (``self.ema``), which the default :meth:`modules` and :meth:`optimizers` name."""
+        self.ema = EMA(net, decay, warmup)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=self.config.train.lr, weight_decay=weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(net, optimizer)
+        self.ema.model.to(self.accelerator.device)
+
     def modules(self) -> dict[str, nn.Module]:
-        """The modules a checkpoint holds, unwrapped (e.g. ``{"model", "ema"}``)."""
-        raise NotImplementedError
+        """The modules a checkpoint holds, unwrapped (default: those of :meth:`prepare_with_ema`)."""
+        return {"model": self.accelerator.unwrap_model(self.model), "ema": self.ema.model}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """The prepared optimizers; the loop sets their lr to ``config.train.lr_at(step)`` before each step."""
-        raise NotImplementedError
+        return {"model": self.optimizer}
 
     def generators(self) -> dict[str, torch.Generator]:
         """This process's generators, saved per process (as torch's global RNGs)."""
@@ -339,7 +362,7 @@ def fit(task_cls: type[Task], run_dir: str | os.PathLike, overrides: dict[str, d
 
 
 def _train(task: Task, step: int, batches: Iterator[Any], progress: Progress | None) -> int:
-    """Steps ``step + 1`` … ``max_steps``: each one's lr, train_step, log window, validation, sample and checkpoint."""
+    """Steps ``step + 1`` … ``max_steps``: lr, train_step, log window, validation, sample, checkpoint."""
     run, acc, loop = task.run, task.accelerator, task.config.train
     main, logs = acc.is_main_process, task.run.logs
     clips_seen: list[str] | None = [] if os.environ.get(DEBUG_ENV) == "weight-hashes" else None
@@ -380,9 +403,8 @@ def _train(task: Task, step: int, batches: Iterator[Any], progress: Progress | N
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, step: int | None = None, *,
                data: str | os.PathLike | None = None) -> Path:
-    """Export checkpoint ``step`` (default: the newest readable) of any run to ``out`` (default RUN/pipeline,
-    RUN/prior or RUN/vocoder); ``data``: the data the task reads at export (the UNet's statistics; default the
-    run's)."""
+    """Export checkpoint ``step`` (default: the newest readable) of any run to ``out`` (default RUN/<export_name>);
+    ``data``: the data the task reads at export (the UNet's statistics; default the run's)."""
     run = read_run(run_dir)
     cls, ckpt = task_class(run.task), find_checkpoint(run.dir, step)
     if ckpt is None:

@@ -1,11 +1,8 @@
 """``train``: the mel diffusion model (MelUNet + Improved DDPM) as a task of the training loop.
 
-One step = ``grad_accum`` micro-batches per process: for each, the diffusion draws t, noise and the
-guidance drop mask from this process's generator, the hybrid loss goes through the non-finite
-guard (naming the clips) and gradients are synchronised on the last micro-batch only; then
-clipping, AdamW at ``lr_at(step)`` and the EMA update. Validation losses use fixed clips, t and
-noise, so they move only when the weights do. The export is a pipeline directory of the EMA
-weights with the dataset's statistics (``clipsonic.export``).
+A step is ``grad_accum`` micro-batches per process, gradients synchronised on the last one only.
+Validation losses use fixed clips, t and noise, so they move only when the weights do. The export
+is a pipeline directory of the EMA weights with the dataset's statistics (``clipsonic.export``).
 """
 
 from __future__ import annotations
@@ -36,7 +33,6 @@ from clipsonic.media import save_audio
 from clipsonic.models import UNET_PRESETS, MelUNet, MelUNetConfig
 from clipsonic.plotting import save_mel_image
 from clipsonic.train.checkpoint import Checkpoint
-from clipsonic.train.ema import EMA
 from clipsonic.train.harness import LoopConfig, Progress, Run, Task, config_sections, fit
 
 log = logging.getLogger(__name__)
@@ -58,7 +54,7 @@ class TrainConfig(LoopConfig):
     grad_accum: int = 1  # micro-batches per optimizer step
     weight_decay: float = 0.0  # improved-diffusion trains without weight decay
     ema: float = 0.9999  # EMA decay of the exported weights
-    ema_warmup: bool = True  # decay min(ema, (1 + n) / (10 + n)) after n steps (see train/ema.py)
+    ema_warmup: bool = True  # decay min(ema, (1 + n) / (10 + n)) after n steps (see train/harness.py EMA)
     sample_every: int = 5000  # a sampled mel image + Griffin-Lim audio every N steps (0: never)
     sample_steps: int = 50  # DDIM steps of those samples: short, it is a progress check
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE  # of those samples
@@ -121,13 +117,10 @@ class UNetTask(Task):
         torch.manual_seed(cfg.seed)  # identical initial weights on every process
         model = MelUNet(run.config.unet)
         model.gradient_checkpointing = cfg.gradient_checkpointing
-        self.ema = EMA(model, cfg.ema, cfg.ema_warmup)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         # This process's draws: t, noise and drop masks (self.gen), dropout (torch's global RNG).
         self.gen = torch.Generator().manual_seed(cfg.seed * 100_003 + acc.process_index + 1)
         torch.manual_seed(cfg.seed * 100_003 + acc.process_index + 50_000)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.ema.model.to(acc.device)
+        self.prepare_with_ema(model, cfg.ema, cfg.weight_decay, cfg.ema_warmup)
 
     @classmethod
     def resolve_config(cls, overrides: dict[str, dict[str, Any]], data: dict[str, Any]) -> RunConfig:
@@ -142,12 +135,6 @@ class UNetTask(Task):
     @classmethod
     def check_data(cls, saved: dict[str, Any], data: dict[str, Any], run_dir: Path) -> None:
         check_dataset_fits(read_dataset_info(data["dataset"]), run_dir, saved)
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {"model": self.accelerator.unwrap_model(self.model), "ema": self.ema.model}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"model": self.optimizer}
 
     def generators(self) -> dict[str, torch.Generator]:
         return {"train": self.gen}

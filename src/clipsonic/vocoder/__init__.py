@@ -5,8 +5,7 @@ vocoder = load_vocoder("runs/vocoder")       # a vocoder folder, or a train-voco
 wav = vocoder(logmel)                        # [B, 64, frames] → [B, frames * 512], float32
 vocoder.check_compatible(pipeline_mel)       # ClipsonicError naming both configs if they differ
 ```
-:func:`train_vocoder` (``clipsonic train-vocoder``) is a task of the shared loop (``task.py``);
-:func:`attach_vocoder` copies a vocoder into a pipeline as its ``vocoder/`` component.
+Training (``train_vocoder``, a task of the shared loop) is ``task.py``; see docs/architecture.md for the map.
 """
 
 from clipsonic.vocoder.discriminators import DiscriminatorConfig

@@ -1,9 +1,7 @@
-"""Training audio for the vocoder: a dataset's ``flac`` clips, streamed from its shards, or a folder of audio files.
+"""Training audio for the vocoder: a dataset's ``flac`` clips, streamed by ``clipsonic.data.loader``, or a folder.
 
-Every rank reads an endless stream of clips, in an order drawn per epoch from the seed, and cuts
-one random segment from each (its start drawn from ``(seed, epoch, key)``). Its position is
-``(epoch, clips taken in that epoch)``: a run resumed from it continues with exactly the batch
-that would have come next, decoding nothing it skips.
+Each rank cuts one random segment (start drawn from ``(seed, epoch, key)``) from each clip of its seeded
+per-epoch order. Its position ``(epoch, clips taken in that epoch)`` resumes exactly, decoding nothing skipped.
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ import logging
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +41,12 @@ class Clip:
 
     def segment(self, length: int, sample_rate: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """float32 ``[length]`` from a random start (the middle without ``rng``), zero-padded past the end."""
-        if self.flac is not None:
-            wav = decode_flac(self.flac, sample_rate, self.key)
-            start = _start(len(wav), length, rng)
-            wav = wav[start:start + length]
+        whole = decode_flac(self.flac, sample_rate, self.key) if self.flac is not None else None
+        span = max((self.num_samples if whole is None else len(whole)) - length, 0)
+        start = span // 2 if rng is None else int(rng.integers(0, span + 1))
+        if whole is not None:
+            wav = whole[start:start + length]
         else:
-            start = _start(self.num_samples, length, rng)
             wav = load_audio(self.path, sample_rate, start / sample_rate, length / sample_rate, pad_end=True)
         if not np.isfinite(wav).all():
             raise ClipsonicError(f"{self.key}: audio contains NaN or infinite samples; remove or repair the file")
@@ -57,11 +56,6 @@ class Clip:
 def _num_held_out(num_clips: int, num_val: int) -> int:
     """Validation clips set aside from the training ones: a tenth, at most ``num_val``; none below 10."""
     return max(1, min(num_val, num_clips // 10)) if num_clips >= 10 else 0
-
-
-def _start(num_samples: int, length: int, rng: np.random.Generator | None) -> int:
-    span = max(num_samples - length, 0)
-    return span // 2 if rng is None else int(rng.integers(0, span + 1))
 
 
 class AudioCorpus:
@@ -153,26 +147,21 @@ def training_batches(corpus: AudioCorpus, batch_size: int, segment_size: int, se
         rng = np.random.default_rng([seed, clip_epoch, zlib.crc32(clip.key.encode())])
         return clip.segment(segment_size, corpus.sample_rate, rng)
 
-    pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
     pending: list[tuple[Clip, int]] = []
-    try:
+    with ThreadPoolExecutor(num_workers) if num_workers > 0 else nullcontext() as pool:
         while True:
-            seen = 0
+            i = -1
             for i, clip in enumerate(corpus.clips(epoch, seed, rank, world_size)):
-                seen += 1
                 if i >= offset and clip is not None:
                     pending.append((clip, epoch))
-                if len(pending) == batch_size:
+                if len(pending) == batch_size:  # each batch is decoded whole before it is yielded
                     audio = list((pool.map if pool else map)(cut, *zip(*pending, strict=True)))
                     yield {"audio": torch.from_numpy(np.stack(audio)), "epoch": epoch, "offset": i + 1}
                     pending = []
-            if seen == 0:
+            if i < 0:
                 raise ClipsonicError(f"rank {rank} of {world_size} got no training clips in epoch {epoch}: "
                                      "there are fewer clips (or shards) than processes")
             epoch, offset = epoch + 1, 0
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
 
 
 def validation_audio(corpus: AudioCorpus, length: int, count: int, seed: int) -> torch.Tensor:

@@ -1,11 +1,10 @@
-"""The discriminators of BigVGAN's recipe for 16 kHz audio: the multi-period discriminator (MPD,
-HiFi-GAN) plus UnivNet's multi-resolution STFT discriminator (``mrd``, BigVGAN v1, the default), or
-BigVGAN v2's ``mbd`` (descript-audio-codec's multi-band) or ``cqtd`` (multi-scale sub-band CQT, with
-7 octaves instead of 9 so that every bin from 32.7 Hz stays below the 8 kHz Nyquist).
+"""The discriminators of BigVGAN's recipe for 16 kHz audio: the multi-period discriminator (MPD, HiFi-GAN) plus
+UnivNet's multi-resolution STFT discriminator (``mrd``, BigVGAN v1, the default), or BigVGAN v2's ``mbd``
+(descript-audio-codec's multi-band) or ``cqtd`` (multi-scale sub-band CQT, with 7 octaves instead of 9 so that
+every bin from 32.7 Hz stays below the 8 kHz Nyquist).
 
-MPD and MRD are copied from ``bigvgan/discriminators.py`` (MIT, NVIDIA), diffusers-style, because
-that module imports torchaudio at its top; ``mbd`` and ``cqtd`` come from it when torchaudio (and
-nnAudio) are installed.
+MPD and MRD are copied from ``bigvgan/discriminators.py`` (MIT, NVIDIA), diffusers-style, because that module
+imports torchaudio at its top; ``mbd`` and ``cqtd`` come from it when torchaudio (and nnAudio) are installed.
 """
 
 from __future__ import annotations
@@ -63,10 +62,8 @@ class DiscriminatorConfig(Config):
 
 
 def build_discriminator(config: DiscriminatorConfig, sample_rate: int) -> nn.Module:
-    """MPD + the configured second discriminator as one module.
-
-    ``forward(y, y_hat)`` on waveforms ``[B, 1, T]`` returns ``(real_scores, fake_scores,
-    real_feature_maps, fake_feature_maps)``, lists over all sub-discriminators.
+    """MPD + the configured second discriminator as one module: ``forward(y, y_hat)`` on waveforms ``[B, 1, T]``
+    returns ``(real_scores, fake_scores, real_feature_maps, fake_feature_maps)``, lists over all sub-discriminators.
     """
     # bigvgan's classes read their settings, by its names, from its dict-with-attributes
     from bigvgan.env import AttrDict
@@ -100,7 +97,19 @@ def get_padding(kernel_size, dilation=1):
     return int((kernel_size * dilation - dilation) / 2)
 
 
-# Copied from bigvgan.discriminators.DiscriminatorP (its four strided convs built in a loop)
+def _conv_stack(x, convs, conv_post):
+    """The shared tail of DiscriminatorP/R's forward: leaky-ReLU(0.1) convs → (flattened scores, feature maps)."""
+    fmap = []
+    for layer in convs:
+        x = F.leaky_relu(layer(x), 0.1)
+        fmap.append(x)
+    x = conv_post(x)
+    fmap.append(x)
+    return torch.flatten(x, 1, -1), fmap
+
+
+# Copied from bigvgan.discriminators.DiscriminatorP (its four strided convs built in a loop, the tail of its
+# forward shared with DiscriminatorR)
 class DiscriminatorP(torch.nn.Module):
     def __init__(self, h, period, kernel_size=5, stride=3, use_spectral_norm=False):
         super().__init__()
@@ -116,28 +125,15 @@ class DiscriminatorP(torch.nn.Module):
         self.conv_post = norm_f(Conv2d(int(1024 * self.d_mult), 1, (3, 1), 1, padding=(1, 0)))
 
     def forward(self, x):
-        fmap = []
-
-        # 1d to 2d
+        # 1d to 2d: [B, C, T] → [B, C, T / period, period], reflect-padded to a multiple of the period
         b, c, t = x.shape
-        if t % self.period != 0:  # pad first
-            n_pad = self.period - (t % self.period)
-            x = F.pad(x, (0, n_pad), "reflect")
-            t = t + n_pad
-        x = x.view(b, c, t // self.period, self.period)
-
-        for layer in self.convs:
-            x = layer(x)
-            x = F.leaky_relu(x, 0.1)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        x = torch.flatten(x, 1, -1)
-
-        return x, fmap
+        if t % self.period != 0:
+            x = F.pad(x, (0, self.period - (t % self.period)), "reflect")
+        return _conv_stack(x.view(b, c, -1, self.period), self.convs, self.conv_post)
 
 
-# Copied from bigvgan.discriminators.MultiPeriodDiscriminator (without its print of the periods)
+# Copied from bigvgan.discriminators.MultiPeriodDiscriminator (without its print of the periods; its forward
+# gathers the same four lists)
 class MultiPeriodDiscriminator(torch.nn.Module):
     def __init__(self, h):
         super().__init__()
@@ -147,32 +143,19 @@ class MultiPeriodDiscriminator(torch.nn.Module):
         )
 
     def forward(self, y, y_hat):
-        y_d_rs = []
-        y_d_gs = []
-        fmap_rs = []
-        fmap_gs = []
-        for d in self.discriminators:
-            y_d_r, fmap_r = d(y)
-            y_d_g, fmap_g = d(y_hat)
-            y_d_rs.append(y_d_r)
-            fmap_rs.append(fmap_r)
-            y_d_gs.append(y_d_g)
-            fmap_gs.append(fmap_g)
-
-        return y_d_rs, y_d_gs, fmap_rs, fmap_gs
+        real = [d(y) for d in self.discriminators]
+        fake = [d(y_hat) for d in self.discriminators]
+        return [s for s, _ in real], [s for s, _ in fake], [f for _, f in real], [f for _, f in fake]
 
 
-# Copied from bigvgan.discriminators.DiscriminatorR (without the mrd_* overrides we never set, its three
-# strided convs built in a loop, and with the rectangular STFT window torch.stft uses by default passed
+# Copied from bigvgan.discriminators.DiscriminatorR (without the mrd_* overrides we never set and its length
+# assert (DiscriminatorConfig checks it), its three strided convs built in a loop, the tail of its forward
+# shared with DiscriminatorP, and with the rectangular STFT window torch.stft uses by default passed
 # explicitly: same numbers, no warning)
 class DiscriminatorR(nn.Module):
     def __init__(self, cfg, resolution):
         super().__init__()
-
         self.resolution = resolution
-        assert len(self.resolution) == 3, f"MRD layer requires list with len=3, got {self.resolution}"
-        self.lrelu_slope = 0.1
-
         norm_f = weight_norm if cfg.use_spectral_norm == False else spectral_norm  # noqa: E712
         self.d_mult = cfg.discriminator_channel_mult
         ch = int(32 * self.d_mult)
@@ -184,61 +167,35 @@ class DiscriminatorR(nn.Module):
         self.conv_post = norm_f(nn.Conv2d(ch, 1, (3, 3), padding=(1, 1)))
 
     def forward(self, x):
-        fmap = []
+        return _conv_stack(self.spectrogram(x).unsqueeze(1), self.convs, self.conv_post)
 
-        x = self.spectrogram(x)
-        x = x.unsqueeze(1)
-        for layer in self.convs:
-            x = layer(x)
-            x = F.leaky_relu(x, self.lrelu_slope)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        x = torch.flatten(x, 1, -1)
-
-        return x, fmap
-
-    def spectrogram(self, x):
+    def spectrogram(self, x):  # [B, 1, T] → STFT magnitudes [B, F, TT]
         n_fft, hop_length, win_length = self.resolution
-        x = F.pad(x, (int((n_fft - hop_length) / 2), int((n_fft - hop_length) / 2)), mode="reflect")
-        x = x.squeeze(1)
+        pad = int((n_fft - hop_length) / 2)
+        x = F.pad(x, (pad, pad), mode="reflect").squeeze(1)
         window = torch.ones(win_length, device=x.device, dtype=x.dtype)
         x = torch.stft(x, n_fft=n_fft, hop_length=hop_length, win_length=win_length, window=window,
                        center=False, return_complex=True)
-        x = torch.view_as_real(x)  # [B, F, TT, 2]
-        mag = torch.norm(x, p=2, dim=-1)  # [B, F, TT]
-
-        return mag
+        return torch.norm(torch.view_as_real(x), p=2, dim=-1)
 
 
-# Copied from bigvgan.discriminators.MultiResolutionDiscriminator (its forward is MultiPeriodDiscriminator's)
+# Copied from bigvgan.discriminators.MultiResolutionDiscriminator (its forward is MultiPeriodDiscriminator's;
+# without its length assert and unused debug flag)
 class MultiResolutionDiscriminator(MultiPeriodDiscriminator):
-    def __init__(self, cfg, debug=False):
+    def __init__(self, cfg):
         nn.Module.__init__(self)
         self.resolutions = cfg.resolutions
-        assert len(self.resolutions) == 3, (
-            f"MRD requires list of list with len=3, each element having a list with len=3. Got {self.resolutions}"
-        )
         self.discriminators = nn.ModuleList([DiscriminatorR(cfg, resolution) for resolution in self.resolutions])
 
 
-# Copied from bigvgan.discriminators.CombinedDiscriminator (upstream's attribute spelling kept)
+# Copied from bigvgan.discriminators.CombinedDiscriminator (upstream's attribute spelling kept; its forward
+# concatenates each of the four lists over the sub-discriminators)
 class CombinedDiscriminator(nn.Module):
     def __init__(self, list_discriminator):
         super().__init__()
         self.discrimiantor = nn.ModuleList(list_discriminator)
 
     def forward(self, y, y_hat):
-        y_d_rs = []
-        y_d_gs = []
-        fmap_rs = []
-        fmap_gs = []
-
-        for disc in self.discrimiantor:
-            y_d_r, y_d_g, fmap_r, fmap_g = disc(y, y_hat)
-            y_d_rs.extend(y_d_r)
-            fmap_rs.extend(fmap_r)
-            y_d_gs.extend(y_d_g)
-            fmap_gs.extend(fmap_g)
-
-        return y_d_rs, y_d_gs, fmap_rs, fmap_gs
+        outputs = [disc(y, y_hat) for disc in self.discrimiantor]
+        # y_d_rs, y_d_gs, fmap_rs, fmap_gs
+        return tuple([x for out in outputs for x in out[i]] for i in range(4))

@@ -1,11 +1,10 @@
 """``train-vocoder``: BigVGAN as a GAN task of the shared training loop (``clipsonic.train.harness``).
 
-One step, as ``bigvgan/train.py``: the discriminators (MPD + MRD by default) on real vs the
-detached fake, then the generator on λ_mel · L1 of the log-mels + least-squares adversarial +
-feature matching (Kong et al. 2020; Lee et al. 2023, λ_mel = 45). The log-mel is the paper's front
-end (:func:`clipsonic.audio.mel_spectrogram`), in float32 even under AMP. Validation is BigVGAN's
-"validation mel spectrogram error" with audio examples in TensorBoard. The export is a vocoder
-folder (``RUN/vocoder``) of the generator with weight norm folded.
+One step, as ``bigvgan/train.py``: the discriminators (MPD + MRD by default) on real vs the detached fake,
+then the generator on λ_mel · L1 of the log-mels + least-squares adversarial + feature matching (Kong et al.
+2020; Lee et al. 2023, λ_mel = 45). The log-mel is the paper's front end (:func:`clipsonic.audio.mel_spectrogram`),
+in float32 even under AMP. Validation is BigVGAN's "validation mel spectrogram error", with audio examples in
+TensorBoard. The export (``RUN/vocoder``) is the generator with weight norm folded.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Mel → waveform: Griffin-Lim and BigVGAN (Lee et al. 2023) behind one interface, and their folders.
 
-A vocoder folder is ``config.json`` (``"format": "clipsonic-vocoder"``, ``"version"``, ``"type"``,
-``"mel"`` and the component's settings) plus, for BigVGAN, ``bigvgan_generator.safetensors``
-(weight norm removed). It loads without running code from the folder, so a pipeline keeps one as
-its ``vocoder/`` component. A ``train-vocoder`` run folder holds one at ``RUN/vocoder``.
+A vocoder folder (a pipeline's ``vocoder/``, a train-vocoder run's ``RUN/vocoder``) is ``config.json``
+(``"format": "clipsonic-vocoder"``, ``"version"``, ``"type"``, ``"mel"``, the component's settings) plus,
+for BigVGAN, ``bigvgan_generator.safetensors`` (weight norm removed); loading it runs no code from it.
 """
 
 from __future__ import annotations
@@ -83,14 +82,13 @@ class BigVGANConfig(Config):
         return math.prod(self.upsample_rates)
 
 
-_RESBLOCKS = dict(resblock_kernel_sizes=(3, 7, 11), resblock_dilation_sizes=((1, 3, 5),) * 3)
-
-# Generators for 16 kHz / 64 bands / hop 512 (every product of upsample_rates is 512).
+# Generators for 16 kHz / 64 bands / hop 512 (every product of upsample_rates is 512); paper and base keep the
+# default resblocks (kernels 3, 7, 11, dilations 1, 3, 5).
 VOCODER_PRESETS: dict[str, BigVGANConfig] = {
     # BigVGAN (v1 large / v2) width: 1536 channels, six stages [8,4,2,2,2,2]; ~120M parameters.
-    "paper": BigVGANConfig((8, 4, 2, 2, 2, 2), (16, 8, 4, 4, 4, 4), 1536, **_RESBLOCKS),
+    "paper": BigVGANConfig((8, 4, 2, 2, 2, 2), (16, 8, 4, 4, 4, 4), 1536),
     # BigVGAN-base width (512 channels) with its [8,8,2,2] stages plus one more 2 for hop 512; ~14M.
-    "base": BigVGANConfig((8, 8, 2, 2, 2), (16, 16, 4, 4, 4), 512, **_RESBLOCKS),
+    "base": BigVGANConfig((8, 8, 2, 2, 2), (16, 16, 4, 4, 4), 512),
     # CPU tests and demos: three x8 stages, one resblock kernel; ~0.1M, ~25x real time on 2 cores.
     "tiny": BigVGANConfig((8, 8, 8), (16, 16, 16), 64, resblock_kernel_sizes=(3,),
                           resblock_dilation_sizes=((1, 3, 5),)),
