@@ -5,13 +5,7 @@ import pytest
 import torch
 from bigvgan.meldataset import mel_spectrogram as bigvgan_mel
 
-from clipsonic.audio import (
-    MelConfig,
-    denormalize,
-    griffin_lim,
-    mel_spectrogram,
-    normalize,
-)
+from clipsonic.audio import MelConfig, denormalize, griffin_lim, mel_spectrogram, normalize
 from clipsonic.config import ConfigError
 
 SR = 16000

@@ -13,14 +13,7 @@ from diffusers import DDPMScheduler
 from torch.distributions import Normal, kl_divergence
 
 from clipsonic.config import ConfigError
-from clipsonic.diffusion import (
-    DiffusionConfig,
-    GaussianDiffusion,
-    guide,
-    guided_denoiser,
-    respace,
-    space_timesteps,
-)
+from clipsonic.diffusion import DiffusionConfig, GaussianDiffusion, guide, guided_denoiser, respace, space_timesteps
 from clipsonic.diffusion.losses import discretized_gaussian_log_likelihood, normal_kl
 from clipsonic.diffusion.posterior import split_output
 

@@ -7,13 +7,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from clipsonic.diffusion import (
-    SAMPLERS,
-    DiffusionConfig,
-    GaussianDiffusion,
-    respace,
-    space_timesteps,
-)
+from clipsonic.diffusion import SAMPLERS, DiffusionConfig, GaussianDiffusion, respace, space_timesteps
 from clipsonic.diffusion.samplers import SPACING, ddim_step, ddpm_step, dpmpp_2m
 
 T = 4000

@@ -15,12 +15,7 @@ from clipsonic.data.loader import decode_npy, iter_raw_samples
 from clipsonic.diffusion import DiffusionConfig
 from clipsonic.encoders import ClipModelRef
 from clipsonic.errors import ClipsonicError
-from clipsonic.export import (
-    PipelineStats,
-    load_stats,
-    read_model_index,
-    write_pipeline_dir,
-)
+from clipsonic.export import PipelineStats, load_stats, read_model_index, write_pipeline_dir
 from clipsonic.models import MelUNet
 from clipsonic.train import export_run, read_run, train
 

@@ -9,16 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from support.media_files import (
-    AMPLITUDE,
-    VIDEOS,
-    amplitude_at,
-    clicks_at,
-    onset,
-    peak_hz,
-    video_cache,
-    write_audio,
-)
+from support.media_files import AMPLITUDE, VIDEOS, amplitude_at, clicks_at, onset, peak_hz, video_cache, write_audio
 
 from clipsonic import media
 from clipsonic.media import MediaError, load_audio, probe, save_audio

@@ -12,7 +12,8 @@ from support.media_files import write_audio, write_frameless_video, write_video
 from support.tiny_pipeline import COLOURS, TINY_FRAMES, solid_image, tiny_pipeline_dir  # noqa: F401
 
 from clipsonic.errors import ClipsonicError
-from clipsonic.pipeline import MAX_SECONDS, CLIPSonicPipeline
+from clipsonic.pipeline import CLIPSonicPipeline
+from clipsonic.pipeline.queries import MAX_SECONDS
 
 HOP = 512
 FAST = dict(num_inference_steps=3, prior_steps=4)

@@ -17,14 +17,7 @@ from support.synthetic_dataset import make_synthetic_dataset, synthetic_mel_conf
 from clipsonic.cli import main
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import read_json
-from clipsonic.train import (
-    export_run,
-    list_checkpoints,
-    read_metrics,
-    read_run,
-    resolve_run_config,
-    train,
-)
+from clipsonic.train import export_run, list_checkpoints, read_metrics, read_run, resolve_run_config, train
 
 # Tiny and fast: 12 clips of 16 frames, batches of 4, two DataLoader workers (their rotation and
 # epoch boundaries are part of what resume must reproduce).

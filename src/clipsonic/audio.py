@@ -39,14 +39,13 @@ class MelConfig(Config):
     log_max: float = 3.5
 
     def __post_init__(self) -> None:
-        if self.sample_rate <= 0:
-            raise ValueError(f"sample_rate must be > 0, got {self.sample_rate}")
         if self.win_length > self.n_fft:
             raise ValueError(f"win_length {self.win_length} exceeds n_fft {self.n_fft}")
         if (self.n_fft - self.hop_length) % 2:
             raise ValueError("n_fft - hop_length must be even (BigVGAN pads it equally on both sides)")
         if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
-            raise ValueError(f"need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin}, fmax={self.fmax}")
+            raise ValueError(f"need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin}, fmax={self.fmax}, "
+                             f"sample_rate={self.sample_rate}")
         if self.clip_samples % (FRAME_BLOCK * self.hop_length):
             raise ValueError(f"clip_samples {self.clip_samples} must be a multiple of {FRAME_BLOCK} frames "
                              f"({FRAME_BLOCK * self.hop_length} samples): the UNet's block (clipsonic.models)")

@@ -19,12 +19,9 @@ import torch.nn.functional as F
 
 from clipsonic.errors import ClipsonicError
 
-IMAGE_MODES = ("iq",)
 TEXT_MODES = ("zs", "pd", "shift", "knn")
-MODES = IMAGE_MODES + TEXT_MODES
+MODES = ("iq", *TEXT_MODES)
 DEFAULT_KNN_K = 8  # enough neighbours to average out one odd frame, few enough to stay on topic
-# Templates that turn the training labels into the prompt set of the shift bridge.
-SHIFT_TEMPLATES = ("{label}", "the sound of {label}")
 # The shift bridge's prompt set when the training data had no labels: everyday sound captions,
 # so the mean text embedding is that of typical queries rather than of any one topic.
 GENERIC_PROMPTS = (
@@ -63,12 +60,10 @@ def nearest_images(text_emb: torch.Tensor, bank: torch.Tensor, k: int = DEFAULT_
 
 
 def shift_prompts(labels: Sequence[str | None]) -> list[str]:
-    """The shift bridge's prompt set: the training labels through :data:`SHIFT_TEMPLATES`, or
+    """The shift bridge's prompt set: each training label as is and as "the sound of <label>", or
     :data:`GENERIC_PROMPTS` when no label is known."""
     names = sorted({label for label in labels if label})
-    if not names:
-        return list(GENERIC_PROMPTS)
-    return [template.format(label=name) for name in names for template in SHIFT_TEMPLATES]
+    return [text for name in names for text in (name, f"the sound of {name}")] or list(GENERIC_PROMPTS)
 
 
 def mean_text_embedding(encoder, prompts: Sequence[str]) -> torch.Tensor:

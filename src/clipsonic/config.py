@@ -100,7 +100,6 @@ def check_choices(config: Config) -> None:
 
 
 def _plain(value: Any) -> Any:
-    """JSON-ready: nested configs as dicts, tuples as lists."""
     if isinstance(value, Config):
         return value.to_dict()
     if isinstance(value, tuple):

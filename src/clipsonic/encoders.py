@@ -27,10 +27,6 @@ from clipsonic.files import read_json
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-# What a hub snapshot needs: configs, tokenizer, and the transformers safetensors weights only
-# (repos also carry pytorch/tf/flax/open_clip copies of the same weights).
-HUB_PATTERNS = ("*.json", "*.txt", "model*.safetensors")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +51,8 @@ class ClipModelRef:
             raise ClipsonicError(f"{source}: not a CLIP reference {{model, dim, fingerprint}} ({exc!r})") from None
 
 
-def load_clip(name_or_path: str | os.PathLike = DEFAULT_CLIP, device: str | torch.device | None = None,
-              dtype: torch.dtype | str | None = None) -> ClipEncoder:
+def load_clip(name_or_path: str | os.PathLike = "openai/clip-vit-large-patch14",
+              device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> ClipEncoder:
     """A CLIP from a ``save_pretrained`` directory or a hub id; by default on cuda in float16 when
     available, else on cpu in float32 (outputs are float32 either way)."""
     directory = _resolve(str(name_or_path))
@@ -138,11 +134,9 @@ class ClipEncoder:
         """unCLIP priors' (Karlo's) text condition, float32 CPU: the projected embedding ``[B, D]`` (not
         normalised), final token states ``[B, L, W]`` (L = :attr:`max_text_tokens`, end-token padded) and
         the attention mask ``[B, L]`` (True = real token)."""
-        parts = list(self._text_batches(texts, batch_size, with_states=True))
-        width = int(self.model.config.text_config.hidden_size)
-        if not parts:
-            return (torch.empty(0, self.dim), torch.empty(0, self.max_text_tokens, width),
-                    torch.empty(0, self.max_text_tokens, dtype=torch.bool))
+        width, length = int(self.model.config.text_config.hidden_size), self.max_text_tokens
+        empty = (torch.empty(0, self.dim), torch.empty(0, length, width), torch.empty(0, length, dtype=torch.bool))
+        parts = [empty, *self._text_batches(texts, batch_size, with_states=True)]
         return tuple(torch.cat(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
 
     def _text_batches(self, texts: Sequence[str], batch_size: int, with_states: bool = False):
@@ -175,9 +169,7 @@ class ClipEncoder:
 
 
 def _normalise(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
-    if not parts:
-        return torch.empty(0, dim)
-    return torch.nn.functional.normalize(torch.cat(parts), dim=-1)
+    return torch.nn.functional.normalize(torch.cat([torch.empty(0, dim), *parts]), dim=-1)  # no parts: [0, dim]
 
 
 def _to_pil(image: Any, index: int) -> Image.Image:
@@ -234,8 +226,8 @@ def _resolve(name: str) -> Path:
     hint = (f"On a connected machine run `hf download {name} --include '*.json' --include '*.txt' "
             f"--include 'model*.safetensors' --local-dir DIR` (older huggingface_hub: "
             f"`huggingface-cli download`) and pass DIR instead of the hub id.")
-    try:
-        return Path(snapshot_download(repo_id=name, allow_patterns=list(HUB_PATTERNS)))
+    try:  # configs, tokenizer and the transformers safetensors only (repos also hold pytorch/tf/flax copies)
+        return Path(snapshot_download(repo_id=name, allow_patterns=["*.json", "*.txt", "model*.safetensors"]))
     except HFValidationError:
         raise ClipsonicError(f"CLIP model {name!r} is neither an existing directory nor a hub id") from None
     except RepositoryNotFoundError:
@@ -279,8 +271,7 @@ def _weight_files(directory: Path) -> list[Path]:
                 shards = sorted(set(read_json(directory / index, "weight index")["weight_map"].values()))
             except (KeyError, TypeError, AttributeError) as exc:
                 raise ClipsonicError(f"{directory / index} is not a valid weight index ({exc!r})") from None
-            absent = [s for s in shards if not (directory / s).is_file()]
-            if absent:
+            if absent := [s for s in shards if not (directory / s).is_file()]:
                 raise ClipsonicError(f"CLIP model directory {directory} is missing weight shard(s) {absent}")
             return [directory / s for s in shards]
     return [directory / f for f in ("model.safetensors", "pytorch_model.bin") if (directory / f).is_file()][:1]

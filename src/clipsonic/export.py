@@ -109,12 +109,10 @@ def write_pipeline_dir(out: str | os.PathLike, *, unet, diffusion: DiffusionConf
 
 
 def _write_index(index: ModelIndex, stats: PipelineStats | None) -> None:
-    """``model_index.json`` and the model card of a pipeline folder."""
-    clip, mel = index.clip, index.mel
     write_json_atomic(index.root / MODEL_INDEX_NAME, {
         "format": INDEX_FORMAT, "version": INDEX_VERSION, "_class_name": PIPELINE_CLASS,
-        "clipsonic_version": __version__, "clip_model": clip and clip.to_dict(), "mel": mel and mel.to_dict(),
-        "components": index.components, "training": index.training})
+        "clipsonic_version": __version__, "clip_model": index.clip and index.clip.to_dict(),
+        "mel": index.mel and index.mel.to_dict(), "components": index.components, "training": index.training})
     (index.root / "README.md").write_text(model_card(index, stats))
 
 

@@ -33,9 +33,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
 def read_versioned_json(path: str | os.PathLike, fmt: str, version: int, *,
                         unversioned: int | None = None) -> dict[str, Any]:
     """A JSON object with ``"format": fmt`` and ``"version": version``; one line naming both versions otherwise.
-
-    ``unversioned``: the version of files written before these two fields existed (read as that version).
-    """
+    ``unversioned``: the version of files written before these two fields existed."""
     data = read_json(path, f"{fmt} file")
     if unversioned is not None and isinstance(data, dict) and "format" not in data:
         data = {**data, "format": fmt, "version": unversioned}
@@ -59,11 +57,8 @@ def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> None:
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
-
-    The temporary (``.{name}.XXXX.tmp``, which resumable writers clean up) is removed on error. The
-    file gets the usual permissions (umask), not mkstemp's private 0600.
-    """
+    """Yield a temporary path ``.{name}.XXXX.tmp`` beside ``path`` (removed on error; resumable writers clean up
+    strays); on success it is fsynced, given the umask's permissions (not mkstemp's 0600) and renamed onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -83,12 +78,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``target``; on success it replaces ``target`` whole.
-
-    A folder cannot be renamed over a non-empty one, so the old one is renamed aside first and put
-    back if the second rename fails: readers see the old folder or the new one, never a mixture.
-    The temporary is removed on error.
-    """
+    """Yield an empty temporary folder beside ``target`` (removed on error); on success it replaces ``target``
+    whole. A folder cannot be renamed over a non-empty one, so the old one is renamed aside first and put
+    back if the second rename fails: readers see the old folder or the new one, never a mixture."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"

@@ -67,7 +67,6 @@ def _symmetric(a: np.ndarray, name: str) -> np.ndarray:
 
 
 def _nonnegative(eig: np.ndarray, name: str) -> np.ndarray:
-    """Eigenvalues clipped at 0; one below zero by more than rounding raises."""
     if eig.min(initial=0.0) < -1e-6 * max(float(np.abs(eig).max(initial=0.0)), 1e-300):
         raise MetricError(f"{name} has a negative eigenvalue {eig.min():.3g} (largest {eig.max():.3g}): "
                           "not positive semi-definite")

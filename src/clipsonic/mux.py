@@ -19,8 +19,6 @@ from clipsonic.files import atomic_output
 CONTAINERS: dict[str, tuple[str, str]] = {
     ".mp4": ("mp4", "aac"), ".m4v": ("mp4", "aac"), ".mov": ("mov", "aac"), ".mkv": ("matroska", "aac"),
     ".webm": ("webm", "libopus"), ".avi": ("avi", "libmp3lame"), ".ts": ("mpegts", "aac")}
-# Opus only takes these rates; other rates are resampled to 48 kHz by PyAV's encoder front end.
-_OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
 
 def video_span(path: str | os.PathLike) -> tuple[float, float]:
@@ -70,7 +68,8 @@ def _remux(video, audio: np.ndarray, sample_rate: int, start: float, tmp: Path, 
     with av.open(str(video)) as src, av.open(str(tmp), "w", format=fmt) as dst:
         v_in = src.streams.video[0]
         v_out = dst.add_stream_from_template(v_in)
-        rate = sample_rate if codec != "libopus" or sample_rate in _OPUS_RATES else 48000
+        # Opus only takes these rates; other rates are resampled to 48 kHz by PyAV's encoder front end
+        rate = sample_rate if codec != "libopus" or sample_rate in (8000, 12000, 16000, 24000, 48000) else 48000
         a_out = dst.add_stream(codec, rate=rate)
         a_out.layout = "mono"
         packets = []

@@ -25,7 +25,6 @@ def save_mel_image(logmel: np.ndarray, config: MelConfig, path: str | os.PathLik
     if logmel.ndim != 2:
         raise ValueError(f"expected a log-mel [n_mels, frames], got shape {logmel.shape}")
     seconds = logmel.shape[1] * config.hop_length / config.sample_rate
-    freqs = mel_band_edges_hz(config)
     fig = Figure(figsize=(max(4.0, min(16.0, 2.0 + seconds * 1.5)), 3.2), dpi=100)
     ax = fig.add_subplot()
     im = ax.imshow(
@@ -33,7 +32,7 @@ def save_mel_image(logmel: np.ndarray, config: MelConfig, path: str | os.PathLik
         extent=(0.0, seconds, -0.5, config.n_mels - 0.5),
         vmin=config.log_min, vmax=max(config.log_max, float(logmel.max())))
     ticks = np.linspace(0, config.n_mels - 1, 6).round().astype(int)
-    ax.set_yticks(ticks, [f"{freqs[i]:.0f}" for i in ticks])
+    ax.set_yticks(ticks, [f"{hz:.0f}" for hz in mel_band_edges_hz(config)[ticks]])
     ax.set_xlabel("time (s)")
     ax.set_ylabel("frequency (Hz)")
     if title:

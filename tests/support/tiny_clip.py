@@ -16,12 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clipsonic.sonicworld.clip import (
-    BOS,
-    EOS,
-    write_clip_image_processor,
-    write_clip_tokenizer,
-)
+from clipsonic.sonicworld.clip import BOS, EOS, write_clip_image_processor, write_clip_tokenizer
 
 # Words of the sound-of-videos world, so test captions are mostly whole tokens.
 DEFAULT_WORDS = (

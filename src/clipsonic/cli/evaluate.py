@@ -126,9 +126,8 @@ def run_demo_command(args: argparse.Namespace) -> None:
         left = "estimating" if p.remaining is None else f"about {_minutes(p.remaining)} left"
         end = "\n" if p.step != last["step"] and last["step"] is not None else ""
         last["step"] = p.step
-        sys.stderr.write(f"{end}\r[{p.index}/{p.count}] {p.step:<9} {p.fraction:4.0%} · "
-                         f"{_minutes(p.elapsed)} elapsed · {left}   ")
-        sys.stderr.flush()
+        print(f"{end}\r[{p.index}/{p.count}] {p.step:<9} {p.fraction:4.0%} · {_minutes(p.elapsed)} elapsed · "
+              f"{left}   ", end="", file=sys.stderr, flush=True)
 
     metrics = run_demo(args.out, fast=args.fast, progress=progress)
     sys.stderr.write("\n")

@@ -16,9 +16,8 @@ from clipsonic.cli.options import command, deprecated_alias, progress_bar
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, SAMPLERS
 from clipsonic.errors import ClipsonicError
 from clipsonic.media import load_audio
-from clipsonic.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, VIDEO_POOLING, CLIPSonicPipeline
+from clipsonic.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, CLIPSonicPipeline, queries
 from clipsonic.pipeline.outputs import check_target, generate_files
-from clipsonic.pipeline.queries import DEFAULT_VIDEO_FRAMES, MAX_SECONDS, parse_query, read_prompts
 from clipsonic.plotting import save_mel_image
 from clipsonic.vocoder import GriffinLimConfig, GriffinLimVocoder, load_vocoder, vocode_file
 
@@ -33,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(mean-embedding shift) and knn (nearest training images). -o takes a .wav/.flac (one clip), a video file "
         "name (video query: a copy of the video with the new sound, its picture stream copied) or a directory "
         f"(NNN-<query>.wav per clip). --seconds rounds to a multiple of 8 mel frames (0.256 s) and is at most "
-        f"{MAX_SECONDS:g}; clips longer than the training length work (the UNet is convolutional in time) but "
+        f"{queries.MAX_SECONDS:g}; clips longer than the training length work (the UNet is convolutional in time) but "
         "drift from what it learned. Without a vocoder component the audio is made with Griffin-Lim.",
         "clipsonic generate --text 'the red ball that is humming' -o hum.wav   # the built-in model",
         "clipsonic generate --list-builtin-prompts",
@@ -62,10 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--num-samples", type=int, default=1, help="clips per query (default 1)")
     s.add_argument("--seconds", type=float, help="length (default: one training clip; a video's own)")
     s.add_argument("--negative", metavar="TEXT", help="text to steer away from (replaces the null condition)")
-    s.add_argument("--video-frames", choices=VIDEO_POOLING, default=VIDEO_POOLING[0],
+    s.add_argument("--video-frames", choices=queries.VIDEO_POOLING, default=queries.VIDEO_POOLING[0],
                    help="video: mean of --num-frames frames, or the first/middle frame (default mean)")
-    s.add_argument("--num-frames", type=int, default=DEFAULT_VIDEO_FRAMES,
-                   help=f"frames averaged per video (default {DEFAULT_VIDEO_FRAMES})")
+    s.add_argument("--num-frames", type=int, default=queries.DEFAULT_VIDEO_FRAMES,
+                   help=f"frames averaged per video (default {queries.DEFAULT_VIDEO_FRAMES})")
     s.add_argument("--batch-size", type=int, default=8, help="text queries per pipeline call (default 8)")
     r = p.add_argument_group("run")
     r.add_argument("-o", "--out", type=Path, default=Path("generated"), help="output file or directory (default generated/)")
@@ -109,7 +108,8 @@ def run_generate(args: argparse.Namespace) -> None:
         return
     if args.prompts is not None and args.text:
         raise ClipsonicError("give --text or --prompts, not both")
-    query = parse_query(read_prompts(args.prompts) if args.prompts else args.text, args.image, args.video)
+    texts = queries.read_prompts(args.prompts) if args.prompts else args.text
+    query = queries.parse_query(texts, args.image, args.video)
     check_target(args.out, len(query) * args.num_samples, query.kind)  # before the slow load
     pipe = CLIPSonicPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                              clip_model=args.clip_model, vocoder=args.vocoder)

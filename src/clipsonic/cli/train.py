@@ -20,18 +20,17 @@ from clipsonic.prior.train import PriorTrainConfig
 from clipsonic.train import TrainConfig, export_run, train
 from clipsonic.vocoder import DiscriminatorConfig, VocoderTrainConfig, attach_vocoder, train_vocoder
 
-CLIP_RULE = """clip rule: clips of --clip-seconds (default 4.096 s = 128 mel frames) start at the video's
-(or VGGSound row's) start and every --stride-seconds while they fit; a shorter tail is dropped,
-except that a video shorter than one clip but at least --min-clip-fraction of it gives one
-zero-padded clip. Clips quieter than --silence-db dBFS RMS are dropped as silent. K frames are
-taken at the centres of K equal parts of each clip; the middle one is also stored as a jpg."""
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = options.command(
         sub, "preprocess", run_preprocess, "turn videos into training shards (log-mels + CLIP frame embeddings)",
         "Cut videos into clips and store each clip's log-mel and the CLIP image embeddings of K of its frames as "
-        "WebDataset shards. Re-running the same command resumes.\n\n" + CLIP_RULE,
+        "WebDataset shards. Re-running the same command resumes.\n\nclip rule: clips of --clip-seconds (default "
+        "4.096 s = 128 mel frames) start at the video's (or VGGSound row's) start and every --stride-seconds while "
+        "they fit; a shorter tail is dropped, except that a video shorter than one clip but at least "
+        "--min-clip-fraction of it gives one zero-padded clip. Clips quieter than --silence-db dBFS RMS are dropped "
+        "as silent. K frames are taken at the centres of K equal parts of each clip; the middle one is also stored "
+        "as a jpg.",
         "clipsonic preprocess videos/ --out data/mine --test-fraction 0.05",
         "clipsonic preprocess vggsound.csv --video-dir vggsound/ --out data/vgg --workers 8 --keep-audio",
         "clipsonic preprocess MUSIC_solo_videos.json --video-dir music/ --out data/music --max-clips-per-video 50",

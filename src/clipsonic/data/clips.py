@@ -76,8 +76,7 @@ def plan_clip_starts(segment_start: float, segment_seconds: float, mel: MelConfi
     """Start times (s) of the clips cut from a segment, per the module's clip rule."""
     clip_s = mel.clip_seconds
     stride = options.stride_seconds or clip_s
-    # 1 ms of slack: container durations are rounded
-    count = int(math.floor((segment_seconds - clip_s + 1e-3) / stride)) + 1 if segment_seconds + 1e-3 >= clip_s else 0
+    count = max(math.floor((segment_seconds - clip_s + 1e-3) / stride) + 1, 0)  # 1 ms slack: durations are rounded
     if count == 0 and segment_seconds >= options.min_clip_fraction * clip_s:
         count = 1
     if options.max_clips_per_video is not None:

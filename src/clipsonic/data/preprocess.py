@@ -204,10 +204,9 @@ def _run_split(out: Path, split: str, items: list[SourceItem], journal: dict, de
     stats.items_done += state["next_item"]
     stats.clips += state["clips"]
     stats.rejected += len(state["rejected"])
-    group = options.encode_group
     try:
-        for g0 in range(state["next_item"], len(items), group):
-            batch = items[g0:g0 + group]
+        for g0 in range(state["next_item"], len(items), options.encode_group):
+            batch = items[g0:g0 + options.encode_group]
             _write_group(writer, decoder.map(batch), batch, encoder, batch_size, state, stats, progress)
             if writer.full:
                 commit(writer.finalize(), g0 + len(batch))

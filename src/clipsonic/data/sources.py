@@ -18,8 +18,6 @@ from clipsonic.files import read_json
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv", ".3gp",
                     ".ts")
-# VGGSound clips are 10 s long (the CSV gives their start inside the YouTube video).
-VGGSOUND_CLIP_SECONDS = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +74,6 @@ def _need_video_dir(source: Path, video_dir) -> tuple[Path, dict[str, Path]]:
 
 
 def _video_files(root: Path) -> list[Path]:
-    """The (not hidden) video files under ``root``, sorted."""
     return [path for path in sorted(root.rglob("*"))
             if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file() and not path.name.startswith(".")]
 
@@ -126,8 +123,7 @@ def _from_vggsound(source: Path, rows: list[list[str]], video_dir) -> tuple[list
         if key in index:
             items.append(SourceItem(index[key], key=key, label=label, split=split or None))
         elif ytid in index:
-            items.append(SourceItem(index[ytid], key=key, start=start, duration=VGGSOUND_CLIP_SECONDS, label=label,
-                                    split=split or None))
+            items.append(SourceItem(index[ytid], key=key, start=start, duration=10.0, label=label, split=split or None))
         else:
             problems.append(Problem(str(video_dir / f"{key}.mp4"),
                                     f"missing file: neither {key}.* nor {ytid}.* in {video_dir}"))

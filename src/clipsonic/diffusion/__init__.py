@@ -8,21 +8,9 @@
 
 from clipsonic.diffusion.config import DiffusionConfig
 from clipsonic.diffusion.gaussian_diffusion import GaussianDiffusion
-from clipsonic.diffusion.guidance import DEFAULT_GUIDANCE_SCALE, Denoiser, guide, guided_denoiser
+from clipsonic.diffusion.guidance import DEFAULT_GUIDANCE_SCALE, guide, guided_denoiser
 from clipsonic.diffusion.respace import respace, space_timesteps
-from clipsonic.diffusion.samplers import SAMPLERS, SPACING
-from clipsonic.diffusion.schedule import Schedule
+from clipsonic.diffusion.samplers import SAMPLERS
 
-__all__ = [
-    "DEFAULT_GUIDANCE_SCALE",
-    "SAMPLERS",
-    "SPACING",
-    "Denoiser",
-    "DiffusionConfig",
-    "GaussianDiffusion",
-    "Schedule",
-    "guide",
-    "guided_denoiser",
-    "respace",
-    "space_timesteps",
-]
+__all__ = ["DEFAULT_GUIDANCE_SCALE", "SAMPLERS", "DiffusionConfig", "GaussianDiffusion", "guide", "guided_denoiser",
+           "respace", "space_timesteps"]

@@ -7,6 +7,7 @@ and ``sample`` take the model as an argument (contract in guidance.py). Data are
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -15,17 +16,11 @@ from torch import Tensor, nn
 from clipsonic.diffusion import posterior as P
 from clipsonic.diffusion.config import DiffusionConfig
 from clipsonic.diffusion.guidance import DEFAULT_GUIDANCE_SCALE, guided_denoiser
-from clipsonic.diffusion.losses import (
-    discretized_gaussian_log_likelihood,
-    mean_flat,
-    min_snr_weight,
-    nats_to_bits,
-    normal_kl,
-)
+from clipsonic.diffusion.losses import discretized_gaussian_log_likelihood, mean_flat, min_snr_weight, normal_kl
 from clipsonic.diffusion.respace import respace, space_timesteps
 from clipsonic.diffusion.rng import rand, randint, randn
 from clipsonic.diffusion.samplers import SAMPLERS, SPACING
-from clipsonic.diffusion.schedule import Schedule, make_betas
+from clipsonic.diffusion.schedule import Schedule, cosine_betas, linear_betas
 
 Model = nn.Module | Callable[..., Tensor]
 
@@ -36,7 +31,8 @@ class GaussianDiffusion:
     def __init__(self, config: DiffusionConfig | None = None) -> None:
         self.config = config or DiffusionConfig()
         c = self.config
-        self.schedule = Schedule(make_betas(c.schedule, c.num_timesteps, c.cosine_s))
+        betas = cosine_betas(c.num_timesteps, c.cosine_s) if c.schedule == "cosine" else linear_betas(c.num_timesteps)
+        self.schedule = Schedule(betas)
         self._respaced: dict[tuple[int, str], Schedule] = {}
 
     @property
@@ -131,7 +127,7 @@ class GaussianDiffusion:
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x0, xt, t)
         kl = mean_flat(normal_kl(true_mean, true_log_variance, model["mean"], model["log_variance"]))
         nll = -mean_flat(discretized_gaussian_log_likelihood(x0, model["mean"], 0.5 * model["log_variance"]))
-        return nats_to_bits(torch.where(t == 0, nll, kl))
+        return torch.where(t == 0, nll, kl) / math.log(2.0)  # nats -> bits
 
     # --- sampling ---------------------------------------------------------------------------
     @torch.no_grad()

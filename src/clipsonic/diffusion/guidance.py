@@ -46,10 +46,8 @@ def branches(guidance_scale: float, formula: str) -> str:
 
     When the mix reduces to one branch that branch runs alone, on B rather than 2B examples, and
     its own variance is used: "cfg" with w = 1 (or "cfg-plus-one" with w = 0) is exactly the
-    conditional model, "cfg" with w = 0 exactly the unconditional one.
+    conditional model, "cfg" with w = 0 exactly the unconditional one. (:func:`guide` refuses bad formulas.)
     """
-    if formula not in ("cfg", "cfg-plus-one"):
-        raise ValueError(f"unknown guidance formula {formula!r}; use 'cfg' or 'cfg-plus-one'")
     if (formula == "cfg" and guidance_scale == 1.0) or (formula == "cfg-plus-one" and guidance_scale == 0.0):
         return "cond"
     if formula == "cfg" and guidance_scale == 0.0:

@@ -62,14 +62,4 @@ def min_snr_weight(snr: Tensor, gamma: float, prediction: str) -> Tensor:
     min(SNR, gamma)/SNR, min(SNR, gamma)/(SNR + 1) and min(SNR, gamma). snr: [B] -> [B].
     """
     clipped = snr.clamp(max=gamma)
-    if prediction == "epsilon":
-        return clipped / snr
-    if prediction == "v":
-        return clipped / (snr + 1)
-    if prediction == "x0":
-        return clipped
-    raise ValueError(f"unknown prediction {prediction!r}")
-
-
-def nats_to_bits(x: Tensor) -> Tensor:
-    return x / math.log(2.0)
+    return {"epsilon": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[prediction]

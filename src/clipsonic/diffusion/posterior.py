@@ -111,7 +111,5 @@ def p_mean_variance(
 
 
 def _as_tensor(value: Tensor | float, like: Tensor) -> Tensor:
-    if isinstance(value, Tensor):
-        return value
-    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-    return torch.tensor(value, dtype=dtype, device=like.device)
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32  # as Schedule.at's tensors
+    return torch.as_tensor(value, dtype=dtype, device=like.device)

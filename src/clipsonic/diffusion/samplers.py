@@ -145,8 +145,7 @@ def _half_log_snr(abar: float) -> float:
     return 0.5 * (math.log(abar) - math.log1p(-abar))
 
 
-Sampler = Callable[..., Tensor]
-SAMPLERS: dict[str, Sampler] = {"ddpm": ddpm, "ddim": ddim, "dpmpp-2m": dpmpp_2m}
+SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpmpp-2m": dpmpp_2m}
 
 # Which K original steps each sampler evaluates (respace.space_timesteps): the grids of the
 # diffusers schedulers each one matches. DPM-Solver++ on the "linspace" grid would take a

@@ -33,14 +33,6 @@ def linear_betas(num_timesteps: int) -> Tensor:
     return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)
 
 
-def make_betas(schedule: str, num_timesteps: int, cosine_s: float = 0.008) -> Tensor:
-    if schedule == "cosine":
-        return cosine_betas(num_timesteps, cosine_s)
-    if schedule == "linear":
-        return linear_betas(num_timesteps)
-    raise ValueError(f"unknown noise schedule {schedule!r}; use 'cosine' or 'linear'")
-
-
 class Schedule:
     """All constants of a (possibly respaced) chain of K steps, float64 on the CPU.
 

@@ -109,10 +109,8 @@ def read_state_dict(path: str | os.PathLike, how_to_get: str = "") -> dict[str, 
     """A checkpoint's tensors from ``.safetensors`` or a ``.pt``/``.pth`` read with ``weights_only=True`` (no
     code runs), unwrapped from a ``state_dict``/``model`` entry and DistributedDataParallel's ``module.`` prefix."""
     try:
-        if str(path).endswith(".safetensors"):
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        safetensors = str(path).endswith(".safetensors")
+        state = load_file(str(path)) if safetensors else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch and safetensors raise their own error types for corrupt files
         raise ClipsonicError(f"{path} could not be read as a tensors-only checkpoint ({exc}). {how_to_get}") from None
     for key in ("state_dict", "model"):

@@ -11,24 +11,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from clipsonic.embedders.base import (
-    AudioEmbedder,
-    pick_device,
-    quick_fingerprint,
-    read_state_dict,
-    resolve_weights,
-)
+from clipsonic.embedders.base import AudioEmbedder, pick_device, quick_fingerprint, read_state_dict, resolve_weights
 from clipsonic.errors import ClipsonicError
 
 SAMPLE_RATE = 48000
 CLIP_SAMPLES = 10 * SAMPLE_RATE
 WEIGHTS_FILE = "630k-audioset-best.pt"
 AMODEL = "HTSAT-tiny"  # the audio tower of the 630k checkpoints
-INSTALL_HINT = (
-    "the CLAP score needs the optional laion-clap package. Its wheel pins numpy<2, so install it "
-    "without dependencies, then its few runtime ones: `pip install --no-deps laion-clap && "
-    "pip install torchlibrosa ftfy braceexpand h5py progressbar wget`"
-)
 HOW_TO_GET = (
     "Download a LAION-CLAP checkpoint once (630k-audioset-best.pt from the lukewys/laion_clap model "
     "repository on the Hugging Face hub) and pass it with --clap-weights PATH. The package also needs "
@@ -61,7 +50,10 @@ class ClapEmbedder(AudioEmbedder):
         try:
             laion_clap = importlib.import_module("laion_clap")
         except ImportError as exc:
-            raise ClipsonicError(f"{INSTALL_HINT} (import failed: {exc})") from None
+            raise ClipsonicError("the CLAP score needs the optional laion-clap package. Its wheel pins numpy<2, so "
+                                 "install it without dependencies, then its few runtime ones: `pip install --no-deps "
+                                 "laion-clap && pip install torchlibrosa ftfy braceexpand h5py progressbar wget` "
+                                 f"(import failed: {exc})") from None
         fusion = "fusion" in path.name
         try:
             module = laion_clap.CLAP_Module(enable_fusion=fusion, device=str(pick_device(device)), amodel=AMODEL)

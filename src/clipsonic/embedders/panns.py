@@ -15,19 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipsonic.audio import MelConfig, mel_basis
-from clipsonic.embedders.base import (
-    AudioEmbedder,
-    load_module,
-    pick_device,
-    quick_fingerprint,
-    resolve_weights,
-)
+from clipsonic.embedders.base import AudioEmbedder, load_module, pick_device, quick_fingerprint, resolve_weights
 
 SAMPLE_RATE = 32000
 N_FFT = 1024
 HOP = 320
 N_MELS = 64
-FMIN, FMAX = 50.0, 14000.0
 WEIGHTS_FILE = "Cnn14_mAP=0.431.pth"
 HOW_TO_GET = (
     "Download Cnn14_mAP=0.431.pth once (PANNs, Kong et al.; Zenodo record 3987831) and pass it with "
@@ -36,7 +29,7 @@ HOW_TO_GET = (
 _CHANNELS = (64, 128, 256, 512, 1024, 2048)
 # for its Slaney filterbank [64, 513], as torchlibrosa builds it (clip_samples: any the config accepts, unused)
 _MEL = MelConfig(sample_rate=SAMPLE_RATE, n_fft=N_FFT, win_length=N_FFT, hop_length=HOP, n_mels=N_MELS,
-                 fmin=FMIN, fmax=FMAX, clip_samples=8 * HOP)
+                 fmin=50.0, fmax=14000.0, clip_samples=8 * HOP)
 
 
 def log_mel(wav: torch.Tensor) -> torch.Tensor:
@@ -44,8 +37,7 @@ def log_mel(wav: torch.Tensor) -> torch.Tensor:
     window = torch.hann_window(N_FFT, periodic=True, dtype=wav.dtype, device=wav.device)
     spec = torch.stft(wav, N_FFT, HOP, N_FFT, window, center=True, pad_mode="reflect", return_complex=True)
     power = spec.real ** 2 + spec.imag ** 2  # [B, 513, frames]
-    basis = mel_basis(_MEL).to(wav)  # [64, 513]
-    mel = torch.matmul(basis, power)
+    mel = mel_basis(_MEL).to(wav) @ power  # [64, 513] @ [B, 513, frames]
     return (10.0 * torch.log10(torch.clamp(mel, min=1e-10))).transpose(1, 2)
 
 

@@ -24,13 +24,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from clipsonic.embedders.base import (
-    AudioEmbedder,
-    load_module,
-    pick_device,
-    quick_fingerprint,
-    resolve_weights,
-)
+from clipsonic.embedders.base import AudioEmbedder, load_module, pick_device, quick_fingerprint, resolve_weights
 from clipsonic.errors import ClipsonicError
 
 log = logging.getLogger(__name__)
@@ -40,9 +34,6 @@ WINDOW_SAMPLES = 400  # round(16000 · 0.025)
 HOP_SAMPLES = 160  # round(16000 · 0.010)
 FFT_LENGTH = 512  # next power of two ≥ the window
 NUM_BANDS = 64
-MEL_MIN_HZ = 125.0
-MEL_MAX_HZ = 7500.0
-LOG_OFFSET = 0.01
 PATCH_FRAMES = 96  # round(0.96 s · 100 frames/s), also the hop between patches
 #: shortest input giving one patch: 95 hops + one window
 MIN_SAMPLES = (PATCH_FRAMES - 1) * HOP_SAMPLES + WINDOW_SAMPLES
@@ -72,7 +63,7 @@ def stft_magnitude(wav: np.ndarray) -> np.ndarray:
 def mel_matrix() -> np.ndarray:
     """``[257, 64]`` HTK-style triangular filters, linear in mel, DC bin zeroed (the reference's)."""
     bins_mel = hertz_to_mel(np.linspace(0.0, SAMPLE_RATE / 2, FFT_LENGTH // 2 + 1))
-    edges = np.linspace(hertz_to_mel(MEL_MIN_HZ), hertz_to_mel(MEL_MAX_HZ), NUM_BANDS + 2)
+    edges = np.linspace(hertz_to_mel(125.0), hertz_to_mel(7500.0), NUM_BANDS + 2)  # 125–7500 Hz
     lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]  # [64] each
     rising = (bins_mel[:, None] - lower) / (centre - lower)
     falling = (upper - bins_mel[:, None]) / (upper - centre)
@@ -84,7 +75,7 @@ def mel_matrix() -> np.ndarray:
 
 def log_mel(wav: np.ndarray) -> np.ndarray:
     """``[frames, 64]`` ln(mel + 0.01) of 16 kHz audio, ``frames = 1 + (samples − 400) // 160``."""
-    return np.log(stft_magnitude(wav) @ mel_matrix() + LOG_OFFSET)
+    return np.log(stft_magnitude(wav) @ mel_matrix() + 0.01)
 
 
 def waveform_to_patches(wav: np.ndarray) -> np.ndarray:
@@ -117,9 +108,7 @@ class VGGish(nn.Module):
                 layers += [nn.Conv2d(channels, int(spec), 3, padding=1), nn.ReLU(inplace=True)]
                 channels = int(spec)
         self.features = nn.Sequential(*layers)
-        fcs: list[nn.Module] = []
-        for n_in, n_out in _FCS:
-            fcs += [nn.Linear(n_in, n_out), nn.ReLU(inplace=True)]
+        fcs = [m for n_in, n_out in _FCS for m in (nn.Linear(n_in, n_out), nn.ReLU(inplace=True))]
         self.embeddings = nn.Sequential(*(fcs if final_relu else fcs[:-1]))
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:

@@ -21,13 +21,10 @@ from clipsonic.media import load_audio
 
 log = logging.getLogger(__name__)
 
-SETTINGS = {"format": "clipsonic-eval-set", "version": 1}  # heads every settings.json
-
-
 def open_set_dir(folder: Path, settings: dict[str, Any]) -> None:
     """Make ``folder`` hold audio made with ``settings``: clears it when it was made with others."""
     folder.mkdir(parents=True, exist_ok=True)
-    path, settings = folder / "settings.json", {**SETTINGS, **settings}
+    path, settings = folder / "settings.json", {"format": "clipsonic-eval-set", "version": 1, **settings}
     if path.is_file():
         with contextlib.suppress(ClipsonicError):  # unreadable: regenerate
             if read_json(path) == settings:
@@ -45,8 +42,7 @@ class EmbeddingCache:
     def __init__(self, root: Path, embedder: AudioEmbedder):
         self.embedder = embedder
         self.root = Path(root) / embedder.cache_id
-        self.hits = 0
-        self.misses = 0
+        self.hits = self.misses = 0
 
     def _load_or(self, path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
         if path.is_file():

@@ -8,16 +8,13 @@ from typing import Literal
 from clipsonic.config import Config
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE
 
-#: every query mode (bridges.MODES); IQ needs no label, the others query with the label text
-Mode = Literal["iq", "zs", "pd", "shift", "knn"]
-
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig(Config):
     """Table 1 and the guidance figure of the paper, on any model and test split."""
 
     # Query modes to generate with; empty: every mode the model supports (pd needs a prior).
-    modes: tuple[Mode, ...] = ()
+    modes: tuple[Literal["iq", "zs", "pd", "shift", "knn"], ...] = ()
     # The guidance scale w of the table (the paper's best FAD).
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     # Extra guidance scales for the sweep figure (the table's w is always included).

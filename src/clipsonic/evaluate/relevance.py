@@ -52,9 +52,8 @@ def judge_files(classifier: Any, files: Sequence[Path], labels: Sequence[str], b
     predicted: list[str | None] = []
     for start in range(0, len(files), batch_size):
         wavs = [load_audio(p, sample_rate) for p in files[start:start + batch_size]]
-        batch = np.zeros((len(wavs), max(len(w) for w in wavs)), np.float32)  # [B, samples]
-        for row, wav in zip(batch, wavs, strict=True):
-            row[:len(wav)] = wav
+        longest = max(len(w) for w in wavs)
+        batch = np.stack([np.pad(w, (0, longest - len(w))) for w in wavs]).astype(np.float32)  # [B, samples]
         answers = list(classifier.classify(batch, sample_rate))
         if len(answers) != len(wavs):
             raise ClipsonicError(f"classifier {classifier_name(classifier)} answered {len(answers)} labels "
@@ -66,7 +65,5 @@ def judge_files(classifier: Any, files: Sequence[Path], labels: Sequence[str], b
 def unknown_label_note(labels: Sequence[str | None], classifier: Any) -> str | None:
     """A note counting the labelled clips whose label the classifier does not know (left out)."""
     unknown = [label for label in labels if label and label not in set(classifier.labels)]
-    if not unknown:
-        return None
     return (f"{len(unknown)} clip(s) have label(s) the classifier {classifier_name(classifier)} does not know "
-            f"({some_names(unknown)}): left out of relevance")
+            f"({some_names(unknown)}): left out of relevance") if unknown else None

@@ -12,7 +12,6 @@ from typing import Any
 
 from clipsonic.files import write_bytes_atomic, write_json_atomic
 
-RESULTS_FORMAT = "clipsonic-evaluation"
 MODE_TITLES = {
     "iq": "CLIPSonic-IQ (image query)",
     "zs": "CLIPSonic-ZS (text, zero-shot)",
@@ -57,9 +56,8 @@ class Evaluation:
     def table_rows(self) -> list[SetResult]:
         """Modes at the table's w (in bridges.MODES order), then reconstruction, then reference."""
         w = float(self.config["guidance_scale"])
-        order = list(MODE_TITLES)
         rows = [s for s in self.sets if s.guidance is None or math.isclose(s.guidance, w)]
-        return sorted(rows, key=lambda s: order.index(s.mode))
+        return sorted(rows, key=lambda s: list(MODE_TITLES).index(s.mode))
 
     def sweep(self) -> dict[str, list[SetResult]]:
         """Per mode, its sets ordered by w (only modes generated at more than one w)."""
@@ -157,7 +155,7 @@ def plot_sweep(ev: Evaluation, path: str | os.PathLike) -> Path | None:
 def write_report(ev: Evaluation, out: str | os.PathLike) -> list[Path]:
     """Write the three report files under ``out``; returns the paths written."""
     out = Path(out)
-    results = {"format": RESULTS_FORMAT, "version": 2, **dataclasses.asdict(ev),
+    results = {"format": "clipsonic-evaluation", "version": 2, **dataclasses.asdict(ev),
                "table": [s.name for s in ev.table_rows()]}
     # NaN and infinity are not JSON: written as null
     write_json_atomic(out / "results.json", json.loads(json.dumps(results), parse_constant=lambda _: None))

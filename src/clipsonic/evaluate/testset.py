@@ -94,18 +94,14 @@ def captions_digest(captions: Captions) -> str:
 def text_query(clip: EvalClip, template: str, captions: Captions | None) -> str:
     """The text query of a labelled clip: its label's caption ``clip.index % n``, else the template."""
     options = captions.get(clip.label) if captions else None
-    if options:
-        return options[clip.index % len(options)]
-    return template.format(label=clip.label)
+    return options[clip.index % len(options)] if options else template.format(label=clip.label)
 
 
 def uncaptioned_note(clips: Sequence[EvalClip], captions: Captions, path: str) -> str | None:
     """A note naming the labels of the split that the captions file does not cover (they use the template)."""
     missing = [c.label for c in clips if c.label and not captions.get(c.label)]
-    if not missing:
-        return None
     return (f"{len(missing)} clip(s) with label(s) {some_names(missing)} have no captions in {path}: "
-            "their text modes query with text_template")
+            "their text modes query with text_template") if missing else None
 
 
 def some_names(names: Sequence[str]) -> str:

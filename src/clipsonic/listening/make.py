@@ -3,10 +3,8 @@
 Writes under ``out``: ``page/index.html`` (the whole test, no server, no network), ``page/audio/*`` (the audio
 under opaque names: system names never reach the page), ``key.json`` (the test id, and each trial id's system,
 item, query and source file) and ``README.txt`` (what to send to listeners and how to score their answers).
-
-A *system* is a folder of audio files with a ``manifest.jsonl`` (lines of ``{"file", "item", "query"}``, as
-``clipsonic evaluate`` writes beside its audio) or a ``<stem>.txt`` query beside each file (item = file stem).
-Items shared by all systems become trials.
+A *system* is a folder of audio with a ``manifest.jsonl`` (lines of ``{"file", "item", "query"}``, as ``clipsonic
+evaluate`` writes) or a ``<stem>.txt`` query beside each file (item = file stem); items all systems share are trials.
 """
 
 from __future__ import annotations
@@ -21,12 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from clipsonic.errors import ClipsonicError
-from clipsonic.files import (
-    atomic_directory,
-    read_versioned_json,
-    write_bytes_atomic,
-    write_json_atomic,
-)
+from clipsonic.files import atomic_directory, read_versioned_json, write_bytes_atomic, write_json_atomic
 from clipsonic.listening.page import render_page
 
 log = logging.getLogger(__name__)

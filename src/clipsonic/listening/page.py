@@ -1,11 +1,9 @@
 """The listening-test page: ``page.html`` (its CSS and JavaScript inline, works from file://) filled in.
 
-The page knows only opaque trial ids, audio file names and queries. Each listener gets the trials
-in an order shuffled by a seed derived from (test id, listener id), so a reload resumes the same
-order; progress is kept in ``localStorage`` under the test id. Ratings are 1–5 for fidelity and
-for relevance to the shown query. At the end a link downloads the answers as CSV with the columns
-of :data:`CSV_COLUMNS` (the test id in every row, so answers cannot be scored against another
-test's key).
+The page knows only opaque trial ids, audio file names and queries. Each listener gets the trials in an order
+seeded by (test id, listener id), so a reload resumes it; progress is kept in ``localStorage`` under the test id.
+Ratings are 1–5 for fidelity and for relevance to the shown query. The answers download as CSV with the columns
+of :data:`CSV_COLUMNS` (the test id in every row, so answers cannot be scored against another test's key).
 """
 
 from __future__ import annotations

@@ -46,7 +46,6 @@ def _reason(exc: BaseException) -> str:
 
 
 def _open(path: Path) -> Any:
-    """An open PyAV input container (a context manager that closes it)."""
     if not path.exists():
         raise MediaError(f"{path}: file not found")
     if not path.is_file():
@@ -87,6 +86,8 @@ class _Track:
             streams = [f"{s.type} {s.codec_context.name if s.codec_context else '?'}" for s in self.container.streams]
             self.container.close()
             raise MediaError(f"{path}: no {kind} stream (streams: {', '.join(streams) or 'none'})")
+        if kind == "video":
+            self.stream.codec_context.thread_type = "AUTO"
         self.origin = _origin(self.container)
 
     def __enter__(self) -> _Track:

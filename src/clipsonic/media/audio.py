@@ -27,7 +27,6 @@ AUDIO_SEEK_MIN_S = 10.0
 AUDIO_SEEK_PREROLL_S = 1.0
 # Extra input kept on each side of a segment so the resampling filter sees real neighbours.
 _RESAMPLE_MARGIN_S = 0.1
-RESAMPLE_QUALITY = "HQ"  # soxr: 20-bit precision, flat passband, no aliasing
 # Formats whose demuxers seek by estimated byte position, so timestamps after a seek are
 # approximate: decode these from the start.
 _ROUGH_SEEK_FORMATS = {"mp3", "aac", "ac3", "eac3", "mpegts", "mpeg", "loas", "latm"}
@@ -54,7 +53,7 @@ class _Resampler:
 
     def __init__(self, rate_in: int, rate_out: int):
         self.soxr = None if rate_in == rate_out else soxr.ResampleStream(
-            rate_in, rate_out, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+            rate_in, rate_out, 1, dtype="float32", quality="HQ")  # soxr HQ: 20-bit, flat passband, no aliasing
         self.pending: list[np.ndarray] = []
         self.chunks: list[np.ndarray] = []
 
@@ -142,13 +141,11 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float |
     wanted = round(float(duration) * rate) if duration is not None else round(end * rate) - round(start * rate)
     offset = round(start * rate) - first
     out = audio[offset:offset + wanted]
-    if len(out) < wanted:  # the track ends within the tolerance, or pad_end
-        out = np.concatenate([out, np.zeros(wanted - len(out), np.float32)])
-    return np.ascontiguousarray(out, dtype=np.float32)
+    # zero-padded when the track ends within the tolerance, or with pad_end
+    return np.pad(out, (0, wanted - len(out))).astype(np.float32, copy=False)
 
 
 _MAX_CHANNELS = 8
-_WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 
 
 def save_audio(path: str | os.PathLike, audio: Any, sample_rate: int, *, warn: bool = True) -> float:
@@ -159,7 +156,7 @@ def save_audio(path: str | os.PathLike, audio: Any, sample_rate: int, *, warn: b
     dB (0.0 when none). The file appears under its name only once completely written.
     """
     path = Path(path)
-    fmt = _WRITE_FORMATS.get(path.suffix.lower())
+    fmt = {".wav": "WAV", ".flac": "FLAC"}.get(path.suffix.lower())
     if fmt is None:
         raise MediaError(f"{path}: cannot write '{path.suffix}' files; use .wav or .flac")
     rate = _check_rate(sample_rate, path)

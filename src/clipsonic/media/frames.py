@@ -26,14 +26,9 @@ class _FrameCursor:
 
     def __init__(self, path: Path):
         self.path = path
-        self.track = self._open()
+        self.track = _Track(path, "video")
         self.frames: Iterator[Any] | None = None  # None until decoding starts
         self.current = self.upcoming = None
-
-    def _open(self) -> _Track:
-        track = _Track(self.path, "video")
-        track.stream.codec_context.thread_type = "AUTO"
-        return track
 
     def _decode_on(self) -> None:  # from where the track stands: its start, or a seek's keyframe
         self.frames = self.track.frames()
@@ -53,7 +48,7 @@ class _FrameCursor:
                 return
         log.debug("%s: seeking before %.3f s failed; decoding from the start", self.path, t)
         self.track.container.close()  # rewind by reopening: the one move every format supports
-        self.track = self._open()
+        self.track = _Track(self.path, "video")
         self._decode_on()
 
     def frame_at(self, t: float) -> Any:

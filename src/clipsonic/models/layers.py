@@ -15,18 +15,12 @@ from torch import nn
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timestep indices, improved-diffusion's layout.
+    """Sinusoidal embedding ``[B, dim]`` float32 of timestep indices ``t [B]`` (int or float), improved-diffusion's.
 
-    ``emb[:, i] = cos(t · ω_i)`` and ``emb[:, half + i] = sin(t · ω_i)`` with
-    ``ω_i = max_period^(−i/half)``. With ``max_period = 10000`` the slowest frequency turns by
+    ``emb[:, i] = cos(t · ω_i)`` and ``emb[:, half + i] = sin(t · ω_i)`` with ``ω_i = max_period^(−i/half)``;
+    an odd ``dim`` gets a zero last column. With ``max_period = 10000`` the slowest frequency turns by
     only 0.4 rad over ``t ∈ [0, 4000]``, so every index up to 4000 maps to a distinct vector and
     no rescaling of ``t`` is needed (improved-diffusion feeds raw indices for T = 4000 too).
-
-    Args:
-        t: ``[B]`` timestep indices (int or float).
-        dim: embedding width (an odd width gets a zero last column).
-    Returns:
-        ``[B, dim]`` float32.
     """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)

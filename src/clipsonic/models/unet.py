@@ -42,13 +42,6 @@ WEIGHTS_NAME = "model.safetensors"
 FRAME_BLOCK = 8
 
 
-def check_frames(frames: int, multiple: int = FRAME_BLOCK, what: str = "the UNet") -> None:
-    """Refuse a mel length the network cannot downsample: ``frames`` must be a positive multiple of ``multiple``."""
-    if frames < multiple or frames % multiple:
-        raise ClipsonicError(f"{what} needs mel frames in multiples of {multiple}, got {frames}: "
-                             f"crop or pad the mel to a multiple of {multiple} frames")
-
-
 @dataclass(frozen=True)
 class MelUNetConfig(Config):
     """Architecture of :class:`MelUNet`. Defaults are the ``"paper"`` preset (improved-diffusion's
@@ -101,10 +94,6 @@ class MelUNetConfig(Config):
     def downsample_factor(self) -> int:
         """Mel bins and frames must be multiples of this (patching × 2^(levels − 1))."""
         return self.patch_size * 2 ** (len(self.channel_mult) - 1)
-
-    def check_frames(self, frames: int, what: str = "the UNet") -> None:
-        """:func:`check_frames` with this network's :attr:`downsample_factor`."""
-        check_frames(frames, self.downsample_factor, what)
 
     def heads_at(self, channels: int) -> int:
         return channels // self.head_channels if self.head_channels > 0 else self.num_heads
@@ -242,10 +231,10 @@ class MelUNet(nn.Module):
 
     def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, drop_cond: torch.Tensor | None) -> None:
         c, m = self.config, self.config.downsample_factor
-        if x.ndim != 4 or x.shape[1] != c.in_channels or x.shape[2] % m:
+        if x.ndim != 4 or x.shape[1] != c.in_channels or x.shape[2] % m or x.shape[3] % m or x.shape[3] < m:
             raise ClipsonicError(f"MelUNet expects x of shape [B, {c.in_channels}, bins, frames] with bins "
-                                 f"and frames multiples of {m}; got {list(x.shape)}")
-        c.check_frames(x.shape[3], f"MelUNet (x of shape {list(x.shape)})")
+                                 f"and frames positive multiples of {m}; got {list(x.shape)}: "
+                                 f"crop or pad the mel to a multiple of {m} frames")
         b = x.shape[0]
         if t.shape != (b,):
             raise ClipsonicError(f"MelUNet expects t of shape [{b}] (one timestep per mel); got {list(t.shape)}")

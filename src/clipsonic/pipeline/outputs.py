@@ -14,6 +14,7 @@ import numpy as np
 from clipsonic.errors import ClipsonicError
 from clipsonic.media import save_audio
 from clipsonic.mux import CONTAINERS, mux_audio
+from clipsonic.pipeline.queries import check_positive_int
 from clipsonic.plotting import save_mel_image
 
 AUDIO_SUFFIXES = (".wav", ".flac")
@@ -50,22 +51,17 @@ def check_target(target: str | os.PathLike, rows: int, query_kind: str) -> Path:
     return target
 
 
-def slug(text: str, limit: int = 40) -> str:
-    """A file-name-safe short form of a query: lowercase letters, digits and dashes."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "query"
-
-
 def _save_rows(output, target: Path, videos: list[str | os.PathLike] | None, save_mel: bool,
                first_index: int) -> list[Path]:
-    """Write a :class:`~clipsonic.pipeline.CLIPSonicOutput`'s rows to a checked ``target``; ``videos``: each
-    row's video (video queries); ``first_index``: the first row's number in file names."""
+    """Write an output's rows to a checked ``target``; ``videos``: each row's video, for video queries."""
     kind = target_kind(target)
     written: list[Path] = []
     for i, audio in enumerate(output.audios):
         if output.durations:
             audio = audio[: int(round(output.durations[i] * output.sample_rate))]
         if kind == "dir":
-            stem = target / f"{first_index + i:03d}-{slug(output.queries[i])}"
+            name = re.sub(r"[^a-z0-9]+", "-", output.queries[i].lower()).strip("-")[:40].strip("-") or "query"
+            stem = target / f"{first_index + i:03d}-{name}"  # a file-name-safe short form of the query
             paths = [stem.with_suffix(".wav")]
             if videos:
                 suffix = Path(videos[i]).suffix.lower()
@@ -89,8 +85,7 @@ def generate_files(pipe, query, target: str | os.PathLike, *, batch_size: int = 
                    seed: int | None = None, save_mel: bool = False, progress=None, **call) -> list[Path]:
     """Generate for a parsed query and write every row to ``target`` (the files, in row order). Row i uses
     ``seed + i`` however texts are batched (images and videos go one per call); ``call`` goes to the pipeline."""
-    if batch_size < 1:
-        raise ClipsonicError(f"batch_size must be >= 1, got {batch_size}")
+    check_positive_int("batch_size", batch_size)
     target = check_target(target, len(query) * num_samples, query.kind)
     per_call = batch_size if query.kind == "text" else 1
     starts = range(0, len(query), per_call)

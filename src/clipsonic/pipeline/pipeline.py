@@ -4,12 +4,10 @@
     out = pipe(text="dog barking", mode="pd", guidance_scale=1.5, num_inference_steps=50, seed=0)
     out.audios, out.mels, out.condition  # [B, samples], log-mel [B, 64, frames], [B, D]; float32
 
-Modes (clipsonic.bridges): ``iq`` for images and videos; for text ``zs``, ``pd`` (needs a prior),
-``shift`` and ``knn`` (need the stats component); default iq, or for text pd with a prior, else zs.
-
+Modes: clipsonic.bridges; what a pipeline can run and its default: ``modes``, ``default_mode``.
 ``negative_text`` is bridged like a text query and replaces the null condition of classifier-free
-guidance: ``eps = eps(neg) + w · (eps(query) − eps(neg))`` (no effect at w = 1). Output row i draws
-its noise from its own generator (``seed + i``), so a batch gives what its queries give one at a time.
+guidance: ``eps = eps(neg) + w · (eps(query) − eps(neg))`` (no effect at w = 1). Output row i draws its
+noise from its own generator (``seed + i``), so a batch gives what its queries give one at a time.
 """
 
 from __future__ import annotations
@@ -171,9 +169,7 @@ class CLIPSonicPipeline:
 
     def default_mode(self, kind: str) -> str:
         """iq for image, video and embedding queries; for text pd with a prior, else zs."""
-        if kind != "text":
-            return "iq"
-        return "pd" if self.prior is not None else "zs"
+        return "iq" if kind != "text" else "pd" if self.prior is not None else "zs"
 
     def _bridge(self, mode: str, texts: list[str], emb: torch.Tensor, generators: list[torch.Generator], *,
                 prior_guidance_scale: float | None, prior_steps: int | None, knn_k: int) -> torch.Tensor:

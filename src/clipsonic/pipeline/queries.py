@@ -40,9 +40,7 @@ class Query:
         item = self.items[i]
         if self.kind == "text":
             return item
-        if isinstance(item, str | os.PathLike):
-            return Path(item).name
-        return f"{self.kind} {i}"
+        return Path(item).name if isinstance(item, str | os.PathLike) else f"{self.kind} {i}"
 
 
 def parse_query(text: Any = None, image: Any = None, video: Any = None, image_embeds: Any = None) -> Query:
@@ -108,15 +106,12 @@ def encode_query(query: Query, encoder, *, pooling: str = "mean", num_frames: in
             raise ClipsonicError(f"{path}: has no video stream (an audio file or a picture?)")
         if not info.duration > 0:
             raise ClipsonicError(f"{path}: the video has no frames")
-        duration = float(info.duration)
-        span = min(duration, max_seconds)
-        if pooling == "mean":  # the centres of num_frames equal spans
-            times = [(i + 0.5) * span / num_frames for i in range(num_frames)]
-        else:
-            times = [0.0 if pooling == "first" else span / 2]
+        span = min(float(info.duration), max_seconds)
+        times = ([(i + 0.5) * span / num_frames for i in range(num_frames)]  # the centres of equal spans
+                 if pooling == "mean" else [0.0 if pooling == "first" else span / 2])
         frames = load_frames(path, times)  # [H, W, 3] uint8 each
         rows.append(torch.nn.functional.normalize(encoder.encode_images(frames).mean(0), dim=-1))
-        durations.append(duration)
+        durations.append(float(info.duration))
     return torch.stack(rows), durations
 
 

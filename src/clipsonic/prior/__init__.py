@@ -33,11 +33,8 @@ def load_prior(path: str | os.PathLike, *, device: str | torch.device | None = N
                clip_model: str | None = None) -> Prior:
     """Load our prior directory (``config.json`` with ``"type": "clipsonic"``), a wrapped Karlo prior
     (``"type": "karlo"``), a ``train-prior`` run or a pipeline directory (their ``prior/``), or a raw
-    diffusers ``PriorTransformer`` download, on ``device`` (default: the CPU).
-
-    ``clip_model`` only matters for a raw diffusers prior, which does not record its CLIP: it
-    names the CLIP it was trained with (default ``openai/clip-vit-large-patch14``, Karlo's).
-    """
+    diffusers ``PriorTransformer`` download, on ``device`` (default: the CPU). ``clip_model`` names the CLIP
+    that a raw diffusers prior (which does not record it) was trained with (default Karlo's, ViT-L/14)."""
     path = Path(path)
     if not path.exists():
         raise ClipsonicError(f"{path}: no such prior directory")
@@ -55,13 +52,9 @@ def load_prior(path: str | os.PathLike, *, device: str | torch.device | None = N
 
 def attach_prior(pipeline_dir: str | os.PathLike, prior_path: str | os.PathLike,
                  clip_model: str | None = None) -> Prior:
-    """Copy the prior at ``prior_path`` into ``pipeline_dir/prior`` (in our layout: a raw Karlo download is
-    wrapped, so the pipeline stays self-contained); returns the loaded prior.
-
-    The prior is loaded and checked against the pipeline's CLIP first, so a broken prior or one of
-    another CLIP space never replaces a working one. ``clip_model`` names the CLIP of a raw diffusers
-    prior (which does not record it).
-    """
+    """Copy the prior at ``prior_path`` into ``pipeline_dir/prior`` (a raw Karlo download is wrapped in our layout,
+    so the pipeline stays self-contained); returns it. It is loaded and checked against the pipeline's CLIP first,
+    so a broken prior or one of another CLIP space never replaces a working one; ``clip_model``: see load_prior."""
     index = read_model_index(pipeline_dir, complete=False)
     prior = load_prior(prior_path, clip_model=clip_model)
     if index.clip is None:

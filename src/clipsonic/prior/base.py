@@ -1,8 +1,8 @@
 """What every diffusion prior offers the pipeline, and its directory's ``config.json``.
 
-A prior maps CLIP *text* embeddings to CLIP *image* embeddings (DALL-E 2's prior), closing the modality
-gap before the mel model, which only saw image embeddings. It is only meaningful in the CLIP space it was
-trained in, so every prior carries the :class:`~clipsonic.encoders.ClipModelRef` of its space.
+A prior maps CLIP *text* embeddings to CLIP *image* embeddings (DALL-E 2's prior), closing the modality gap
+before the mel model, which only saw image embeddings. It is only meaningful in the CLIP space it was trained in,
+so every prior carries the :class:`~clipsonic.encoders.ClipModelRef` of its space.
 
 ``config.json``: ``{"format": "clipsonic-prior", "version": 1, "type": "clipsonic" | "karlo",
 "clip_model": {...}, "clipsonic_version", ...}`` plus the type's own keys; unversioned = version 1.
@@ -75,11 +75,11 @@ class Prior(abc.ABC):
     def sample(self, texts: Sequence[str], text_emb: torch.Tensor, encoder, *,
                generators: Sequence[torch.Generator] | None = None, guidance_scale: float | None = None,
                steps: int | None = None) -> torch.Tensor:
-        """L2-normalised image embeddings ``[B, D]`` (float32, CPU) for ``texts`` (B strings) whose
-        L2-normalised CLIP text embeddings are ``text_emb`` ``[B, D]``; ``encoder`` is the pipeline's
-        :class:`~clipsonic.encoders.ClipEncoder` (priors that read token states call it).
-        ``generators``: one per row (:func:`~clipsonic.diffusion.rng.randn_per_row`); ``None`` = global RNG.
-        ``guidance_scale`` / ``steps``: ``None`` = the prior's own defaults."""
+        """L2-normalised image embeddings ``[B, D]`` (float32, CPU) for ``texts`` (B strings) whose L2-normalised
+        CLIP text embeddings are ``text_emb`` ``[B, D]``; ``encoder`` is the pipeline's
+        :class:`~clipsonic.encoders.ClipEncoder` (priors that read token states call it). ``generators``: one per
+        row (:func:`~clipsonic.diffusion.rng.randn_per_row`); ``None`` = global RNG. ``guidance_scale`` /
+        ``steps``: ``None`` = the prior's own defaults."""
 
     @abc.abstractmethod
     def _save_weights(self, directory: Path) -> dict[str, Any]:

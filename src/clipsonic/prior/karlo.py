@@ -1,10 +1,9 @@
 """Pretrained unCLIP priors: diffusers ``PriorTransformer`` checkpoints such as Karlo's (ViT-L/14).
 
-Sampling follows diffusers' ``UnCLIPPipeline`` (prior part): the condition is the CLIP text embedding
-(projected, *not* normalised) plus the 77 final-layer token states and their mask; the unconditional
-branch is the prompt ""; ``UnCLIPScheduler`` runs 25 steps with guidance 4.0 in the standardised space
-and ``x · clip_std + clip_mean`` maps the result back; we L2-normalise it. Safetensors only; diffusers
-(~10 s to import) is imported for Karlo priors only.
+Sampling follows diffusers' ``UnCLIPPipeline`` (prior part): the condition is the CLIP text embedding (projected,
+*not* normalised) plus the 77 final-layer token states and their mask; the unconditional branch is the prompt "";
+``UnCLIPScheduler`` runs 25 steps with guidance 4.0 in the standardised space and ``x · clip_std + clip_mean``
+maps the result back; we L2-normalise it. Safetensors only; diffusers (~10 s to import) is imported for Karlo only.
 """
 
 from __future__ import annotations
@@ -101,10 +100,8 @@ class KarloPrior(Prior):
 
 
 def load_karlo(path: Path, config: dict[str, Any] | None = None, clip_model: str | None = None) -> KarloPrior:
-    """Load a wrapped Karlo prior (``config`` = its config.json) or a raw diffusers prior at ``path``.
-
-    ``clip_model`` names the CLIP of a raw prior (default :data:`KARLO_CLIP`); a wrapped one knows it.
-    """
+    """Load a wrapped Karlo prior (``config`` = its config.json) or a raw diffusers prior at ``path``;
+    ``clip_model`` names the CLIP of a raw prior (default :data:`KARLO_CLIP`), a wrapped one knows it."""
     found = find_karlo(path)
     if found is None:
         no_config = "" if config else f"no config.json with \"type\" in {list(TYPES)} here or in {path / 'prior'}, and "

@@ -1,15 +1,13 @@
 """Our own diffusion prior: CLIP text embedding → CLIP image embedding (DALL-E 2's prior, small).
 
-DALL-E 2 (Ramesh et al. 2022, section 2.1) denoises the image embedding with a decoder-only
-transformer over [text tokens, text embedding, timestep, x_t, query] and reads x_0 at the query.
-:class:`PriorNet` drops the text tokens: it conditions on the pooled CLIP text embedding only
-(Karlo's ``PriorTransformer``, karlo.py, reads the 77 token states). Like MelUNet it knows nothing
-of diffusion (``model(x, t, cond, drop_cond)`` with ``x`` ``[B, D]``); :class:`DiffusionPrior`
-samples it with :class:`~clipsonic.diffusion.GaussianDiffusion` on DALL-E 2's recipe (appendix C):
-cosine schedule over 1000 steps, MSE on x_0, the text dropped 10 % of the time, 64 strided sampling
-steps. Data live in the scaled space ``x = √D · e`` (components of unit variance, DALLE2-pytorch's
-``image_embed_scale``), ``e`` the L2-normalised CLIP image embedding; samples are L2-normalised.
-Directory: ``config.json`` (base.py; ``"prior"``: PriorConfig, ``"training"``) and ``prior.safetensors``.
+:class:`PriorNet` is DALL-E 2's decoder-only transformer (Ramesh et al. 2022, section 2.1) without the text
+tokens: it conditions on the pooled CLIP text embedding only (Karlo's ``PriorTransformer``, karlo.py, reads the
+77 token states); like MelUNet it knows nothing of diffusion (``model(x, t, cond, drop_cond)``, ``x`` ``[B, D]``).
+:class:`DiffusionPrior` samples it on DALL-E 2's recipe (appendix C): cosine schedule over 1000 steps, MSE on
+x_0, the text dropped 10 % of the time, 64 strided sampling steps. Data live in the scaled space ``x = √D · e``
+(unit-variance components, DALLE2-pytorch's ``image_embed_scale``), ``e`` the L2-normalised CLIP image
+embedding; samples are L2-normalised. Directory: ``config.json`` (base.py; ``"prior"``: PriorConfig,
+``"training"``) and ``prior.safetensors``.
 """
 
 from __future__ import annotations
@@ -33,8 +31,6 @@ from clipsonic.models.layers import timestep_embedding
 from clipsonic.prior.base import CONFIG_NAME, Prior
 
 WEIGHTS_NAME = "prior.safetensors"
-PRIOR_DIFFUSION = DiffusionConfig(num_timesteps=1000, schedule="cosine", learn_sigma=False, prediction="x0",
-                                  loss="simple", p_uncond=0.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +70,8 @@ def prior_preset(name: str, embed_dim: int) -> PriorNetConfig:
 
 
 class PriorNet(nn.Module):
-    """Predicts the clean scaled image embedding x_0 ``[B, D]`` from x_t, t and a text embedding.
-
-    Classifier-free guidance as in MelUNet: a learned ``null_text`` replaces the text embedding
-    where ``drop_cond`` is set.
-    """
+    """Predicts the clean scaled image embedding x_0 ``[B, D]`` from x_t, t and a text embedding; for guidance
+    (as in MelUNet) a learned ``null_text`` replaces the text embedding where ``drop_cond`` is set."""
 
     def __init__(self, config: PriorNetConfig) -> None:
         super().__init__()
@@ -122,7 +115,8 @@ class PriorConfig(Config):
     """Network, process and sampling defaults of :class:`DiffusionPrior` (DALL-E 2's choices)."""
 
     network: PriorNetConfig = PriorNetConfig()
-    diffusion: DiffusionConfig = PRIOR_DIFFUSION
+    diffusion: DiffusionConfig = DiffusionConfig(num_timesteps=1000, schedule="cosine", learn_sigma=False,
+                                                 prediction="x0", loss="simple", p_uncond=0.1)
     sampler: str = "ddim"  # deterministic given the initial noise: one seed, one embedding
     steps: int = 64  # DALL-E 2 samples its prior with 64 strided steps
     # Guidance of the prior itself (not of the mel model). 1.0 = the plain conditional model;
@@ -160,14 +154,12 @@ class DiffusionPrior(Prior):
                generators: Sequence[torch.Generator] | None = None, guidance_scale: float | None = None,
                steps: int | None = None) -> torch.Tensor:
         """``text_emb`` [B, D] (L2-normalised) → image embeddings [B, D]; ``texts`` and ``encoder`` unused."""
-        c = self.config
-        batch, dim = text_emb.shape
-        x_T = randn_per_row((batch, dim), generators, self.device)  # [B, D] in the scaled space
-        x0 = self.diffusion.sample(
-            self.net, (batch, dim), text_emb.to(self.device, torch.float32), sampler=c.sampler,
-            steps=steps or c.steps, guidance_scale=c.guidance_scale if guidance_scale is None else guidance_scale,
-            generator=generators[0] if generators else None, x_T=x_T, clip_denoised=False,
-        )
+        c, shape = self.config, tuple(text_emb.shape)
+        x_T = randn_per_row(shape, generators, self.device)  # [B, D] in the scaled space
+        x0 = self.diffusion.sample(self.net, shape, text_emb.to(self.device, torch.float32), sampler=c.sampler,
+                                   steps=steps or c.steps, x_T=x_T, clip_denoised=False,
+                                   guidance_scale=c.guidance_scale if guidance_scale is None else guidance_scale,
+                                   generator=generators[0] if generators else None)
         return torch.nn.functional.normalize(x0.float(), dim=-1).cpu()
 
     def _save_weights(self, directory: Path) -> dict[str, Any]:

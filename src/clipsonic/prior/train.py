@@ -1,11 +1,11 @@
 """``train_prior``: our diffusion prior on image–caption pairs, as a task of the training loop.
 
-The pairs (:func:`collect_pairs`) are embedded once into ``RUN/pairs.safetensors``. Every process
-draws the same global batch of pair indices from a shared seeded generator and trains on its slice,
-so the data never depend on timing and a resumed run continues the exact index stream. Validation
-on held-out clips/images reports the modality gap closing: the mean cosine between a pair's image
-embedding and (a) the raw text embedding (``cos_zs``, what ZS conditions on), (b) the shift bridge
-(``cos_shift``) and (c) a prior sample (``cos_prior``, what PD uses). The export is ``RUN/prior``.
+The pairs (:func:`collect_pairs`) are embedded once into ``RUN/pairs.safetensors``. Every process draws the
+same global batch of pair indices from a shared seeded generator and trains on its slice, so the data never
+depend on timing and a resumed run continues the exact index stream. Validation on held-out clips/images reports
+the modality gap closing: the mean cosine between a pair's image embedding and (a) the raw text embedding
+(``cos_zs``, what ZS conditions on), (b) the shift bridge (``cos_shift``) and (c) a prior sample (``cos_prior``,
+what PD uses). The export is ``RUN/prior``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATES = ("the sound of {label}", "a photo of {label}")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-PAIRS_NAME = "pairs.safetensors"
 
 
 @dataclasses.dataclass
@@ -88,21 +87,19 @@ class PairSet:
 
 def collect_pairs(source: str | os.PathLike, load_encoder: Callable[[str | None], object], *,
                   clip_model: str | None = None, templates: Sequence[str] = DEFAULT_TEMPLATES) -> PairSet:
-    """Read and embed the pairs of ``source``: a **preprocessed dataset** (every clip's K frame embeddings
-    with captions made from its label through ``templates``; unlabelled clips are skipped); a **CSV file**
-    with an image column (image/path/file, relative to the CSV) and a caption column (caption/text); a
-    **folder** of images (any format PIL opens), each with a sidecar ``NAME.txt``, one caption per line.
+    """Read and embed the pairs of ``source``: a **preprocessed dataset** (every clip's K frame embeddings with
+    captions made from its label through ``templates``; unlabelled clips are skipped); a **CSV file** with an image
+    column (image/path/file, relative to the CSV) and a caption column (caption/text); a **folder** of images (any
+    format PIL opens), each with a sidecar ``NAME.txt``, one caption per line.
 
-    ``load_encoder(name)`` returns a :class:`~clipsonic.encoders.ClipEncoder` (``name`` None for a
-    dataset = the dataset's own CLIP); it is called once, only when something needs encoding.
-    """
+    ``load_encoder(name)`` returns a :class:`~clipsonic.encoders.ClipEncoder` (``name`` None for a dataset = the
+    dataset's own CLIP); it is called once, only when something needs encoding."""
     source = Path(source)
     if not source.exists():
         raise ClipsonicError(f"{source}: no such pair source (a dataset folder, a CSV file, or a folder of images "
                              "+ .txt captions)")
-    for template in templates:
-        if "{label}" not in template:
-            raise ClipsonicError(f"caption template {template!r} has no {{label}} placeholder")
+    if bad := [template for template in templates if "{label}" not in template]:
+        raise ClipsonicError(f"caption template {bad[0]!r} has no {{label}} placeholder")
     if (source / "dataset.json").is_file():
         return _from_dataset(source, load_encoder, clip_model, templates)
     if source.is_file() and source.suffix.lower() == ".csv":
@@ -195,11 +192,10 @@ def _embed_images(items: list[tuple[Path, list[str]]], encoder, source: str, bat
     captions = sorted({c for cs in kept for c in cs})
     row = {c: i for i, c in enumerate(captions)}
     pairs = [(i, row[c]) for i, cs in enumerate(kept) for c in cs]
-    clip = ClipModelRef(model=encoder.name, dim=encoder.dim, fingerprint=encoder.fingerprint)
     log.info("%s: %d images, %d captions, %d pairs", source, len(kept), len(captions), len(pairs))
     return PairSet(image_emb=torch.cat(embs), text_emb=encoder.encode_texts(captions), captions=captions,
                    pairs=torch.tensor(pairs, dtype=torch.long), group=torch.arange(len(kept)),
-                   clip=clip, source=str(source))
+                   clip=ClipModelRef(encoder.name, encoder.dim, encoder.fingerprint), source=str(source))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,10 +224,8 @@ class PriorTrainConfig(LoopConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_ints(positive=("batch_size", "val_pairs", "sample_steps"))
-        if self.weight_decay < 0 or not 0 <= self.ema < 1:
-            raise ConfigError("need weight_decay >= 0 and 0 <= ema < 1")
-        if not 0 <= self.p_uncond < 1 or not 0 <= self.val_fraction < 1:
-            raise ConfigError("p_uncond and val_fraction must be in [0, 1)")
+        if self.weight_decay < 0 or not all(0 <= v < 1 for v in (self.ema, self.p_uncond, self.val_fraction)):
+            raise ConfigError("need weight_decay >= 0 and ema, p_uncond and val_fraction in [0, 1)")
 
     def prior_config(self, dim: int) -> PriorConfig:
         return PriorConfig(network=prior_preset(self.preset, dim),
@@ -255,7 +249,7 @@ class PriorTask(Task):
         cfg, acc = run.config.train, run.accelerator
         if cfg.batch_size % acc.num_processes:
             raise ClipsonicError(f"batch_size {cfg.batch_size} is not divisible by the {acc.num_processes} processes")
-        path, main = run.dir / PAIRS_NAME, acc.is_main_process  # embedded once (main process), read by all
+        path, main = run.dir / "pairs.safetensors", acc.is_main_process  # embedded once (main process), read by all
         reused = path.is_file()
         if main and not reused:
             pairs = collect_pairs(source, load_encoder or (lambda name: load_clip(name, device=acc.device)),
@@ -350,8 +344,7 @@ def train_prior(source: str | os.PathLike, run_dir: str | os.PathLike,
                 load_encoder: Callable[[str | None], Any] | None = None, progress: Progress | None = None) -> Path:
     """Train (or resume) a prior on the pairs of ``source``; returns ``run_dir`` (the prior in RUN/prior).
 
-    ``overrides``: ``{"train": {...}}`` (PriorTrainConfig fields); ``clip_model`` embeds a CSV or a
-    folder (a dataset's own CLIP by default); ``load_encoder(name)`` defaults to :func:`load_clip`.
-    """
+    ``overrides``: ``{"train": {...}}`` (PriorTrainConfig fields); ``clip_model`` embeds a CSV or a folder (a
+    dataset's own CLIP by default); ``load_encoder(name)`` defaults to :func:`load_clip`."""
     return fit(PriorTask, run_dir, overrides, data={"source": str(Path(source).resolve())}, resume=resume,
                progress=progress, cpu=cpu, source=source, clip_model=clip_model, load_encoder=load_encoder)

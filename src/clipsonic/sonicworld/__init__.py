@@ -6,15 +6,7 @@ trained on its pictures and captions (:mod:`.clip`) and ``clipsonic demo`` (:mod
 
 from clipsonic.sonicworld.clip import WorldClipConfig, modality_gap, train_world_clip
 from clipsonic.sonicworld.oracle import NONE, OracleClassifier
-from clipsonic.sonicworld.world import (
-    CONCEPT_NAMES,
-    CONCEPTS,
-    Concept,
-    WorldConfig,
-    captions,
-    make_clip,
-    render_world,
-)
+from clipsonic.sonicworld.world import CONCEPT_NAMES, CONCEPTS, WorldConfig, captions, make_clip, render_world
 
-__all__ = ["CONCEPTS", "CONCEPT_NAMES", "Concept", "WorldConfig", "captions", "make_clip", "render_world", "NONE",
+__all__ = ["CONCEPTS", "CONCEPT_NAMES", "WorldConfig", "captions", "make_clip", "render_world", "NONE",
            "OracleClassifier", "WorldClipConfig", "modality_gap", "train_world_clip"]

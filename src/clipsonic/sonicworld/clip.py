@@ -3,8 +3,7 @@
 CLIP's symmetric InfoNCE (Radford et al. 2021, Fig. 3) on (fresh frame, training caption) pairs,
 where every same-concept pair of a batch counts as a positive (Khosla et al. 2020); frames are JPEG
 re-encoded at random quality so decoded video frames embed like clean renders. Saved as a Hugging
-Face directory that :func:`clipsonic.encoders.load_clip` loads like OpenAI's, with a byte-level BPE
-tokenizer in CLIP's file format (:func:`write_clip_tokenizer`, used by the tests' tiny CLIP too).
+Face directory, byte-level BPE tokenizer included, that :func:`clipsonic.encoders.load_clip` loads.
 """
 
 from __future__ import annotations

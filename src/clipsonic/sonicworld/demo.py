@@ -1,9 +1,7 @@
 """``clipsonic demo``: the whole CLIPSonic method on SonicWorld, offline, on 2 CPU cores.
 
-Each step calls the public API the commands call, in the method's data-flow order: world, clip
-(the world-CLIP), data (preprocess), unet (train), prior, vocoder, evaluate, gallery and report
-(``report.html`` from the template beside this module, and ``metrics.json``, whose one reader and
-writer are here). Re-running the same command reuses what is complete.
+Each step calls the public API the commands call, in the method's data-flow order; re-running the
+same command reuses what is complete. ``metrics.json``'s one reader and writer are here.
 """
 
 from __future__ import annotations
@@ -47,7 +45,6 @@ log = logging.getLogger(__name__)
 
 MODE_NAMES = {"iq": "IQ (image)", "zs": "ZS (text, zero-shot)", "pd": "PD (text + prior)",
               "shift": "text + gap shift", "knn": "text + nearest images"}
-MODES = tuple(MODE_NAMES)
 METRICS = {"format": "clipsonic-demo", "version": 1}  # heads metrics.json
 PIPELINE, TEST_CAPTIONS = Path("run", "pipeline"), Path("world", "test_captions.json")  # inside the demo folder
 
@@ -245,7 +242,7 @@ def _vocoder(out: Path, config: DemoConfig, update: Callable[[float], None]) -> 
 
 
 def _evaluate(out: Path, config: DemoConfig, update: Callable[[float], None]) -> Evaluation:
-    eval_config = EvalConfig(modes=MODES, guidance_scale=config.guidance_scale, sweep=config.sweep,
+    eval_config = EvalConfig(modes=tuple(MODE_NAMES), guidance_scale=config.guidance_scale, sweep=config.sweep,
                              steps=config.sample_steps, sampler=config.sampler, embedder="mel-stats",
                              captions=str(out / TEST_CAPTIONS), seed=config.seed, batch_size=16, device="cpu")
     return run_evaluation(out / PIPELINE, out / "dataset", out / "evaluation", eval_config,

@@ -40,11 +40,10 @@ class OracleClassifier:
         clips = [synthesize(c.f0 * g, c.timbre, c.rhythm, _TEMPLATE_SAMPLES, rng,
                             sample_rate=self.mel_config.sample_rate, jitter=False)
                  for c in CONCEPTS for g in factors]
-        profiles = self._profiles(mel_spectrogram(torch.from_numpy(np.stack(clips)), self.mel_config))
+        profiles = self._profiles(self.mels(np.stack(clips), self.mel_config.sample_rate))
         self.templates = _standardise(profiles).reshape(len(CONCEPTS), _GRID, -1)  # [K, G, M]
         quiet = rng.standard_normal(_TEMPLATE_SAMPLES).astype(np.float32) * 10 ** (SILENCE_DBFS / 20)
-        self.silence_level = float(self._profiles(mel_spectrogram(torch.from_numpy(quiet)[None],
-                                                                  self.mel_config)).max())
+        self.silence_level = float(self._profiles(self.mels(quiet, self.mel_config.sample_rate)).max())
 
     def _profiles(self, logmels) -> np.ndarray:
         """Time-averaged log-mels ``[B, M, F]`` (or one ``[M, F]``) → ``[B, M]`` (float64)."""
@@ -76,9 +75,7 @@ class OracleClassifier:
         if sample_rate != rate:
             raise ClipsonicError(f"audio at {sample_rate} Hz, but the oracle listens at {rate} Hz; resample it "
                                  f"(e.g. clipsonic.media.load_audio(path, sample_rate={rate}))")
-        wav = torch.as_tensor(np.asarray(audio, dtype=np.float32))
-        if wav.dim() == 1:
-            wav = wav[None]
+        wav = torch.atleast_2d(torch.as_tensor(np.asarray(audio, dtype=np.float32)))
         if wav.dim() != 2 or wav.shape[1] < self.mel_config.n_fft:
             raise ClipsonicError(f"expected audio [B, samples] or [samples] with ≥ {self.mel_config.n_fft} samples, "
                                  f"got {tuple(wav.shape)}")

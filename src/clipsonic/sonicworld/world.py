@@ -27,7 +27,6 @@ from clipsonic.files import atomic_output, write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "test")
 SAMPLE_RATE = 16000
 F0_JITTER = 0.03  # ±3 %: far less than the ≥ 40 % steps between the concepts' fundamentals
 GAIN_JITTER_DB = 3.0
@@ -213,9 +212,6 @@ def synthesize(f0: float, timbre: str, rhythm: str, num_samples: int, rng: np.ra
 
 # --- pictures ----------------------------------------------------------------------------------
 
-_SUPERSAMPLE = 4  # draw at 4× and downsample: anti-aliased edges
-
-
 def _polygons(shape: str, cx: float, cy: float, r: float) -> list[list[tuple[float, float]]]:
     """The shape's filled polygons (in pixels) for centre (cx, cy) and half-extent r."""
     def at(radius: float, degrees: float) -> tuple[float, float]:
@@ -254,7 +250,7 @@ def render_frames(which: Concept | int | str, rng: np.random.Generator, size: in
     angle, speed = rng.uniform(0, 2 * np.pi), rng.uniform(1.0, 4.0)
     velocity = speed * np.array([math.cos(angle), math.sin(angle)])
     frames = np.empty((len(times), size, size, 3), np.uint8)
-    k, r = _SUPERSAMPLE, radius * _SUPERSAMPLE
+    k, r = 4, radius * 4  # draw at 4× and downsample: anti-aliased edges
     for i, t in enumerate(times):
         cx, cy = np.clip(start + velocity * t, lo, hi) * k
         image = Image.new("RGB", (size * k, size * k), background)
@@ -335,7 +331,7 @@ def render_world(out_dir: str | os.PathLike, config: WorldConfig | None = None,
     config, progress = config or WorldConfig(), progress or (lambda done, total: None)
     out = Path(out_dir)
     began = time.perf_counter()
-    videos = [(s, i, n) for s in SPLITS for i in range(len(CONCEPTS))
+    videos = [(s, i, n) for s in ("train", "test") for i in range(len(CONCEPTS))
               for n in range(config.train_videos_per_concept if s == "train" else config.test_videos_per_concept)]
     pictures = [(i, n) for i in range(len(CONCEPTS)) for n in range(config.caption_images_per_concept)]
     total = len(videos) + len(pictures)

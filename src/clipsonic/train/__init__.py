@@ -6,9 +6,8 @@
 """
 
 from clipsonic.train.checkpoint import list_checkpoints
-from clipsonic.train.harness import LoopConfig, Task, export_run, fit, read_run
+from clipsonic.train.harness import export_run, read_run
 from clipsonic.train.logs import read_metrics
-from clipsonic.train.unet import RunConfig, TrainConfig, resolve_run_config, train
+from clipsonic.train.unet import TrainConfig, resolve_run_config, train
 
-__all__ = ["LoopConfig", "RunConfig", "Task", "TrainConfig", "export_run", "fit", "list_checkpoints", "read_metrics",
-           "read_run", "resolve_run_config", "train"]
+__all__ = ["TrainConfig", "export_run", "list_checkpoints", "read_metrics", "read_run", "resolve_run_config", "train"]

@@ -1,11 +1,8 @@
-"""The one training loop: a :class:`Task` says what to train, :func:`fit` trains it.
+"""The one training loop: a :class:`Task` (unet.py, prior/train.py, the vocoder GAN) owns its modules, data and
+step; :func:`fit` owns accelerate, the run directory, lr schedule, clipping, guards, logs and checkpoints.
 
-As improved-diffusion's ``TrainLoop`` and audiocraft's ``StandardSolver``: the loop owns accelerate,
-the run directory (config.json: the record and config sections, ``--config RUN/config.json``
-reproduces the run; metrics.jsonl; checkpoints/; the export), the lr schedule, clipping, the
-non-finite-loss guard, the logs and a one-network task's AdamW and EMA; a task (unet.py, prior/train.py,
-the vocoder GAN) owns its modules, data and step. A new task: a LoopConfig subclass as its ``train``
-section, a Config of all sections, a Task subclass, an entry point calling :func:`fit`, a line in :data:`TASKS`.
+A new task: a LoopConfig subclass as its ``train`` section, a Config of all sections, a Task subclass, an
+entry point calling :func:`fit`, a line in :data:`TASKS`. The map: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -31,12 +28,7 @@ from clipsonic import __version__
 from clipsonic.config import Config, ConfigError
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import read_json, write_json_atomic
-from clipsonic.train.checkpoint import (
-    Checkpoint,
-    find_checkpoint,
-    remove_stale_temporaries,
-    save_checkpoint,
-)
+from clipsonic.train.checkpoint import Checkpoint, find_checkpoint, remove_stale_temporaries, save_checkpoint
 from clipsonic.train.logs import MetricsLog, write_weight_hash
 
 log = logging.getLogger(__name__)
@@ -46,9 +38,6 @@ CONFIG_NAME = "config.json"
 # The class of each task, imported by export_run: prior/ and vocoder/ import train/, so not the reverse.
 TASKS = {"unet": "clipsonic.train.unet:UNetTask", "prior": "clipsonic.prior.train:PriorTask",
          "vocoder": "clipsonic.vocoder.task:VocoderTask"}
-# Debug aid for multi-process runs (tests/test_train_distributed.py): with CLIPSONIC_DEBUG=weight-hashes
-# every process writes RUN/debug/weights-rankR.json: a hash of its modules and the clips it trained on.
-DEBUG_ENV = "CLIPSONIC_DEBUG"
 
 Progress = Callable[[int, int, "dict[str, float] | None"], None]  # (step, max_steps, the logged record or None)
 
@@ -94,9 +83,8 @@ class LoopConfig(Config):
 class EMA:
     """A frozen float32 copy of ``model``: ``ema ← d · ema + (1 − d) · weights`` after each step, buffers copied.
 
-    With ``warmup`` the decay after ``n`` updates is ``min(decay, (1 + n) / (10 + n))`` (diffusers'
-    EMAModel): 0.92 at step 100, 0.991 at 1000, so a short run's EMA already tracks the weights.
-    """
+    With ``warmup`` the decay after ``n`` updates is ``min(decay, (1 + n) / (10 + n))`` (diffusers' EMAModel):
+    0.92 at step 100, 0.991 at 1000, so a short run's EMA already tracks the weights."""
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
@@ -130,8 +118,7 @@ class Task:
 
     ``__init__(run, **kwargs)`` builds modules, optimizers and generators on every process and
     ``accelerator.prepare``s them; the loop then restores the newest checkpoint into them and calls
-    :meth:`train_step` with each item of :meth:`batches`.
-    """
+    :meth:`train_step` with each item of :meth:`batches`."""
 
     name: ClassVar[str]  # "unet" | "prior" | "vocoder": config.json's "task", the key in TASKS
     config_class: ClassVar[type[Config]]  # all sections; its ``train`` field is a LoopConfig subclass
@@ -189,9 +176,8 @@ class Task:
     def train_step(self, batch: Any, step: int) -> dict[str, Any]:
         """Step ``step`` (1-based), through :meth:`backward` and :meth:`step_optimizer`; returns what to log.
 
-        A tensor holds per-example values (averaged over every process's examples of the log window),
-        a float is averaged over the window's steps; ``"clips"`` names the examples (debug).
-        """
+        A tensor holds per-example values (averaged over every process's examples of the log window), a float is
+        averaged over the window's steps; ``"clips"`` names the examples (debug)."""
         raise NotImplementedError
 
     def validate(self, step: int) -> dict[str, float]:
@@ -247,12 +233,10 @@ class Task:
 
 # --- config files and the run record --------------------------------------------------------------
 
-RECORD_KEYS = ("format", "version", "task", "created", "clipsonic_version", "data")
-
-
 def config_sections(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The config sections of a ``--config`` object (a run's config.json less its record keys)."""
-    return {k: v for k, v in data.items() if k not in RECORD_KEYS}
+    return {k: v for k, v in data.items() if k not in ("format", "version", "task", "created", "clipsonic_version",
+                                                       "data")}
 
 
 def read_run(run_dir: str | os.PathLike) -> Run:
@@ -315,9 +299,8 @@ def fit(task_cls: type[Task], run_dir: str | os.PathLike, overrides: dict[str, d
         **task_kwargs: Any) -> Path:
     """Train (or ``resume``) a ``task_cls`` run in ``run_dir``; returns ``run_dir``.
 
-    ``overrides``: config sections over the defaults, or over the saved config where only the
-    RESUMABLE fields may differ; ``data``: what the run trains on (``check_data`` on resume).
-    """
+    ``overrides``: config sections over the defaults, or over the saved config where only the RESUMABLE fields may
+    differ; ``data``: what the run trains on (``check_data`` on resume)."""
     run_dir, overrides = Path(run_dir), config_sections(overrides or {})
     exists = _config_path(run_dir) is not None
     if exists and not resume:
@@ -365,7 +348,9 @@ def _train(task: Task, step: int, batches: Iterator[Any], progress: Progress | N
     """Steps ``step + 1`` … ``max_steps``: lr, train_step, log window, validation, sample, checkpoint."""
     run, acc, loop = task.run, task.accelerator, task.config.train
     main, logs = acc.is_main_process, task.run.logs
-    clips_seen: list[str] | None = [] if os.environ.get(DEBUG_ENV) == "weight-hashes" else None
+    # CLIPSONIC_DEBUG=weight-hashes (tests/test_train_distributed.py): every process writes
+    # RUN/debug/weights-rankR.json, a hash of its modules and the clips it trained on.
+    clips_seen: list[str] | None = [] if os.environ.get("CLIPSONIC_DEBUG") == "weight-hashes" else None
     while step < loop.max_steps:
         for optimizer in task.optimizers().values():
             for group in optimizer.param_groups:

@@ -1,8 +1,8 @@
 """Training logs: ``metrics.jsonl`` (one JSON object per line, easy to test and plot) and accelerate's trackers.
 
-Every record has ``step`` and ``kind`` ("train", "val", "sample"); TensorBoard (``RUN/tensorboard``)
-gets the same numbers as ``kind/name``. A run resumed from step N drops the records after N from both
-(``purge_step`` for the event files), so the logs tell one history.
+Every record has ``step`` and ``kind`` ("train", "val", "sample"); TensorBoard (``RUN/tensorboard``) gets the
+same numbers as ``kind/name``. A run resumed from step N drops the records after N from both (``purge_step`` for
+the event files), so the logs tell one history.
 """
 
 from __future__ import annotations

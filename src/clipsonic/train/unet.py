@@ -1,8 +1,8 @@
 """``train``: the mel diffusion model (MelUNet + Improved DDPM) as a task of the training loop.
 
-A step is ``grad_accum`` micro-batches per process, gradients synchronised on the last one only.
-Validation losses use fixed clips, t and noise, so they move only when the weights do. The export
-is a pipeline directory of the EMA weights with the dataset's statistics (``clipsonic.export``).
+A step is ``grad_accum`` micro-batches per process, gradients synchronised on the last one only. Validation
+losses use fixed clips, t and noise, so they move only when the weights do. The export is a pipeline directory of
+the EMA weights with the dataset's statistics (``clipsonic.export``).
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ from clipsonic.train.checkpoint import Checkpoint
 from clipsonic.train.harness import LoopConfig, Progress, Run, Task, config_sections, fit
 
 log = logging.getLogger(__name__)
-
-SAMPLE_SEED_OFFSET = 7919  # the progress samples' noise: another stream than training's, the same every time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,17 +93,6 @@ def resolve_run_config(cond_dim: int, overrides: dict[str, dict[str, Any]] | Non
     return RunConfig.from_dict({**sections, "train": train.to_dict(), "unet": unet, "diffusion": diffusion.to_dict()})
 
 
-def check_dataset_fits(info: DatasetInfo, run_dir: Path, saved: dict[str, Any]) -> None:
-    """Refuse a dataset whose mel config, CLIP width or CLIP weights differ from the run's, naming both."""
-    what = f"the run in {run_dir} (trained on {saved['dataset']})"
-    info.check_compatible(MelConfig.from_dict(saved["mel"], source=f"{run_dir}/config.json:data.mel"),
-                          clip_dim=int(saved["clip"]["dim"]), what=what)
-    if saved["clip"]["fingerprint"] != info.clip.fingerprint:
-        raise ClipsonicError(f"{info.root} was built with CLIP weights {info.clip.describe()} but {what} used "
-                             f"{saved['clip']['model']} (weights {saved['clip']['fingerprint'][:12]}); re-run "
-                             f"preprocess with --clip-model {saved['clip']['model']}")
-
-
 class UNetTask(Task):
     name, config_class, export_name = "unet", RunConfig, "pipeline"
 
@@ -134,7 +121,14 @@ class UNetTask(Task):
 
     @classmethod
     def check_data(cls, saved: dict[str, Any], data: dict[str, Any], run_dir: Path) -> None:
-        check_dataset_fits(read_dataset_info(data["dataset"]), run_dir, saved)
+        """Refuse a dataset whose mel config, CLIP width or CLIP weights differ from the run's, naming both."""
+        info, what = read_dataset_info(data["dataset"]), f"the run in {run_dir} (trained on {saved['dataset']})"
+        info.check_compatible(MelConfig.from_dict(saved["mel"], source=f"{run_dir}/config.json:data.mel"),
+                              clip_dim=int(saved["clip"]["dim"]), what=what)
+        if saved["clip"]["fingerprint"] != info.clip.fingerprint:
+            raise ClipsonicError(f"{info.root} was built with CLIP weights {info.clip.describe()} but {what} used "
+                                 f"{saved['clip']['model']} (weights {saved['clip']['fingerprint'][:12]}); re-run "
+                                 f"preprocess with --clip-model {saved['clip']['model']}")
 
     def generators(self) -> dict[str, torch.Generator]:
         return {"train": self.gen}
@@ -195,17 +189,16 @@ class UNetTask(Task):
             return out
         device, b = self.accelerator.device, self.train_config.batch_size
         for prefix, model in (("", self.accelerator.unwrap_model(self.model)), ("ema_", self.ema.model)):
-            was_training = model.training
-            model.eval()
+            model.eval()  # the trained model goes back to train() below
             gen, chunks = torch.Generator().manual_seed(self.train_config.seed + 1), []
             for lo in range(0, len(val["keys"]), b):
                 part = {k: val[k][lo:lo + b].to(device) for k in ("mel", "cond", "t", "noise")}
                 with self.accelerator.autocast():
                     chunks.append(self.diffusion.training_losses(model, part["mel"], part["cond"], t=part["t"],
                                                                  noise=part["noise"], generator=gen))
-            model.train(was_training)
             terms = loss_terms(chunks, val["t"], self.diffusion.num_timesteps)  # each [N]
             out.update({prefix + name: float(v.mean()) for name, v in terms.items() if v.numel()})
+        self.model.train()
         return out
 
     @torch.no_grad()
@@ -220,7 +213,7 @@ class UNetTask(Task):
                                    fixed["cond"].to(self.accelerator.device), sampler="ddim",
                                    steps=min(cfg.sample_steps, self.diffusion.num_timesteps),
                                    guidance_scale=cfg.guidance_scale,
-                                   generator=torch.Generator().manual_seed(cfg.seed + SAMPLE_SEED_OFFSET))
+                                   generator=torch.Generator().manual_seed(cfg.seed + 7919))  # not training's noise
         logmel = denormalize(x0[0, 0].float().cpu(), mel)  # [64, F]
         png = self.run.dir / "samples" / f"step-{step:07d}.png"
         save_mel_image(logmel.numpy(), mel, png, title=f"step {step}: {fixed['caption']}")
@@ -240,10 +233,9 @@ class UNetTask(Task):
 
     @classmethod
     def export(cls, run: Run, checkpoint: Checkpoint, out: Path, data: str | os.PathLike | None = None) -> Path:
-        """The pipeline directory of the checkpoint's EMA weights, with the statistics of ``data`` (default: the
-        run's)."""
+        """The pipeline of the checkpoint's EMA weights, with the statistics of ``data`` (default: the run's)."""
         info = read_dataset_info(data if data is not None else run.data["dataset"])
-        check_dataset_fits(info, run.dir, run.data)
+        cls.check_data(run.data, {"dataset": info.root}, run.dir)
         unet = MelUNet(run.config.unet)
         unet.load_state_dict(checkpoint.module("ema"))
         t, d = run.config.train, run.config.diffusion
@@ -266,11 +258,9 @@ def loss_terms(chunks: list[dict[str, torch.Tensor]], t: torch.Tensor, num_times
 
 
 def compute_dataset_stats(info: DatasetInfo, bank_size: int, split: str = "train") -> PipelineStats:
-    """One pass over a split's clip embeddings: their mean, and a bank of up to ``bank_size`` of them.
-
-    The bank keeps the (key, frame) pairs with the smallest BLAKE2b hash of ``"key/frame"``, sorted
-    by that hash: a uniform, deterministic choice independent of shard order.
-    """
+    """One pass over a split's clip embeddings: their mean, and a bank of up to ``bank_size`` of them: the
+    (key, frame) pairs with the smallest BLAKE2b hash of ``"key/frame"``, sorted by that hash (a uniform,
+    deterministic choice independent of shard order)."""
     total: np.ndarray | None = None
     clips = embeddings = 0
     heap: list[tuple[int, str, np.ndarray, str | None]] = []  # max-heap by hash via negation
@@ -312,9 +302,8 @@ def train(data_dir: str | os.PathLike, run_dir: str | os.PathLike, overrides: di
           *, resume: bool = False, progress: Progress | None = None) -> Path:
     """Train (or resume) a UNet run on a preprocessed dataset; returns ``run_dir`` (the pipeline in RUN/pipeline).
 
-    ``overrides``: config sections ``{"train": {...}, "unet": {...}, "diffusion": {...}}`` (e.g. a
-    run's config.json); on resume only :attr:`TrainConfig.RESUMABLE` fields may differ from the saved ones.
-    """
+    ``overrides``: config sections ``{"train": {...}, "unet": {...}, "diffusion": {...}}`` (e.g. a run's
+    config.json); on resume only :attr:`TrainConfig.RESUMABLE` fields may differ from the saved ones."""
     info = read_dataset_info(data_dir)
     if not info.shard_paths("train"):
         raise ClipsonicError(f"{info.root}: the train split has no shards; re-run preprocess")

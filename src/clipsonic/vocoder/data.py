@@ -26,7 +26,6 @@ from clipsonic.media import MediaError, load_audio, probe
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".m4a")
-VALIDATION_SPLITS = ("valid", "val", "validation", "test")
 SHUFFLE_BUFFER = 256  # dataset clips mixed across a shard, which holds a video's clips side by side
 
 
@@ -54,15 +53,14 @@ class Clip:
 
 
 def _num_held_out(num_clips: int, num_val: int) -> int:
-    """Validation clips set aside from the training ones: a tenth, at most ``num_val``; none below 10."""
     return max(1, min(num_val, num_clips // 10)) if num_clips >= 10 else 0
 
 
 class AudioCorpus:
     """Training clips (streamed per epoch) and fixed validation clips of a dataset directory or an audio folder.
 
-    Validation: a dataset's valid/val/test split when it has one; else up to ``num_val`` held-out
-    clips when there are at least 10 (a folder's drawn from the seed, a dataset's the first ones);
+    Validation: a dataset's valid/val/test split when it has one; else a tenth of the clips (1 to ``num_val``)
+    held out when there are at least 10 (a folder's drawn from the seed, a dataset's the first ones);
     else none, and :func:`validation_audio` cuts seeded segments of the training clips.
     """
 
@@ -81,7 +79,7 @@ class AudioCorpus:
 
     def _open_dataset(self, root: Path, num_val: int) -> None:
         info = read_dataset_info(root)  # its sample rate is the vocoder's: train_vocoder takes the dataset's mel
-        val_split = next((s for s in VALIDATION_SPLITS if info.num_clips(s)), None)
+        val_split = next((s for s in ("valid", "val", "validation", "test") if info.num_clips(s)), None)
         train = [s for s in info.splits if s != val_split]
         self.shards = tuple(str(p) for s in train for p in info.shard_paths(s))
         first = next(iter_raw_samples(self.shards[:1], fields=(), optional=("flac",)), {})

@@ -1,10 +1,9 @@
 """The discriminators of BigVGAN's recipe for 16 kHz audio: the multi-period discriminator (MPD, HiFi-GAN) plus
 UnivNet's multi-resolution STFT discriminator (``mrd``, BigVGAN v1, the default), or BigVGAN v2's ``mbd``
 (descript-audio-codec's multi-band) or ``cqtd`` (multi-scale sub-band CQT, with 7 octaves instead of 9 so that
-every bin from 32.7 Hz stays below the 8 kHz Nyquist).
-
-MPD and MRD are copied from ``bigvgan/discriminators.py`` (MIT, NVIDIA), diffusers-style, because that module
-imports torchaudio at its top; ``mbd`` and ``cqtd`` come from it when torchaudio (and nnAudio) are installed.
+every bin from 32.7 Hz stays below the 8 kHz Nyquist). MPD and MRD are copied from ``bigvgan/discriminators.py``
+(MIT, NVIDIA) because that module imports torchaudio at its top; ``mbd`` and ``cqtd`` come from it when
+torchaudio (and nnAudio) are installed.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn import Conv2d
-from torch.nn.utils import spectral_norm, weight_norm
+from torch.nn.utils import weight_norm
 
 from clipsonic.config import Config
 from clipsonic.errors import ClipsonicError
@@ -68,7 +67,7 @@ def build_discriminator(config: DiscriminatorConfig, sample_rate: int) -> nn.Mod
     # bigvgan's classes read their settings, by its names, from its dict-with-attributes
     from bigvgan.env import AttrDict
 
-    h = AttrDict({**config.to_dict(), "discriminator_channel_mult": config.channel_mult, "use_spectral_norm": False,
+    h = AttrDict({**config.to_dict(), "discriminator_channel_mult": config.channel_mult,
                   "resolutions": config.mrd_resolutions, "sampling_rate": sample_rate})
     if config.kind == "cqtd":
         config.check_cqt_range(sample_rate)
@@ -92,11 +91,6 @@ def build_discriminator(config: DiscriminatorConfig, sample_rate: int) -> nn.Mod
         return CombinedDiscriminator([MultiPeriodDiscriminator(h), second])
 
 
-# Copied from bigvgan.utils.get_padding
-def get_padding(kernel_size, dilation=1):
-    return int((kernel_size * dilation - dilation) / 2)
-
-
 def _conv_stack(x, convs, conv_post):
     """The shared tail of DiscriminatorP/R's forward: leaky-ReLU(0.1) convs → (flattened scores, feature maps)."""
     fmap = []
@@ -108,21 +102,19 @@ def _conv_stack(x, convs, conv_post):
     return torch.flatten(x, 1, -1), fmap
 
 
-# Copied from bigvgan.discriminators.DiscriminatorP (its four strided convs built in a loop, the tail of its
-# forward shared with DiscriminatorR)
+# Copied from bigvgan.discriminators.DiscriminatorP (weight norm only: we never set use_spectral_norm;
+# get_padding(5, 1) = 2; its four strided convs built in a loop, the tail of its forward shared with DiscriminatorR)
 class DiscriminatorP(torch.nn.Module):
-    def __init__(self, h, period, kernel_size=5, stride=3, use_spectral_norm=False):
+    def __init__(self, h, period, kernel_size=5, stride=3):
         super().__init__()
         self.period = period
-        self.d_mult = h.discriminator_channel_mult
-        norm_f = weight_norm if not use_spectral_norm else spectral_norm
-        channels = [1, int(32 * self.d_mult), int(128 * self.d_mult), int(512 * self.d_mult), int(1024 * self.d_mult)]
+        channels = [1] + [int(c * h.discriminator_channel_mult) for c in (32, 128, 512, 1024)]
         self.convs = nn.ModuleList(
-            [norm_f(Conv2d(c_in, c_out, (kernel_size, 1), (stride, 1), padding=(get_padding(5, 1), 0)))
+            [weight_norm(Conv2d(c_in, c_out, (kernel_size, 1), (stride, 1), padding=(2, 0)))
              for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)]
-            + [norm_f(Conv2d(int(1024 * self.d_mult), int(1024 * self.d_mult), (kernel_size, 1), 1, padding=(2, 0)))]
+            + [weight_norm(Conv2d(channels[-1], channels[-1], (kernel_size, 1), 1, padding=(2, 0)))]
         )
-        self.conv_post = norm_f(Conv2d(int(1024 * self.d_mult), 1, (3, 1), 1, padding=(1, 0)))
+        self.conv_post = weight_norm(Conv2d(channels[-1], 1, (3, 1), 1, padding=(1, 0)))
 
     def forward(self, x):
         # 1d to 2d: [B, C, T] → [B, C, T / period, period], reflect-padded to a multiple of the period
@@ -137,10 +129,7 @@ class DiscriminatorP(torch.nn.Module):
 class MultiPeriodDiscriminator(torch.nn.Module):
     def __init__(self, h):
         super().__init__()
-        self.mpd_reshapes = h.mpd_reshapes
-        self.discriminators = nn.ModuleList(
-            [DiscriminatorP(h, rs, use_spectral_norm=h.use_spectral_norm) for rs in self.mpd_reshapes]
-        )
+        self.discriminators = nn.ModuleList([DiscriminatorP(h, rs) for rs in h.mpd_reshapes])
 
     def forward(self, y, y_hat):
         real = [d(y) for d in self.discriminators]
@@ -148,23 +137,21 @@ class MultiPeriodDiscriminator(torch.nn.Module):
         return [s for s, _ in real], [s for s, _ in fake], [f for _, f in real], [f for _, f in fake]
 
 
-# Copied from bigvgan.discriminators.DiscriminatorR (without the mrd_* overrides we never set and its length
-# assert (DiscriminatorConfig checks it), its three strided convs built in a loop, the tail of its forward
-# shared with DiscriminatorP, and with the rectangular STFT window torch.stft uses by default passed
-# explicitly: same numbers, no warning)
+# Copied from bigvgan.discriminators.DiscriminatorR (weight norm only, without the mrd_* overrides we never set
+# and its length assert (DiscriminatorConfig checks it), its three strided convs built in a loop, the tail of
+# its forward shared with DiscriminatorP, and with the rectangular STFT window torch.stft uses by default
+# passed explicitly: same numbers, no warning)
 class DiscriminatorR(nn.Module):
     def __init__(self, cfg, resolution):
         super().__init__()
         self.resolution = resolution
-        norm_f = weight_norm if cfg.use_spectral_norm == False else spectral_norm  # noqa: E712
-        self.d_mult = cfg.discriminator_channel_mult
-        ch = int(32 * self.d_mult)
+        ch = int(32 * cfg.discriminator_channel_mult)
         self.convs = nn.ModuleList(
-            [norm_f(nn.Conv2d(1, ch, (3, 9), padding=(1, 4)))]
-            + [norm_f(nn.Conv2d(ch, ch, (3, 9), stride=(1, 2), padding=(1, 4))) for _ in range(3)]
-            + [norm_f(nn.Conv2d(ch, ch, (3, 3), padding=(1, 1)))]
+            [weight_norm(nn.Conv2d(1, ch, (3, 9), padding=(1, 4)))]
+            + [weight_norm(nn.Conv2d(ch, ch, (3, 9), stride=(1, 2), padding=(1, 4))) for _ in range(3)]
+            + [weight_norm(nn.Conv2d(ch, ch, (3, 3), padding=(1, 1)))]
         )
-        self.conv_post = norm_f(nn.Conv2d(ch, 1, (3, 3), padding=(1, 1)))
+        self.conv_post = weight_norm(nn.Conv2d(ch, 1, (3, 3), padding=(1, 1)))
 
     def forward(self, x):
         return _conv_stack(self.spectrogram(x).unsqueeze(1), self.convs, self.conv_post)
@@ -184,8 +171,7 @@ class DiscriminatorR(nn.Module):
 class MultiResolutionDiscriminator(MultiPeriodDiscriminator):
     def __init__(self, cfg):
         nn.Module.__init__(self)
-        self.resolutions = cfg.resolutions
-        self.discriminators = nn.ModuleList([DiscriminatorR(cfg, resolution) for resolution in self.resolutions])
+        self.discriminators = nn.ModuleList([DiscriminatorR(cfg, resolution) for resolution in cfg.resolutions])
 
 
 # Copied from bigvgan.discriminators.CombinedDiscriminator (upstream's attribute spelling kept; its forward
@@ -197,5 +183,4 @@ class CombinedDiscriminator(nn.Module):
 
     def forward(self, y, y_hat):
         outputs = [disc(y, y_hat) for disc in self.discrimiantor]
-        # y_d_rs, y_d_gs, fmap_rs, fmap_gs
         return tuple([x for out in outputs for x in out[i]] for i in range(4))

@@ -27,12 +27,7 @@ from clipsonic.train.checkpoint import Checkpoint
 from clipsonic.train.harness import LoopConfig, Progress, Run, Task, fit
 from clipsonic.vocoder.data import AudioCorpus, training_batches, validation_audio
 from clipsonic.vocoder.discriminators import DiscriminatorConfig, build_discriminator
-from clipsonic.vocoder.vocoders import (
-    VOCODER_PRESETS,
-    BigVGANConfig,
-    BigVGANVocoder,
-    build_generator,
-)
+from clipsonic.vocoder.vocoders import VOCODER_PRESETS, BigVGANConfig, BigVGANVocoder, build_generator
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +101,9 @@ class VocoderTask(Task):
         """The preset's sections (``train.preset``, default base) with ``overrides`` over each; from_dict refuses
         an unknown section or preset."""
         preset = overrides.get("train", {}).get("preset", VocoderTrainConfig.preset)
-        sections = {**TRAIN_PRESETS.get(preset, {})}
-        if preset in VOCODER_PRESETS:
-            sections["generator"] = VOCODER_PRESETS[preset].to_dict()
-        for name, values in overrides.items():
-            sections[name] = {**sections.get(name, {}), **values}
+        sections = ({**TRAIN_PRESETS[preset], "generator": VOCODER_PRESETS[preset].to_dict()}
+                    if preset in VOCODER_PRESETS else {})
+        sections.update({name: {**sections.get(name, {}), **values} for name, values in overrides.items()})
         return VocoderRunConfig.from_dict(sections, source="--config/flags")
 
     def __init__(self, run: Run):
@@ -127,11 +120,9 @@ class VocoderTask(Task):
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
         generator = build_generator(run.config.generator, self.mel)
         discriminator = build_discriminator(run.config.discriminator, self.mel.sample_rate)
-        betas = (cfg.adam_b1, cfg.adam_b2)
-        optim_g = torch.optim.AdamW(generator.parameters(), cfg.lr, betas=betas)
-        optim_d = torch.optim.AdamW(discriminator.parameters(), cfg.lr, betas=betas)
-        self.generator, self.discriminator, self.optim_g, self.optim_d = acc.prepare(
-            generator, discriminator, optim_g, optim_d)
+        optims = [torch.optim.AdamW(m.parameters(), cfg.lr, betas=(cfg.adam_b1, cfg.adam_b2))
+                  for m in (generator, discriminator)]
+        self.generator, self.discriminator, self.optim_g, self.optim_d = acc.prepare(generator, discriminator, *optims)
         self.val_audio = validation_audio(self.corpus, cfg.val_segment_size, cfg.num_val, cfg.seed)
         self.pos = {"epoch": 0, "offset": 0}
         self.reals_written = False

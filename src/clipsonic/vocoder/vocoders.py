@@ -165,10 +165,9 @@ class Vocoder:
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` into ``directory``; returns it."""
         directory = Path(directory)
-        write_json_atomic(directory / CONFIG_NAME, {"format": FORMAT, "version": VERSION, "type": self.type_name,
-                                                    "mel": self.mel_config.to_dict(),
-                                                    self.config_key: self.config.to_dict(), **self.files,
-                                                    "clipsonic_version": __version__})
+        write_json_atomic(directory / CONFIG_NAME, {
+            "format": FORMAT, "version": VERSION, "type": self.type_name, "mel": self.mel_config.to_dict(),
+            self.config_key: self.config.to_dict(), **self.files, "clipsonic_version": __version__})
         return directory
 
 
@@ -183,8 +182,7 @@ class GriffinLimVocoder(Vocoder):
         super().__init__(mel_config or MelConfig(), config or GriffinLimConfig())
 
     def _synthesize(self, logmel: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        return griffin_lim(logmel, self.mel_config, n_iter=c.n_iter, momentum=c.momentum, seed=c.seed)
+        return griffin_lim(logmel, self.mel_config, **self.config.to_dict())  # n_iter, momentum, seed
 
 
 class BigVGANVocoder(Vocoder):
