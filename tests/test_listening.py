@@ -14,7 +14,7 @@ import soundfile
 from clipsonic.cli import main as cli_main
 from clipsonic.errors import ClipsonicError
 from clipsonic.listening import make_listening_test, mean_ci, read_key, score_answers
-from clipsonic.listening.page import CSV_COLUMNS
+from clipsonic.listening.make import CSV_COLUMNS
 
 ITEMS = {"a1": "dog barking", "b2": 'a "loud" engine, revving', "c3": "rain </script> <!-- <script> on a roof"}
 

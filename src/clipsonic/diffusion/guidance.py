@@ -41,20 +41,6 @@ def guide(cond: Tensor, uncond: Tensor, guidance_scale: float, formula: str) -> 
     raise ValueError(f"unknown guidance formula {formula!r}; use 'cfg' or 'cfg-plus-one'")
 
 
-def branches(guidance_scale: float, formula: str) -> str:
-    """Which forward passes a guided step needs: "cond", "uncond" or "both".
-
-    When the mix reduces to one branch that branch runs alone, on B rather than 2B examples, and
-    its own variance is used: "cfg" with w = 1 (or "cfg-plus-one" with w = 0) is exactly the
-    conditional model, "cfg" with w = 0 exactly the unconditional one. (:func:`guide` refuses bad formulas.)
-    """
-    if (formula == "cfg" and guidance_scale == 1.0) or (formula == "cfg-plus-one" and guidance_scale == 0.0):
-        return "cond"
-    if formula == "cfg" and guidance_scale == 0.0:
-        return "uncond"
-    return "both"
-
-
 def guided_denoiser(
     model: nn.Module | Callable[..., Tensor],
     cond: Tensor,
@@ -69,7 +55,13 @@ def guided_denoiser(
 
     ``cond`` [B, D]; ``schedule`` is the full training schedule (the model sees original steps).
     """
-    need = branches(guidance_scale, formula)
+    # A mix that is exactly one branch runs it alone, on B rather than 2B examples, with its own variance: "cfg"
+    # at w = 1 ("cfg-plus-one" at w = 0) is the conditional model, "cfg" at w = 0 the unconditional one.
+    need = "both"
+    if (formula == "cfg" and guidance_scale == 1.0) or (formula == "cfg-plus-one" and guidance_scale == 0.0):
+        need = "cond"
+    elif formula == "cfg" and guidance_scale == 0.0:
+        need = "uncond"
 
     def denoise(x: Tensor, t: int) -> tuple[Tensor, Tensor | None]:
         batch, channels = x.shape[:2]

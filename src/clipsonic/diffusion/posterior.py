@@ -28,36 +28,28 @@ def q_posterior_mean_variance(s: Schedule, x0: Tensor, xt: Tensor, i: Index) -> 
     return mean, variance.expand_as(xt), log_variance.expand_as(xt)
 
 
-def x0_from_eps(s: Schedule, xt: Tensor, i: Index, eps: Tensor) -> Tensor:
-    """x_0 = sqrt(1/alpha_bar_t) x_t - sqrt(1/alpha_bar_t - 1) eps."""
-    return s.at("sqrt_recip_alphas_cumprod", i, xt) * xt - s.at("sqrt_recipm1_alphas_cumprod", i, xt) * eps
-
-
-def eps_from_x0(s: Schedule, xt: Tensor, i: Index, x0: Tensor) -> Tensor:
-    """eps = (sqrt(1/alpha_bar_t) x_t - x_0) / sqrt(1/alpha_bar_t - 1)."""
-    return (s.at("sqrt_recip_alphas_cumprod", i, xt) * xt - x0) / s.at("sqrt_recipm1_alphas_cumprod", i, xt)
-
-
 def v_from_x0_eps(s: Schedule, x0: Tensor, i: Index, eps: Tensor) -> Tensor:
     """The v target of Salimans & Ho (2022): v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0."""
     return s.at("sqrt_alphas_cumprod", i, x0) * eps - s.at("sqrt_one_minus_alphas_cumprod", i, x0) * x0
 
 
 def eps_from_prediction(prediction: str, s: Schedule, xt: Tensor, i: Index, pred: Tensor) -> Tensor:
-    """The network's first C channels as eps. For v: eps = sqrt(alpha_bar) v + sqrt(1 - alpha_bar) x_t."""
+    """The network's first C channels as eps. For v: eps = sqrt(alpha_bar) v + sqrt(1 - alpha_bar) x_t;
+    for x_0: eps = (sqrt(1/alpha_bar) x_t - x_0) / sqrt(1/alpha_bar - 1)."""
     if prediction == "epsilon":
         return pred
     if prediction == "v":
         return s.at("sqrt_alphas_cumprod", i, xt) * pred + s.at("sqrt_one_minus_alphas_cumprod", i, xt) * xt
     if prediction == "x0":
-        return eps_from_x0(s, xt, i, pred)
+        return (s.at("sqrt_recip_alphas_cumprod", i, xt) * xt - pred) / s.at("sqrt_recipm1_alphas_cumprod", i, xt)
     raise ValueError(f"unknown prediction {prediction!r}")
 
 
 def x0_from_prediction(prediction: str, s: Schedule, xt: Tensor, i: Index, pred: Tensor) -> Tensor:
-    """The network's first C channels as x_0. For v: x_0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v."""
+    """The network's first C channels as x_0. For v: x_0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v;
+    for eps: x_0 = sqrt(1/alpha_bar) x_t - sqrt(1/alpha_bar - 1) eps."""
     if prediction == "epsilon":
-        return x0_from_eps(s, xt, i, pred)
+        return s.at("sqrt_recip_alphas_cumprod", i, xt) * xt - s.at("sqrt_recipm1_alphas_cumprod", i, xt) * pred
     if prediction == "v":
         return s.at("sqrt_alphas_cumprod", i, xt) * xt - s.at("sqrt_one_minus_alphas_cumprod", i, xt) * pred
     if prediction == "x0":
@@ -79,35 +71,23 @@ def split_output(out: Tensor, channels: int, learn_sigma: bool) -> tuple[Tensor,
     return out[:, :channels], out[:, channels:]
 
 
-def model_variance(s: Schedule, i: Index, var_values: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
-    """(variance, log variance) of p(x_{t-1} | x_t).
-
-    Learned range: log sigma^2 = frac log beta_t + (1 - frac) log beta~_t, frac = (v + 1)/2, with the
-    respaced beta'/beta~' in a respaced chain. Fixed (var_values None): beta~_t ("fixed small").
-    """
-    min_log = _as_tensor(s.at("posterior_log_variance_clipped", i, like), like)
-    if var_values is None:
-        log_variance = min_log.expand_as(like)
-    else:
-        max_log = _as_tensor(s.at("log_betas", i, like), like)
-        frac = (var_values + 1) / 2
-        log_variance = frac * max_log + (1 - frac) * min_log
-    return log_variance.exp(), log_variance
-
-
 def p_mean_variance(
     s: Schedule, xt: Tensor, i: Index, x0: Tensor, var_values: Tensor | None, clip_denoised: bool
 ) -> dict[str, Tensor]:
     """p(x_{t-1} | x_t) = N(mu~(x_t, x0_hat), sigma^2): the posterior mean at the predicted x_0.
 
     ``x0`` is the network's x_0 prediction; with ``clip_denoised`` it is clamped to [-1, 1] first.
+    Learned range: log sigma^2 = frac log beta_t + (1 - frac) log beta~_t, frac = (v + 1)/2, with the
+    respaced beta'/beta~' in a respaced chain. Fixed (var_values None): beta~_t ("fixed small").
     Returns ``mean``, ``variance``, ``log_variance`` and ``pred_x0`` (after clamping).
     """
     if clip_denoised:
         x0 = x0.clamp(-1, 1)
-    mean, _, _ = q_posterior_mean_variance(s, x0, xt, i)
-    variance, log_variance = model_variance(s, i, var_values, xt)
-    return {"mean": mean, "variance": variance, "log_variance": log_variance, "pred_x0": x0}
+    mean, _, log_variance = q_posterior_mean_variance(s, x0, xt, i)  # log beta~_t
+    if var_values is not None:
+        frac = (var_values + 1) / 2
+        log_variance = frac * _as_tensor(s.at("log_betas", i, xt), xt) + (1 - frac) * log_variance
+    return {"mean": mean, "variance": log_variance.exp(), "log_variance": log_variance, "pred_x0": x0}
 
 
 def _as_tensor(value: Tensor | float, like: Tensor) -> Tensor:

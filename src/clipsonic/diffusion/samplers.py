@@ -101,15 +101,14 @@ def dpmpp_2m_step(
 ) -> tuple[Tensor, float]:
     """One DPM-Solver++(2M) step (Lu et al. 2022, "DPM-Solver++", Algorithm 2) -> (x_next, h).
 
-    With alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha/sigma), h = lambda_next - lambda:
-    D = x0 (first step) or (1 + 1/(2r)) x0 - 1/(2r) x0_prev with r = h_prev/h;
+    With alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha/sigma) = 0.5 log(abar/(1 - abar)),
+    h = lambda_next - lambda: D = x0 (first step) or (1 + 1/(2r)) x0 - 1/(2r) x0_prev with r = h_prev/h;
     x_next = (sigma_next/sigma) x - alpha_next (e^-h - 1) D. At abar_next = 1 (sigma_next = 0, h = inf)
     this is x0 exactly, which is returned directly.
     """
     if abar_next >= 1.0:
         return x0, math.inf
-    lam, lam_next = _half_log_snr(abar), _half_log_snr(abar_next)
-    h = lam_next - lam
+    h = 0.5 * (math.log(abar_next) - math.log1p(-abar_next)) - 0.5 * (math.log(abar) - math.log1p(-abar))
     if x0_prev is None or h_prev is None:
         d = x0
     else:
@@ -138,11 +137,6 @@ def dpmpp_2m(
         x, h_prev = dpmpp_2m_step(x, x0, x0_prev, h_prev, abar[i], abar_prev[i])
         x0_prev = x0
     return x
-
-
-def _half_log_snr(abar: float) -> float:
-    """lambda = log(alpha / sigma) = 0.5 log(abar / (1 - abar))."""
-    return 0.5 * (math.log(abar) - math.log1p(-abar))
 
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpmpp-2m": dpmpp_2m}

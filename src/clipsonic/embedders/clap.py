@@ -30,10 +30,7 @@ HOW_TO_GET = (
 def crop_or_pad(wav: np.ndarray, length: int = CLIP_SAMPLES) -> np.ndarray:
     """``[samples]`` → ``[length]``: the first ``length`` samples, or (laion-clap's "repeatpad")
     ``length // n`` whole copies of the ``n``-sample clip, then zeros."""
-    wav = np.asarray(wav, dtype=np.float32)
-    if len(wav) >= length:
-        return wav[:length].copy()
-    repeated = np.tile(wav, length // len(wav))
+    repeated = np.tile(np.asarray(wav, dtype=np.float32), max(length // len(wav), 1))[:length]
     return np.pad(repeated, (0, length - len(repeated)))
 
 
@@ -81,13 +78,8 @@ class ClapEmbedder(AudioEmbedder):
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """``[B, 512]``, 64 texts a batch."""
-        texts = list(texts)
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        out = []
-        for i in range(0, len(texts), 64):
-            batch = texts[i:i + 64]
-            # some laion-clap versions squeeze a batch of one text away: send it twice
-            emb = np.asarray(self.module.get_text_embedding(batch * 2 if len(batch) == 1 else batch, use_tensor=False))
-            out.append(emb[:len(batch)])
-        return np.concatenate(out).astype(np.float32)
+        batches = [list(texts[i:i + 64]) for i in range(0, len(texts), 64)]
+        # some laion-clap versions squeeze a batch of one text away: send it twice
+        out = [np.asarray(self.module.get_text_embedding(b * 2 if len(b) == 1 else b, use_tensor=False))[:len(b)]
+               for b in batches]
+        return np.concatenate([np.zeros((0, self.dim)), *out]).astype(np.float32)

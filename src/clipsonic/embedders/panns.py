@@ -91,7 +91,6 @@ class PannsEmbedder(AudioEmbedder):
 
     @torch.no_grad()
     def _embed(self, wav: np.ndarray) -> np.ndarray:
-        if len(wav) < 32 * HOP:  # five 2×2 poolings need at least 32 frames
-            wav = np.pad(wav, (0, 32 * HOP - len(wav)))
+        wav = np.pad(wav, (0, max(32 * HOP - len(wav), 0)))  # five 2×2 poolings need at least 32 frames
         x = torch.from_numpy(wav)[None].to(self.device)
         return self.model(log_mel(x)).cpu().numpy()

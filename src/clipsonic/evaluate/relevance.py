@@ -1,9 +1,7 @@
-"""Relevance accuracy: the fraction of clips an audio classifier labels as the clip's label.
-
-A classifier (e.g. :class:`clipsonic.sonicworld.OracleClassifier`) has ``labels``, an optional ``name`` and
-``classify(audio [B, samples] float32, sample_rate) -> [label or None]`` (None counts as wrong). It judges the
-files a set wrote (cached audio stays valid); clips without a label it knows are left out. Chance: ``1 / len(labels)``.
-"""
+"""Relevance accuracy: the fraction of clips an audio classifier labels as the clip's label. A classifier (e.g.
+:class:`clipsonic.sonicworld.OracleClassifier`) has ``labels``, an optional ``name`` and ``classify(audio [B, samples]
+float32, sample_rate) -> [label or None]`` (None counts as wrong). It judges the files a set wrote (cached audio stays
+valid); clips without a label it knows are left out. Chance: ``1 / len(labels)``."""
 
 from __future__ import annotations
 

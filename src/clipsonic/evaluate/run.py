@@ -1,8 +1,6 @@
-"""``run_evaluation``: Table 1 and the guidance sweep of the paper for one model on one test split.
-
-Every set of audio (real, the vocoder's reconstruction, each generated (mode, w)) is written, embedded
-(cached by file content) and scored: FAD against the real audio, CLAP score and relevance against the label.
-"""
+"""``run_evaluation``: Table 1 and the guidance sweep of the paper. Every set of audio (real, the vocoder's
+reconstruction, each generated (mode, w)) is written, embedded (cached by file content) and scored: FAD against
+the real audio, CLAP score and relevance against the label."""
 
 from __future__ import annotations
 

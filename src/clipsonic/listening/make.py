@@ -1,26 +1,32 @@
 """Build a listening test: a self-contained static page plus the key that only the experimenter keeps.
 
-Writes under ``out``: ``page/index.html`` (the whole test, no server, no network), ``page/audio/*`` (the audio
-under opaque names: system names never reach the page), ``key.json`` (the test id, and each trial id's system,
-item, query and source file) and ``README.txt`` (what to send to listeners and how to score their answers).
+Writes under ``out``: ``page/index.html`` (``page.html`` filled in: the whole test, CSS and JavaScript inline, works
+from file://), ``page/audio/*`` (the audio under opaque names: system names never reach the page), ``key.json`` (the
+test id, and each trial id's system, item, query and source file) and ``README.txt`` (what to send to listeners and
+how to score their answers). Each listener gets the trials in an order seeded by (test id, listener id), so a reload
+resumes it (progress in ``localStorage`` under the test id), rates each 1–5 for fidelity and relevance to the shown
+query, and downloads the answers as CSV with the columns :data:`CSV_COLUMNS` (the test id in every row).
 A *system* is a folder of audio with a ``manifest.jsonl`` (lines of ``{"file", "item", "query"}``, as ``clipsonic
 evaluate`` writes) or a ``<stem>.txt`` query beside each file (item = file stem); items all systems share are trials.
 """
 
 from __future__ import annotations
 
+import html
+import importlib.resources
 import json
 import logging
 import os
 import random
 import shutil
+import string
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import atomic_directory, read_versioned_json, write_bytes_atomic, write_json_atomic
-from clipsonic.listening.page import render_page
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,21 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
 MANIFEST = "manifest.jsonl"
 KEY_FILE = "key.json"
 KEY_FORMAT = "clipsonic-listening-key"
+CSV_COLUMNS = ("test_id", "listener", "trial_id", "position", "query", "fidelity", "relevance", "plays", "answered_at")
+CRITERIA = ("fidelity", "relevance")  # the names of page.html's two rating scales
+
+
+class _PageTemplate(string.Template):
+    delimiter = "@"  # the page's JavaScript uses $ (its getElementById helper and template literals)
+
+
+def render_page(data: dict[str, Any]) -> str:
+    """The page for ``{"test_id", "title", "trials": [{"id", "audio", "query"}]}``."""
+    # "</" would end the script element early and "<!--" could start an escaped script block: JSON's \u003c is "<"
+    payload = json.dumps({**data, "columns": CSV_COLUMNS}, ensure_ascii=False).replace("<", "\\u003c")
+    template = importlib.resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+    return _PageTemplate(template).substitute(title=html.escape(str(data.get("title", "Listening test"))),
+                                              count=len(data["trials"]), payload=payload)
 
 
 def write_manifest(folder: Path, entries: Sequence[dict[str, str]]) -> None:

@@ -20,8 +20,7 @@ from scipy import stats
 
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import write_bytes_atomic, write_json_atomic
-from clipsonic.listening.make import read_key
-from clipsonic.listening.page import CRITERIA, CSV_COLUMNS
+from clipsonic.listening.make import CRITERIA, CSV_COLUMNS, read_key
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:

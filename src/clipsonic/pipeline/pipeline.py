@@ -31,15 +31,7 @@ from clipsonic.encoders import ClipModelRef, default_device, load_clip, parse_dt
 from clipsonic.errors import ClipsonicError
 from clipsonic.export import load_stats, read_model_index, write_pipeline_dir
 from clipsonic.models import MelUNet
-from clipsonic.pipeline.queries import (
-    DEFAULT_VIDEO_FRAMES,
-    MAX_SECONDS,
-    check_positive_int,
-    encode_query,
-    expand_seeds,
-    parse_query,
-    resolve_frames,
-)
+from clipsonic.pipeline import queries
 from clipsonic.prior import load_prior
 from clipsonic.vocoder import GriffinLimVocoder, load_vocoder
 
@@ -216,7 +208,7 @@ class CLIPSonicPipeline:
         seconds: float | None = None,
         negative_text: str | None = None,
         video_frames: str = "mean",
-        num_frames: int = DEFAULT_VIDEO_FRAMES,
+        num_frames: int = queries.DEFAULT_VIDEO_FRAMES,
         eta: float = 0.0,
         prior_guidance_scale: float | None = None,
         prior_steps: int | None = None,
@@ -233,34 +225,34 @@ class CLIPSonicPipeline:
         ``video_frames``: "mean" of ``num_frames`` frames, "first" or "middle".
         """
         # 1. Check inputs
-        query = parse_query(text, image, video, image_embeds)
+        query = queries.parse_query(text, image, video, image_embeds)
         mode = self._check_mode(query.kind, mode)
         for name, w in (("guidance_scale", guidance_scale), ("prior_guidance_scale", prior_guidance_scale or 0)):
             if isinstance(w, bool) or not isinstance(w, int | float) or not w >= 0:
                 raise ClipsonicError(f"{name} must be a number >= 0, got {w!r}")
-        check_positive_int("num_inference_steps", num_inference_steps, self.diffusion.num_timesteps)
+        queries.check_positive_int("num_inference_steps", num_inference_steps, self.diffusion.num_timesteps)
         if sampler not in SAMPLERS:
             raise ClipsonicError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
-        check_positive_int("num_samples", num_samples)
+        queries.check_positive_int("num_samples", num_samples)
         if negative_text is not None and not (isinstance(negative_text, str) and negative_text.strip()):
             raise ClipsonicError("negative_text must be a non-empty string")
         if prior_steps is not None:
-            check_positive_int("prior_steps", prior_steps)
-        check_positive_int("knn_k", knn_k)
+            queries.check_positive_int("prior_steps", prior_steps)
+        queries.check_positive_int("knn_k", knn_k)
         if query.kind != "video":  # lengths are checked before any slow work
-            frames = resolve_frames(seconds, None, self.mel, self.unet.config.downsample_factor)
+            frames = queries.resolve_frames(seconds, None, self.mel, self.unet.config.downsample_factor)
 
         # 2. Encode the query with CLIP: [Q, D]
-        emb, durations = encode_query(query, self.encoder, pooling=video_frames, num_frames=num_frames,
-                                      max_seconds=seconds or MAX_SECONDS)
+        emb, durations = queries.encode_query(query, self.encoder, pooling=video_frames, num_frames=num_frames,
+                                              max_seconds=seconds or queries.MAX_SECONDS)
         if query.kind == "video":
-            frames = resolve_frames(seconds, durations, self.mel, self.unet.config.downsample_factor)
+            frames = queries.resolve_frames(seconds, durations, self.mel, self.unet.config.downsample_factor)
 
         # 3. One row per output (query-major) and one generator per row; x_T first, so a seed gives
         #    the same initial noise in every mode
         batch = len(query) * num_samples
         rows = torch.arange(len(query)).repeat_interleave(num_samples)  # [B] query index of each row
-        gens, seeds = expand_seeds(seed, generator, batch)
+        gens, seeds = queries.expand_seeds(seed, generator, batch)
         x_T = randn_per_row((batch, self.unet.config.in_channels, self.mel.n_mels, frames), gens)  # [B, 1, n_mels, F]
 
         # 4. Bridge to the image-embedding space: [B, D]

@@ -4,8 +4,7 @@
     prior = load_prior("pipeline/prior")          # ours (train-prior) or a Karlo PriorTransformer
     image_emb = prior.sample(texts, text_emb, encoder, generators=[...])   # [B, D], L2-normalised
 
-``base.py`` (what every prior offers), ``ours.py`` (PriorNet + Gaussian diffusion), ``karlo.py``
-(diffusers PriorTransformer), ``train.py`` (train-prior); here, loading and attaching a prior directory.
+Here, loading and attaching a prior directory; docs/architecture.md maps the modules.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """What every diffusion prior offers the pipeline, and its directory's ``config.json``.
 
-A prior maps CLIP *text* embeddings to CLIP *image* embeddings (DALL-E 2's prior), closing the modality gap
-before the mel model, which only saw image embeddings. It is only meaningful in the CLIP space it was trained in,
-so every prior carries the :class:`~clipsonic.encoders.ClipModelRef` of its space.
+A prior maps CLIP *text* embeddings to the *image* embeddings the mel model saw (DALL-E 2's prior), closing the
+modality gap; it is only meaningful in the CLIP space (:class:`~clipsonic.encoders.ClipModelRef`) it was trained in.
 
 ``config.json``: ``{"format": "clipsonic-prior", "version": 1, "type": "clipsonic" | "karlo",
 "clip_model": {...}, "clipsonic_version", ...}`` plus the type's own keys; unversioned = version 1.

@@ -29,19 +29,6 @@ KARLO_STEPS, KARLO_GUIDANCE = 25, 4.0
 SCHEDULER_FILE = "scheduler_config.json"
 
 
-def find_karlo(path: Path) -> tuple[Path, Path | None] | None:
-    """``(transformer dir, scheduler dir or None)`` of a diffusers prior at ``path``, else None: a Karlo download
-    (kakaobrain/karlo-v1-alpha, CreativeML OpenRAIL-M), its ``prior/`` alone (then Karlo's published scheduler
-    settings), or the wrapped layout of a pipeline's ``prior/`` (config.json "type": "karlo", base.py)."""
-    for transformer, scheduler in ((path / "prior", path / "prior_scheduler"),
-                                   (path, path.parent / "prior_scheduler"),
-                                   (path / "transformer", path / "scheduler")):
-        config = transformer / CONFIG_NAME
-        if config.is_file() and read_json(config).get("_class_name") == "PriorTransformer":
-            return transformer, scheduler if (scheduler / SCHEDULER_FILE).is_file() else None
-    return None
-
-
 class KarloPrior(Prior):
     """A diffusers ``PriorTransformer`` (``net``) and ``UnCLIPScheduler``, sampled as UnCLIPPipeline does."""
 
@@ -53,8 +40,7 @@ class KarloPrior(Prior):
         self.scheduler, self.steps, self.guidance_scale = scheduler, steps, guidance_scale
 
     def _condition(self, texts: Sequence[str], encoder, guided: bool):
-        """(projected text embeddings [B', D], token states [B', L, W], mask [B', L]); B' = 2B when guided
-        (the "" prompt first, as UnCLIPPipeline orders them)."""
+        """(projected text embeddings [B', D], token states [B', L, W], mask [B', L]); guided: B' = 2B, "" first."""
         if encoder is None:
             raise ClipsonicError("a Karlo prior reads CLIP token states: pass the pipeline's CLIP encoder")
         emb, states, mask = encoder.text_token_states(list(texts))
@@ -102,15 +88,22 @@ class KarloPrior(Prior):
 def load_karlo(path: Path, config: dict[str, Any] | None = None, clip_model: str | None = None) -> KarloPrior:
     """Load a wrapped Karlo prior (``config`` = its config.json) or a raw diffusers prior at ``path``;
     ``clip_model`` names the CLIP of a raw prior (default :data:`KARLO_CLIP`), a wrapped one knows it."""
-    found = find_karlo(path)
-    if found is None:
+    # A Karlo download (kakaobrain/karlo-v1-alpha, CreativeML OpenRAIL-M), its ``prior/`` alone (then Karlo's published
+    # scheduler settings), or the wrapped layout of a pipeline's ``prior/`` (config.json "type": "karlo", base.py).
+    for transformer_dir, scheduler_dir in ((path / "prior", path / "prior_scheduler"),
+                                           (path, path.parent / "prior_scheduler"),
+                                           (path / "transformer", path / "scheduler")):
+        marker = transformer_dir / CONFIG_NAME
+        if marker.is_file() and read_json(marker).get("_class_name") == "PriorTransformer":
+            scheduler_file = scheduler_dir / SCHEDULER_FILE
+            break
+    else:
         no_config = "" if config else f"no config.json with \"type\" in {list(TYPES)} here or in {path / 'prior'}, and "
         raise ClipsonicError(f"{path} is not a prior directory: {no_config}no diffusers PriorTransformer "
                              "(prior/config.json with \"_class_name\": \"PriorTransformer\", as in kakaobrain/"
                              "karlo-v1-alpha); train one with `clipsonic train-prior` or point at a Karlo download")
     from diffusers import PriorTransformer, UnCLIPScheduler
 
-    transformer_dir, scheduler_dir = found
     if not any(transformer_dir.glob("*.safetensors")):
         raise ClipsonicError(f"{transformer_dir}: no safetensors weights (pickled .bin files are not loaded); "
                              "download the .safetensors file of the prior")
@@ -118,14 +111,11 @@ def load_karlo(path: Path, config: dict[str, Any] | None = None, clip_model: str
         transformer = PriorTransformer.from_pretrained(str(transformer_dir), use_safetensors=True)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ClipsonicError(f"{transformer_dir}: cannot load the PriorTransformer ({exc})") from None
-    scheduler = UnCLIPScheduler.from_config(
-        KARLO_SCHEDULER if scheduler_dir is None else read_json(scheduler_dir / SCHEDULER_FILE))
+    scheduler = UnCLIPScheduler.from_config(read_json(scheduler_file) if scheduler_file.is_file() else KARLO_SCHEDULER)
     config = config or {}
     dim = int(transformer.config.clip_embed_dim or transformer.config.embedding_dim)
-    if "clip_model" in config:
-        clip = ClipModelRef.from_dict(config["clip_model"], f"{path / CONFIG_NAME}:clip_model")
-    else:
-        clip = ClipModelRef(model=clip_model or KARLO_CLIP, dim=dim, fingerprint="")
+    clip = (ClipModelRef.from_dict(config["clip_model"], f"{path / CONFIG_NAME}:clip_model") if "clip_model" in config
+            else ClipModelRef(model=clip_model or KARLO_CLIP, dim=dim, fingerprint=""))
     if clip.dim != dim:
         raise ClipsonicError(f"the PriorTransformer outputs {dim}-d embeddings but its CLIP reference {clip.model} "
                              f"is {clip.dim}-d")

@@ -1,13 +1,11 @@
 """Our own diffusion prior: CLIP text embedding → CLIP image embedding (DALL-E 2's prior, small).
 
-:class:`PriorNet` is DALL-E 2's decoder-only transformer (Ramesh et al. 2022, section 2.1) without the text
-tokens: it conditions on the pooled CLIP text embedding only (Karlo's ``PriorTransformer``, karlo.py, reads the
-77 token states); like MelUNet it knows nothing of diffusion (``model(x, t, cond, drop_cond)``, ``x`` ``[B, D]``).
-:class:`DiffusionPrior` samples it on DALL-E 2's recipe (appendix C): cosine schedule over 1000 steps, MSE on
-x_0, the text dropped 10 % of the time, 64 strided sampling steps. Data live in the scaled space ``x = √D · e``
-(unit-variance components, DALLE2-pytorch's ``image_embed_scale``), ``e`` the L2-normalised CLIP image
-embedding; samples are L2-normalised. Directory: ``config.json`` (base.py; ``"prior"``: PriorConfig,
-``"training"``) and ``prior.safetensors``.
+:class:`PriorNet` is DALL-E 2's decoder-only transformer (Ramesh et al. 2022, section 2.1) on the pooled CLIP text
+embedding only (karlo.py's ``PriorTransformer`` reads the 77 token states). :class:`DiffusionPrior` samples it on
+DALL-E 2's recipe (appendix C): cosine schedule over 1000 steps, MSE on x_0, the text dropped 10 % of the time, 64
+strided sampling steps, in the scaled space ``x = √D · e`` (unit-variance components, DALLE2-pytorch's
+``image_embed_scale``), ``e`` the L2-normalised CLIP image embedding. Directory: ``config.json`` (base.py;
+``"prior"``: PriorConfig, ``"training"``) and ``prior.safetensors``.
 """
 
 from __future__ import annotations

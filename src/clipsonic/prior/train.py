@@ -1,11 +1,10 @@
-"""``train_prior``: our diffusion prior on image–caption pairs, as a task of the training loop.
+"""``train_prior``: our diffusion prior on image–caption pairs, a task of the training loop; exported to ``RUN/prior``.
 
-The pairs (:func:`collect_pairs`) are embedded once into ``RUN/pairs.safetensors``. Every process draws the
-same global batch of pair indices from a shared seeded generator and trains on its slice, so the data never
-depend on timing and a resumed run continues the exact index stream. Validation on held-out clips/images reports
-the modality gap closing: the mean cosine between a pair's image embedding and (a) the raw text embedding
-(``cos_zs``, what ZS conditions on), (b) the shift bridge (``cos_shift``) and (c) a prior sample (``cos_prior``,
-what PD uses). The export is ``RUN/prior``.
+The pairs (:func:`collect_pairs`) are embedded once into ``RUN/pairs.safetensors``. Every process draws the same
+global batch of pair indices from a shared seeded generator and trains on its slice, so the data never depend on
+timing and a resumed run continues the exact index stream. Validation on held-out clips/images reports the modality
+gap closing: the mean cosine between a pair's image embedding and (a) the raw text embedding (``cos_zs``, what ZS
+conditions on), (b) the shift bridge (``cos_shift``) and (c) a prior sample (``cos_prior``, what PD uses).
 """
 
 from __future__ import annotations
@@ -234,9 +233,7 @@ class PriorTrainConfig(LoopConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class PriorRunConfig(Config):
-    """A prior run's config.json sections."""
-
+class PriorRunConfig(Config):  # a prior run's config.json sections
     train: PriorTrainConfig = PriorTrainConfig()
 
 

@@ -71,9 +71,7 @@ class TrainConfig(LoopConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig(Config):
-    """Everything that defines a UNet run: its config.json sections."""
-
+class RunConfig(Config):  # everything that defines a UNet run: its config.json sections
     train: TrainConfig
     unet: MelUNetConfig
     diffusion: DiffusionConfig

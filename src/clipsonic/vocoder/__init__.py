@@ -22,7 +22,6 @@ from clipsonic.vocoder.vocoders import (
     vocode_file,
 )
 
-__all__ = [
-    "Vocoder", "BigVGANConfig", "BigVGANVocoder", "VOCODER_PRESETS", "GriffinLimConfig", "GriffinLimVocoder",
-    "DiscriminatorConfig", "load_vocoder", "attach_vocoder", "vocode_file", "VocoderTrainConfig", "train_vocoder",
-]
+__all__ = ["Vocoder", "BigVGANConfig", "BigVGANVocoder", "VOCODER_PRESETS", "GriffinLimConfig", "GriffinLimVocoder",
+           "DiscriminatorConfig", "load_vocoder", "attach_vocoder", "vocode_file", "VocoderTrainConfig",
+           "train_vocoder"]

@@ -61,8 +61,7 @@ class AudioCorpus:
 
     Validation: a dataset's valid/val/test split when it has one; else a tenth of the clips (1 to ``num_val``)
     held out when there are at least 10 (a folder's drawn from the seed, a dataset's the first ones);
-    else none, and :func:`validation_audio` cuts seeded segments of the training clips.
-    """
+    else none, and :func:`validation_audio` cuts seeded segments of the training clips."""
 
     def __init__(self, data: str | Path, sample_rate: int, num_val: int, seed: int) -> None:
         root = Path(data)
@@ -139,8 +138,7 @@ def training_batches(corpus: AudioCorpus, batch_size: int, segment_size: int, se
                      num_workers: int = 0) -> Iterator[dict]:
     """Endless ``{"audio": [B, segment_size] float32, "epoch", "offset"}`` from position ``(epoch, offset)``.
 
-    ``epoch``/``offset`` of a batch are the position after it; ``num_workers`` threads decode each batch.
-    """
+    ``epoch``/``offset`` of a batch are the position after it; ``num_workers`` threads decode each batch."""
     def cut(clip: Clip, clip_epoch: int) -> np.ndarray:
         rng = np.random.default_rng([seed, clip_epoch, zlib.crc32(clip.key.encode())])
         return clip.segment(segment_size, corpus.sample_rate, rng)

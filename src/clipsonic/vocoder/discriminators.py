@@ -1,9 +1,8 @@
 """The discriminators of BigVGAN's recipe for 16 kHz audio: the multi-period discriminator (MPD, HiFi-GAN) plus
 UnivNet's multi-resolution STFT discriminator (``mrd``, BigVGAN v1, the default), or BigVGAN v2's ``mbd``
-(descript-audio-codec's multi-band) or ``cqtd`` (multi-scale sub-band CQT, with 7 octaves instead of 9 so that
-every bin from 32.7 Hz stays below the 8 kHz Nyquist). MPD and MRD are copied from ``bigvgan/discriminators.py``
-(MIT, NVIDIA) because that module imports torchaudio at its top; ``mbd`` and ``cqtd`` come from it when
-torchaudio (and nnAudio) are installed.
+(descript-audio-codec's multi-band) or ``cqtd`` (multi-scale sub-band CQT, with 7 octaves instead of 9 so that every
+bin from 32.7 Hz stays below the 8 kHz Nyquist). MPD and MRD are copied from ``bigvgan/discriminators.py`` (MIT,
+NVIDIA) as that module imports torchaudio at its top; ``mbd`` and ``cqtd`` need torchaudio (and nnAudio) to load it.
 """
 
 from __future__ import annotations
@@ -62,8 +61,7 @@ class DiscriminatorConfig(Config):
 
 def build_discriminator(config: DiscriminatorConfig, sample_rate: int) -> nn.Module:
     """MPD + the configured second discriminator as one module: ``forward(y, y_hat)`` on waveforms ``[B, 1, T]``
-    returns ``(real_scores, fake_scores, real_feature_maps, fake_feature_maps)``, lists over all sub-discriminators.
-    """
+    returns ``(real_scores, fake_scores, real_feature_maps, fake_feature_maps)``, lists over all sub-discriminators."""
     # bigvgan's classes read their settings, by its names, from its dict-with-attributes
     from bigvgan.env import AttrDict
 

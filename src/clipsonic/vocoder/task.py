@@ -68,9 +68,7 @@ class VocoderTrainConfig(LoopConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class VocoderRunConfig(Config):
-    """A vocoder run's config.json sections."""
-
+class VocoderRunConfig(Config):  # a vocoder run's config.json sections
     train: VocoderTrainConfig = VocoderTrainConfig()
     generator: BigVGANConfig = VOCODER_PRESETS["base"]
     discriminator: DiscriminatorConfig = DiscriminatorConfig()

@@ -50,8 +50,7 @@ class BigVGANConfig(Config):
     """Generator hyper-parameters, named as in the bigvgan package's config files.
 
     Each mel frame becomes ``prod(upsample_rates)`` samples, which must be the hop; a transposed
-    conv with kernel ``k`` and stride ``u`` needs ``k - u`` even to upsample exactly ``u`` times.
-    """
+    conv with kernel ``k`` and stride ``u`` needs ``k - u`` even to upsample exactly ``u`` times."""
 
     upsample_rates: tuple[int, ...] = (8, 8, 2, 2, 2)
     upsample_kernel_sizes: tuple[int, ...] = (16, 16, 4, 4, 4)
@@ -116,8 +115,7 @@ class Vocoder:
     """Log-mel ``[B, n_mels, F]`` → float32 waveform ``[B, F * hop]`` for the mel config it was built for.
 
     A BigVGAN trained on other mels turns them into noise without any error, so the mel config
-    travels with every vocoder and :meth:`check_compatible` refuses a mismatch.
-    """
+    travels with every vocoder and :meth:`check_compatible` refuses a mismatch."""
 
     type_name: ClassVar[str]  # config.json's "type"
     config_key: ClassVar[str]  # config.json's entry holding ``self.config``
