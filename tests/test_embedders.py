@@ -310,3 +310,6 @@ def test_quick_fingerprint_ignores_the_order_of_safetensors_metadata(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{nope")
     with pytest.raises(ClipsonicError, match="bad.safetensors is not a safetensors file"):
         quick_fingerprint(tmp_path / "bad.safetensors")
+    (tmp_path / "huge.safetensors").write_bytes(b"\xff" * 8 + b"{}")  # a length of 2^64 - 1 bytes
+    with pytest.raises(ClipsonicError, match="huge.safetensors is not a safetensors file"):
+        quick_fingerprint(tmp_path / "huge.safetensors")

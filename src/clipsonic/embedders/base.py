@@ -77,6 +77,8 @@ def quick_fingerprint(path: str | os.PathLike) -> str:
         if path.suffix == ".safetensors":
             start = 8 + int.from_bytes(fh.read(8), "little")
             try:
+                if start > size:  # a corrupt length would otherwise ask read() for exabytes
+                    raise ValueError(f"header of {start - 8} bytes in a {size}-byte file")
                 h.update(json.dumps(json.loads(fh.read(start - 8)), sort_keys=True).encode())
             except ValueError as e:
                 raise ClipsonicError(f"{path} is not a safetensors file ({e}); re-export or re-download it") from e
