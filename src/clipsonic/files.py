@@ -1,4 +1,5 @@
-"""Every file clipsonic writes goes through here: atomic files and folders, and the one JSON reader.
+"""Every file clipsonic writes goes through here: atomic files and folders, the one JSON reader, the lock on an
+output folder and the check that keeps paths read from files inside their folder.
 
 Readers never see half a file or half a folder, and a failure (or a kill) leaves what was there:
 files and folders are written beside their target under a dot-name and renamed into place.
@@ -7,8 +8,11 @@ files and folders are written beside their target under a dot-name and renamed i
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -28,6 +32,8 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise ClipsonicError(f"{path}: no such file (expected a {what})") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ClipsonicError(f"{path}: not a readable {what} ({exc})") from None
+    except RecursionError:  # json's recursive parser on thousands of nested brackets
+        raise ClipsonicError(f"{path}: not a readable {what} (nested too deeply)") from None
 
 
 def read_versioned_json(path: str | os.PathLike, fmt: str, version: int, *,
@@ -119,3 +125,73 @@ def fsync_tree(root: Path) -> None:
         elif path.is_file():
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
+
+
+# Control characters (a newline, an escape) never belong in a name taken from a file.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def inside(root: str | os.PathLike, relative: str | os.PathLike, what: str) -> Path:
+    """``root / relative`` for a path read from a file (a manifest, dataset.json, model_index.json); a
+    :class:`ClipsonicError` naming ``what`` when it is absolute, holds a control character, or resolves
+    (``..``, symlinks) outside ``root``."""
+    text = os.fspath(relative)
+    if not text or _CONTROL.search(text) or Path(text).is_absolute():
+        raise ClipsonicError(f"{what} {text!r} is not a plain relative path inside {root}")
+    path = Path(root) / text
+    if not path.resolve().is_relative_to(Path(root).resolve()):
+        raise ClipsonicError(f"{what} {text!r} leads outside {root}; paths read from files must stay inside it")
+    return path
+
+
+def safe_name(text: str, fallback: str = "item") -> str:
+    """``text`` as one file name: letters, digits, ``._-`` kept, anything else ``_``; no leading dot; ≤ 120 chars."""
+    name = re.sub(r"[^\w.-]", "_", text, flags=re.ASCII).lstrip(".")[:120]
+    return name or fallback
+
+
+@contextlib.contextmanager
+def lock_folder(folder: str | os.PathLike, command: str) -> Iterator[Path]:
+    """Hold an exclusive OS lock (``flock``) on ``folder`` while ``command`` writes it; a second writer gets a
+    :class:`ClipsonicError` naming the holder's pid. The kernel drops the lock when the holder dies, so nothing
+    can go stale, and no lock file is left behind: the lock is on the folder itself. A folder this call created
+    is removed again when the command leaves it empty (a refused or failed first run leaves nothing)."""
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except NotADirectoryError:
+        raise ClipsonicError(f"{folder} is a file; {command} writes a folder there (choose another path)") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            holder = _lock_holder(folder)
+            pid = f" (pid {holder})" if holder else ""
+            raise ClipsonicError(f"{folder} is in use by another clipsonic process{pid}; wait for it to finish, "
+                                 f"or stop it, before running {command} on the same folder") from None
+        try:
+            yield folder
+        finally:
+            if created and not any(folder.iterdir()):
+                folder.rmdir()
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _lock_holder(folder: Path) -> int | None:
+    """The pid that holds a flock on ``folder``, from Linux's /proc/locks (None elsewhere or when gone)."""
+    st = folder.stat()
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if "FLOCK" in fields and ident in fields:
+            return int(fields[fields.index(ident) - 1])
+    return None

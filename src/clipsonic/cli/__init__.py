@@ -1,12 +1,17 @@
 """``clipsonic`` command line: each module adds its commands with ``register(sub)``. Expected failures
-(:class:`ClipsonicError`) print one line and exit 2; ``--debug`` shows the traceback instead.
+(:class:`ClipsonicError`, and what the OS, a text decoder or safetensors raise on a bad file or a full disk)
+print one line and exit 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
+
+from safetensors import SafetensorError
 
 from clipsonic import __version__
 from clipsonic.cli import evaluate, generate, train
@@ -54,11 +59,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ClipsonicError, FileNotFoundError) as exc:
+    except (ClipsonicError, OSError, UnicodeError, SafetensorError) as exc:
+        if isinstance(exc, BrokenPipeError):  # the reader went away (`| head`): stop quietly, as cat does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         if args.debug:
             raise
-        print(f"clipsonic {typed}: error: {exc}", file=sys.stderr)
+        print(f"clipsonic {typed}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"clipsonic {typed}: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(exc: BaseException) -> str:
+    """An expected error as one line: OS errors name the file and say what to do about a full or read-only disk."""
+    if isinstance(exc, ClipsonicError) or not isinstance(exc, OSError):
+        text = str(exc) if isinstance(exc, ClipsonicError) else f"{type(exc).__name__}: {exc}"
+    else:
+        where = f"{exc.filename}: " if exc.filename else ""
+        text = f"{where}{exc.strerror or exc}"
+        if exc.errno == errno.ENOSPC:
+            text += " (free space on that disk, or choose another output folder, then run the same command again)"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            text += " (choose a folder you can write to)"
+    return " ".join(text.split())
