@@ -1,16 +1,17 @@
-"""Flags generated from config dataclasses (``clipsonic.cli.options``) and ``Literal`` checks in ``Config``."""
+"""Flags generated from config dataclasses (``clipsonic.cli.options``) and the field checks in ``Config``."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
 
 from clipsonic.cli.options import add_config_flags, deprecated_alias, overrides
-from clipsonic.config import Config, ConfigError
+from clipsonic.config import Config, ConfigError, NonNegative, PositiveInt, Range, Seed
+from clipsonic.errors import ClipsonicError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,3 +90,40 @@ def test_literal_fields_are_checked_before_post_init():
     with pytest.raises(ValueError, match="batch_size"):
         Toy(batch_size=0)  # the subclass's own check still runs
     assert Toy(steps=None, modes=("zs",)).modes == ("zs",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranged(Config):
+    count: PositiveInt = 1
+    share: Annotated[float, Range(0, 1, high_open=True)] = 0.0
+    seeds: tuple[Seed, ...] = ()
+    limit: NonNegative | None = None
+    nested: tuple[tuple[int, ...], ...] = ((1, 2),)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"count": 0}, "Ranged: count must be >= 1, got 0"),
+    ({"count": 2.0}, "count must be an integer, got 2.0"),
+    ({"count": True}, "count must be an integer, got True"),
+    ({"share": 1.0}, r"share must be in \[0, 1\), got 1.0"),
+    ({"share": float("nan")}, "share must be a finite number, got nan"),
+    ({"share": "0.5"}, "share must be a number, got '0.5'"),
+    ({"seeds": (1, 2**64)}, f"seeds must be in \\[0, {2**63 - 1}\\], got {2**64}"),
+    ({"seeds": 3}, "seeds must be a list, got 3"),
+    ({"limit": -1.0}, "limit must be >= 0, got -1.0"),
+    ({"limit": float("inf")}, "limit must be a finite number"),
+    ({"nested": ((1, "x"),)}, "nested must be an integer, got 'x'"),
+])
+def test_every_field_is_checked_with_its_range_in_the_message(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        Ranged(**changes)
+
+
+def test_a_config_file_gets_the_same_checks_and_keeps_nested_lists_as_tuples(tmp_path):
+    assert Ranged.from_dict({"limit": None, "nested": [[3], [4, 5]]}).nested == ((3,), (4, 5))
+    (tmp_path / "r.json").write_text(json.dumps({"count": -3}))
+    with pytest.raises(ConfigError, match=r"r.json: Ranged: count must be >= 1, got -3"):
+        Ranged.load(tmp_path / "r.json")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ClipsonicError, match="deep.json: not a readable Ranged config .nested too deeply."):
+        Ranged.load(tmp_path / "deep.json")

@@ -8,8 +8,11 @@ import soundfile as sf
 from support.media_files import write_video
 
 from clipsonic.audio import MelConfig
+from clipsonic.data import clips as clips_module
 from clipsonic.data.clips import ClipOptions, extract_clips, plan_clip_starts
+from clipsonic.data.preprocess import PreprocessOptions
 from clipsonic.data.sources import SourceItem
+from clipsonic.errors import ClipsonicError
 
 MEL = MelConfig(clip_samples=16384)  # 1.024-s clips
 CLIP = MEL.clip_seconds
@@ -79,3 +82,37 @@ def test_a_too_short_video_is_rejected_with_the_numbers(tmp_path):
     result = extract_clips(SourceItem(path, key="tiny.mp4"), MEL, ClipOptions())
     assert result.clips == [] and result.reason.startswith("too short")
     assert "need 0.51 s" in result.reason
+
+
+@pytest.mark.parametrize("cls, field, value, problem", [
+    (MelConfig, "sample_rate", 0, "sample_rate must be >= 1"), (MelConfig, "n_mels", 0, "n_mels must be >= 1"),
+    (MelConfig, "hop_length", 0, "hop_length must be >= 1"), (MelConfig, "clip_samples", 0, "clip_samples must be"),
+    (MelConfig, "fmax", 0.0, "fmax must be > 0"), (MelConfig, "fmin", -1.0, "fmin must be >= 0"),
+    (MelConfig, "hop_length", 4096, "hop_length 4096 exceeds n_fft 2048"),
+    (MelConfig, "log_max", float("nan"), "finite"),
+    (ClipOptions, "frames_per_clip", 0, "frames_per_clip must be >= 1"),
+    (ClipOptions, "max_clips_per_video", 0, "max_clips_per_video must be >= 1"),
+    (ClipOptions, "stride_seconds", 0.0, "stride_seconds must be > 0"),
+    (ClipOptions, "silence_db", float("nan"), "silence_db must be a finite number"),
+    (ClipOptions, "min_clip_fraction", 0.0, r"min_clip_fraction must be in \(0, 1\]"),
+    (PreprocessOptions, "test_fraction", 1.0, r"test_fraction must be in \[0, 1\)"),
+    (PreprocessOptions, "shard_size_mb", -1.0, "shard_size_mb must be > 0"),
+    (PreprocessOptions, "encode_group", 0, "encode_group must be >= 1"),
+])
+def test_options_that_shape_the_data_refuse_values_outside_their_range(cls, field, value, problem):
+    with pytest.raises(ClipsonicError, match=problem):
+        cls.from_dict({field: value}, source="test")
+
+
+def test_clip_seconds_must_be_finite():
+    for seconds in (float("nan"), float("inf"), 1e300):
+        with pytest.raises(ClipsonicError, match="finite number of seconds"):
+            MelConfig().with_clip_seconds(seconds)
+
+
+def test_non_finite_audio_is_rejected_not_kept(tmp_path, monkeypatch):
+    write_video(tmp_path / "v.mp4", seconds=1.5)
+    good = clips_module.load_audio
+    monkeypatch.setattr(clips_module, "load_audio", lambda *a, **k: good(*a, **k) * np.float32(np.inf))
+    result = extract_clips(SourceItem(tmp_path / "v.mp4", key="v"), MelConfig(clip_samples=16384), ClipOptions())
+    assert result.clips == [] and result.reason == "the audio holds NaN or infinite samples (a corrupt float track)"

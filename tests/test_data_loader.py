@@ -1,15 +1,19 @@
 """The streaming loader: partitions across ranks and workers, determinism, exact resume, decoding."""
 
 import io
+import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
 import soundfile
 import torch
+import webdataset as wds
 from support.synthetic_dataset import make_synthetic_dataset
 
 from clipsonic.audio import normalize
+from clipsonic.data.dataset import read_dataset_info
 from clipsonic.data.loader import (
     StreamLayout,
     TrainStream,
@@ -154,3 +158,92 @@ def test_decode_flac_gives_the_stored_audio_at_the_dataset_rate():
         decode_flac(buf.getvalue(), 48000, "k")
     with pytest.raises(ClipsonicError, match="'k': its flac audio cannot be decoded"):
         decode_flac(b"not flac", 16000, "k")
+
+
+# --- corrupt shards and dataset.json: one line naming the shard and the fix -----------------------------------
+
+def _copy(ds, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(ds.root, root)
+    return read_dataset_info(root)
+
+
+def _rewrite_first_sample(info, **fields):
+    """Replace fields of the first sample of the first train shard (a corrupt preprocess output)."""
+    path = info.shard_paths("train")[0]
+    samples = list(iter_raw_samples([path]))
+    samples[0] = {**samples[0], **fields}
+    with wds.TarWriter(str(path)) as tar:
+        for s in samples:
+            tar.write({k: v for k, v in s.items() if k in ("__key__", "mel.npy", "clip.npy", "json")})
+    return path
+
+
+def _npy_bytes(array, allow_pickle=False):
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+def _first_batch(info):
+    return take(TrainStream(info, layout(info, batch_size=22)), 1)  # the whole epoch: every sample decoded
+
+
+@pytest.mark.parametrize("fault, problem", [
+    ("truncated", r"train-000000\.tar: unreadable shard .*re-run preprocess"),
+    ("not a tar", r"train-000000\.tar: unreadable shard .*re-run preprocess"),
+    ("missing", r"train-000000\.tar: unreadable shard .*No such file"),
+    ("object array", r"train-000000\.tar: sample 'clip-00000' mel\.npy: unreadable \.npy \(Object arrays"),
+    ("wrong mel shape", r"train-000000\.tar: sample 'clip-00000' : mel\.npy \(64, 8\) \(dataset\.json says "
+                        r"\(64, 16\)\).*re-run preprocess"),
+    ("no frames", r"clip\.npy \(0, 16\) \(expected \[K, D\]\)"),
+    ("truncated npy", r"sample 'clip-00000' mel\.npy: unreadable \.npy"),
+    ("text npy", r"sample 'clip-00000' mel\.npy: \.npy of dtype <U3, expected numbers"),
+])
+def test_corrupt_shards_are_one_clear_error(ds, tmp_path, fault, problem):
+    info = _copy(ds, tmp_path)
+    path = info.shard_paths("train")[0]
+    mel = np.zeros((64, 16), np.float16)
+    if fault == "truncated":
+        path.write_bytes(path.read_bytes()[:1500])
+    elif fault == "not a tar":
+        path.write_bytes(b"\x00garbage" * 300)
+    elif fault == "missing":
+        path.unlink()
+    elif fault == "object array":
+        _rewrite_first_sample(info, **{"mel.npy": _npy_bytes(np.array([{"a": 1}], dtype=object), True)})
+    elif fault == "wrong mel shape":
+        _rewrite_first_sample(info, **{"mel.npy": _npy_bytes(mel[:, :8])})
+    elif fault == "no frames":
+        _rewrite_first_sample(info, **{"clip.npy": _npy_bytes(np.zeros((0, 16), np.float16))})
+    elif fault == "truncated npy":
+        _rewrite_first_sample(info, **{"mel.npy": _npy_bytes(mel)[:100]})
+    else:
+        _rewrite_first_sample(info, **{"mel.npy": _npy_bytes(np.array(["abc"]))})
+    with pytest.raises(ClipsonicError, match=problem):
+        _first_batch(info) if fault in ("wrong mel shape", "no frames") else list(iter_split(info, "train"))
+
+
+@pytest.mark.parametrize("shard, problem", [
+    ("../outside.tar", "leads outside"), ("/etc/passwd", "not a plain relative path"),
+    ("a\nb.tar", "not a plain relative path"), ("link.tar", "leads outside")])
+def test_shard_names_from_dataset_json_stay_inside_the_dataset(ds, tmp_path, shard, problem):
+    info = _copy(ds, tmp_path)
+    (tmp_path / "outside.tar").write_bytes(info.shard_paths("train")[0].read_bytes())
+    (info.root / "link.tar").symlink_to(tmp_path / "outside.tar")
+    data = json.loads((info.root / "dataset.json").read_text())
+    data["splits"]["train"]["shards"][0] = shard
+    (info.root / "dataset.json").write_text(json.dumps(data))
+    with pytest.raises(ClipsonicError, match=f"dataset.json: shard .*{problem}"):
+        read_dataset_info(info.root).shard_paths("train")
+
+
+@pytest.mark.parametrize("splits", [[], {"../x": {"shards": [], "clips": 0}}, {"train": {"shards": "a.tar"}},
+                                    {"train": {"shards": [1]}}, {"train": []}, None])
+def test_malformed_splits_in_dataset_json(ds, tmp_path, splits):
+    info = _copy(ds, tmp_path)
+    data = json.loads((info.root / "dataset.json").read_text())
+    data["splits"] = splits
+    (info.root / "dataset.json").write_text(json.dumps(data))
+    with pytest.raises(ClipsonicError, match="dataset.json: malformed 'splits'.*re-run preprocess"):
+        read_dataset_info(info.root)

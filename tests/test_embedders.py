@@ -131,6 +131,23 @@ def test_vggish_missing_or_wrong_weights_say_what_to_do(tmp_path, vggish_weights
         convert_torchvggish(tmp_path / "other.pth", tmp_path / "x.safetensors")
 
 
+@pytest.mark.parametrize("cut", ["header", "tensors", "last byte"])
+def test_truncated_weights_are_one_error_naming_the_file(tmp_path, vggish_weights, monkeypatch, cut):
+    """VGGish, PANNs and CLAP safetensors cut short (a stopped download): a ClipsonicError naming the file."""
+    from safetensors.torch import save_file
+
+    monkeypatch.setitem(sys.modules, "laion_clap", types.SimpleNamespace(CLAP_Module=_StandInClapModule))
+    save_file({"fc1.weight": torch.zeros(64, 64)}, str(tmp_path / "panns.safetensors"))
+    save_file(torch.nn.Linear(4, 512).state_dict(), str(tmp_path / "clap.safetensors"))
+    for name, path in (("vggish", vggish_weights[0]), ("panns", tmp_path / "panns.safetensors"),
+                       ("clap", tmp_path / "clap.safetensors")):
+        data = path.read_bytes()
+        size = {"header": 40, "tensors": len(data) // 2, "last byte": len(data) - 1}[cut]
+        (tmp_path / f"cut-{name}.safetensors").write_bytes(data[:size])
+        with pytest.raises(ClipsonicError, match=rf"cut-{name}\.safetensors (could not be read|is not a safetensors)"):
+            load_embedder(name, tmp_path / f"cut-{name}.safetensors", device="cpu")
+
+
 # --- mel-stats --------------------------------------------------------------------------------
 
 

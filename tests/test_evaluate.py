@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import types
@@ -185,3 +186,27 @@ def test_clap_as_fad_embedder_reuses_one_model(tmp_path, monkeypatch):
     assert fad is clap and fad.name == "clap"
     fad, clap = _embedders(EvalConfig(embedder="mel-stats", device="cpu"))
     assert fad.name == "mel-stats" and clap is None
+
+
+def test_damaged_caches_are_regenerated_and_scores_do_not_change(tiny_pipeline_dir, eval_data, tmp_path,  # noqa: F811
+                                                                 caplog):
+    """A cached wav cut short (a full disk, a copy stopped half way) used to be reused and move the FAD; a cut
+    cached embedding used to be a traceback. Both are made again, with a warning, and every number stays."""
+    config = EvalConfig(modes=("iq",), steps=1, embedder="mel-stats", device="cpu")
+    first = {s.name: s.fad for s in run_evaluation(tiny_pipeline_dir, eval_data, tmp_path / "r", config).sets
+             if s.fad is not None}
+    assert sorted(first) == ["iq/w1.5", "reconstruction"]
+    audio = tmp_path / "r" / "audio"
+    wavs = {p: p.read_bytes() for p in (audio / "iq" / "w1.5" / "test-00001.wav", audio / "reference" / "test-00000.wav")}
+    for path, data in wavs.items():
+        path.write_bytes(data[:len(data) // 3])
+    npy = sorted((tmp_path / "r" / "embeddings").rglob("*.npy"))
+    npy[0].write_bytes(npy[0].read_bytes()[:90])
+    again = {s.name: s.fad for s in run_evaluation(tiny_pipeline_dir, eval_data, tmp_path / "r", config).sets
+             if s.fad is not None}
+    # the same seeds: the same audio and scores, up to the float noise of a batch of one instead of three
+    assert again == pytest.approx(first, rel=1e-4)
+    for path, data in wavs.items():
+        assert path.stat().st_size == len(data)
+        np.testing.assert_allclose(soundfile.read(path)[0], soundfile.read(io.BytesIO(data))[0], atol=1e-3)
+    assert "do not match their recorded size and SHA-256" in caplog.text and "damaged cached embedding" in caplog.text

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import soundfile
 from support.eval_dataset import LABELS, make_eval_dataset
 
 from clipsonic.audio import MelConfig
@@ -13,7 +14,7 @@ from clipsonic.data.dataset import read_dataset_info
 from clipsonic.embedders.vggish import MelStatsEmbedder
 from clipsonic.encoders import ClipModelRef
 from clipsonic.errors import ClipsonicError
-from clipsonic.evaluate.cache import EmbeddingCache, open_set_dir
+from clipsonic.evaluate.cache import EmbeddingCache, open_set_dir, record_wavs, verified_wavs
 from clipsonic.evaluate.config import EvalConfig
 from clipsonic.evaluate.report import Evaluation, SetResult, format_markdown, write_report
 from clipsonic.evaluate.run import resolve_modes
@@ -72,8 +73,12 @@ def test_eval_config_validates():
         EvalConfig(modes=("xyz",))
     with pytest.raises(ValueError, match="label"):
         EvalConfig(text_template="a photo")
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(ValueError, match="num_clips must be >= 2"):
         EvalConfig(num_clips=1)
+    for bad in (dict(sweep=(1.0, float("nan"))), dict(guidance_scale=-0.5), dict(batch_size=0), dict(steps=0),
+                dict(seed=2**64), dict(text_template="{label} of {kind}"), dict(clap_template="{label")):
+        with pytest.raises(ValueError):
+            EvalConfig(**bad)
 
 
 def test_set_dir_is_cleared_when_settings_change(tmp_path):
@@ -84,12 +89,10 @@ def test_set_dir_is_cleared_when_settings_change(tmp_path):
     assert (folder / "a.wav").exists()
     open_set_dir(folder, {"steps": 20})
     assert not (folder / "a.wav").exists()
-    assert json.loads((folder / "settings.json").read_text()) == {"format": "clipsonic-eval-set", "version": 1, "steps": 20}
+    assert json.loads((folder / "settings.json").read_text()) == {"format": "clipsonic-eval-set", "version": 2, "steps": 20}
 
 
 def test_embedding_cache_keys_on_content(tmp_path):
-    import soundfile
-
     wav = (0.2 * np.sin(np.arange(20000) / 5)).astype(np.float32)
     soundfile.write(tmp_path / "a.wav", wav, 16000)
     cache = EmbeddingCache(tmp_path / "emb", MelStatsEmbedder())
@@ -99,6 +102,37 @@ def test_embedding_cache_keys_on_content(tmp_path):
     np.testing.assert_array_equal(first, again)
     soundfile.write(tmp_path / "a.wav", wav * 0.5, 16000)  # new content under the same name
     assert not np.array_equal(cache.audio(tmp_path / "a.wav"), first) and cache.misses == 2
+
+
+def test_damaged_cached_embeddings_are_computed_again(tmp_path, caplog):
+    wav = (0.2 * np.sin(np.arange(20000) / 5)).astype(np.float32)
+    soundfile.write(tmp_path / "a.wav", wav, 16000)
+    cache = EmbeddingCache(tmp_path / "emb", MelStatsEmbedder())
+    first = cache.audio(tmp_path / "a.wav")
+    (npy,) = (tmp_path / "emb").rglob("*.npy")
+    for damage in (npy.read_bytes()[:100], b"", npy.read_bytes()[:-8]):  # cut in the header, empty, cut in the data
+        npy.write_bytes(damage)
+        np.testing.assert_array_equal(cache.audio(tmp_path / "a.wav"), first)
+        assert "damaged cached embedding" in caplog.text and npy.read_bytes() != damage
+        caplog.clear()
+    np.save(npy, np.zeros((2, 3), np.float32))  # another embedder's shape
+    np.testing.assert_array_equal(cache.audio(tmp_path / "a.wav"), first)
+    assert cache.misses == 5 and cache.hits == 0
+
+
+def test_wavs_are_reused_only_when_size_and_hash_match(tmp_path, caplog):
+    folder = tmp_path / "set"
+    open_set_dir(folder, {})
+    for name in ("a", "b", "c", "d"):
+        soundfile.write(folder / f"{name}.wav", np.full(800, 0.1, np.float32), 16000)
+    record_wavs(folder, [folder / "a.wav", folder / "b.wav", folder / "c.wav"])  # d: written, never recorded
+    (folder / "b.wav").write_bytes((folder / "b.wav").read_bytes()[:500])  # cut short
+    data = bytearray((folder / "c.wav").read_bytes())
+    data[-1] ^= 1  # same size, other content
+    (folder / "c.wav").write_bytes(bytes(data))
+    assert verified_wavs(folder) == {"a.wav"}
+    assert "3 cached wav(s) do not match" in caplog.text
+    assert sorted(p.name for p in folder.glob("*.wav")) == ["a.wav"]  # the others are regenerated
 
 
 def _evaluation(sweep: bool, clap: bool) -> Evaluation:

@@ -14,9 +14,11 @@ import soundfile
 from clipsonic.cli import main as cli_main
 from clipsonic.errors import ClipsonicError
 from clipsonic.listening import make_listening_test, mean_ci, read_key, score_answers
-from clipsonic.listening.make import CSV_COLUMNS
+from clipsonic.listening.make import CSV_COLUMNS, read_system, write_manifest
 
-ITEMS = {"a1": "dog barking", "b2": 'a "loud" engine, revving', "c3": "rain </script> <!-- <script> on a roof"}
+# c3 tries everything that can break out of the page's JSON script element or its HTML
+ITEMS = {"a1": "dog barking", "b2": 'a "loud" engine, revving',
+         "c3": "rain </script> <!--<script> & &amp; \u2028 \u2029 --> on a roof"}
 
 
 def make_system(folder: Path, freq: float, manifest: bool = True, items=ITEMS) -> Path:
@@ -169,3 +171,47 @@ def test_score_finds_the_key_above_the_answers(test_dir, capsys):
     answers = write_answers(test_dir / "answers" / "ann.csv", key, "ann", {"CLIPSonic-PD": [(5, 5)]})
     assert cli_main(["listening-test", "score", str(answers)]) == 0  # no --test: key.json two folders up
     assert "| CLIPSonic-PD | 5.00 (n=1) |" in capsys.readouterr().out
+
+
+def test_score_reads_answers_saved_with_a_byte_order_mark(test_dir):
+    """A spreadsheet that re-saves the CSV as "UTF-8 with BOM" must not hide the test_id column."""
+    key = read_key(test_dir)
+    plain = write_answers(test_dir / "ann.csv", key, "ann", {"CLIPSonic-PD": [(4, 2)]})
+    bom = test_dir / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    rated = {(r.system, r.criterion): r.mean for r in score_answers([bom], test_dir) if r.n}
+    assert rated == {("CLIPSonic-PD", "fidelity"): 4.0, ("CLIPSonic-PD", "relevance"): 2.0}
+
+
+def test_page_escapes_everything_it_embeds(tmp_path):
+    systems = {"a": make_system(tmp_path / "a", 200)}
+    page = make_listening_test(systems, tmp_path / "t", title="<script>alert(1)</script> & co").read_text()
+    head, rest = page.split('<script id="test-data" type="application/json">')
+    payload, tail = rest.split("</script>", 1)
+    for raw in ("<", ">", "&", "\u2028", "\u2029"):
+        assert raw not in payload, raw
+    assert sorted(t["query"] for t in json.loads(payload)["trials"]) == sorted(ITEMS.values())
+    assert "<script>alert" not in head and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in head
+    template = (Path(make_listening_test.__code__.co_filename).parent / "page.html").read_text()
+    assert page.count("<script") == template.count("<script") and page.count("</script>") == template.count("</script>")
+
+
+def test_manifest_queries_may_hold_unicode_line_separators(tmp_path):
+    """evaluate writes manifests with ensure_ascii=False: U+2028 inside a query is not the end of a line."""
+    folder = make_system(tmp_path / "a", 200)
+    write_manifest(folder, [{"file": f"{item}.wav", "item": item, "query": query} for item, query in ITEMS.items()])
+    assert "\u2028" in (folder / "manifest.jsonl").read_text(encoding="utf-8")
+    assert {item: query for item, (query, _) in read_system("a", folder).items()} == ITEMS
+
+
+def test_make_refuses_an_existing_test_unless_overwrite(test_dir, tmp_path, capsys):
+    systems = [f"PD={tmp_path / 'pd'}", f"ZS={tmp_path / 'zs'}"]
+    key, page = (test_dir / "key.json").read_bytes(), (test_dir / "page" / "index.html").read_bytes()
+    argv = ["listening-test", "make", "--systems", *systems, "--out", str(test_dir), "--seed", "9"]
+    assert cli_main(argv) == 2
+    assert "already holds a listening test" in capsys.readouterr().err
+    assert (test_dir / "key.json").read_bytes() == key and (test_dir / "page" / "index.html").read_bytes() == page
+    assert cli_main([*argv, "--overwrite"]) == 0
+    assert read_key(test_dir)["test_id"] != json.loads(key)["test_id"]
+    assert len(list((test_dir / "page" / "audio").iterdir())) == 6  # the old audio is gone, not mixed in
+    assert sorted(p.name for p in test_dir.iterdir()) == ["README.txt", "key.json", "page"]

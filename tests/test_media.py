@@ -12,6 +12,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from PIL import Image
 from support.media_files import (
     AMPLITUDE,
     PALETTE,
@@ -238,3 +239,12 @@ def test_missing_streams(video, tmp_path):
 def test_bad_frame_times(video, times, problem):
     with pytest.raises(MediaError, match=problem):
         load_frames(video("h264_aac.mp4"), times)
+
+
+@pytest.mark.parametrize("name, fmt", [("still.png", "PNG"), ("still.jpg", "JPEG"), ("png_named.mp4", "PNG")])
+def test_a_still_image_is_no_video(tmp_path, name, fmt):
+    path = tmp_path / name
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(path, format=fmt)
+    for call in (lambda p: probe(p), lambda p: load_audio(p), lambda p: load_frames(p, [0.0])):
+        with pytest.raises(MediaError, match=rf"{path}: a still image \(\w+\), not a video or sound file"):
+            call(path)

@@ -1,5 +1,6 @@
 """End to end: real videos (several codecs, plus broken ones) → dataset directory, with a tiny CLIP."""
 
+import errno
 import io
 import json
 import os
@@ -13,10 +14,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import webdataset as wds
+from support.bad_input import error_line
 from support.media_files import truncate, write_audio, write_video
 
 from clipsonic.audio import MelConfig
 from clipsonic.cli import main
+from clipsonic.data import dataset as dataset_module
 from clipsonic.data.clips import ClipOptions
 from clipsonic.data.dataset import read_dataset_info
 from clipsonic.data.preprocess import PreprocessOptions, _resolve_sharding, preprocess
@@ -223,3 +226,155 @@ def test_cli_errors_are_one_line(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("clipsonic preprocess: error:") and "none" in r.stderr
+
+
+# --- faults: two writers, orphaned workers, full disks, bad audio, paths from manifests -----------------------
+
+HOLD_LOCK = ("import fcntl, os, sys, time\nfd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+             "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(60)\n")
+
+
+@pytest.mark.parametrize("part", [False, True], ids=["dataset", "part"])
+def test_second_writer_is_refused_with_the_holders_pid(videos, tmp_path, tiny_clip_dir, capsys, part):
+    out = tmp_path / "ds"
+    locked = out / "part-00000-of-00002" if part else out
+    locked.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(locked)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        argv = _cli(videos, out, tiny_clip_dir)[3:] + (["--num-shards", "2", "--shard-index", "0"] if part else [])
+        line = error_line(argv, capsys)
+        assert f"{locked} is in use by another clipsonic process (pid {holder.pid})" in line
+        assert not any(out.rglob("*.*")), "the refused run wrote something"
+        if not part:
+            line = error_line(["preprocess", "--merge", str(out)], capsys)
+            assert f"pid {holder.pid}" in line
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` started by multiprocessing's spawn (the decoding workers)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z" and b"spawn_main" in cmd:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through Linux's /proc")
+def test_sigkill_leaves_no_decoder_workers(videos, tmp_path, tiny_clip_dir):
+    argv = _cli(videos, tmp_path / "run", tiny_clip_dir)
+    argv[argv.index("--workers") + 1] = "2"
+    argv[argv.index("--encode-group") + 1] = "4"  # the pool starts a second worker only for a second queued item
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers, deadline = [], time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        workers = _children(proc.pid)
+        if len(workers) == 2 and any((tmp_path / "run").glob("*.tar")):  # the workers have decoded something
+            break
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert len(workers) == 2, f"did not see 2 working decoders before the run ended (saw {workers})"
+    deadline = time.time() + 5
+    while time.time() < deadline and any(map(_alive, workers)):
+        time.sleep(0.05)
+    orphans = [w for w in workers if _alive(w)]
+    for pid in orphans:  # do not leave them running when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "decoder workers outlived their killed parent"
+
+
+class _FullAfter(io.FileIO):
+    """A file on a disk that fills up once ``budget[0]`` bytes have been written (by all such files)."""
+
+    budget = [0]
+
+    def write(self, data):
+        if len(data) > self.budget[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.budget[0] -= len(data)
+        return super().write(data)
+
+
+def _resume_after_full_disk(videos, out, tiny_clip_dir, capsys, fill):
+    """Run until ``fill()`` makes the disk full: one line, no temporaries, committed shards kept; then resume."""
+    line = error_line(_cli(videos, out, tiny_clip_dir)[3:], capsys)
+    assert "No space left on device" in line and "free space on that disk" in line
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    committed = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    assert committed and (out / ".progress.json").is_file()
+    fill()
+    assert main(_cli(videos, out, tiny_clip_dir)[3:]) == 0
+    assert read_dataset_info(out).counts == {"inputs": 11, "clips": 8, "rejected": 6, "silent_clips": 1}
+    assert all((out / name).read_bytes() == data for name, data in committed.items()), "a committed shard changed"
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_disk_full_during_a_shard_write_is_one_line_and_resumable(videos, tmp_path, tiny_clip_dir, capsys,
+                                                                    monkeypatch):
+    _FullAfter.budget[0] = 60_000  # a few shards, then the disk is full in the middle of one
+    monkeypatch.setattr(dataset_module, "open", _FullAfter, raising=False)
+    _resume_after_full_disk(videos, tmp_path / "ds", tiny_clip_dir, capsys,
+                            lambda: monkeypatch.setattr(_FullAfter, "budget", [1 << 40]))
+
+
+def test_disk_full_on_a_real_small_tmpfs(videos, tmp_path, tiny_clip_dir, capsys):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        _resume_after_full_disk(videos, disk / "ds", tiny_clip_dir, capsys, lambda: subprocess.run(
+            ["mount", "-o", "remount,size=16m", str(disk)], check=True))
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_nan_audio_is_a_logged_skip_and_the_rest_is_written(tmp_path, tiny_clip_dir, caplog):
+    def nan_tone(t):
+        x = 0.5 * np.sin(2 * np.pi * 440 * t)
+        x[len(t) // 3:len(t) // 3 + 100] = np.nan
+        return np.stack([x, x])
+
+    (tmp_path / "v").mkdir()
+    write_video(tmp_path / "v" / "nan.mkv", seconds=1.5, audio_codec="pcm_f32le", audio=nan_tone)
+    write_video(tmp_path / "v" / "ok.mp4", seconds=1.5)
+    with caplog.at_level("INFO", logger="clipsonic.data.preprocess"):
+        info = preprocess(tmp_path / "v", tmp_path / "ds", options=options(tiny_clip_dir), mel=MEL)
+    assert info.counts["clips"] == 1
+    assert [(Path(r["path"]).name, r["reason"]) for r in info.rejected] == [
+        ("nan.mkv", "the audio holds NaN or infinite samples (a corrupt float track)")]
+    assert "nan.mkv: the audio holds NaN" in caplog.text
+
+
+@pytest.mark.parametrize("split", ["/../../x", "../x", "a\nb", ".hidden", "a/b"])
+def test_manifest_split_cannot_leave_the_output_folder(tmp_path, tiny_clip_dir, split):
+    write_video(tmp_path / "v.mp4", seconds=1.5)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"path": "v.mp4"}) + "\n" + json.dumps({"path": "v.mp4", "start": 0.1,
+                                                                          "split": split}) + "\n")
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(ClipsonicError, match=r"m.jsonl:2: split .* is not a plain name"):
+        preprocess(manifest, tmp_path / "out" / "ds", options=options(tiny_clip_dir), mel=MEL)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_no_clip_at_all_is_an_error_that_leaves_nothing(videos, tmp_path, tiny_clip_dir):
+    with pytest.raises(ClipsonicError, match=r"no clip came out of its 6 video\(s\), all rejected \(first: .*bad"):
+        preprocess(videos / "bad", tmp_path / "ds", options=options(tiny_clip_dir), mel=MEL)
+    assert not (tmp_path / "ds").exists()

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from support.media_files import truncate
 from support.tiny_clip import make_tiny_clip
 from support.tiny_pipeline import make_tiny_pipeline
 
@@ -143,6 +144,24 @@ def test_karlo_prior_refuses_pickles_and_wrong_token_width(tmp_path, encoder, ti
     karlo = load_prior(_write_karlo(tmp_path / "k2"))
     with pytest.raises(ClipsonicError, match="width"):
         karlo.sample(["a dog"], torch.zeros(1, DIM), load_clip(wide, device="cpu"))
+
+
+def test_karlo_prior_refuses_corrupt_weights_and_a_config_they_do_not_fit(tmp_path):
+    """One line naming the file; a config.json asking for other sizes is refused from the safetensors header, before
+    diffusers allocates the network."""
+    root = _write_karlo(tmp_path / "karlo")
+    weights = next((root / "prior").glob("*.safetensors"))
+    truncate(weights)
+    with pytest.raises(ClipsonicError, match=f"{weights}: not a readable safetensors file"):
+        load_prior(root)
+    root = _write_karlo(tmp_path / "k2")
+    config = json.loads((root / "prior" / "config.json").read_text())
+    (root / "prior" / "config.json").write_text(json.dumps({**config, "embedding_dim": 2**20}))
+    with pytest.raises(ClipsonicError, match="PriorTransformer weights do not fit its config.json"):
+        load_prior(root)
+    (root / "prior" / "config.json").write_text("[1]")
+    with pytest.raises(ClipsonicError, match="not a prior directory"):
+        load_prior(root)
 
 
 def test_load_prior_refuses_a_folder_that_is_not_a_prior(tmp_path):

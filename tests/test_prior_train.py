@@ -139,3 +139,10 @@ def test_split_holds_out_at_least_one_group():
     train, val = pairs.split(0.01)
     assert len(train) == 1 and len(val) == 1
     assert np.array_equal(pairs.split(0.0)[1].numpy(), np.array([], dtype=np.int64))
+
+
+def test_damaged_pairs_cache_is_one_line(tmp_path):
+    path = tmp_path / "pairs.safetensors"
+    path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises(ClipsonicError, match=r"pairs\.safetensors: unreadable embedded pairs .*delete it"):
+        PairSet.load(path)

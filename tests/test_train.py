@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from support.synthetic_dataset import make_synthetic_dataset, synthetic_mel_config
 
 from clipsonic.cli import main
@@ -277,3 +277,101 @@ def test_checkpoint_of_another_version_is_refused_not_skipped(ds, straight, tmp_
                                              r"version 2"):
         train(ds.root, run, config(max_steps=50), resume=True)
     assert [s for s, _ in list_checkpoints(run)] == [40, 20]
+
+
+# --- issue 15: the lock, refusing to resume from nothing, verified checkpoints, torn logs, failed runs -----------
+
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_second_writer_is_refused_naming_the_holder(ds, straight, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    before = _files(run)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", str(run)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ClipsonicError, match=rf"{run} is in use by another clipsonic process \(pid {holder.pid}\)"):
+            train(ds.root, run, config(max_steps=50), resume=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _files(run) == before
+    train(ds.root, run, config(max_steps=41, save_every=41), resume=True)  # the lock died with its holder
+    assert [s for s, _ in list_checkpoints(run)][0] == 41
+
+
+def test_resume_with_every_checkpoint_corrupt_is_refused_then_restart(ds, straight, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    for model in (run / "checkpoints").glob("step-*/model.safetensors"):
+        model.write_bytes(model.read_bytes()[:-8])
+    before = _files(run)
+    with pytest.raises(ClipsonicError, match="no readable checkpoint to resume from.*nothing was changed.*--restart"):
+        train(ds.root, run, config(max_steps=50), resume=True)
+    assert _files(run) == before  # metrics.jsonl, both checkpoints, config.json: all kept
+    with caplog.at_level(logging.WARNING):
+        train(ds.root, run, config(max_steps=3, save_every=3), restart=True)
+    assert "--restart: discarded" in caplog.text
+    assert [s for s, _ in list_checkpoints(run)] == [3] and sorted(losses(run)) == [1, 2, 3]
+    assert read_run(run).config.train.max_steps == 3 and (run / "samples").exists() is False
+
+
+def test_nan_weights_in_the_newest_checkpoint_fall_back(ds, straight, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    path = run / "checkpoints" / "step-0000040" / "ema.safetensors"
+    tensors = load_file(str(path))
+    tensors["conv_out.weight"][0] = float("nan")
+    save_file(tensors, str(path))  # same size: only the contents show it
+    with caplog.at_level(logging.WARNING):
+        train(ds.root, run, config(max_steps=40), resume=True)
+    assert "ema.safetensors: tensor 'conv_out.weight' holds NaN or infinite values" in caplog.text
+    assert "falling back to step-0000020" in caplog.text
+    assert_same_weights(weights(run, 40, "ema"), weights(straight, 40, "ema"))  # re-trained from step 20
+
+
+def test_torn_last_metrics_line_is_dropped_on_resume(ds, straight, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    good = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(good + '{"step": 41, "kind": "tr')  # a kill in the middle of a write
+    with caplog.at_level(logging.WARNING):
+        assert len(read_metrics(run)) == len(read_metrics(straight))
+        train(ds.root, run, config(max_steps=40), resume=True)
+    assert "dropping its last line" in caplog.text
+    assert (run / "metrics.jsonl").read_text() == good
+    (run / "metrics.jsonl").write_text('{"step": 1}\nnot json\n' + good)
+    with pytest.raises(ClipsonicError, match=r"metrics\.jsonl: line 2 is not a metrics record"):
+        train(ds.root, run, config(max_steps=40), resume=True)
+
+
+def test_failed_first_run_leaves_nothing_and_failed_resume_keeps_config(ds, straight, tmp_path, monkeypatch):
+    from clipsonic.diffusion import GaussianDiffusion
+
+    real = GaussianDiffusion.training_losses
+    monkeypatch.setattr(GaussianDiffusion, "training_losses", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
+    run = tmp_path / "first"
+    with pytest.raises(ValueError):
+        train(ds.root, run, config(num_workers=0, max_steps=3))
+    assert not run.exists()  # no config.json, metrics or TensorBoard left to refuse the same command
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    before = _files(resumed)
+    with pytest.raises(ValueError):
+        train(ds.root, resumed, config(num_workers=0, max_steps=50), resume=True)
+    assert _files(resumed)["config.json"] == before["config.json"]  # max_steps 50 is written with a checkpoint only
+    monkeypatch.setattr(GaussianDiffusion, "training_losses", real)
+    leftovers = tmp_path / "killed-early"  # what a run killed before its first checkpoint leaves
+    (leftovers / "tensorboard").mkdir(parents=True)
+    (leftovers / "metrics.jsonl").write_text('{"step": 1, "kind": "train", "loss": 1.0}\n')
+    train(ds.root, leftovers, config(num_workers=0, max_steps=2))  # the same command is accepted
+    assert sorted(losses(leftovers)) == [1, 2] and read_run(leftovers).config.train.max_steps == 2
+
+
+def test_largest_seed_trains(ds, tmp_path):
+    run = train(ds.root, tmp_path / "run", config(num_workers=0, max_steps=1, seed=2**63 - 1))
+    assert read_run(run).config.train.seed == 2**63 - 1 and sorted(losses(run)) == [1]

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from clipsonic.config import Config, ConfigError
+from clipsonic.config import Config, ConfigError, NonNegative, Positive, PositiveInt
 from clipsonic.models.unet import FRAME_BLOCK
 
 
@@ -23,15 +23,15 @@ from clipsonic.models.unet import FRAME_BLOCK
 class MelConfig(Config):
     """Mel front end (defaults: the paper's 16 kHz / 64 bands / hop 512)."""
 
-    sample_rate: int = 16000
-    n_fft: int = 2048
-    win_length: int = 2048
-    hop_length: int = 512
-    n_mels: int = 64
-    fmin: float = 0.0
-    fmax: float = 8000.0
+    sample_rate: PositiveInt = 16000
+    n_fft: PositiveInt = 2048
+    win_length: PositiveInt = 2048
+    hop_length: PositiveInt = 512
+    n_mels: PositiveInt = 64
+    fmin: NonNegative = 0.0
+    fmax: Positive = 8000.0
     # One training clip: 65536 samples = 4.096 s = exactly 128 frames at hop 512.
-    clip_samples: int = 65536
+    clip_samples: PositiveInt = 65536
     # Fixed affine map of the log-mel to about [-1, 1] for diffusion: log_min = ln(1e-5) is silence
     # (the floor BigVGAN clamps the mel to), log_max sits just above the loudest full-scale tones we
     # measured (a 0 dBFS 100 Hz sine peaks at ln-mel 3.23 with these settings). Never per-batch statistics.
@@ -41,6 +41,8 @@ class MelConfig(Config):
     def __post_init__(self) -> None:
         if self.win_length > self.n_fft:
             raise ValueError(f"win_length {self.win_length} exceeds n_fft {self.n_fft}")
+        if self.hop_length > self.n_fft:
+            raise ValueError(f"hop_length {self.hop_length} exceeds n_fft {self.n_fft}")
         if (self.n_fft - self.hop_length) % 2:
             raise ValueError("n_fft - hop_length must be even (BigVGAN pads it equally on both sides)")
         if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
@@ -63,6 +65,8 @@ class MelConfig(Config):
     def with_clip_seconds(self, seconds: float) -> MelConfig:
         """This config with training clips of ``seconds``, rounded down to whole UNet blocks."""
         block = FRAME_BLOCK * self.hop_length
+        if not math.isfinite(seconds) or seconds > 86400:  # int(inf) would overflow; a day is no training clip
+            raise ConfigError(f"a clip of {seconds} s: give a finite number of seconds (at most 86400)")
         samples = int(seconds * self.sample_rate) // block * block
         if samples < block:
             raise ConfigError(f"a clip of {seconds} s is shorter than {FRAME_BLOCK} mel frames "

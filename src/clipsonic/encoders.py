@@ -23,7 +23,8 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from clipsonic.errors import ClipsonicError
-from clipsonic.files import read_json
+from clipsonic.files import inside, read_json
+from clipsonic.models.weights import check_shared_shapes
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def load_clip(name_or_path: str | os.PathLike = "openai/clip-vit-large-patch14",
     available, else on cpu in float32 (outputs are float32 either way)."""
     directory = _resolve(str(name_or_path))
     weights = _check_clip_dir(directory)
-    from transformers import AutoTokenizer, CLIPModel
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
     try:  # transformers 5 maps CLIPImageProcessor to a torchvision backend (and warns when falling back)
         from transformers import CLIPImageProcessorPil as ImageProcessor
@@ -67,11 +68,12 @@ def load_clip(name_or_path: str | os.PathLike = "openai/clip-vit-large-patch14",
     device = default_device(device)
     dtype = parse_dtype(dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
     try:
+        check_shared_shapes(lambda: CLIPModel(CLIPConfig.from_pretrained(directory)), weights, "CLIP model")
         with _quiet_transformers():
-            model = CLIPModel.from_pretrained(directory)
+            model = CLIPModel.from_pretrained(directory, use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(directory)
             processor = ImageProcessor.from_pretrained(directory)
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:  # corrupt or mismatched files
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:  # corrupt or mismatched
         raise ClipsonicError(f"{directory}: cannot load the CLIP model ({exc})") from exc
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return ClipEncoder(model, tokenizer, processor, name=str(name_or_path), weight_files=weights)
@@ -248,10 +250,10 @@ def _check_clip_dir(directory: Path) -> list[Path]:
     config = read_json(config_path, "CLIP config.json")
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type != "clip":
-        raise ClipsonicError(f"{directory} holds a {model_type!r} model, not a CLIP model "
-                           "(config.json model_type must be 'clip')")
+        raise ClipsonicError(f"{directory} does not hold a CLIP model (its config.json model_type is {model_type!r}, "
+                             "not 'clip'); pass a CLIP model directory")
     weights = _weight_files(directory)
-    missing = [] if weights else ["weights (model.safetensors or pytorch_model.bin)"]
+    missing = [] if weights else ["weights (model.safetensors)"]
     if not (directory / "tokenizer.json").is_file() and not (
             (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file()):
         missing.append("tokenizer (tokenizer.json, or vocab.json + merges.txt)")
@@ -265,13 +267,23 @@ def _check_clip_dir(directory: Path) -> list[Path]:
 
 
 def _weight_files(directory: Path) -> list[Path]:
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):  # sharded: an index lists them
-        if (directory / index).is_file():
-            try:
-                shards = sorted(set(read_json(directory / index, "weight index")["weight_map"].values()))
-            except (KeyError, TypeError, AttributeError) as exc:
-                raise ClipsonicError(f"{directory / index} is not a valid weight index ({exc!r})") from None
-            if absent := [s for s in shards if not (directory / s).is_file()]:
-                raise ClipsonicError(f"CLIP model directory {directory} is missing weight shard(s) {absent}")
-            return [directory / s for s in shards]
-    return [directory / f for f in ("model.safetensors", "pytorch_model.bin") if (directory / f).is_file()][:1]
+    """The safetensors weight files (one, or the shards an index lists); pickled ``.bin`` files can run code when
+    loaded, so a folder that has only those is refused outright."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(map(str, read_json(index, "weight index")["weight_map"].values())))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ClipsonicError(f"{index} is not a valid weight index ({exc!r})") from None
+        paths = [inside(directory, s, f"{index}: weight shard") for s in shards]
+        if absent := [p.name for p in paths if not p.is_file()]:
+            raise ClipsonicError(f"CLIP model directory {directory} is missing weight shard(s) {absent}")
+        return paths
+    if (directory / "model.safetensors").is_file():
+        return [directory / "model.safetensors"]
+    if any(directory.glob("pytorch_model*.bin")):
+        raise ClipsonicError(f"{directory}: CLIP loading needs model.safetensors; this folder has only pickled "
+                             "pytorch_model.bin weights, which are never loaded (unpickling can run code): download "
+                             "the model's model.safetensors (or convert the .bin where you trust it)")
+    return []
+

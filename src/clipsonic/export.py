@@ -38,7 +38,15 @@ from clipsonic.config import ConfigError
 from clipsonic.diffusion import DiffusionConfig
 from clipsonic.encoders import ClipModelRef, load_clip
 from clipsonic.errors import ClipsonicError
-from clipsonic.files import atomic_directory, read_json, read_versioned_json, write_json_atomic
+from clipsonic.files import (
+    atomic_directory,
+    atomic_output,
+    inside,
+    lock_folder,
+    read_json,
+    read_versioned_json,
+    write_json_atomic,
+)
 
 MODEL_INDEX_NAME = "model_index.json"
 PIPELINE_CLASS = "CLIPSonicPipeline"
@@ -85,8 +93,9 @@ class ModelIndex:
     training: dict[str, Any]
 
     def component_dir(self, name: str) -> Path | None:
+        """``root/<folder>`` of a listed component (None when absent); a folder leading outside ``root`` is refused."""
         sub = self.components.get(name)
-        return None if sub is None else self.root / sub
+        return None if sub is None else inside(self.root, sub, f"{self.root / MODEL_INDEX_NAME}: component {name!r}")
 
 
 def write_pipeline_dir(out: str | os.PathLike, *, unet, diffusion: DiffusionConfig, mel: MelConfig,
@@ -95,6 +104,8 @@ def write_pipeline_dir(out: str | os.PathLike, *, unet, diffusion: DiffusionConf
     """Write a pipeline directory whole, replacing ``out`` only if it is one; ``extra_components``:
     name → writer(folder), e.g. ``{"vocoder": vocoder.save_pretrained}``."""
     out = Path(out)
+    if not (existing := next(p for p in (out, *out.parents) if p.exists())).is_dir():
+        raise ClipsonicError(f"cannot write the pipeline to {out}: {existing} is a file (choose another --out)")
     if out.exists() and not (out / MODEL_INDEX_NAME).is_file():
         raise ClipsonicError(f"{out} exists and is not a pipeline directory; refusing to overwrite it")
     with atomic_directory(out) as tmp:
@@ -113,18 +124,21 @@ def _write_index(index: ModelIndex, stats: PipelineStats | None) -> None:
         "format": INDEX_FORMAT, "version": INDEX_VERSION, "_class_name": PIPELINE_CLASS,
         "clipsonic_version": __version__, "clip_model": index.clip and index.clip.to_dict(),
         "mel": index.mel and index.mel.to_dict(), "components": index.components, "training": index.training})
-    (index.root / "README.md").write_text(model_card(index, stats))
+    with atomic_output(index.root / "README.md") as tmp:
+        tmp.write_text(model_card(index, stats))
 
 
 def set_component(pipeline_dir: str | os.PathLike, name: str, write: Callable[[Path], None]) -> Path:
     """Add or replace a component of a (possibly incomplete) pipeline: ``write(folder)`` fills a temporary
-    folder that then replaces ``pipeline_dir/name`` whole; the index and model card follow."""
+    folder that then replaces ``pipeline_dir/name`` whole; the index and model card follow. The pipeline is
+    locked meanwhile: two attaches at once would each rewrite model_index.json without the other's component."""
     pipeline_dir = Path(pipeline_dir)
-    index = read_model_index(pipeline_dir, complete=False)
-    with atomic_directory(pipeline_dir / name) as tmp:
-        write(tmp)
-    stats = load_stats(pipeline_dir) if index.component_dir("stats") is not None else None
-    _write_index(dataclasses.replace(index, components={**index.components, name: name}), stats)
+    with lock_folder(pipeline_dir, f"attach {name}"):
+        index = read_model_index(pipeline_dir, complete=False)
+        stats = load_stats(pipeline_dir) if index.component_dir("stats") is not None else None  # for the card;
+        with atomic_directory(pipeline_dir / name) as tmp:  # first, so bad stats refuse before anything changes
+            write(tmp)
+        _write_index(dataclasses.replace(index, components={**index.components, name: name}), stats)
     return pipeline_dir / name
 
 
@@ -149,9 +163,14 @@ def read_model_index(directory: str | os.PathLike, *, complete: bool = True) -> 
     data = read_versioned_json(path, INDEX_FORMAT, INDEX_VERSION, unversioned=1)
     if data.get("_class_name") != PIPELINE_CLASS:
         raise ClipsonicError(f"{path}: _class_name is {data.get('_class_name')!r}, not {PIPELINE_CLASS}")
+    components, training = data.get("components") or {}, data.get("training") or {}
+    if not isinstance(components, dict) or not all(isinstance(v, str | None) for v in components.values()):
+        raise ClipsonicError(f"{path}: \"components\" must map names to folder names or null, got {components!r:.80}")
+    if not isinstance(training, dict):
+        raise ClipsonicError(f"{path}: \"training\" must be a JSON object, got {training!r:.80}")
     try:
         index = ModelIndex(
-            root=root, components=dict(data.get("components") or {}), training=dict(data.get("training") or {}),
+            root=root, components=dict(components), training=dict(training),
             clip=ClipModelRef.from_dict(data["clip_model"], f"{path}:clip_model") if data.get("clip_model") else None,
             mel=MelConfig.from_dict(data["mel"], source=f"{path}:mel") if data.get("mel") else None)
     except (TypeError, ValueError, ConfigError) as exc:
@@ -161,28 +180,32 @@ def read_model_index(directory: str | os.PathLike, *, complete: bool = True) -> 
                             ("scheduler", index.components.get("scheduler"))):
             if value is None:
                 raise ClipsonicError(f"{path}: the pipeline has no {name!r}; re-export it (clipsonic export RUN_DIR)")
-        for name, sub in index.components.items():
-            if sub is not None and not (root / sub / "config.json").is_file():
-                raise ClipsonicError(f"{root}: component {name!r} is listed but {root / sub / 'config.json'} is missing")
+    for name in index.components:
+        folder = index.component_dir(name)  # refuses folders outside the pipeline
+        if complete and folder is not None and not (folder / "config.json").is_file():
+            raise ClipsonicError(f"{root}: component {name!r} is listed but {folder / 'config.json'} is missing")
     return index
 
 
 def load_stats(directory: str | os.PathLike) -> PipelineStats:
     """The ``stats`` component of a pipeline directory (tensors on CPU, dtypes as stored)."""
-    folder = read_model_index(directory, complete=False).component_dir("stats")
-    if folder is None:
+    index = read_model_index(directory, complete=False)
+    if (folder := index.component_dir("stats")) is None:
         raise ClipsonicError(f"{directory}: the pipeline has no 'stats' component (re-export it from its run)")
     data = read_versioned_json(folder / "config.json", STATS_FORMAT, STATS_VERSION, unversioned=STATS_VERSION)
-    if "bank_keys" not in data:  # written before the version field: the bank's keys and labels are in bank.json
-        data |= {f"bank_{k}": v for k, v in read_json(folder / "bank.json", "stats bank").items()}
     try:
+        if "bank_keys" not in data:  # written before the version field: the bank's keys and labels are in bank.json
+            data |= {f"bank_{k}": v for k, v in read_json(folder / "bank.json", "stats bank").items()}
         tensors = load_file(str(folder / STATS_WEIGHTS))
+        if index.clip is not None and tensors["image_bank"].shape[-1] != index.clip.dim:
+            raise ValueError(f"{tensors['image_bank'].shape[-1]}-d embeddings, but the CLIP is {index.clip.dim}-d")
         return PipelineStats(mean_image_embedding=tensors["mean_image_embedding"], image_bank=tensors["image_bank"],
                              bank_keys=list(data["bank_keys"]), bank_labels=list(data["bank_labels"]),
                              info={k: v for k, v in data.items() if k in ("dataset", "split", "num_clips",
                                                                           "num_embeddings", "selection")})
     except Exception as exc:  # missing file, SafetensorError, a key or shape that does not fit
-        raise ClipsonicError(f"{folder}: unreadable stats ({type(exc).__name__}: {exc})") from None
+        raise ClipsonicError(f"{folder}: unreadable stats ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                             "re-export the pipeline from its run (clipsonic export RUN_DIR)") from None
 
 
 def model_card(index: ModelIndex, stats: PipelineStats | None) -> str:

@@ -161,8 +161,9 @@ def lock_folder(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except NotADirectoryError:
-        raise ClipsonicError(f"{folder} is a file; {command} writes a folder there (choose another path)") from None
+    except (FileExistsError, NotADirectoryError):  # the folder, or a folder above it, is a file
+        file = next(p for p in (folder, *folder.parents) if p.exists() and not p.is_dir())
+        raise ClipsonicError(f"{file} is a file; {command} writes the folder {folder} (choose another path)") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

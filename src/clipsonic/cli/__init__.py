@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is a BrokenPipeError this handler sees
+        return code
     except (ClipsonicError, OSError, UnicodeError, SafetensorError) as exc:
         if isinstance(exc, BrokenPipeError):  # the reader went away (`| head`): stop quietly, as cat does
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -60,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     make.add_argument("--items", type=int, help="rate only N items shared by all systems (drawn with --seed)")
     make.add_argument("--seed", type=int, default=0, help="seed for the item draw and file names (default 0)")
     make.add_argument("--title", default="Listening test", help="page title")
+    make.add_argument("--overwrite", action="store_true", help="replace the test already in --out (its answers can "
+                                                               "then no longer be scored)")
     make.set_defaults(func=run_listening_make)
     score = commands.add_parser("score", help="MOS ± 95%% CI per system and criterion")
     score.add_argument("answers", nargs="+", type=Path, help="answers CSVs downloaded by listeners")
@@ -99,7 +101,8 @@ def run_listening_make(args: argparse.Namespace) -> None:
     if not all(systems) or not all(systems.values()) or len(systems) < len(args.systems):
         raise ClipsonicError(f"--systems wants distinct NAME=DIR pairs, got {' '.join(args.systems)}")
     page = listening.make_listening_test({k: Path(v) for k, v in systems.items()}, args.out,
-                                         num_items=args.items, seed=args.seed, title=args.title)
+                                         num_items=args.items, seed=args.seed, title=args.title,
+                                         overwrite=args.overwrite)
     key = listening.read_key(args.out)
     print(f"listening test {key['test_id']}: {len(key['trials'])} trials; send listeners {page.parent}/ "
           f"(open index.html); keep {args.out / KEY_FILE}")

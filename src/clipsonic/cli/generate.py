@@ -12,16 +12,17 @@ import torch
 from clipsonic.audio import MelConfig, mel_spectrogram
 from clipsonic.bridges import MODES
 from clipsonic.builtin import builtin_prompts
-from clipsonic.cli.options import command, deprecated_alias, progress_bar
+from clipsonic.cli.options import command, deprecated_alias, device, progress_bar
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, SAMPLERS
 from clipsonic.errors import ClipsonicError
 from clipsonic.media import load_audio
 from clipsonic.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, CLIPSonicPipeline, queries
-from clipsonic.pipeline.outputs import check_target, generate_files
+from clipsonic.pipeline.outputs import AUDIO_SUFFIXES, check_output_file, check_target, generate_files
 from clipsonic.plotting import save_mel_image
 from clipsonic.vocoder import GriffinLimConfig, GriffinLimVocoder, load_vocoder, vocode_file
 
 log = logging.getLogger(__name__)
+MEL_IMAGE_SUFFIXES = (".png", ".pdf", ".svg")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = p.add_argument_group("run")
     r.add_argument("-o", "--out", type=Path, default=Path("generated"), help="output file or directory (default generated/)")
     r.add_argument("--save-mel", action="store_true", help="also write each mel as a PNG")
-    r.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    r.add_argument("--device", type=device, help="cpu, cuda, cuda:1 … (default: cuda if available)")
     r.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="autocast dtype of the UNet (GPU)")
     r.add_argument("--vocoder", help="vocoder directory, or 'griffin-lim', instead of the pipeline's")
     r.add_argument("--clip-model", help="load the pipeline's CLIP from here (same weights, e.g. a local copy)")
@@ -87,12 +88,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--griffin-lim", action="store_true", help="use Griffin-Lim (no trained vocoder needed)")
     p.add_argument("--iters", type=int, default=GriffinLimConfig().n_iter,
                    help=f"Griffin-Lim iterations (default {GriffinLimConfig().n_iter})")
-    p.add_argument("--device", default="cpu", help="torch device for the vocoder (default cpu)")
+    p.add_argument("--device", type=device, default="cpu", help="torch device for the vocoder (default cpu)")
 
     p = command(sub, "mel", run_mel, "plot the log-mel spectrogram of an audio or video file",
                 "Plot the paper's log-mel (16 kHz, 64 bands, hop 512) of a file's sound.",
                 "clipsonic mel clip.mp4 -o mel.png", "clipsonic mel song.flac --start 30 --duration 4.096 -o mel.png")
-    _input_args(p, "image file to write (png, pdf, svg)")
+    _input_args(p, f"image file to write ({', '.join(MEL_IMAGE_SUFFIXES)})")
 
 
 def _input_args(p: argparse.ArgumentParser, output: str) -> None:
@@ -110,7 +111,12 @@ def run_generate(args: argparse.Namespace) -> None:
         raise ClipsonicError("give --text or --prompts, not both")
     texts = queries.read_prompts(args.prompts) if args.prompts else args.text
     query = queries.parse_query(texts, args.image, args.video)
-    check_target(args.out, len(query) * args.num_samples, query.kind)  # before the slow load
+    # what can be checked before the slow load
+    queries.check_positive_int("num_samples", args.num_samples, queries.MAX_ROWS)
+    queries.check_positive_int("batch_size", args.batch_size, queries.MAX_ROWS)
+    queries.check_positive_int("num_frames", args.num_frames, queries.MAX_VIDEO_FRAMES)
+    queries.expand_seeds(args.seed, None, len(query) * args.num_samples)
+    check_target(args.out, len(query) * args.num_samples, query.kind)
     pipe = CLIPSonicPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                              clip_model=args.clip_model, vocoder=args.vocoder)
     if pipe.vocoder_is_fallback and args.model is not None:  # the built-in model chose Griffin-Lim (its card says why)
@@ -126,6 +132,7 @@ def run_generate(args: argparse.Namespace) -> None:
 
 
 def run_vocode(args: argparse.Namespace) -> None:
+    check_output_file(args.output, AUDIO_SUFFIXES, "an audio file")  # before any slow work
     vocoder = (GriffinLimVocoder(config=GriffinLimConfig(n_iter=args.iters)) if args.griffin_lim
                else load_vocoder(args.vocoder, device=args.device))
     seconds = vocode_file(args.input, args.output, vocoder, start=args.start, duration=args.duration)
@@ -133,6 +140,7 @@ def run_vocode(args: argparse.Namespace) -> None:
 
 
 def run_mel(args: argparse.Namespace) -> None:
+    check_output_file(args.output, MEL_IMAGE_SUFFIXES, "an image file")
     config = MelConfig()
     audio = load_audio(args.input, sample_rate=config.sample_rate, start=args.start, duration=args.duration)
     logmel = mel_spectrogram(torch.from_numpy(audio), config)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from clipsonic.config import Config, ConfigError
@@ -46,6 +47,21 @@ def command(sub: argparse._SubParsersAction, name: str, func, help: str, descrip
                             epilog="examples:\n" + "\n".join(f"  {line}" for line in examples))
     parser.set_defaults(func=func)
     return parser
+
+
+def device(text: str) -> str:
+    """``--device``'s type: a torch device this machine has (argparse prints the message as the error line)."""
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA GPU that torch can use (use cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no Apple GPU that torch can use (use cpu)")
+    return text
 
 
 def main_process() -> bool:
@@ -80,7 +96,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[Config], section
     group = parser.add_argument_group(title or f"{section} ({cls.__module__}.{cls.__name__})")
     hints, helps = typing.get_type_hints(cls), field_help(cls)
     for f in dataclasses.fields(cls):
-        kind = _argument(hints[f.name])
+        kind = {"type": device, "metavar": "DEVICE"} if f.name == "device" else _argument(hints[f.name])
         if kind is None or (only and f.name not in only):
             continue
         flag = f"--{prefix}{f.name}".replace("_", "-")
@@ -100,7 +116,12 @@ def overrides(args: argparse.Namespace, config: Path | None = None) -> dict[str,
     for dest, value in vars(args).items():
         if "." in dest:  # "options.clips.stride_seconds" → out["options"]["clips"]["stride_seconds"]
             *path, name = dest.split(".")
-            functools.reduce(lambda section, key: section.setdefault(key, {}), path, out)[name] = value
+            section = out
+            for key in path:
+                section = section.setdefault(key, {})
+                if not isinstance(section, dict):
+                    raise ConfigError(f"{config}: section {key!r} must be a JSON object of settings")
+            section[name] = value
     return out
 
 

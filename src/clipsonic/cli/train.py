@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-seconds", type=float, help="clip length, rounded down to a multiple of 8 mel frames "
                                                       f"(default {MelConfig().clip_seconds:g})")
     p.add_argument("--workers", type=int, default=2, help="decoding processes (0: decode in this process; default 2)")
-    p.add_argument("--device", help="device for CLIP (default: cuda if available)")
+    p.add_argument("--device", type=options.device, help="device for CLIP (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=64, help="frames per CLIP batch (default 64)")
     p.add_argument("--num-shards", type=int, help="split the input list into N parts (default: launcher's world size)")
     p.add_argument("--shard-index", type=int, help="which part this process handles (default: launcher's rank)")
@@ -142,16 +142,27 @@ def _trainer(sub: argparse._SubParsersAction, name: str, api, help: str, descrip
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--config", type=Path, metavar="FILE", help="JSON config sections, e.g. a run's config.json or "
                                                                "{\"train\": {…}}; flags override it")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint "
-                                                         "(only the flags given may change, and only resumable ones)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest readable "
+                                                         "checkpoint (only the flags given may change, and only "
+                                                         "resumable ones)")
+    p.add_argument("--restart", action="store_true", help="start a new run in --out even if it holds one: DELETES "
+                                                          "that run's config.json, checkpoints, metrics.jsonl, "
+                                                          "TensorBoard logs, samples (and a prior's embedded pairs); "
+                                                          "its exported folder stays until the new run replaces it")
     return p
 
 
 def run_preprocess(args: argparse.Namespace) -> None:
     if args.merge is not None:
+        if args.source is not None or args.out is not None:
+            raise ClipsonicError("--merge DIR takes no SOURCE or --out (it merges the parts inside DIR)")
         return _summary(merge_parts(args.merge))
     if args.source is None or args.out is None:
         raise ClipsonicError("give SOURCE and --out DIR (or --merge DIR)")
+    for flag, value, low in (("--workers", args.workers, 0), ("--batch-size", args.batch_size, 1),
+                             ("--num-shards", args.num_shards, 1), ("--shard-index", args.shard_index, 0)):
+        if value is not None and value < low:
+            raise ClipsonicError(f"{flag} must be >= {low}, got {value}")
     mel = MelConfig() if args.clip_seconds is None else MelConfig().with_clip_seconds(args.clip_seconds)
     settings = PreprocessOptions.from_dict(options.overrides(args).get("options", {}), source="flags")
     with options.progress_bar("video", keys=("clips", "rejected")) as bar:
@@ -172,7 +183,8 @@ def _summary(info) -> None:
 def run_trainer(args: argparse.Namespace) -> None:
     extra = {"clip_model": args.clip_model, "cpu": args.cpu} if args.command == "train-prior" else {}
     with options.progress_bar(keys=("loss", "mel_l1", "val_mel_l1", "samples_per_s")) as bar:
-        run = args.api(args.data, args.out, options.overrides(args, args.config), resume=args.resume, progress=bar, **extra)
+        run = args.api(args.data, args.out, options.overrides(args, args.config), resume=args.resume,
+                       restart=args.restart, progress=bar, **extra)
     if options.main_process():
         print(f"run: {run}", *(f"{name}: {run / name}" for name in ("pipeline", "prior", "vocoder")
                                if (run / name).is_dir()), sep="\n")

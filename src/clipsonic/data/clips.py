@@ -11,6 +11,7 @@ import dataclasses
 import io
 import logging
 import math
+from typing import Annotated
 
 import numpy as np
 import soundfile
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 
 from clipsonic.audio import MelConfig, mel_spectrogram
-from clipsonic.config import Config
+from clipsonic.config import Config, Positive, PositiveInt, Range
 from clipsonic.data.sources import SourceItem, sample_key
 from clipsonic.media import MediaError, load_audio, load_frames, probe
 
@@ -29,25 +30,17 @@ log = logging.getLogger(__name__)
 class ClipOptions(Config):
     """How clips are cut from a video (all shape the data, so they are stored in dataset.json)."""
 
-    frames_per_clip: int = 3  # K frames evenly inside each clip; training picks one at random
-    stride_seconds: float | None = None  # None: back-to-back clips (stride = clip length)
-    max_clips_per_video: int | None = None  # None: as many as fit (MUSIC videos run for minutes)
-    min_clip_fraction: float = 0.5  # shorter videos are rejected as too short
-    silence_db: float = -60.0  # clips quieter than this RMS (dBFS) are dropped as silent
+    frames_per_clip: PositiveInt = 3  # K frames evenly inside each clip; training picks one at random
+    stride_seconds: Positive | None = None  # None: back-to-back clips (stride = clip length)
+    max_clips_per_video: PositiveInt | None = None  # None: as many as fit (MUSIC videos run for minutes)
+    min_clip_fraction: Annotated[float, Range(0, 1, low_open=True)] = 0.5  # shorter videos are rejected as too short
+    silence_db: Annotated[float, Range(high=0)] = -60.0  # clips quieter than this RMS (dBFS) are dropped as silent
     keep_audio: bool = False  # store the clip's 16 kHz audio as flac (vocoder training, FAD references)
     keep_jpg: bool = True  # store the middle frame as a small jpg (for browsing and reports)
-    jpg_size: int = 160  # longest side of the stored jpg
+    jpg_size: PositiveInt = 160  # longest side of the stored jpg
     # Frames are shrunk in the worker to this short side before crossing to the CLIP process:
     # CLIP processors resize to 224/336 anyway, and full-HD frames would dominate IPC.
-    max_frame_side: int = 336
-
-    def __post_init__(self) -> None:
-        if self.frames_per_clip < 1:
-            raise ValueError("frames_per_clip must be >= 1")
-        if self.stride_seconds is not None and self.stride_seconds <= 0:
-            raise ValueError("stride_seconds must be > 0")
-        if not 0 < self.min_clip_fraction <= 1:
-            raise ValueError("min_clip_fraction must be in (0, 1]")
+    max_frame_side: PositiveInt = 336
 
 
 @dataclasses.dataclass
@@ -113,6 +106,8 @@ def _extract(item: SourceItem, mel: MelConfig, options: ClipOptions) -> ItemResu
             f"too short: {max(seg_seconds, 0):.2f} s usable, need {options.min_clip_fraction * clip_s:.2f} s"))
     span = min(seg_seconds, starts[-1] - seg_start + clip_s)
     audio = load_audio(item.path, sample_rate=mel.sample_rate, start=seg_start, duration=span)
+    if not np.isfinite(audio).all():  # NaN would slip through the silence test below (nan < x is False)
+        return ItemResult([], reason="the audio holds NaN or infinite samples (a corrupt float track)")
     kept, silent = [], 0  # kept: (index in starts, start, wav, frame times)
     for index, start in enumerate(starts):
         offset = int(round((start - seg_start) * mel.sample_rate))

@@ -14,6 +14,7 @@ so the same samples give the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -27,7 +28,7 @@ import webdataset as wds
 from clipsonic.audio import MelConfig
 from clipsonic.encoders import ClipModelRef
 from clipsonic.errors import ClipsonicError
-from clipsonic.files import read_versioned_json, write_json_atomic
+from clipsonic.files import inside, read_versioned_json, safe_name, write_json_atomic
 
 FORMAT = "clipsonic-dataset"
 VERSION = 1
@@ -50,7 +51,8 @@ class DatasetInfo:
         if split not in self.splits:
             raise ClipsonicError(f"{self.root}: no '{split}' split (has {sorted(self.splits) or 'none'}); "
                                  "re-run preprocess with a --test-fraction or choose another split")
-        return [self.root / name for name in self.splits[split]["shards"]]
+        # names come from dataset.json: they must stay inside the dataset folder
+        return [inside(self.root, name, f"{self.root}/dataset.json: shard") for name in self.splits[split]["shards"]]
 
     def num_clips(self, split: str) -> int:
         return int(self.splits.get(split, {}).get("clips", 0))
@@ -86,6 +88,7 @@ def read_dataset_info(root: str | os.PathLike) -> DatasetInfo:
         raise ClipsonicError(f"{root} is not a clipsonic dataset (no dataset.json); build one with "
                              "`clipsonic preprocess`")
     data = read_versioned_json(path, FORMAT, VERSION)
+    _check_splits(path, data.get("splits"))
     try:
         return DatasetInfo(
             root=root, mel=MelConfig.from_dict(data["mel"], source=f"{path}:mel"),
@@ -94,6 +97,16 @@ def read_dataset_info(root: str | os.PathLike) -> DatasetInfo:
             counts=data.get("counts", {}), options=data.get("options", {}), rejected=data.get("rejected", []))
     except (KeyError, TypeError) as exc:
         raise ClipsonicError(f"{path}: malformed dataset.json ({exc!r}); re-run preprocess") from None
+
+
+def _check_splits(path: Path, splits: Any) -> None:
+    """``splits`` must be ``{plain name: {"shards": [names], "clips": n}}``: split names become file names."""
+    ok = isinstance(splits, dict) and all(
+        isinstance(v, dict) and isinstance(v.get("shards"), list) and all(isinstance(n, str) for n in v["shards"])
+        and isinstance(v.get("clips", 0), int) and safe_name(k) == k for k, v in splits.items())
+    if not ok:
+        raise ClipsonicError(f"{path}: malformed 'splits' (expected {{plain name: {{\"shards\": [file names], "
+                             "\"clips\": n}}}}); re-run preprocess")
 
 
 def shard_name(split: str, index: int) -> str:
@@ -153,6 +166,12 @@ class ShardWriter:
     def abort(self) -> None:
         """Drop the open shard (its samples will be rewritten by the next run)."""
         if self._tar is not None:
-            self._fh.close()
+            # closing the tar marks its stream closed (else its __del__ writes to the closed file); on a full disk
+            # both closes fail again, and the error being raised already says so
+            with contextlib.suppress(OSError, ValueError):
+                try:
+                    self._tar.close()
+                finally:
+                    self._fh.close()
             self._tmp.unlink(missing_ok=True)
             self._tar = self._fh = self._tmp = None

@@ -24,6 +24,7 @@ import io
 import itertools
 import json
 import logging
+import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -45,9 +46,24 @@ log = logging.getLogger(__name__)
 TRAIN_FIELDS = ("mel.npy", "clip.npy", "json")
 
 
-def decode_npy(payload: bytes) -> np.ndarray:
-    """A ``.npy`` payload → array (never unpickles)."""
-    return np.load(io.BytesIO(payload), allow_pickle=False)
+def decode_npy(payload: bytes, where: str = "a sample") -> np.ndarray:
+    """A ``.npy`` payload → a numeric array (never unpickles); ``where`` names it in the error."""
+    try:
+        array = np.load(io.BytesIO(payload), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:  # truncated, not .npy, or an object (pickle) array
+        raise ClipsonicError(f"{where}: unreadable .npy ({_first_arg(exc)}); re-run preprocess") from None
+    if array.dtype.kind not in "fiu":
+        raise ClipsonicError(f"{where}: .npy of dtype {array.dtype}, expected numbers; re-run preprocess")
+    return array
+
+
+def _first_arg(exc: BaseException) -> str:
+    # webdataset appends the stream and url to an exception's args; the first one is the message
+    return getattr(exc, "strerror", None) or (str(exc.args[0]) if exc.args else type(exc).__name__)
+
+
+def _where(raw: dict[str, Any], name: str) -> str:
+    return f"{raw.get('__url__', 'shard')}: sample {raw['__key__']!r} {name}"
 
 
 def decode_flac(payload: bytes, sample_rate: int, key: str = "") -> np.ndarray:
@@ -68,8 +84,16 @@ def iter_raw_samples(paths: Iterable[str | Path], fields: Iterable[str] = TRAIN_
     wanted, extra = set(fields), set(optional)
     read = wanted | extra | {"json"}
     for path in paths:
-        for sample in wds.tariterators.tarfile_samples([{"url": str(path)}],
-                                                       select_files=lambda name: name.split(".", 1)[-1] in read):
+        samples = wds.tariterators.tarfile_samples([{"url": str(path)}],
+                                                   select_files=lambda name: name.split(".", 1)[-1] in read)
+        while True:
+            try:
+                sample = next(samples, None)
+            except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+                raise ClipsonicError(f"{path}: unreadable shard ({_first_arg(exc)}); it is missing, truncated or "
+                                     "corrupt: re-run preprocess into a new folder") from None
+            if sample is None:
+                break
             missing = sorted(f for f in wanted if f not in sample)
             if missing:
                 raise ClipsonicError(f"{path}: sample {sample['__key__']!r} has no {missing}; re-run preprocess")
@@ -86,14 +110,24 @@ def iter_split(info: DatasetInfo, split: str, fields: Iterable[str] = TRAIN_FIEL
         sample: dict[str, Any] = {"__key__": raw["__key__"]}
         for name, payload in raw.items():
             if name.endswith(".npy"):
-                sample[name] = decode_npy(payload).astype(np.float32)
+                sample[name] = decode_npy(payload, _where(raw, name)).astype(np.float32)
             elif name == "json":
-                sample[name] = json.loads(payload)
+                sample[name] = _decode_json(payload, _where(raw, name))
             elif name == "flac":
                 sample[name] = decode_flac(payload, info.mel.sample_rate, raw["__key__"])
             elif not name.startswith("__"):
                 sample[name] = payload
         yield sample
+
+
+def _decode_json(payload: bytes, where: str) -> dict[str, Any]:
+    try:
+        meta = json.loads(payload)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ClipsonicError(f"{where}: unreadable ({_first_arg(exc)}); re-run preprocess") from None
+    if not isinstance(meta, dict):
+        raise ClipsonicError(f"{where}: expected a JSON object; re-run preprocess")
+    return meta
 
 
 def _rng(*words: int) -> np.random.Generator:
@@ -157,10 +191,12 @@ def _shuffle(stream: Iterable[dict[str, Any]], size: int, rng: np.random.Generat
 def decode_train_sample(raw: dict[str, Any], mel_config: MelConfig, seed: int,
                         epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """Raw sample → (mel ``[1, 64, F]`` float32 in diffusion space, cond ``[D]`` float32, one of K rows)."""
-    logmel = decode_npy(raw["mel.npy"]).astype(np.float32)  # [64, F]
-    clip = decode_npy(raw["clip.npy"]).astype(np.float32)  # [K, D]
-    if clip.ndim != 2 or logmel.ndim != 2:
-        raise ClipsonicError(f"sample {raw['__key__']!r}: mel.npy {logmel.shape} / clip.npy {clip.shape} are not 2-d")
+    logmel = decode_npy(raw["mel.npy"], _where(raw, "mel.npy")).astype(np.float32)  # [64, F]
+    clip = decode_npy(raw["clip.npy"], _where(raw, "clip.npy")).astype(np.float32)  # [K, D]
+    want = (mel_config.n_mels, mel_config.clip_frames)
+    if logmel.shape != want or clip.ndim != 2 or not clip.shape[0]:  # batches stack: every sample the same shape
+        raise ClipsonicError(f"{_where(raw, '')}: mel.npy {logmel.shape} (dataset.json says {want}) / clip.npy "
+                             f"{clip.shape} (expected [K, D]); the shard does not match its dataset: re-run preprocess")
     row = int(_rng(seed, epoch, zlib.crc32(raw["__key__"].encode())).integers(clip.shape[0]))
     mel = normalize(torch.from_numpy(logmel), mel_config).numpy()[None]
     return mel, clip[row]

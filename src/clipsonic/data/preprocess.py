@@ -4,32 +4,40 @@ Decoding runs in worker processes, CLIP in batches in this process. The run is r
 (``.progress.json``: ``{"format": "clipsonic-preprocess-journal", "version": 1, "header", "splits"}``) is committed
 each time a shard is renamed into place, and a re-run of the same command continues from the last commit. Items are
 processed in fixed groups of ``encode_group`` so CLIP batches (and hence the bytes written) do not depend on where a
-run was resumed: same inputs and options → the same shards.
+run was resumed: same inputs and options → the same shards. The output folder (a part's folder in a sharded run) is
+locked for the run (:func:`clipsonic.files.lock_folder`): a second writer is refused; decoding workers die with it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import logging
 import os
+import re
 import shutil
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
 from clipsonic.audio import MelConfig
-from clipsonic.config import Config
+from clipsonic.config import Config, Positive, PositiveInt, Range
 from clipsonic.data.clips import ClipOptions, ItemResult, extract_clips
 from clipsonic.data.dataset import DatasetInfo, ShardWriter, encode_sample, read_dataset_info
 from clipsonic.data.sources import Problem, SourceItem, collect_sources, hash_split
 from clipsonic.encoders import ClipModelRef, load_clip
 from clipsonic.errors import ClipsonicError
-from clipsonic.files import read_versioned_json, write_json_atomic
+from clipsonic.files import lock_folder, read_versioned_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 JOURNAL = ".progress.json"
@@ -42,13 +50,10 @@ class PreprocessOptions(Config):
 
     clip_model: str = "openai/clip-vit-large-patch14"
     clips: ClipOptions = ClipOptions()
-    test_fraction: float = 0.0  # hash split for sources without splits (VGGSound brings its own)
-    shard_size_mb: float = 256.0
-    encode_group: int = 32  # items per CLIP group; also the granularity of commits
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.test_fraction < 1:
-            raise ValueError("test_fraction must be in [0, 1)")
+    # hash split for sources without splits (VGGSound brings its own)
+    test_fraction: Annotated[float, Range(0, 1, high_open=True)] = 0.0
+    shard_size_mb: Positive = 256.0
+    encode_group: PositiveInt = 32  # items per CLIP group; also the granularity of commits
 
 
 @dataclasses.dataclass
@@ -71,10 +76,21 @@ def preprocess(source: str | os.PathLike, out_dir: str | os.PathLike, *, options
     num_shards, shard_index = _resolve_sharding(num_shards, shard_index)
     items, problems = collect_sources(source, video_dir)
     out = Path(out_dir)
+    if out.resolve() == Path(source).resolve():
+        raise ClipsonicError(f"--out {out} is the source folder; write the dataset to a folder of its own")
+    if not items:
+        raise ClipsonicError(f"{source}: none of its {len(problems)} entries can be used (first: {problems[0].path}: "
+                             f"{problems[0].reason})")
     if num_shards > 1:
         items, problems = items[shard_index::num_shards], problems[shard_index::num_shards]
         out = out / f"part-{shard_index:05d}-of-{num_shards:05d}"
-    out.mkdir(parents=True, exist_ok=True)
+    with lock_folder(out, "preprocess"):  # one writer per folder; each part of a sharded run is its own folder
+        return _build(source, items, problems, out, options, mel, workers, device, encoder, clip_batch_size,
+                      progress, whole=num_shards == 1)
+
+
+def _build(source, items: list[SourceItem], problems: list[Problem], out: Path, options: PreprocessOptions,
+           mel: MelConfig, workers: int, device, encoder, clip_batch_size: int, progress, whole: bool) -> DatasetInfo:
     encoder = encoder or load_clip(options.clip_model, device=device)
     clip_ref = ClipModelRef(model=options.clip_model, dim=encoder.dim, fingerprint=encoder.fingerprint)
     header = {"mel": mel.to_dict(), "clip": clip_ref.to_dict(), "options": options.to_dict(),
@@ -99,6 +115,12 @@ def preprocess(source: str | os.PathLike, out_dir: str | os.PathLike, *, options
                        progress)
     finally:
         decoder.close()
+    if whole and not any(s["clips"] for s in journal["splits"].values()):
+        (out / JOURNAL).unlink(missing_ok=True)  # nothing to resume: the folder is left as it was
+        first = next(r for s in journal["splits"].values() for r in s["rejected"])
+        reason = first["reason"].removeprefix(f"{first['path']}: ")  # media errors start with the path already
+        raise ClipsonicError(f"{source}: no clip came out of its {len(items)} video(s), all rejected (first: "
+                             f"{first['path']}: {reason}); see the log for the others")
     return _finish(out, journal, problems, len(items), mel, clip_ref, options)
 
 
@@ -139,15 +161,33 @@ def _load_journal(out: Path, header: dict, mel: MelConfig) -> dict:
             raise ClipsonicError(f"{out} holds shards but no progress journal; use an empty --out")
         return {"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "header": header, "splits": {}}
     journal = read_versioned_json(path, JOURNAL_FORMAT, JOURNAL_VERSION, unversioned=1)
-    old = journal["header"]
-    diffs = MelConfig.from_dict(old["mel"], source=f"{path}:mel").mismatch(mel, ignore=())
-    if diffs or {**old, "mel": None} != {**header, "mel": None}:
-        raise ClipsonicError(
-            f"{out} holds an interrupted run with other settings (CLIP {old['clip']['model']}, "
-            f"mel {'; '.join(diffs) or 'the same'}) than this one (CLIP {header['clip']['model']}); "
-            "re-run with the same options or use another --out")
+    try:
+        old = journal["header"]
+        diffs = [f"mel {d}" for d in MelConfig.from_dict(old["mel"], source=f"{path}:mel").mismatch(mel, ignore=())]
+        if old["clip"] != header["clip"]:
+            diffs.append(f"CLIP {old['clip']['model']} vs {header['clip']['model']}")
+        was, now = _flat(old["options"]), _flat(header["options"])
+        diffs += [f"{k}: {was.get(k)} vs {now.get(k)}" for k in sorted(was.keys() | now.keys()) if was.get(k) != now.get(k)]
+        diffs += ["the list of input videos"] if old["items"] != header["items"] else []
+        ok = all(isinstance(v, dict) and {"next_item", "shards", "clips", "rejected"} <= v.keys()
+                 for v in journal["splits"].values())
+    except (KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise ClipsonicError(f"{path}: malformed progress journal; delete {out} (a half-built dataset) and run again")
+    if diffs:
+        raise ClipsonicError(f"{out} holds an interrupted run with other settings (then vs now: {'; '.join(diffs)}); "
+                             "re-run with the same options or use another --out")
     log.info("resuming %s from its last committed shard", out)
     return journal
+
+
+def _flat(options: dict, prefix: str = "") -> dict:
+    """``{"clips": {"jpg_size": 160}}`` → ``{"clips.jpg_size": 160}``: differences named field by field."""
+    flat = {}
+    for key, value in options.items():
+        flat |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return flat
 
 
 class _Decoder:
@@ -165,8 +205,8 @@ class _Decoder:
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn, not fork: forking a process that holds torch/OpenMP threads can deadlock; one
         # thread per worker: the parallelism comes from the processes
-        return ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
-                                   initargs=(1,))
+        return ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                                   initargs=(os.getpid(),))
 
     def map(self, items: list[SourceItem]) -> list[ItemResult]:
         if self.pool is None:
@@ -186,6 +226,21 @@ class _Decoder:
                 self.pool = self._new_pool()
                 results.append(ItemResult([], reason="decoder crashed its worker process (corrupt file?)"))
             return results + self.map(items[len(results):])
+
+
+def _worker_init(parent: int) -> None:
+    """A decoding worker: one torch thread, and it exits when ``parent`` dies (a SIGKILLed preprocess must not
+    leave its decoders running): Linux kills it at once (PR_SET_PDEATHSIG), a watcher thread covers the rest."""
+    torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:  # an orphan is re-parented (to init or a subreaper): its parent pid changes
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _run_split(out: Path, split: str, items: list[SourceItem], journal: dict, decoder: _Decoder, encoder,
@@ -258,7 +313,12 @@ def merge_parts(out_dir: str | os.PathLike) -> DatasetInfo:
     """Combine the ``part-*-of-*`` datasets of a sharded run into one (shards hard-linked and renumbered);
     the parts go only after the merged dataset.json is written, so rerunning repairs a crash."""
     out = Path(out_dir)
-    parts = sorted(out.glob("part-*-of-*"))
+    with lock_folder(out, "preprocess --merge"):
+        return _merge(out)
+
+
+def _merge(out: Path) -> DatasetInfo:
+    parts = sorted(p for p in out.glob("part-*-of-*") if re.fullmatch(r"part-\d{5}-of-\d{5}", p.name))
     if not parts:
         raise ClipsonicError(f"{out}: no part-*-of-* folders to merge; run preprocess with --num-shards first")
     total = int(parts[0].name.rsplit("-", 1)[1])

@@ -9,12 +9,13 @@ import csv
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
 
 from clipsonic.errors import ClipsonicError
-from clipsonic.files import read_json
+from clipsonic.files import read_json, safe_name
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv", ".3gp",
                     ".ts")
@@ -89,9 +90,11 @@ def _from_folder(root: Path) -> list[SourceItem]:
 
 def _from_csv(source: Path, video_dir) -> tuple[list[SourceItem], list[Problem]]:
     try:
-        with open(source, newline="") as fh:
+        with open(source, newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh, delimiter="\t" if source.suffix.lower() == ".tsv" else ","))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:
+        raise ClipsonicError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    except (OSError, csv.Error) as exc:
         raise ClipsonicError(f"{source}: cannot read CSV ({exc})") from None
     rows = [r for r in rows if r and any(cell.strip() for cell in r)]
     if not rows:
@@ -99,7 +102,26 @@ def _from_csv(source: Path, video_dir) -> tuple[list[SourceItem], list[Problem]]
     header = [c.strip().lower() for c in rows[0]]
     if "path" in header:  # generic manifest with a header row
         return _from_manifest_rows(source, [dict(zip(header, r, strict=False)) for r in rows[1:]], video_dir)
+    if not _is_vggsound_row(rows[0]):  # a header row, but without the column that names the videos
+        raise ClipsonicError(f"{source}: no 'path' column (found {header[:8]}); a manifest CSV needs a header row "
+                             "with path[,start][,duration][,label][,split], a VGGSound CSV has no header and rows "
+                             "youtube_id,start_seconds,label,split")
     return _from_vggsound(source, rows, video_dir)
+
+
+def _is_vggsound_row(row: list[str]) -> bool:
+    try:
+        return len(row) >= 4 and math.isfinite(float(row[1]))
+    except ValueError:
+        return False
+
+
+def _plain_split(where: str, split: str | None) -> str | None:
+    """A split read from a file names shard files (``{split}-000000.tar``): it must be a plain file name."""
+    if split is not None and safe_name(split) != split:
+        raise ClipsonicError(f"{where}: split {split!r} is not a plain name (letters, digits, '._-'); it becomes "
+                             "a shard file name, so fix it in the manifest")
+    return split
 
 
 def _from_vggsound(source: Path, rows: list[list[str]], video_dir) -> tuple[list[SourceItem], list[Problem]]:
@@ -114,16 +136,19 @@ def _from_vggsound(source: Path, rows: list[list[str]], video_dir) -> tuple[list
                                            "youtube_id,start_seconds,label,split"))
             continue
         ytid, start_s, label, split = (c.strip() for c in row[:4])
+        split = _plain_split(where, split or None)
         try:
             start = float(start_s)
         except ValueError:
-            problems.append(Problem(where, f"start_seconds {start_s!r} is not a number"))
+            start = math.nan
+        if not (math.isfinite(start) and start >= 0):
+            problems.append(Problem(where, f"start_seconds {start_s!r} is not a number of seconds >= 0"))
             continue
         key = f"{ytid}_{int(start):06d}"
         if key in index:
-            items.append(SourceItem(index[key], key=key, label=label, split=split or None))
+            items.append(SourceItem(index[key], key=key, label=label, split=split))
         elif ytid in index:
-            items.append(SourceItem(index[ytid], key=key, start=start, duration=10.0, label=label, split=split or None))
+            items.append(SourceItem(index[ytid], key=key, start=start, duration=10.0, label=label, split=split))
         else:
             problems.append(Problem(str(video_dir / f"{key}.mp4"),
                                     f"missing file: neither {key}.* nor {ytid}.* in {video_dir}"))
@@ -137,6 +162,8 @@ def _from_music_json(source: Path, video_dir) -> tuple[list[SourceItem], list[Pr
     videos = data.get("videos") if isinstance(data, dict) else None
     if not isinstance(videos, dict):
         raise ClipsonicError(f"{source}: not a MUSIC JSON; expected {{\"videos\": {{label: [ytid, …]}}}}")
+    if not all(isinstance(ids, list) for ids in videos.values()):
+        raise ClipsonicError(f"{source}: not a MUSIC JSON; each label must map to a list of YouTube ids")
     items, problems = [], []
     for label in sorted(videos):
         for ytid in videos[label]:
@@ -151,8 +178,10 @@ def _from_music_json(source: Path, video_dir) -> tuple[list[SourceItem], list[Pr
 def _read_jsonl(source: Path) -> list[dict]:
     """A manifest's rows (a line that is not a JSON object becomes ``{"__bad__": where}``)."""
     try:
-        lines = source.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ClipsonicError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
         raise ClipsonicError(f"{source}: cannot read ({exc})") from None
     rows = []
     for line_no, line in enumerate(lines, 1):
@@ -177,11 +206,13 @@ def _from_manifest_rows(source: Path, rows: list[dict], video_dir) -> tuple[list
         path = Path(str(row["path"]).strip())
         path = path if path.is_absolute() else base / path
         try:
-            start = float(row["start"]) if str(row.get("start") or "").strip() else None
-            duration = float(row["duration"]) if str(row.get("duration") or "").strip() else None
+            start, duration = _seconds(row.get("start")), _seconds(row.get("duration"))
         except (TypeError, ValueError):
             problems.append(Problem(where, f"start/duration not numbers: {row.get('start')!r}, "
                                            f"{row.get('duration')!r}"))
+            continue
+        if (start or 0) < 0 or (duration is not None and duration <= 0):
+            problems.append(Problem(where, f"start must be >= 0 and duration > 0 seconds, got {start}, {duration}"))
             continue
         if not path.is_file():
             problems.append(Problem(str(path), "missing file"))
@@ -190,8 +221,19 @@ def _from_manifest_rows(source: Path, rows: list[dict], video_dir) -> tuple[list
         if start is not None:
             key += f"@{start:.3f}"
         label, split = ((str(row[k]).strip() or None) if row.get(k) is not None else None for k in ("label", "split"))
+        split = _plain_split(where, split)
         items.append(SourceItem(path, key=key, start=start, duration=duration, label=label, split=split))
     return items, problems
+
+
+def _seconds(value) -> float | None:
+    """A manifest's start/duration cell: None when empty; a ValueError unless a finite number."""
+    if not str(value if value is not None else "").strip():
+        return None
+    t = float(value)
+    if not math.isfinite(t):
+        raise ValueError(value)
+    return t
 
 
 def hash_split(key: str, test_fraction: float) -> str:

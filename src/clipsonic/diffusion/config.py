@@ -38,8 +38,9 @@ class DiffusionConfig(Config):
     guidance_formula: Literal["cfg", "cfg-plus-one"] = "cfg"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_timesteps, int) or self.num_timesteps < 2:
-            raise ValueError(f"num_timesteps must be an integer >= 2, got {self.num_timesteps!r}")
+        # above 100000 the schedule's arrays alone run to gigabytes: a typo, not a model
+        if not isinstance(self.num_timesteps, int) or not 2 <= self.num_timesteps <= 100_000:
+            raise ValueError(f"num_timesteps must be an integer in 2..100000, got {self.num_timesteps!r}")
         if not self.cosine_s > 0:
             raise ValueError(f"cosine_s must be > 0, got {self.cosine_s}")
         if not 0.0 <= self.p_uncond < 1.0:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Annotated, Literal
 
-from clipsonic.config import Config
+from clipsonic.config import Config, NonNegative, PositiveInt, Range, Seed
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE
 
 
@@ -16,14 +16,14 @@ class EvalConfig(Config):
     # Query modes to generate with; empty: every mode the model supports (pd needs a prior).
     modes: tuple[Literal["iq", "zs", "pd", "shift", "knn"], ...] = ()
     # The guidance scale w of the table (the paper's best FAD).
-    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    guidance_scale: NonNegative = DEFAULT_GUIDANCE_SCALE
     # Extra guidance scales for the sweep figure (the table's w is always included).
-    sweep: tuple[float, ...] = ()
+    sweep: tuple[NonNegative, ...] = ()
     # Sampling steps and sampler; None: the pipeline's defaults.
-    steps: int | None = None
+    steps: PositiveInt | None = None
     sampler: str | None = None
-    # How many test clips (spread evenly over the split); None: all.
-    num_clips: int | None = None
+    # How many test clips (spread evenly over the split); None: all. FAD needs two embeddings per set.
+    num_clips: Annotated[int, Range(2)] | None = None
     split: str = "test"
     # FAD backbone: "vggish" as the paper; "mel-stats" only checks plumbing.
     embedder: Literal["mel-stats", "vggish", "panns", "clap"] = "vggish"
@@ -31,7 +31,7 @@ class EvalConfig(Config):
     # LAION-CLAP checkpoint for the CLAP score; None: no CLAP column (unless embedder is "clap").
     clap_weights: str | None = None
     # Clip i is generated with seed + i, the same for every mode and w (common random numbers).
-    seed: int = 0
+    seed: Seed = 0
     # Text queries: the CLIP query of the text modes and the CLAP text, from the clip's label.
     # The paper does not state its templates; "{label}" uses the class name as is.
     text_template: str = "{label}"
@@ -40,17 +40,19 @@ class EvalConfig(Config):
     # of text_template (labels it lacks keep the template); the CLAP text stays clap_template.
     captions: str | None = None
     # Clips per pipeline call.
-    batch_size: int = 8
+    batch_size: PositiveInt = 8
     device: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("text_template", "clap_template"):
-            if "{label}" not in getattr(self, name):
-                raise ValueError(f"{name} {getattr(self, name)!r} must contain {{label}}")
-        if self.num_clips is not None and self.num_clips < 2:
-            raise ValueError("num_clips must be at least 2 (FAD needs two embeddings per set)")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+            template = getattr(self, name)
+            try:  # "{label} {x}" or a lone "{" would only fail once the text modes run
+                template.format(label="")
+            except (KeyError, IndexError, AttributeError, ValueError):
+                template = ""
+            if "{label}" not in template:
+                raise ValueError(f"{name} {getattr(self, name)!r} must contain {{label}} and no other {{…}} "
+                                 "(write {{ and }} for braces)")
 
     @property
     def guidance_scales(self) -> tuple[float, ...]:

@@ -18,7 +18,7 @@ from clipsonic.bridges import MODES, TEXT_MODES
 from clipsonic.data.dataset import read_dataset_info
 from clipsonic.embedders import AudioEmbedder, ClapEmbedder, load_embedder
 from clipsonic.errors import ClipsonicError
-from clipsonic.evaluate.cache import EmbeddingCache, open_set_dir
+from clipsonic.evaluate.cache import EmbeddingCache, open_set_dir, record_wavs, verified_wavs
 from clipsonic.evaluate.config import EvalConfig
 from clipsonic.evaluate.generator import PipelineGenerator
 from clipsonic.evaluate.relevance import describe_classifier, judge_files, unknown_label_note
@@ -32,6 +32,7 @@ from clipsonic.evaluate.testset import (
     text_query,
     uncaptioned_note,
 )
+from clipsonic.files import lock_folder
 from clipsonic.listening.make import write_manifest
 from clipsonic.media import save_audio
 from clipsonic.metrics import EmbeddingStats, clap_score, fad_from_stats
@@ -106,18 +107,21 @@ class _Run:
         non-finite audio is not written (``result.excluded``). The manifest's query: ``queries[i]``, else the label."""
         folder = self.out / "audio" / result.name
         open_set_dir(folder, settings)
-        todo = [i for i, c in enumerate(clips) if not (folder / f"{c.key}.wav").is_file()]
+        cached = verified_wavs(folder)
+        todo = [i for i, c in enumerate(clips) if f"{c.key}.wav" not in cached]
         self.tick(result.name, len(clips) - len(todo))
         gains = []
         for start in range(0, len(todo), self.config.batch_size):
-            batch = todo[start:start + self.config.batch_size]
+            batch, written = todo[start:start + self.config.batch_size], []
             for i, wav in zip(batch, make(batch), strict=True):
                 path, wav = folder / f"{clips[i].key}.wav", np.asarray(wav, dtype=np.float32)
                 if np.all(np.isfinite(wav)):
                     gains.append(save_audio(path, wav, self.gen.sample_rate, warn=False))
+                    written.append(path)
                 else:
                     log.warning("%s is NaN/inf; left out of the evaluation", path)
                     result.excluded.append(path.stem)
+            record_wavs(folder, written)
             self.tick(result.name, len(batch))
         limited = [g for g in gains if g > 0]
         if limited:  # one line per set, not one per file
@@ -183,8 +187,14 @@ def run_evaluation(model_dir: str | os.PathLike, data_dir: str | os.PathLike, ou
                    config: EvalConfig | None = None, *, generator: PipelineGenerator | None = None,
                    classifier: Any = None, progress: Progress | None = None) -> Evaluation:
     """Evaluate ``model_dir`` on ``data_dir``'s test split into ``out_dir``; ``classifier`` (see
-    :mod:`clipsonic.evaluate.relevance`) adds the relevance column."""
-    config = config or EvalConfig()
+    :mod:`clipsonic.evaluate.relevance`) adds the relevance column. ``out_dir`` is locked while it runs."""
+    with lock_folder(out_dir, "evaluate"):
+        return _evaluate(Path(model_dir), Path(data_dir), Path(out_dir), config or EvalConfig(), generator,
+                         classifier, progress)
+
+
+def _evaluate(model_dir: Path, data_dir: Path, out: Path, config: EvalConfig, generator: PipelineGenerator | None,
+              classifier: Any, progress: Progress | None) -> Evaluation:
     notes: list[str] = []
     # 1. Inputs (a bad captions file is refused before any work)
     captions = load_captions(config.captions) if config.captions else None
@@ -207,7 +217,6 @@ def run_evaluation(model_dir: str | os.PathLike, data_dir: str | os.PathLike, ou
     fad_embedder, clap_embedder = _embedders(config)
     if not fad_embedder.comparable:
         notes.append(f"FAD uses {fad_embedder.name}: a plumbing/sanity metric, NOT comparable with published FADs")
-    out = Path(out_dir)
     data = {"dataset": str(info.root), "split": config.split,
             "dataset_json": hashlib.sha256((info.root / "dataset.json").read_bytes()).hexdigest()[:16]}
     run = _Run(out, config, gen, clips, data, EmbeddingCache(out / "embeddings", fad_embedder),

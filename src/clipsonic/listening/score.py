@@ -19,7 +19,7 @@ import numpy as np
 from scipy import stats
 
 from clipsonic.errors import ClipsonicError
-from clipsonic.files import write_bytes_atomic, write_json_atomic
+from clipsonic.files import lock_folder, write_bytes_atomic, write_json_atomic
 from clipsonic.listening.make import CRITERIA, CSV_COLUMNS, read_key
 
 
@@ -51,15 +51,25 @@ def read_answers(path: str | os.PathLike, test_id: str) -> list[dict[str, str]]:
     """Rows of one answers CSV, checked: expected columns, this test's id, ratings 1–5 or blank."""
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet may add a BOM
             rows = list(csv.DictReader(fh))
     except FileNotFoundError:
         raise ClipsonicError(f"{path} not found") from None
+    except IsADirectoryError:
+        raise ClipsonicError(f"{path} is a folder; pass the answers CSV files listeners downloaded") from None
+    except UnicodeDecodeError as exc:
+        raise ClipsonicError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); pass the answers CSV "
+                             "as the page downloaded it") from None
+    except csv.Error as exc:
+        raise ClipsonicError(f"{path} is not a CSV file ({exc})") from None
     if not rows:
         raise ClipsonicError(f"{path} holds no answers")
     missing = [c for c in CSV_COLUMNS if c not in rows[0]]
     if missing:
         raise ClipsonicError(f"{path} is not a listening-test answers CSV (missing columns {missing})")
+    for number, row in enumerate(rows, 2):
+        if any(row[c] is None for c in CSV_COLUMNS):  # csv.DictReader fills the fields of a short row with None
+            raise ClipsonicError(f"{path}:{number}: the row has fewer fields than the header; the file is cut short")
     foreign = {r["test_id"] for r in rows} - {test_id}
     if foreign:
         raise ClipsonicError(f"{path} holds answers to test {', '.join(sorted(foreign))}, not to test {test_id}: "
@@ -108,7 +118,11 @@ def format_table(results: Sequence[MosResult]) -> str:
 
 def write_results(results: Sequence[MosResult], out: str | os.PathLike, test_id: str) -> tuple[Path, Path]:
     """``mos.md`` (the table) and ``mos.json`` (every number) under ``out``."""
-    out = Path(out)
+    with lock_folder(out, "listening-test score"):
+        return _write_results(results, Path(out), test_id)
+
+
+def _write_results(results: Sequence[MosResult], out: Path, test_id: str) -> tuple[Path, Path]:
     table = f"MOS ± 95% CI (Student t), listening test {test_id}\n\n{format_table(results)}"
     write_bytes_atomic(out / "mos.md", table.encode())
     write_json_atomic(out / "mos.json", {

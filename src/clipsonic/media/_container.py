@@ -53,9 +53,14 @@ def _open(path: Path) -> Any:
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: empty file (0 bytes)")
     try:
-        return av.open(str(path), "r", metadata_errors="ignore")
+        container = av.open(str(path), "r", metadata_errors="ignore")
     except _AV_ERRORS as exc:
         raise MediaError(f"{path}: not a readable media file ({_reason(exc)})") from exc
+    name = container.format.name
+    if name == "image2" or name.endswith("_pipe"):  # FFmpeg's still-image demuxers (png_pipe, jpeg_pipe, …)
+        container.close()
+        raise MediaError(f"{path}: a still image ({name.removesuffix('_pipe')}), not a video or sound file")
+    return container
 
 
 def _best_stream(container: Any, kind: str) -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -32,6 +32,7 @@ from clipsonic.models.layers import (
     timestep_embedding,
     zero_module,
 )
+from clipsonic.models.weights import load_checked
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ class MelUNetConfig(Config):
         sizes = (levels, self.in_channels, self.cond_dim, self.base_channels, self.num_res_blocks, self.norm_groups, self.patch_size, *self.channel_mult)
         if min(sizes) < 1:
             raise ConfigError(f"MelUNetConfig: channel counts, channel_mult, num_res_blocks and patch_size must be positive: {self}")
+        if levels > 8 or self.num_res_blocks > 32:  # a mel has 64 bins; more blocks than this is a typo, not a model
+            raise ConfigError(f"MelUNetConfig: at most 8 levels (channel_mult entries) and 32 num_res_blocks, got "
+                              f"{levels} and {self.num_res_blocks}")
         bad_levels = [i for i in self.attention_levels if not 0 <= i < levels]
         if bad_levels:
             raise ConfigError(f"MelUNetConfig: attention_levels {bad_levels} outside 0..{levels - 1} (one per channel_mult entry)")
@@ -186,7 +190,8 @@ class MelUNet(nn.Module):
         self.norm_out = nn.GroupNorm(c.norm_groups, ch)
         # Zero-init (improved-diffusion): the untrained network outputs exactly 0.
         self.conv_out = zero_module(nn.Conv2d(ch, c.out_channels * c.patch_size**2, 3, padding=1))
-        log.info("MelUNet: %.2fM parameters", self.num_parameters() / 1e6)
+        if not self.conv_out.weight.is_meta:  # the shape check of from_pretrained builds one on the meta device
+            log.info("MelUNet: %.2fM parameters", self.num_parameters() / 1e6)
 
     def forward(
         self,
@@ -277,16 +282,5 @@ class MelUNet(nn.Module):
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise ClipsonicError(f"{directory}: no {path.name}; expected a folder written by MelUNet.save_pretrained")
-        model = cls(MelUNetConfig.load(config_path))
-        state = load_file(str(weights_path))  # safetensors: tensors only, nothing executed
-        missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
-        if missing or unexpected:
-            raise ClipsonicError(
-                f"{weights_path}: weights do not fit {config_path.name} (missing {sorted(missing)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]}); the two files come from different models"
-            )
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:  # shape mismatch
-            raise ClipsonicError(f"{weights_path}: weights do not fit {config_path.name}: {exc}") from None
-        return model.to(device)
+        config = MelUNetConfig.load(config_path)
+        return load_checked(lambda: cls(config), weights_path, config_path, "UNet").to(device)

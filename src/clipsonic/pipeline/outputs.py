@@ -42,13 +42,34 @@ def check_target(target: str | os.PathLike, rows: int, query_kind: str) -> Path:
         raise ClipsonicError(f"{rows} clips to write but -o {target} is one file; give a directory")
     if kind == "video" and query_kind != "video":
         raise ClipsonicError(f"-o {target} is a video file, but the query is {query_kind}, not a video; use .wav or a directory")
-    folder = target if kind == "dir" else target.parent
+    if kind == "dir":
+        check_writable(target)
+    else:
+        check_output_file(target, (*AUDIO_SUFFIXES, *CONTAINERS), "an audio or video file")
+    return target
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse (one line) a folder that cannot be created or written: its nearest existing ancestor must be a
+    writable directory (a file there, e.g. ``-o notes.txt/out``, is refused before any slow work)."""
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ClipsonicError(f"cannot write to {folder}: {existing} is not a writable directory")
-    if target.exists() and kind != "dir" and not os.access(target, os.W_OK):
-        raise ClipsonicError(f"cannot overwrite {target}: not writable")
-    return target
+
+
+def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], what: str) -> Path:
+    """``Path(path)`` for a file a command will write (an existing one is replaced whole), after refusing an
+    unknown suffix (the message lists ``suffixes``), a directory in its place or a folder that cannot be written."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise ClipsonicError(f"{path}: cannot write {path.suffix or 'suffix-less'!r} files; give {what} "
+                             f"({', '.join(suffixes)})")
+    if path.is_dir():
+        raise ClipsonicError(f"{path} is a directory; give a file name ({', '.join(suffixes)})")
+    check_writable(path.parent)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ClipsonicError(f"cannot overwrite {path}: not writable")
+    return path
 
 
 def _save_rows(output, target: Path, videos: list[str | os.PathLike] | None, save_mel: bool,

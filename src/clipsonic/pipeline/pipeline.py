@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -228,12 +229,12 @@ class CLIPSonicPipeline:
         query = queries.parse_query(text, image, video, image_embeds)
         mode = self._check_mode(query.kind, mode)
         for name, w in (("guidance_scale", guidance_scale), ("prior_guidance_scale", prior_guidance_scale or 0)):
-            if isinstance(w, bool) or not isinstance(w, int | float) or not w >= 0:
-                raise ClipsonicError(f"{name} must be a number >= 0, got {w!r}")
+            if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w < math.inf:
+                raise ClipsonicError(f"{name} must be a finite number >= 0, got {w!r}")
         queries.check_positive_int("num_inference_steps", num_inference_steps, self.diffusion.num_timesteps)
         if sampler not in SAMPLERS:
             raise ClipsonicError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
-        queries.check_positive_int("num_samples", num_samples)
+        queries.check_positive_int("num_samples", num_samples, queries.MAX_ROWS)
         if negative_text is not None and not (isinstance(negative_text, str) and negative_text.strip()):
             raise ClipsonicError("negative_text must be a non-empty string")
         if prior_steps is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ DEFAULT_VIDEO_FRAMES = 8
 # clips work, but its coarsest level attends over all frames (memory grows with the square of the
 # length) and quality drifts away from the training length; 60 s keeps one sample under ~1 GB.
 MAX_SECONDS = 60.0
+# The most outputs (queries × num_samples) one call draws, and frames averaged per video: far beyond any real use,
+# low enough that a typo (num_samples=10**9) is one line instead of an out-of-memory crash.
+MAX_ROWS, MAX_VIDEO_FRAMES = 4096, 1024
+SEED_RANGE = range(0, 2**63)  # what torch.manual_seed and numpy both take (clipsonic.config.Seed)
 
 
 @dataclasses.dataclass
@@ -76,10 +81,14 @@ def load_image(item: Any) -> Any:
     if not isinstance(item, str | os.PathLike):
         return item
     try:
-        with Image.open(item) as im:
-            return im.convert("RGB")
+        with warnings.catch_warnings():  # PIL only warns between MAX_IMAGE_PIXELS and twice that: refuse both
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(item) as im:
+                return im.convert("RGB")
     except FileNotFoundError:
         raise ClipsonicError(f"{item}: no such image file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ClipsonicError(f"{item}: refused as a possible decompression bomb ({exc}); use a smaller picture") from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ClipsonicError(f"{item}: not a readable image ({exc})") from None
 
@@ -98,7 +107,7 @@ def encode_query(query: Query, encoder, *, pooling: str = "mean", num_frames: in
         return encoder.encode_images([load_image(item) for item in query.items]), None
     if pooling not in VIDEO_POOLING:
         raise ClipsonicError(f"video frames: choose one of {list(VIDEO_POOLING)}, got {pooling!r}")
-    check_positive_int("num_frames", num_frames)
+    check_positive_int("num_frames", num_frames, MAX_VIDEO_FRAMES)
     rows, durations = [], []
     for path in query.items:
         info = probe(path)  # MediaError (a ClipsonicError) for missing / unreadable files
@@ -154,6 +163,8 @@ def expand_seeds(seed: int | Sequence[int] | None, generator: Any, batch: int) -
         seeds = [seed + i for i in range(batch)]
     else:
         raise ClipsonicError(f"seed must be an integer or a list of integers, got {seed!r}")
+    if bad := [s for s in seeds if s not in SEED_RANGE]:
+        raise ClipsonicError(f"seed {bad[0]} is outside 0..2**63-1 (output i uses seed + i); choose a smaller seed")
     return [torch.Generator().manual_seed(s) for s in seeds], seeds
 
 

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from clipsonic.diffusion.rng import randn_per_row
 from clipsonic.encoders import ClipModelRef
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import read_json
+from clipsonic.models.weights import check_shared_shapes
 from clipsonic.prior.base import CONFIG_NAME, TYPES, Prior
 
 KARLO_CLIP = "openai/clip-vit-large-patch14"  # the text encoder Karlo's prior was trained with
@@ -94,7 +96,7 @@ def load_karlo(path: Path, config: dict[str, Any] | None = None, clip_model: str
                                            (path, path.parent / "prior_scheduler"),
                                            (path / "transformer", path / "scheduler")):
         marker = transformer_dir / CONFIG_NAME
-        if marker.is_file() and read_json(marker).get("_class_name") == "PriorTransformer":
+        if marker.is_file() and _class_name(marker) == "PriorTransformer":
             scheduler_file = scheduler_dir / SCHEDULER_FILE
             break
     else:
@@ -104,14 +106,19 @@ def load_karlo(path: Path, config: dict[str, Any] | None = None, clip_model: str
                              "karlo-v1-alpha); train one with `clipsonic train-prior` or point at a Karlo download")
     from diffusers import PriorTransformer, UnCLIPScheduler
 
-    if not any(transformer_dir.glob("*.safetensors")):
+    if not (weights := sorted(transformer_dir.glob("*.safetensors"))):
         raise ClipsonicError(f"{transformer_dir}: no safetensors weights (pickled .bin files are not loaded); "
                              "download the .safetensors file of the prior")
     try:
+        check_shared_shapes(lambda: PriorTransformer.from_config(PriorTransformer.load_config(str(transformer_dir))),
+                            weights, "PriorTransformer")
         transformer = PriorTransformer.from_pretrained(str(transformer_dir), use_safetensors=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as exc:
         raise ClipsonicError(f"{transformer_dir}: cannot load the PriorTransformer ({exc})") from None
-    scheduler = UnCLIPScheduler.from_config(read_json(scheduler_file) if scheduler_file.is_file() else KARLO_SCHEDULER)
+    settings = read_json(scheduler_file, "scheduler config") if scheduler_file.is_file() else KARLO_SCHEDULER
+    if not isinstance(settings, dict):
+        raise ClipsonicError(f"{scheduler_file}: not a scheduler config (a JSON object)")
+    scheduler = UnCLIPScheduler.from_config(settings)
     config = config or {}
     dim = int(transformer.config.clip_embed_dim or transformer.config.embedding_dim)
     clip = (ClipModelRef.from_dict(config["clip_model"], f"{path / CONFIG_NAME}:clip_model") if "clip_model" in config
@@ -121,3 +128,8 @@ def load_karlo(path: Path, config: dict[str, Any] | None = None, clip_model: str
                              f"is {clip.dim}-d")
     return KarloPrior(transformer, scheduler, clip, steps=int(config.get("steps", KARLO_STEPS)),
                       guidance_scale=float(config.get("guidance_scale", KARLO_GUIDANCE)))
+
+
+def _class_name(config: Path) -> object:
+    data = read_json(config, CONFIG_NAME)
+    return data.get("_class_name") if isinstance(data, dict) else None

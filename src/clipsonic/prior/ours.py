@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from clipsonic.config import Config, ConfigError
@@ -26,6 +26,7 @@ from clipsonic.diffusion.rng import randn_per_row
 from clipsonic.encoders import ClipModelRef
 from clipsonic.errors import ClipsonicError
 from clipsonic.models.layers import timestep_embedding
+from clipsonic.models.weights import load_checked
 from clipsonic.prior.base import CONFIG_NAME, Prior
 
 WEIGHTS_NAME = "prior.safetensors"
@@ -46,6 +47,8 @@ class PriorNetConfig(Config):
         for name in ("embed_dim", "width", "depth", "num_heads"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"PriorNetConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.depth > 64:  # DALL-E 2's prior has 24 layers; more is a typo, and each one is built before loading
+            raise ConfigError(f"PriorNetConfig.depth must be at most 64, got {self.depth}")
         if self.width % self.num_heads:
             raise ConfigError(f"PriorNetConfig: width {self.width} is not divisible by num_heads {self.num_heads}")
         if not 0.0 <= self.dropout < 1.0:
@@ -175,10 +178,6 @@ class DiffusionPrior(Prior):
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise ClipsonicError(f"{directory}: no {WEIGHTS_NAME}; the prior directory is incomplete")
-        net = PriorNet(config.network)
-        try:
-            net.load_state_dict(load_file(str(weights)))
-        except RuntimeError as exc:
-            raise ClipsonicError(f"{weights}: weights do not fit {source} ({str(exc).splitlines()[0]})") from None
+        net = load_checked(lambda: PriorNet(config.network), weights, source, "prior")
         clip = ClipModelRef.from_dict(data.get("clip_model") or {}, f"{source}:clip_model")
         return cls(net, config, clip, training=data.get("training"))

@@ -18,7 +18,7 @@ import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from clipsonic.bridges import modality_shift
-from clipsonic.config import Config, ConfigError
+from clipsonic.config import Config, NonNegative, NonNegativeInt, Positive, PositiveInt, Range
 from clipsonic.data.dataset import read_dataset_info
 from clipsonic.data.loader import iter_split
 from clipsonic.diffusion import GaussianDiffusion
@@ -77,11 +77,15 @@ class PairSet:
 
     @classmethod
     def load(cls, path: Path) -> PairSet:
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata()
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        return cls(captions=json.loads(meta["captions"]), clip=ClipModelRef.from_dict(json.loads(meta["clip"])),
-                   source=meta["source"], **tensors)
+        try:
+            with safe_open(str(path), "pt") as fh:
+                meta = fh.metadata()
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            return cls(captions=json.loads(meta["captions"]), clip=ClipModelRef.from_dict(json.loads(meta["clip"])),
+                       source=meta["source"], **tensors)
+        except Exception as exc:  # SafetensorError, missing metadata, wrong tensors: a damaged cache
+            raise ClipsonicError(f"{path}: unreadable embedded pairs ({type(exc).__name__}: {exc}); delete it to "
+                                 "embed the pairs again") from None
 
 
 def collect_pairs(source: str | os.PathLike, load_encoder: Callable[[str | None], object], *,
@@ -197,34 +201,31 @@ def _embed_images(items: list[tuple[Path, list[str]]], encoder, source: str, bat
                    clip=ClipModelRef(encoder.name, encoder.dim, encoder.fingerprint), source=str(source))
 
 
+UnitInterval = Annotated[float, Range(0, 1, high_open=True)]  # [0, 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class PriorTrainConfig(LoopConfig):
     """The prior's ``train`` section (defaults sized for a preprocessed dataset on one GPU or a CPU)."""
 
     RESUMABLE: ClassVar[tuple[str, ...]] = LoopConfig.RESUMABLE + ("val_pairs",)
 
-    max_steps: int = 20_000
-    lr: float = 3e-4
-    warmup_steps: int = 100
-    save_every: int = 2000
-    keep_last: int = 2
-    log_every: int = 100
+    max_steps: PositiveInt = 20_000
+    lr: Positive = 3e-4
+    warmup_steps: NonNegativeInt = 100
+    save_every: PositiveInt = 2000
+    keep_last: PositiveInt = 2
+    log_every: PositiveInt = 100
     preset: Literal["tiny", "small", "base"] = "small"  # PriorNet size
-    batch_size: int = 256  # pairs per step, over all processes
-    weight_decay: float = 0.05  # DALL-E 2's prior used 6e-2
-    ema: float = 0.999  # EMA decay of the exported weights, warmed up as the UNet's
-    p_uncond: float = 0.1  # probability of dropping the text, for guidance (DALL-E 2: 10 %)
-    val_fraction: float = 0.1  # of clips/images held out
-    val_pairs: int = 256  # validation pairs sampled per evaluation (fixed seeds)
+    batch_size: PositiveInt = 256  # pairs per step, over all processes
+    weight_decay: NonNegative = 0.05  # DALL-E 2's prior used 6e-2
+    ema: UnitInterval = 0.999  # EMA decay of the exported weights, warmed up as the UNet's
+    p_uncond: UnitInterval = 0.1  # probability of dropping the text, for guidance (DALL-E 2: 10 %)
+    val_fraction: UnitInterval = 0.1  # of clips/images held out
+    val_pairs: PositiveInt = 256  # validation pairs sampled per evaluation (fixed seeds)
     templates: tuple[str, ...] = DEFAULT_TEMPLATES  # caption templates with {label}, for a dataset's labels
-    sample_steps: int = 64  # the exported prior's default sampling chain
-    guidance_scale: float = 1.0  # the exported prior's default guidance
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_ints(positive=("batch_size", "val_pairs", "sample_steps"))
-        if self.weight_decay < 0 or not all(0 <= v < 1 for v in (self.ema, self.p_uncond, self.val_fraction)):
-            raise ConfigError("need weight_decay >= 0 and ema, p_uncond and val_fraction in [0, 1)")
+    sample_steps: PositiveInt = 64  # the exported prior's default sampling chain
+    guidance_scale: NonNegative = 1.0  # the exported prior's default guidance
 
     def prior_config(self, dim: int) -> PriorConfig:
         return PriorConfig(network=prior_preset(self.preset, dim),
@@ -336,7 +337,7 @@ class PriorTask(Task):
 
 
 def train_prior(source: str | os.PathLike, run_dir: str | os.PathLike,
-                overrides: dict[str, dict[str, Any]] | None = None, *, resume: bool = False,
+                overrides: dict[str, dict[str, Any]] | None = None, *, resume: bool = False, restart: bool = False,
                 clip_model: str | None = None, cpu: bool = False,
                 load_encoder: Callable[[str | None], Any] | None = None, progress: Progress | None = None) -> Path:
     """Train (or resume) a prior on the pairs of ``source``; returns ``run_dir`` (the prior in RUN/prior).
@@ -344,4 +345,4 @@ def train_prior(source: str | os.PathLike, run_dir: str | os.PathLike,
     ``overrides``: ``{"train": {...}}`` (PriorTrainConfig fields); ``clip_model`` embeds a CSV or a folder (a
     dataset's own CLIP by default); ``load_encoder(name)`` defaults to :func:`load_clip`."""
     return fit(PriorTask, run_dir, overrides, data={"source": str(Path(source).resolve())}, resume=resume,
-               progress=progress, cpu=cpu, source=source, clip_model=clip_model, load_encoder=load_encoder)
+               restart=restart, progress=progress, cpu=cpu, source=source, clip_model=clip_model, load_encoder=load_encoder)

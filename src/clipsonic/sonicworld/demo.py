@@ -30,7 +30,7 @@ from clipsonic.encoders import load_clip
 from clipsonic.errors import ClipsonicError
 from clipsonic.evaluate import EvalConfig, Evaluation, run_evaluation
 from clipsonic.export import attach_clip
-from clipsonic.files import read_versioned_json, write_bytes_atomic, write_json_atomic
+from clipsonic.files import lock_folder, read_versioned_json, write_bytes_atomic, write_json_atomic
 from clipsonic.media import save_audio
 from clipsonic.pipeline import CLIPSonicPipeline
 from clipsonic.plotting import save_mel_image
@@ -148,7 +148,13 @@ class _Clock:
 
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *, fast: bool = False,
              progress: Callable[[DemoProgress], None] | None = None) -> dict[str, Any]:
-    """Run every step into ``out_dir``; returns the metrics also written to ``out_dir/metrics.json``."""
+    """Run every step into ``out_dir`` (locked meanwhile); returns the metrics also written to ``out_dir/metrics.json``."""
+    with lock_folder(out_dir, "demo"):
+        return _run_demo(out_dir, config, fast, progress)
+
+
+def _run_demo(out_dir: str | os.PathLike, config: DemoConfig | None, fast: bool,
+              progress: Callable[[DemoProgress], None] | None) -> dict[str, Any]:
     config = config or demo_config(fast)
     out = Path(out_dir)
     if (out / "metrics.json").is_file():

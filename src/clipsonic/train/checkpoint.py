@@ -7,7 +7,8 @@
                               "modules", "optimizers" (param groups, scalars), "files" (name → size), "extra"}
 
 Written into ``.tmp-step-NNNNNNN`` (deleted by the next start if a save is killed) and renamed when
-complete, state.json last. A corrupt checkpoint is skipped with a warning for the previous one.
+complete, state.json last. A checkpoint is verified before use (sizes, headers, finite tensors); a corrupt one
+is skipped with a warning for the previous one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import nn
 
 from clipsonic import __version__
 from clipsonic.errors import ClipsonicError
-from clipsonic.files import fsync_dir, fsync_tree, read_json, write_json_atomic
+from clipsonic.files import fsync_dir, fsync_tree, inside, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,15 @@ class Checkpoint:
                 generators: dict[str, torch.Generator], scaler: torch.amp.GradScaler | None) -> int:
         """Load the weights, optimizer states, fp16 scaler and this process's RNG states saved by
         :func:`save_checkpoint` into a task's (prepared) ones; returns the step."""
-        for name, module in modules.items():
-            module.load_state_dict(self.module(name))
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(self.optimizer(name))
+        try:
+            for name, module in modules.items():
+                module.load_state_dict(self.module(name))
+            for name, optimizer in optimizers.items():
+                optimizer.load_state_dict(self.optimizer(name))
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:  # load_state_dict's are several lines
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ClipsonicError(f"{self.path} does not fit this run's networks ({first}); move it aside to resume "
+                                 "from the one before, or pass --restart to start over") from None
         if self.state["extra"].get("scaler") and scaler is not None:
             scaler.load_state_dict(self.state["extra"]["scaler"])
         if self.rng is not None:
@@ -175,21 +181,49 @@ def _problem(path: Path) -> str | None:
         state = read_json(path / "state.json", "checkpoint state")
     except ClipsonicError as exc:
         return str(exc)
+    if not isinstance(state, dict):
+        return f"{path / 'state.json'}: not a JSON object"
     if state.get("format") != FORMAT or state.get("version") != VERSION:
         what = f"{state['format']} version {state.get('version')}" if "format" in state else "an unversioned checkpoint"
         raise ClipsonicError(f"{path} is {what}, written before clipsonic's shared training harness; this clipsonic "
                              f"reads {FORMAT} version {VERSION}: export it with the clipsonic that wrote it, or start "
                              "a new run")
+    fields = {"step": int, "world_size": int, "modules": list, "optimizers": dict, "files": dict, "extra": dict}
+    if wrong := [key for key, kind in fields.items() if not isinstance(state.get(key), kind)]:
+        return f"{path / 'state.json'}: missing or malformed {', '.join(wrong)}"
+    if state["step"] != int(NAME.match(path.name)[1]):
+        return f"{path / 'state.json'}: records step {state['step']}, not the folder's"
     for name, size in state["files"].items():
-        file = path / name
+        try:
+            file = inside(path, name, "checkpoint file")
+        except ClipsonicError as exc:
+            return str(exc)
         if not file.is_file() or file.stat().st_size != size:
             return f"{file}: missing or truncated (expected {size} bytes)"
         try:
-            with safe_open(str(file), "pt"):
-                pass
+            with safe_open(str(file), "pt") as fh:
+                # a NaN/inf weight or moment would poison every later step: verify before use
+                bad = next((k for k in fh.keys() if not _finite(fh.get_tensor(k))), None)
         except Exception as exc:  # safetensors raises its own SafetensorError
             return f"{file}: unreadable ({exc})"
+        if bad is not None:
+            return f"{file}: tensor {bad!r} holds NaN or infinite values"
     return None
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
+
+
+def _open(path: Path, rank: int) -> Checkpoint:
+    """A verified checkpoint with process ``rank``'s RNG (None if it had fewer processes) and data position."""
+    own = path / f"rank-{rank:05d}.safetensors"
+    with safe_open(str(own if own.is_file() else path / "rank-00000.safetensors"), "pt") as fh:
+        position = json.loads((fh.metadata() or {})["position"])
+        rng = {k: fh.get_tensor(k) for k in fh.keys()} if own.is_file() else None
+    if not isinstance(position, dict):
+        raise ValueError("its data position is not a JSON object")
+    return Checkpoint(path, read_json(path / "state.json"), rank, rng, position)
 
 
 def find_checkpoint(run_dir: Path, step: int | None = None, rank: int = 0) -> Checkpoint | None:
@@ -202,11 +236,10 @@ def find_checkpoint(run_dir: Path, step: int | None = None, rank: int = 0) -> Ch
     for i, (_, path) in enumerate(found):
         problem = _problem(path)
         if problem is None:
-            own = path / f"rank-{rank:05d}.safetensors"
-            with safe_open(str(own if own.is_file() else path / "rank-00000.safetensors"), "pt") as fh:
-                position = json.loads(fh.metadata()["position"])
-                rng = {k: fh.get_tensor(k) for k in fh.keys()} if own.is_file() else None
-            return Checkpoint(path, read_json(path / "state.json"), rank, rng, position)
+            try:
+                return _open(path, rank)
+            except Exception as exc:  # no rank file, no or bad "position" metadata (SafetensorError, KeyError, …)
+                problem = f"{path}: unreadable process state ({type(exc).__name__}: {exc})"
         if step is not None:
             raise ClipsonicError(problem)
         fallback = f"falling back to {found[i + 1][1].name}" if i + 1 < len(found) else "no older checkpoint left"

@@ -7,16 +7,15 @@ entry point calling :func:`fit`, a line in :data:`TASKS`. The map: docs/architec
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-import datetime
-import importlib
-import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -24,20 +23,36 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from clipsonic import __version__
-from clipsonic.config import Config, ConfigError
+from clipsonic.config import Config, NonNegative, NonNegativeInt, Positive, PositiveInt, Seed
 from clipsonic.errors import ClipsonicError
-from clipsonic.files import read_json, write_json_atomic
-from clipsonic.train.checkpoint import Checkpoint, find_checkpoint, remove_stale_temporaries, save_checkpoint
+from clipsonic.files import lock_folder
+from clipsonic.train.checkpoint import (
+    Checkpoint,
+    find_checkpoint,
+    list_checkpoints,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from clipsonic.train.logs import MetricsLog, write_weight_hash
+from clipsonic.train.run_dir import (
+    COMMANDS,
+    CONFIG_NAME,
+    EXPORTS,
+    RUN_CONTENTS,
+    Run,
+    check_sections,
+    config_path,
+    config_sections,
+    difference,
+    discard_run,
+    read_run,
+    remove,
+    resume_config,
+    task_class,
+    write_run,
+)
 
 log = logging.getLogger(__name__)
-
-RUN_FORMAT, RUN_VERSION = "clipsonic-run", 2
-CONFIG_NAME = "config.json"
-# The class of each task, imported by export_run: prior/ and vocoder/ import train/, so not the reverse.
-TASKS = {"unet": "clipsonic.train.unet:UNetTask", "prior": "clipsonic.prior.train:PriorTask",
-         "vocoder": "clipsonic.vocoder.task:VocoderTask"}
 
 Progress = Callable[[int, int, "dict[str, float] | None"], None]  # (step, max_steps, the logged record or None)
 
@@ -50,30 +65,17 @@ class LoopConfig(Config):
     RESUMABLE: ClassVar[tuple[str, ...]] = ("max_steps", "save_every", "keep_last", "log_every", "val_every",
                                             "export_at_end")
 
-    max_steps: int = 10_000
-    lr: float = 1e-4
-    warmup_steps: int = 0  # linear lr warm-up from 0
-    grad_clip: float = 1.0  # max global grad norm per optimizer (0: off)
+    max_steps: PositiveInt = 10_000
+    lr: Positive = 1e-4
+    warmup_steps: NonNegativeInt = 0  # linear lr warm-up from 0
+    grad_clip: NonNegative = 1.0  # max global grad norm per optimizer (0: off)
     precision: Literal["no", "bf16", "fp16"] = "no"  # accelerate mixed precision
-    seed: int = 0
-    save_every: int = 5000  # checkpoint every N steps (and at the end)
-    keep_last: int = 3  # checkpoints kept on disk
-    log_every: int = 50  # scalars averaged over N steps → metrics.jsonl + TensorBoard
-    val_every: int = 1000  # validation every N steps and at the end (0: only at the end)
+    seed: Seed = 0
+    save_every: PositiveInt = 5000  # checkpoint every N steps (and at the end)
+    keep_last: PositiveInt = 3  # checkpoints kept on disk
+    log_every: PositiveInt = 50  # scalars averaged over N steps → metrics.jsonl + TensorBoard
+    val_every: NonNegativeInt = 1000  # validation every N steps and at the end (0: only at the end)
     export_at_end: bool = True  # write the export folder when max_steps is reached
-
-    def __post_init__(self) -> None:
-        self.check_ints(positive=("max_steps", "save_every", "keep_last", "log_every"),
-                        non_negative=("warmup_steps", "val_every"))
-        if not self.lr > 0 or self.grad_clip < 0:
-            raise ConfigError(f"lr must be > 0 and grad_clip >= 0, got lr={self.lr}, grad_clip={self.grad_clip}")
-
-    def check_ints(self, positive: Sequence[str] = (), non_negative: Sequence[str] = ()) -> None:
-        for names, low in ((positive, 1), (non_negative, 0)):
-            for name in names:
-                value = getattr(self, name)
-                if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                    raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
 
     def lr_at(self, step: int) -> float:
         """Learning rate of step ``step`` (0-based): linear warm-up, then constant."""
@@ -98,19 +100,6 @@ class EMA:
         torch._foreach_lerp_(ema_params, params, 1.0 - decay)
         for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
             e.copy_(b)
-
-
-@dataclasses.dataclass
-class Run:
-    """A run directory as the loop and the tasks see it (``accelerator`` is None when exporting)."""
-
-    dir: Path
-    task: str
-    config: Any  # the task's config_class: every section, ``config.train`` a LoopConfig
-    data: dict[str, Any]  # what the run trains on (JSON); a task may add to it in __init__
-    accelerator: Any = None
-    logs: MetricsLog | None = None
-    created: str | None = None
 
 
 class Task:
@@ -138,7 +127,7 @@ class Task:
         """On resume: refuse ``data`` that differs from what the run was trained on (``saved``)."""
         for key, value in data.items():
             if saved.get(key) != value:
-                raise ClipsonicError(f"{run_dir} was trained on {key}={saved.get(key)!r}, not {value!r}; "
+                raise ClipsonicError(f"{run_dir} was trained on {difference(key, saved.get(key), value)}; "
                                      "resume with the same data or start a new run")
 
     def prepare_with_ema(self, net: nn.Module, decay: float, weight_decay: float, warmup: bool = True) -> None:
@@ -231,117 +220,94 @@ class Task:
         return norm
 
 
-# --- config files and the run record --------------------------------------------------------------
-
-def config_sections(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The config sections of a ``--config`` object (a run's config.json less its record keys)."""
-    return {k: v for k, v in data.items() if k not in ("format", "version", "task", "created", "clipsonic_version",
-                                                       "data")}
-
-
-def read_run(run_dir: str | os.PathLike) -> Run:
-    """The run in ``run_dir`` (its config.json); one line naming the version of a run written before version 2."""
-    run_dir = Path(run_dir)
-    path = _config_path(run_dir)
-    if path is None:
-        raise ClipsonicError(f"{run_dir} is not a clipsonic run directory (no {CONFIG_NAME})")
-    record = read_json(path, "run config")
-    if not isinstance(record, dict) or (record.get("format"), record.get("version")) != (RUN_FORMAT, RUN_VERSION):
-        version = record.get("version", 1) if isinstance(record, dict) else "?"
-        raise ClipsonicError(f"{run_dir} is a run of {RUN_FORMAT} version {version} (written before the shared "
-                             f"training loop); this clipsonic reads version {RUN_VERSION}: export it with the "
-                             f"clipsonic that wrote it, or start a new run (its settings: {path})")
-    config = task_class(record["task"]).config_class.from_dict(config_sections(record), source=str(path))
-    return Run(dir=run_dir, task=record["task"], config=config, data=record["data"], created=record.get("created"))
-
-
-def _config_path(run_dir: Path) -> Path | None:
-    """The run's config.json, or the train_config.json of a prior or vocoder run from before version 2."""
-    return next((p for p in (run_dir / CONFIG_NAME, run_dir / "train_config.json") if p.is_file()), None)
-
-
-def write_run(run: Run) -> None:
-    created = run.created or datetime.datetime.now(datetime.timezone.utc).isoformat()
-    write_json_atomic(run.dir / CONFIG_NAME, {"format": RUN_FORMAT, "version": RUN_VERSION, "task": run.task,
-                                              "created": created, "clipsonic_version": __version__,
-                                              **run.config.to_dict(), "data": run.data})
-
-
-def task_class(name: str) -> type[Task]:
-    if name not in TASKS:
-        raise ClipsonicError(f"unknown training task {name!r}; known: {sorted(TASKS)}")
-    module, attr = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def _resume_config(cls: type[Task], run: Run, overrides: dict[str, dict[str, Any]]) -> Config:
-    """The saved config with ``overrides``: only the ``train`` section's RESUMABLE fields may differ."""
-    saved = run.config.to_dict()
-    resumable = type(run.config.train).RESUMABLE
-    for section, values in overrides.items():
-        for key, value in values.items():
-            current = saved.get(section, {}).get(key)
-            if json.loads(json.dumps(value)) == current:
-                continue
-            if section != "train" or key not in resumable:
-                name = key if section == "train" else f"{section}.{key}"
-                raise ConfigError(f"the run was trained with {name}={current!r}; resuming with {name}={value!r} would "
-                                  f"not continue the same run (only {', '.join(resumable)} may change): drop the "
-                                  "setting or start a new run directory")
-            saved["train"][key] = value
-    return cls.config_class.from_dict(saved, source=str(run.dir / CONFIG_NAME))
-
-
 # --- the loop -------------------------------------------------------------------------------------
 
 def fit(task_cls: type[Task], run_dir: str | os.PathLike, overrides: dict[str, dict[str, Any]] | None = None, *,
-        data: dict[str, Any], resume: bool = False, progress: Progress | None = None, cpu: bool = False,
-        **task_kwargs: Any) -> Path:
-    """Train (or ``resume``) a ``task_cls`` run in ``run_dir``; returns ``run_dir``.
+        data: dict[str, Any], resume: bool = False, restart: bool = False, progress: Progress | None = None,
+        cpu: bool = False, **task_kwargs: Any) -> Path:
+    """Train (or ``resume``, or ``restart``: discard the run there first) a ``task_cls`` run in ``run_dir``.
 
     ``overrides``: config sections over the defaults, or over the saved config where only the RESUMABLE fields may
-    differ; ``data``: what the run trains on (``check_data`` on resume)."""
+    differ; ``data``: what the run trains on (``check_data`` on resume). Returns ``run_dir``. The main process holds
+    the run directory's lock throughout (the other processes of a launch write only inside its checkpoint saves)."""
+    if resume and restart:
+        raise ClipsonicError("--resume continues the run and --restart discards it: give one of them")
     run_dir, overrides = Path(run_dir), config_sections(overrides or {})
-    exists = _config_path(run_dir) is not None
-    if exists and not resume:
-        raise ClipsonicError(f"{run_dir} already holds a run; pass --resume to continue it or choose another directory")
+    check_sections(overrides)
+    main = os.environ.get("RANK", "0") == "0"  # accelerate launch and torchrun set RANK before the Accelerator
+    with lock_folder(run_dir, COMMANDS[task_cls.name]) if main else contextlib.nullcontext():
+        run, ckpt = _open_run(task_cls, run_dir, overrides, data, resume, restart, cpu)
+        fresh = main and not resume and not any(run_dir.iterdir())  # a failure before a checkpoint clears it again
+        try:
+            step = _run(task_cls, run, ckpt, progress, task_kwargs)
+        except BaseException:
+            if fresh and not list_checkpoints(run_dir):
+                for path in run_dir.iterdir():
+                    remove(path)
+            raise
+        loop = run.config.train
+        if loop.export_at_end and run.accelerator.is_main_process and step >= loop.max_steps:
+            out = export_run(run_dir)  # no barrier after: a long export must not time out the other processes
+            log.info("exported step %d of %s to %s", step, run_dir, out)
+    return run_dir
+
+
+def _open_run(task_cls: type[Task], run_dir: Path, overrides: dict[str, dict[str, Any]], data: dict[str, Any],
+              resume: bool, restart: bool, cpu: bool) -> tuple[Run, Checkpoint | None]:
+    """The run (its config checked), its accelerator and, on resume, the checkpoint to continue from; nothing
+    on disk is changed before the checks pass except by --restart."""
+    exists = config_path(run_dir) is not None
+    if exists and not resume and not restart:
+        raise ClipsonicError(f"{run_dir} already holds a run; pass --resume to continue it, --restart to discard it "
+                             "and start over, or choose another directory")
     if resume and not exists:
         raise ClipsonicError(f"{run_dir} holds no run to resume (no {CONFIG_NAME}); drop --resume to start a new run")
+    names = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []  # other ranks: maybe not yet
+    if not resume and (foreign := [n for n in names if not n.startswith(".") and n not in RUN_CONTENTS + EXPORTS]):
+        raise ClipsonicError(f"{run_dir} is not empty and holds no run (it has {', '.join(foreign[:3])}"
+                             f"{', …' if len(foreign) > 3 else ''}); choose a new or empty run directory")
     if resume:
         run = read_run(run_dir)
         if run.task != task_cls.name:
-            raise ClipsonicError(f"{run_dir} is a {run.task} run, not a {task_cls.name} run")
+            raise ClipsonicError(f"{run_dir} is a {run.task} run (`clipsonic {COMMANDS.get(run.task, run.task)}`), "
+                                 f"not a {task_cls.name} run; resume it with its own command")
         task_cls.check_data(run.data, data, run_dir)
-        run.config, run.data = _resume_config(task_cls, run, overrides), {**run.data, **data}
+        run.config, run.data = resume_config(task_cls, run, overrides), {**run.data, **data}
     else:
         run = Run(dir=run_dir, task=task_cls.name, config=task_cls.resolve_config(overrides, data), data=dict(data))
-    loop = run.config.train
     try:
         # cpu=True without CUDA: then launched processes (accelerate launch --multi_gpu, torchrun) form a gloo group
-        acc = Accelerator(mixed_precision=loop.precision, cpu=cpu or not torch.cuda.is_available(),
+        acc = Accelerator(mixed_precision=run.config.train.precision, cpu=cpu or not torch.cuda.is_available(),
                           log_with="tensorboard", project_dir=str(run_dir))  # log_with="wandb" also logs to W&B
     except ValueError as exc:
-        raise ClipsonicError(f"--precision {loop.precision}: {exc}") from None
+        raise ClipsonicError(f"--precision {run.config.train.precision}: {exc}") from None
     run.accelerator = acc
+    ckpt = find_checkpoint(run_dir, rank=acc.process_index) if resume else None
+    if resume and ckpt is None:
+        raise ClipsonicError(f"{run_dir} has no readable checkpoint to resume from (see the warnings); nothing was "
+                             f"changed: pass --restart instead of --resume to discard the run and start over")
     acc.wait_for_everyone()  # every process has read the run directory before the main one writes to it
     if acc.is_main_process:
+        if restart:
+            discard_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(run_dir)
     acc.wait_for_everyone()
-    task = task_cls(run, **task_kwargs)
-    if acc.is_main_process:
-        write_run(run)
-    ckpt = find_checkpoint(run_dir, rank=acc.process_index) if resume else None
+    return run, ckpt
+
+
+def _run(task_cls: type[Task], run: Run, ckpt: Checkpoint | None, progress: Progress | None,
+         task_kwargs: dict[str, Any]) -> int:
+    """Build the task, restore ``ckpt`` into it and train; returns the step reached."""
+    task, acc = task_cls(run, **task_kwargs), run.accelerator
     step = ckpt.restore(task.modules(), task.optimizers(), task.generators(), acc.scaler) if ckpt else 0
-    run.logs = MetricsLog(run_dir, acc, step)
+    run.logs = MetricsLog(run.dir, acc, step)
+    batches = task.batches(ckpt.position if ckpt else None)
     try:
-        step = _train(task, step, task.batches(ckpt.position if ckpt else None), progress)
+        return _train(task, step, batches, progress)
     finally:
+        batches.close()  # data-loading workers stop now, not whenever the generator is collected
         run.logs.close()
-    if loop.export_at_end and acc.is_main_process and step >= loop.max_steps:
-        out = export_run(run_dir)  # no barrier after: a long export must not time out the other processes
-        log.info("exported step %d of %s to %s", step, run_dir, out)
-    return run_dir
 
 
 def _train(task: Task, step: int, batches: Iterator[Any], progress: Progress | None) -> int:
@@ -356,7 +322,7 @@ def _train(task: Task, step: int, batches: Iterator[Any], progress: Progress | N
             for group in optimizer.param_groups:
                 group["lr"] = loop.lr_at(step)
         start = time.perf_counter()
-        batch = next(batches)
+        batch = _next_batch(batches)
         data_s, step = time.perf_counter() - start, step + 1
         task._step = step
         try:
@@ -374,6 +340,8 @@ def _train(task: Task, step: int, batches: Iterator[Any], progress: Progress | N
         if main:
             task.sample(step)
         if step % loop.save_every == 0 or last:
+            if main:  # config.json only now: a run that fails before its first checkpoint is not yet a run
+                write_run(run)
             scaler = acc.scaler.state_dict() if acc.scaler is not None else None
             save_checkpoint(run.dir, step, acc, task=task.name, modules=task.modules(), optimizers=task.optimizers(),
                             generators=task.generators(), position=task.position(),
@@ -384,6 +352,19 @@ def _train(task: Task, step: int, batches: Iterator[Any], progress: Progress | N
         write_weight_hash(run.dir / "debug" / f"weights-rank{acc.process_index}.json", step, task.modules(),
                           world_size=acc.num_processes, position=task.position(), keys_seen=clips_seen)
     return step
+
+
+def _next_batch(batches: Iterator[Any]) -> Any:
+    """``next(batches)``; torch's DataLoader re-raises a worker's error with the worker's traceback as its
+    message: keep the worker's own (last) line."""
+    try:
+        return next(batches)
+    except Exception as exc:
+        text = str(exc).strip()
+        if "DataLoader worker process" not in text:
+            raise
+        traceback.clear_frames(exc.__traceback__)  # its frames hold the DataLoader in a cycle: stop workers now
+    raise ClipsonicError(f"reading the training data: {text.splitlines()[-1].split(': ', 1)[-1]}")
 
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, step: int | None = None, *,

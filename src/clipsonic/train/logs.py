@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -18,16 +19,41 @@ from typing import Any
 import torch
 from torch import nn
 
+from clipsonic.errors import ClipsonicError
 from clipsonic.files import write_bytes_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.jsonl"
 
 
 def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[dict[str, Any]]:
     """The records of ``RUN/metrics.jsonl`` (optionally of one kind), in order."""
-    path = Path(run_dir) / METRICS_NAME
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    return [r for r in records if kind is None or r.get("kind") == kind]
+    return [r for _, r in _read_lines(Path(run_dir) / METRICS_NAME) if kind is None or r.get("kind") == kind]
+
+
+def _read_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) of each line of ``path``; a torn last line (a run killed while appending it) is dropped with
+    a warning, any other bad line is a :class:`ClipsonicError` naming it."""
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+    except UnicodeDecodeError as exc:
+        raise ClipsonicError(f"{path}: not UTF-8 text ({exc}); delete the file to start the log afresh") from None
+    out = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            if number == len(lines):
+                log.warning("%s: dropping its last line, torn by an interrupted write: %.60s", path, line)
+                continue
+            raise ClipsonicError(f"{path}: line {number} is not a metrics record ({line[:60]!r}); delete that line")
+        out.append((line, record))
+    return out
 
 
 def write_weight_hash(path: Path, step: int, modules: dict[str, nn.Module], **facts: Any) -> None:
@@ -51,10 +77,9 @@ class MetricsLog:
         if not self.main:
             return
         if self.path.is_file():
-            lines = self.path.read_text().splitlines()
-            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= start_step]
-            if len(kept) != len(lines):
-                write_bytes_atomic(self.path, "".join(f"{line}\n" for line in kept).encode())
+            kept = "".join(f"{line}\n" for line, record in _read_lines(self.path) if record["step"] <= start_step)
+            if kept.encode() != self.path.read_bytes():
+                write_bytes_atomic(self.path, kept.encode())
         accelerator.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": start_step + 1}})
 
     @property

@@ -16,14 +16,14 @@ import os
 from collections.abc import Iterator
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
 from clipsonic.audio import MelConfig, denormalize, griffin_lim
-from clipsonic.config import Config, ConfigError
+from clipsonic.config import Config, ConfigError, NonNegative, NonNegativeInt, PositiveInt, Range
 from clipsonic.data.dataset import DatasetInfo, read_dataset_info
 from clipsonic.data.loader import StreamLayout, TrainStream, iter_split, load_fixed_samples
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, DiffusionConfig, GaussianDiffusion
@@ -44,30 +44,23 @@ class TrainConfig(LoopConfig):
 
     RESUMABLE: ClassVar[tuple[str, ...]] = LoopConfig.RESUMABLE + ("sample_every", "num_workers")
 
-    max_steps: int = 200_000  # the paper: 200K iterations on MUSIC (500K on VGGSound)
+    max_steps: PositiveInt = 200_000  # the paper: 200K iterations on MUSIC (500K on VGGSound)
     preset: Literal["paper", "small", "tiny"] = "paper"  # MelUNet size (models.UNET_PRESETS)
     # Per process and micro-step: 2 GPUs × 64 = improved-diffusion's batch of 128.
     # The effective batch is batch_size × grad_accum × processes.
-    batch_size: int = 64
-    grad_accum: int = 1  # micro-batches per optimizer step
-    weight_decay: float = 0.0  # improved-diffusion trains without weight decay
-    ema: float = 0.9999  # EMA decay of the exported weights
+    batch_size: PositiveInt = 64
+    grad_accum: PositiveInt = 1  # micro-batches per optimizer step
+    weight_decay: NonNegative = 0.0  # improved-diffusion trains without weight decay
+    ema: Annotated[float, Range(0, 1, high_open=True)] = 0.9999  # EMA decay of the exported weights
     ema_warmup: bool = True  # decay min(ema, (1 + n) / (10 + n)) after n steps (see train/harness.py EMA)
-    sample_every: int = 5000  # a sampled mel image + Griffin-Lim audio every N steps (0: never)
-    sample_steps: int = 50  # DDIM steps of those samples: short, it is a progress check
-    guidance_scale: float = DEFAULT_GUIDANCE_SCALE  # of those samples
-    val_samples: int = 64  # validation clips of the test split (fixed t and noise → comparable across steps)
-    num_workers: int = 2  # data-loading processes per training process
-    shuffle_buffer: int = 1000  # samples in each reader's shuffle buffer
-    bank_size: int = 4096  # image embeddings exported for the retrieval bridge
+    sample_every: NonNegativeInt = 5000  # a sampled mel image + Griffin-Lim audio every N steps (0: never)
+    sample_steps: PositiveInt = 50  # DDIM steps of those samples: short, it is a progress check
+    guidance_scale: NonNegative = DEFAULT_GUIDANCE_SCALE  # of those samples
+    val_samples: PositiveInt = 64  # validation clips of the test split (fixed t and noise → comparable across steps)
+    num_workers: NonNegativeInt = 2  # data-loading processes per training process
+    shuffle_buffer: PositiveInt = 1000  # samples in each reader's shuffle buffer
+    bank_size: NonNegativeInt = 4096  # image embeddings exported for the retrieval bridge
     gradient_checkpointing: bool = False  # recompute activations: ~30 % slower, far less memory
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_ints(positive=("batch_size", "grad_accum", "sample_steps", "val_samples", "shuffle_buffer"),
-                        non_negative=("sample_every", "num_workers", "bank_size"))
-        if not 0.0 <= self.ema < 1.0 or self.weight_decay < 0:
-            raise ConfigError(f"need 0 <= ema < 1 and weight_decay >= 0, got {self.ema}, {self.weight_decay}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +96,9 @@ class UNetTask(Task):
         model = MelUNet(run.config.unet)
         model.gradient_checkpointing = cfg.gradient_checkpointing
         # This process's draws: t, noise and drop masks (self.gen), dropout (torch's global RNG).
-        self.gen = torch.Generator().manual_seed(cfg.seed * 100_003 + acc.process_index + 1)
-        torch.manual_seed(cfg.seed * 100_003 + acc.process_index + 50_000)
+        # mod 2^64: what torch's seeds hold, for any seed config.Seed allows (same values for small seeds)
+        self.gen = torch.Generator().manual_seed((cfg.seed * 100_003 + acc.process_index + 1) % 2**64)
+        torch.manual_seed((cfg.seed * 100_003 + acc.process_index + 50_000) % 2**64)
         self.prepare_with_ema(model, cfg.ema, cfg.weight_decay, cfg.ema_warmup)
 
     @classmethod
@@ -297,8 +291,8 @@ def _describe(keys: list[str], mel: torch.Tensor, cond: torch.Tensor, bad: list[
 
 
 def train(data_dir: str | os.PathLike, run_dir: str | os.PathLike, overrides: dict[str, dict[str, Any]] | None = None,
-          *, resume: bool = False, progress: Progress | None = None) -> Path:
-    """Train (or resume) a UNet run on a preprocessed dataset; returns ``run_dir`` (the pipeline in RUN/pipeline).
+          *, resume: bool = False, restart: bool = False, progress: Progress | None = None) -> Path:
+    """Train (or resume, or restart) a UNet run on a preprocessed dataset; returns ``run_dir`` (the pipeline in RUN/pipeline).
 
     ``overrides``: config sections ``{"train": {...}, "unet": {...}, "diffusion": {...}}`` (e.g. a run's
     config.json); on resume only :attr:`TrainConfig.RESUMABLE` fields may differ from the saved ones."""
@@ -307,4 +301,4 @@ def train(data_dir: str | os.PathLike, run_dir: str | os.PathLike, overrides: di
         raise ClipsonicError(f"{info.root}: the train split has no shards; re-run preprocess")
     data = {"dataset": str(info.root.resolve()), "mel": info.mel.to_dict(), "clip": info.clip.to_dict(),
             "frames": info.mel.clip_frames, "train_clips": info.num_clips("train")}
-    return fit(UNetTask, run_dir, overrides, data=data, resume=resume, progress=progress, info=info)
+    return fit(UNetTask, run_dir, overrides, data=data, resume=resume, restart=restart, progress=progress, info=info)

@@ -81,6 +81,9 @@ class AudioCorpus:
         val_split = next((s for s in ("valid", "val", "validation", "test") if info.num_clips(s)), None)
         train = [s for s in info.splits if s != val_split]
         self.shards = tuple(str(p) for s in train for p in info.shard_paths(s))
+        if not self.shards:
+            raise ClipsonicError(f"{root}: no training shards (splits: {', '.join(info.splits) or 'none'}, "
+                                 f"{val_split or 'none'} held out for validation); re-run preprocess")
         first = next(iter_raw_samples(self.shards[:1], fields=(), optional=("flac",)), {})
         if "flac" not in first:
             raise ClipsonicError(f"{root}: its clips store no audio (flac); "

@@ -14,13 +14,13 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from clipsonic.audio import MelConfig, mel_spectrogram
-from clipsonic.config import Config, ConfigError
+from clipsonic.config import Config, ConfigError, NonNegative, NonNegativeInt, PositiveInt, Range
 from clipsonic.data.dataset import read_dataset_info
 from clipsonic.files import atomic_directory
 from clipsonic.train.checkpoint import Checkpoint
@@ -32,6 +32,9 @@ from clipsonic.vocoder.vocoders import VOCODER_PRESETS, BigVGANConfig, BigVGANVo
 log = logging.getLogger(__name__)
 
 
+Beta = Annotated[float, Range(0, 1, high_open=True)]  # an Adam beta: [0, 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class VocoderTrainConfig(LoopConfig):
     """The vocoder's ``train`` section (defaults: BigVGAN v1's recipe, sized for one GPU)."""
@@ -39,26 +42,23 @@ class VocoderTrainConfig(LoopConfig):
     RESUMABLE: ClassVar[tuple[str, ...]] = LoopConfig.RESUMABLE + ("num_workers", "audio_examples")
 
     preset: Literal["paper", "base", "tiny"] = "base"  # generator size: ~120M, ~14M, ~0.1M (CPU) parameters
-    max_steps: int = 500_000
-    log_every: int = 10  # a 500k-step run stays a few MB of logs
-    grad_clip: float = 500.0  # bigvgan's clip_grad_norm (per optimizer)
-    adam_b1: float = 0.8
-    adam_b2: float = 0.99
-    lr_decay: float = 0.9999996  # per step: lr_t = lr · decay^t
-    lambda_mel: float = 45.0
-    disc_start_step: int = 0  # steps trained on the mel loss alone before the GAN starts
+    max_steps: PositiveInt = 500_000
+    log_every: PositiveInt = 10  # a 500k-step run stays a few MB of logs
+    grad_clip: NonNegative = 500.0  # bigvgan's clip_grad_norm (per optimizer)
+    adam_b1: Beta = 0.8
+    adam_b2: Beta = 0.99
+    lr_decay: Annotated[float, Range(0, 1, low_open=True)] = 0.9999996  # per step: lr_t = lr · decay^t
+    lambda_mel: NonNegative = 45.0
+    disc_start_step: NonNegativeInt = 0  # steps trained on the mel loss alone before the GAN starts
     # 8192 samples = 16 frames = 0.5 s, BigVGAN v1's segment; a multiple of the hop (512).
-    segment_size: int = 8192
-    batch_size: int = 16  # segments per step and process
-    num_val: int = 8  # validation clips
-    val_segment_size: int = 65536  # 4.096 s, one pipeline clip
-    audio_examples: int = 2  # validation clips written to TensorBoard as audio
-    num_workers: int = 2  # threads decoding each batch
+    segment_size: PositiveInt = 8192
+    batch_size: PositiveInt = 16  # segments per step and process
+    num_val: PositiveInt = 8  # validation clips
+    val_segment_size: PositiveInt = 65536  # 4.096 s, one pipeline clip
+    audio_examples: NonNegativeInt = 2  # validation clips written to TensorBoard as audio
+    num_workers: NonNegativeInt = 2  # threads decoding each batch
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_ints(positive=("segment_size", "batch_size", "num_val", "val_segment_size"),
-                        non_negative=("disc_start_step", "audio_examples", "num_workers"))
         if self.segment_size % 512 or self.val_segment_size % 512:
             raise ConfigError("segment sizes must be multiples of 512, "
                               f"got {self.segment_size}/{self.val_segment_size}")
@@ -100,7 +100,7 @@ class VocoderTask(Task):
         an unknown section or preset."""
         preset = overrides.get("train", {}).get("preset", VocoderTrainConfig.preset)
         sections = ({**TRAIN_PRESETS[preset], "generator": VOCODER_PRESETS[preset].to_dict()}
-                    if preset in VOCODER_PRESETS else {})
+                    if isinstance(preset, str) and preset in VOCODER_PRESETS else {})
         sections.update({name: {**sections.get(name, {}), **values} for name, values in overrides.items()})
         return VocoderRunConfig.from_dict(sections, source="--config/flags")
 
@@ -202,11 +202,11 @@ class VocoderTask(Task):
 
 def train_vocoder(data: str | os.PathLike, run_dir: str | os.PathLike,
                   overrides: dict[str, dict[str, Any]] | None = None, *, resume: bool = False,
-                  progress: Progress | None = None) -> Path:
+                  restart: bool = False, progress: Progress | None = None) -> Path:
     """Train (or resume) a BigVGAN on a dataset directory (its flac clips, its mel config) or a folder of audio
     files (the paper's mel config); ``overrides``: sections ``{"train", "generator", "discriminator"}`` over the
     preset's. Returns ``run_dir``; the vocoder is written to ``RUN/vocoder`` at the end."""
     data = Path(data)
     mel = read_dataset_info(data).mel if (data / "dataset.json").is_file() else MelConfig()
     return fit(VocoderTask, run_dir, overrides, data={"source": str(data.resolve()), "mel": mel.to_dict()},
-               resume=resume, progress=progress)
+               resume=resume, restart=restart, progress=progress)

@@ -13,18 +13,19 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from clipsonic import __version__
 from clipsonic.audio import MelConfig, griffin_lim, mel_spectrogram
-from clipsonic.config import Config
+from clipsonic.config import Config, Range, Seed
 from clipsonic.errors import ClipsonicError
 from clipsonic.export import read_model_index, set_component
-from clipsonic.files import atomic_output, read_json, read_versioned_json, write_json_atomic
+from clipsonic.files import atomic_output, inside, read_json, read_versioned_json, write_json_atomic
 from clipsonic.media import load_audio, save_audio
+from clipsonic.models.weights import check_fits, load_into
 
 FORMAT, VERSION = "clipsonic-vocoder", 1
 CONFIG_NAME = "config.json"
@@ -35,14 +36,10 @@ WEIGHTS_NAME = "bigvgan_generator.safetensors"
 class GriffinLimConfig(Config):
     """Griffin-Lim settings (32 iterations: the knee of quality vs time on 2 CPU cores)."""
 
-    n_iter: int = 32
+    n_iter: Annotated[int, Range(0, 10_000)] = 32  # beyond a few hundred nothing audible changes
     # Perraudin et al. 2013: 0.99 converges in far fewer iterations than plain Griffin-Lim.
-    momentum: float = 0.99
-    seed: int = 0  # the initial random phase: the same mel always gives the same audio
-
-    def __post_init__(self) -> None:
-        if self.n_iter < 0 or not 0 <= self.momentum < 1:
-            raise ValueError(f"need n_iter >= 0 and momentum in [0, 1), got {self.n_iter}, {self.momentum}")
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.99
+    seed: Seed = 0  # the initial random phase: the same mel always gives the same audio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +224,8 @@ def resolve_vocoder_dir(path: str | os.PathLike) -> Path:
     """The vocoder folder for ``path``: itself, or ``path/vocoder`` for a training run."""
     path = Path(path)
     for candidate in (path, path / "vocoder"):
-        if (candidate / CONFIG_NAME).is_file() and "type" in read_json(candidate / CONFIG_NAME, "vocoder config"):
+        data = read_json(candidate / CONFIG_NAME, "vocoder config") if (candidate / CONFIG_NAME).is_file() else None
+        if isinstance(data, dict) and "type" in data:
             return candidate
     if not path.exists():
         raise ClipsonicError(f"{path}: no such vocoder directory")
@@ -244,20 +242,20 @@ def load_vocoder(path: str | os.PathLike, *, device: str | torch.device | None =
     if "mel" not in data:
         raise ClipsonicError(f"{source}: no \"mel\" entry; re-export the vocoder")
     kinds: dict[str, type[Vocoder]] = {cls.type_name: cls for cls in (BigVGANVocoder, GriffinLimVocoder)}
-    if data["type"] not in kinds:
+    if not isinstance(data["type"], str) or data["type"] not in kinds:
         raise ClipsonicError(f"{source}: unknown vocoder type {data['type']!r} (this clipsonic knows "
                              f"{', '.join(map(repr, kinds))})")
     cls = kinds[data["type"]]
     mel = MelConfig.from_dict(data["mel"], source=f"{source}:mel")
-    vocoder = cls(mel, cls.config_class.from_dict(data.get(cls.config_key, {}), source=f"{source}:{cls.config_key}"))
-    if isinstance(vocoder, BigVGANVocoder):
-        weights = directory / data.get("weights", WEIGHTS_NAME)
+    config = cls.config_class.from_dict(data.get(cls.config_key, {}), source=f"{source}:{cls.config_key}")
+    if cls is BigVGANVocoder:
+        weights = inside(directory, str(data.get("weights", WEIGHTS_NAME)), f"{source}: weights file")
         if not weights.is_file():
             raise ClipsonicError(f"{directory}: weights file {weights.name} is missing; re-export the vocoder")
-        try:
-            vocoder.generator.load_state_dict(load_file(str(weights)), strict=True)
-        except RuntimeError as exc:
-            raise ClipsonicError(f"{weights} does not fit the generator in {source}: {str(exc)[:300]}") from None
+        check_fits(lambda: BigVGANVocoder(mel, config).generator, weights, source, "vocoder")
+    vocoder = cls(mel, config)
+    if isinstance(vocoder, BigVGANVocoder):
+        load_into(vocoder.generator, weights, "vocoder")
     if mel_config is not None:
         vocoder.check_compatible(mel_config)
     return vocoder.to(device) if device is not None else vocoder
