@@ -9,8 +9,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-# 2 CPU cores in CI: keep torch from oversubscribing when pytest runs alone.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# 2 CPU cores in CI: keep torch from oversubscribing. Alone, pytest uses both; under pytest-xdist (`make test`
+# runs two workers) each worker gets its share, as torch's intra-op threads spin and two processes with two threads
+# each on two cores run several times slower. Tests hand the same count to their subprocesses (OMP_NUM_THREADS).
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
+
+def pytest_collection_modifyitems(items):
+    # The SonicWorld demo (~8 of the suite's ~15 CPU minutes) first: under xdist one worker starts it at once while
+    # the other takes the rest. Only this file: xdist hands each worker its first few files in order, so moving
+    # every slow file to the front would give them all to the same worker.
+    items.sort(key=lambda item: item.path.name != "test_sonicworld_demo.py")
 
 # Fixtures every module may use without importing them.
 from support.tiny_clip import tiny_clip_dir  # noqa: E402, F401

@@ -1,4 +1,4 @@
-"""Bad inputs to ``evaluate``, ``listening-test make`` and ``listening-test score``: one line, exit 2, nothing
+"""Bad inputs to ``evaluate``, ``listening-test make``, ``listening-test score`` and ``demo``: one line, exit 2, nothing
 written (tests/support/bad_input.py). ``{in}`` is a module-wide folder of valid and broken inputs (it must not
 change either), ``{tmp}`` the test's own folder. Also: a second writer on any of their output folders (and on
 ``demo``'s) is refused, naming the pid that holds the lock."""
@@ -179,6 +179,12 @@ CASES = [
          r"damaged listening-test key"),
     Case("listening-test-score-out-is-a-file", _score("{in}/ans/ok.csv")[:-1] + ("{in}/text.txt",),
          r"text\.txt is a file"),
+    # demo: only its output folder comes from the user (its settings are the preset's)
+    Case("demo-out-is-a-file", ("demo", "--fast", "--out", "{in}/text.txt"), r"text\.txt is a file; demo writes"),
+    Case("demo-out-under-a-file", ("demo", "--fast", "--out", "{in}/text.txt/d"), r"text\.txt is a file; demo writes"),
+    Case("demo-out-is-a-dataset", ("demo", "--fast", "--out", "{in}/data"), r"data exists and is not a demo folder"),
+    Case("demo-out-is-a-pipeline", ("demo", "--out", "{in}/pipeline"), r"pipeline exists and is not a demo folder"),
+    Case("demo-unknown-flag", ("demo", "--faster"), r"unrecognized arguments: --faster"),
 ]
 
 
@@ -324,7 +330,7 @@ def test_bad_input(case, inputs, tmp_path, capsys):
 
 def test_case_ids_are_unique_and_name_their_command():
     assert len({c.id for c in CASES}) == len(CASES)
-    assert all(c.id.startswith(("evaluate-", "listening-test-make-", "listening-test-score-")) for c in CASES)
+    assert all(c.id.startswith(("evaluate-", "listening-test-make-", "listening-test-score-", "demo-")) for c in CASES)
 
 
 def test_make_copies_nothing_from_outside(inputs, tmp_path, capsys):
