@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+import torch
 
 from clipsonic.cli import main
 from clipsonic.errors import ClipsonicError
@@ -15,6 +17,16 @@ pytestmark = pytest.mark.slow
 # Bars well above chance (1/8) for a 5-minute CPU run. Measured on the fast demo: IQ 1.00, PD 1.00,
 # ZS 0.42 (the world-CLIP's modality gap), shift 0.77, knn 1.00 (relevance by the oracle, w = 1.5).
 IQ_BAR, PD_BAR, PRIOR_GAIN = 0.8, 0.7, 0.2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def both_cores():
+    # The demo is most of the suite: under xdist (tests/conftest.py gives each worker one thread) it starts first and
+    # takes two threads; the other worker's one thread shares the cores only until the short files are done.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
