@@ -18,11 +18,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # lint-imports: the import contract in pyproject.toml (the core imports no application, no cycles).
-# Two pytest-xdist workers, one torch thread each (tests/conftest.py), a test file per worker at a time:
-# the 8-minute SonicWorld demo runs beside the rest instead of after it.
+# Two pytest-xdist workers, one torch thread each (tests/conftest.py), a test file per worker at a time, in the
+# collection order (--no-loadscope-reorder: xdist would start the files with most tests first): the 8-minute
+# SonicWorld demo starts at once beside the rest instead of after it.
 test: setup
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
