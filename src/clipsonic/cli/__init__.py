@@ -11,11 +11,17 @@ import logging
 import os
 import sys
 
-from safetensors import SafetensorError
+# Before torch loads (its OpenMP runtime reads this once): idle OpenMP threads sleep instead of spinning. With the
+# default (active) policy, torch on a 2-core machine beside any other busy process runs 3-10x slower
+# (docs/benchmarks.md, "Threads"); passive costs a few per cent on an idle machine. The user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from clipsonic import __version__
-from clipsonic.cli import evaluate, generate, train
-from clipsonic.errors import ClipsonicError
+import torch  # noqa: E402
+from safetensors import SafetensorError  # noqa: E402
+
+from clipsonic import __version__  # noqa: E402
+from clipsonic.cli import evaluate, generate, train  # noqa: E402
+from clipsonic.errors import ClipsonicError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         build_parser().print_help()
         return 2
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the processes this command starts
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # here, not at exit: a reader that went away is a BrokenPipeError this handler sees

@@ -46,7 +46,19 @@ def command(sub: argparse._SubParsersAction, name: str, func, help: str, descrip
     parser = sub.add_parser(name, help=help, description=description, formatter_class=_Formatter,
                             epilog="examples:\n" + "\n".join(f"  {line}" for line in examples))
     parser.set_defaults(func=func)
+    parser.add_argument("--threads", type=positive_int, metavar="N",
+                        help="torch CPU threads (default: one per core; 1 when other heavy work shares the machine)")
     return parser
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
 
 
 def device(text: str) -> str:
