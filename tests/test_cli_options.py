@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from typing import Annotated, Literal
 
 import pytest
+import torch
 
+from clipsonic.cli import main
 from clipsonic.cli.options import add_config_flags, deprecated_alias, overrides
 from clipsonic.config import Config, ConfigError, NonNegative, PositiveInt, Range, Seed
 from clipsonic.errors import ClipsonicError
@@ -127,3 +132,20 @@ def test_a_config_file_gets_the_same_checks_and_keeps_nested_lists_as_tuples(tmp
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ClipsonicError, match="deep.json: not a readable Ranged config .nested too deeply."):
         Ranged.load(tmp_path / "deep.json")
+
+
+def test_threads_sets_torch_and_the_children_and_refuses_nonsense(tmp_path, capsys, monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(["mel", str(tmp_path / "missing.wav"), "--threads", "0"])
+        assert exit_.value.code == 2 and "'0' is not a whole number >= 1" in capsys.readouterr().err
+        assert main(["mel", str(tmp_path / "missing.wav"), "-o", str(tmp_path / "m.npy"), "--threads", "1"]) == 2
+        assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(before)
+    # a fresh `clipsonic` process sleeps its idle OpenMP threads unless the user chose otherwise
+    probe = "import os, clipsonic.cli; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True).stdout == "PASSIVE\n"
