@@ -10,12 +10,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # subprocesses they start and the two-thread demo never spin against each other. Set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
 
 # 2 CPU cores in CI: keep torch from oversubscribing. Alone, pytest uses both; under pytest-xdist (`make test`
 # runs two workers) each worker gets its share, as torch's intra-op threads spin and two processes with two threads
 # each on two cores run several times slower. Tests hand the same count to their subprocesses (OMP_NUM_THREADS).
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+THREADS = max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+# the same count in the environment, so subprocesses (exact-resume tests compare their weights with this process's)
+# sum in the same order
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(THREADS)
+import torch  # noqa: E402
+
+torch.set_num_threads(THREADS)
 
 
 def pytest_collection_modifyitems(items):

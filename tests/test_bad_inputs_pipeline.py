@@ -255,6 +255,8 @@ GENERATE = [
           ("--guidance-scale", "nan", "nan", "guidance_scale must be a finite number"),
           ("--guidance-scale", "inf", "inf", "guidance_scale must be a finite number"),
           ("--guidance-scale", "negative", "-1", "guidance_scale must be"),
+          ("--guidance-rescale", "over", "1.5", r"guidance_rescale must be in \[0, 1\]"),
+          ("--guidance-rescale", "nan", "nan", r"guidance_rescale must be in \[0, 1\]"),
           ("--seed", "2to64", str(2**64), "outside 0..2"), ("--seed", "negative", "-1", "seed -1 is outside"),
           ("--seed", "float", "1.5", "invalid int value"),
           ("--num-samples", "zero", "0", "num_samples must be"), ("--num-samples", "huge", str(10**9), r"1\.\.4096"),
@@ -437,5 +439,5 @@ def test_good_inputs_still_work(base, capsys):
                  str(base / "vocoder")]) == 0
     assert main(["-q", "mel", str(base / "a.wav"), "-o", str(base / "out" / "a.svg")]) == 0
     assert main(_argv(base, *GM, "--text", "dog", "-o", f"{T}/out/d.wav", "--seed", str(2**63 - 1))) == 0
-    assert sorted(p.name for p in (base / "out").iterdir()) == ["a.svg", "a.wav", "d.wav"]
+    assert sorted(p.name for p in (base / "out").iterdir()) == ["a.svg", "a.wav", "d.json", "d.wav"]  # d.json: its sidecar
     shutil.rmtree(base / "out")

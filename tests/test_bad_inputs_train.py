@@ -118,7 +118,7 @@ CASES = [
     Case("train-prior-source-missing", _prior(data="{in}/nope"), r"nope: no such pair source"),
     Case("train-prior-source-a-text-file", _prior(data="{in}/text.txt"), r"not a dataset folder"),
     Case("train-prior-csv-without-columns", _prior("--clip-model", "x", data="{in}/pairs_bad.csv"),
-         r"need a header with an image column"),
+         r"need an image column"),
     Case("train-prior-csv-not-utf8", _prior("--clip-model", "x", data="{in}/pairs_latin1.csv"),
          r"pairs_latin1\.csv: not a readable CSV"),
     Case("train-prior-csv-without-clip-model", _prior(data="{in}/pairs.csv"), r"pass the CLIP model \(--clip-model\)"),

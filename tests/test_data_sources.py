@@ -15,11 +15,13 @@ def touch(path):
 def test_folder_recursive_with_labels(tmp_path):
     touch(tmp_path / "dog" / "a.mp4")
     touch(tmp_path / "cat" / "b.WEBM")
-    touch(tmp_path / "c.mkv")
+    touch(tmp_path / "cat" / "2024" / "c.mkv")  # deeper folders belong to their class
     touch(tmp_path / "notes.txt")
     touch(tmp_path / ".hidden.mp4")
+    touch(tmp_path / ".cache" / "d.mp4")
     items, problems = collect_sources(tmp_path)
-    assert [(i.key, i.label) for i in items] == [("c.mkv", None), ("cat/b.WEBM", "cat"), ("dog/a.mp4", "dog")]
+    assert [(i.key, i.label, i.split) for i in items] == [
+        ("cat/2024/c.mkv", "cat", None), ("cat/b.WEBM", "cat", None), ("dog/a.mp4", "dog", None)]
     assert problems == []
 
 

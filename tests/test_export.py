@@ -1,6 +1,8 @@
 """Pipeline directories: export from a run, read back (index, stats, EMA UNet, scheduler), errors."""
 
+import dataclasses
 import json
+import os
 import shutil
 
 import numpy as np
@@ -8,15 +10,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from support.synthetic_dataset import make_synthetic_dataset
+from support.tiny_clip import make_tiny_clip
 
 from clipsonic.audio import MelConfig
 from clipsonic.cli import main
 from clipsonic.data.loader import decode_npy, iter_raw_samples
 from clipsonic.diffusion import DiffusionConfig
-from clipsonic.encoders import ClipModelRef
+from clipsonic.encoders import ClipModelRef, load_clip
 from clipsonic.errors import ClipsonicError
-from clipsonic.export import PipelineStats, load_stats, read_model_index, write_pipeline_dir
+from clipsonic.export import PipelineStats, bundled_clip, load_stats, read_model_index, write_pipeline_dir
 from clipsonic.models import MelUNet
+from clipsonic.pipeline import CLIPSonicPipeline
 from clipsonic.train import export_run, read_run, train
 
 
@@ -157,3 +161,84 @@ def test_files_written_before_the_version_field_still_load(tmp_path):
     with pytest.raises(ClipsonicError, match="clipsonic-pipeline version 7 .* reads version 1") as err:
         read_model_index(pipe)
     assert "\n" not in str(err.value)
+
+
+# --- the bundled CLIP: a moved folder loads offline anywhere -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def clip_run(tmp_path_factory, tiny_clip_dir):
+    """A UNet run on a dataset made with a real (tiny) CLIP folder of its own, which the tests may rename; the CLIP
+    folder also holds a pickle that a bundle must leave out."""
+    root = tmp_path_factory.mktemp("bundle")
+    shutil.copytree(tiny_clip_dir, root / "clip")
+    (root / "clip" / "pytorch_model.bin").write_bytes(b"a pickle: never copied")
+    encoder = load_clip(root / "clip", device="cpu")
+    ds = make_synthetic_dataset(root / "d", 4, 2, frames=16, dim=encoder.dim, shards=1)
+    dataclasses.replace(ds, clip=ClipModelRef(str(root / "clip"), encoder.dim, encoder.fingerprint)).save()
+    train(ds.root, root / "run", {"train": dict(preset="tiny", batch_size=2, max_steps=2, num_workers=0, val_every=0,
+                                                sample_every=0, bank_size=4)})
+    return root
+
+
+def test_train_bundles_the_clip_and_a_moved_pipeline_generates_offline(clip_run, tmp_path, capsys):
+    pipe, clip = clip_run / "run" / "pipeline", clip_run / "clip"
+    assert read_model_index(pipe).components["clip"] == "clip"
+    assert sorted(p.name for p in (pipe / "clip").iterdir()) == sorted(p.name for p in clip.iterdir()
+                                                                       if p.suffix != ".bin")
+    assert (pipe / "clip" / "model.safetensors").stat().st_ino == (clip / "model.safetensors").stat().st_ino  # linked
+    moved = tmp_path / "elsewhere" / "mine"
+    shutil.copytree(pipe, moved.parent / "copy")  # a real copy: renaming the CLIP below must not matter
+    (moved.parent / "copy").rename(moved)
+    clip.rename(clip_run / "clip-gone")
+    try:
+        assert os.environ["HF_HUB_OFFLINE"] == "1"  # conftest: no hub, so only the bundle can supply the CLIP
+        assert main(["generate", "--model", str(moved), "--text", "dog barking", "--mode", "zs", "--steps", "2",
+                     "--seed", "0", "-o", str(tmp_path / "dog.wav")]) == 0
+        assert (tmp_path / "dog.wav").stat().st_size > 1000
+        referenced = export_run(clip_run / "run", out=tmp_path / "referenced", bundle_clip=False)
+        with pytest.raises(ClipsonicError, match="CLIP model directory .*clip does not exist"):
+            CLIPSonicPipeline.from_pretrained(referenced, device="cpu")  # what the bundle spares a moved folder
+    finally:
+        (clip_run / "clip-gone").rename(clip)
+
+
+def test_export_no_bundle_clip_then_attach_clip(clip_run, tmp_path, capsys):
+    out = tmp_path / "p"
+    assert main(["export", str(clip_run / "run"), "--out", str(out), "--no-bundle-clip"]) == 0
+    assert capsys.readouterr().out.strip() == f"exported: {out}"
+    assert read_model_index(out).components["clip"] is None and not (out / "clip").exists()
+    other = make_tiny_clip(tmp_path / "other-clip", seed=1)
+    capsys.readouterr()  # transformers' save progress
+    assert main(["attach", "clip", str(out), str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(other) in err and str(clip_run / "clip") in err
+    assert "bundle the CLIP it was trained with" in err
+    assert read_model_index(out).components["clip"] is None and not (out / "clip").exists()  # nothing changed
+    assert main(["attach", "clip", str(out), str(clip_run / "clip")]) == 0
+    assert capsys.readouterr().out.strip() == f"attached: {out / 'clip'}"
+    assert read_model_index(out).components["clip"] == "clip" and not (out / "clip" / "pytorch_model.bin").exists()
+    loaded = CLIPSonicPipeline.from_pretrained(out, device="cpu")
+    assert loaded.encoder.fingerprint == read_model_index(out).clip.fingerprint
+    assert main(["export", str(clip_run / "run"), "--out", str(tmp_path / "b")]) == 0  # the default bundles
+    assert capsys.readouterr().out.strip() == f"exported: {tmp_path / 'b'} (CLIP bundled in {tmp_path / 'b' / 'clip'})"
+
+
+def test_a_clip_this_machine_lacks_stays_a_reference_with_a_warning(clip_run, run, caplog):
+    """The synthetic runs' CLIP exists nowhere: their pipeline names it, and the export says how to bundle it."""
+    assert read_model_index(run / "pipeline").components["clip"] is None
+    with caplog.at_level("WARNING"):
+        assert bundled_clip(ClipModelRef("synthetic/clip", 16, "0" * 16)) == {}
+        assert bundled_clip(ClipModelRef(str(clip_run / "clip"), 32, "0" * 16)) == {}  # other weights there now
+    first, second = (r.getMessage() for r in caplog.records)
+    assert "synthetic/clip" in first and "clipsonic attach clip PIPELINE CLIP_DIR" in first
+    assert f"({clip_run / 'clip'} holds other weights or is incomplete)" in second
+
+
+def test_train_no_bundle_clip_keeps_the_reference(clip_run, tmp_path):
+    assert main(["train", str(clip_run / "d"), "--out", str(tmp_path / "r"), "--preset", "tiny", "--max-steps", "1",
+                 "--batch-size", "2", "--num-workers", "0", "--sample-every", "0", "--no-bundle-clip"]) == 0
+    index = read_model_index(tmp_path / "r" / "pipeline")
+    assert index.components["clip"] is None and index.clip.model == str(clip_run / "clip")
+    assert read_run(tmp_path / "r").config.train.bundle_clip is False  # so a later `export` follows the run
+    assert main(["export", str(tmp_path / "r"), "--out", str(tmp_path / "again")]) == 0
+    assert read_model_index(tmp_path / "again").components["clip"] is None

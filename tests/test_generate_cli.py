@@ -119,3 +119,99 @@ def test_broken_or_foreign_pipelines_are_refused(tiny_pipeline_dir, tmp_path, ca
                       "-o", str(tmp_path / "o.wav"), *FAST)
     assert rc == 2 and "trained with" in err and str(other) in err
     assert not (tmp_path / "o.wav").exists()
+
+
+# --- sidecars and --from (reproducible outputs) ---------------------------------------------------
+
+def test_every_clip_gets_a_sidecar_and_from_makes_the_same_bytes(tiny_pipeline_dir, tmp_path, capsys, caplog):  # noqa: F811
+    import json
+    import logging
+
+    first = tmp_path / "dog.wav"
+    with caplog.at_level(logging.INFO, logger="clipsonic.pipeline.outputs"):
+        rc, _, err = _run(capsys, "--model", str(tiny_pipeline_dir), "--text", "a dog barking", "-o", str(first),
+                          "--mode", "zs", "--guidance-scale", "2", "--guidance-rescale", "0.5", "--negative", "rain",
+                          *FAST)  # unseeded
+    assert rc == 0, err
+    side = json.loads((tmp_path / "dog.json").read_text())
+    seed = side["seed"]
+    assert isinstance(seed, int) and f"seed {seed}" in caplog.text  # an unseeded run says the seed it drew
+    assert side["query"] == {"text": "a dog barking"} and side["model"] == str(tiny_pipeline_dir.resolve())
+    assert side["settings"] == {"mode": "zs", "guidance_scale": 2.0, "guidance_rescale": 0.5, "num_inference_steps": 2,
+                                "sampler": "ddim",
+                                "seconds": None, "negative_text": "rain", "video_frames": "mean", "num_frames": 8}
+    assert len(side["model_fingerprint"]) == 16 and side["clipsonic_version"]
+    again = tmp_path / "again" / "dog.wav"
+    rc, out, err = _run(capsys, "--from", str(tmp_path / "dog.json"), "-o", str(again))
+    assert rc == 0, err
+    assert out.split() == [str(again)] and again.read_bytes() == first.read_bytes()
+    assert json.loads((again.with_suffix(".json")).read_text())["seed"] == seed
+
+
+def test_a_directory_gets_one_sidecar_per_clip_with_its_own_seed(tiny_pipeline_dir, tmp_path, capsys):  # noqa: F811
+    import json
+
+    rc, out, err = _run(capsys, "--model", str(tiny_pipeline_dir), "--text", "a violin", "--text", "rain",
+                        "--num-samples", "2", "--seed", "40", "-o", str(tmp_path / "out"), *FAST)
+    assert rc == 0, err
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == sorted(f"{i:03d}-{q}.{ext}" for i, q in enumerate(["a-violin"] * 2 + ["rain"] * 2)
+                           for ext in ("wav", "json"))
+    sides = [json.loads((tmp_path / "out" / n).read_text()) for n in names if n.endswith(".json")]
+    assert [s["seed"] for s in sides] == [40, 41, 42, 43]
+    assert [s["query"]["text"] for s in sides] == ["a violin", "a violin", "rain", "rain"]
+    assert {s["settings"]["mode"] for s in sides} == {"pd"}  # the resolved mode, not "default"
+    rc, out, err = _run(capsys, "--from", str(tmp_path / "out" / "003-rain.json"), "-o", str(tmp_path / "r.wav"))
+    assert rc == 0, err
+    a, _ = soundfile.read(tmp_path / "r.wav")
+    b, _ = soundfile.read(tmp_path / "out" / "003-rain.wav")
+    assert np.allclose(a, b, atol=2e-3)  # made alone, not in a batch of 4: equal up to float round-off
+
+
+def test_from_refuses_another_model_a_non_sidecar_and_extra_flags(tiny_pipeline_dir, tmp_path, capsys):  # noqa: F811
+    import json
+
+    rc, _, err = _run(capsys, "--model", str(tiny_pipeline_dir), "--text", "a", "-o", str(tmp_path / "a.wav"),
+                      "--seed", "1", *FAST)
+    assert rc == 0, err
+    changed = shutil.copytree(tiny_pipeline_dir, tmp_path / "changed")
+    with open(changed / "scheduler" / "config.json", "a") as fh:
+        fh.write("\n")  # any change to what shapes the audio changes the fingerprint
+    fingerprint = json.loads((tmp_path / "a.json").read_text())["model_fingerprint"]
+    (tmp_path / "other.json").write_text('{"prompt": "a"}')
+    (tmp_path / "torn.json").write_text('{"format": "clipsonic-generation", "version": 1, "seed": 1}')
+    for argv, message in (
+            (["--model", str(changed)], f"made with {tiny_pipeline_dir.resolve()} (fingerprint {fingerprint}) but "
+                                        f"{changed} has fingerprint "),
+            (["--text", "b"], "drop --text"), (["--steps", "9"], "drop --steps")):
+        rc, _, err = _run(capsys, "--from", str(tmp_path / "a.json"), *argv, "-o", str(tmp_path / "b.wav"))
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert rc == 2 and len(lines) == 1 and message in lines[0], err
+    for name, message in (("other.json", "not a clipsonic generate sidecar"), ("torn.json", "damaged sidecar"),
+                          ("missing.json", "no such file")):
+        rc, _, err = _run(capsys, "--from", str(tmp_path / name), "-o", str(tmp_path / "b.wav"))
+        assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "b.wav").exists()
+
+
+# --- text without a prior ---------------------------------------------------------------------------
+
+def test_pd_without_a_prior_says_how_to_get_one_and_text_defaults_to_knn(tiny_pipeline_dir, tmp_path, capsys):  # noqa: F811
+    import json
+
+    bare = shutil.copytree(tiny_pipeline_dir, tmp_path / "bare", ignore=shutil.ignore_patterns("prior"))
+    index = json.loads((bare / "model_index.json").read_text())
+    index["components"]["prior"] = None
+    (bare / "model_index.json").write_text(json.dumps(index))
+    rc, _, err = _run(capsys, "--model", str(bare), "--text", "a dog", "--mode", "pd", "-o", str(tmp_path / "p.wav"),
+                      *FAST)
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("note:")]
+    assert rc == 2 and len(lines) == 1 and not (tmp_path / "p.wav").exists()
+    assert "train-prior" in lines[0] and "attach prior" in lines[0] and "karlo" in lines[0]
+    assert "text runs in knn, shift, zs (default knn)" in lines[0]
+    rc, _, err = _run(capsys, "--model", str(bare), "--text", "a dog", "-o", str(tmp_path / "d.wav"), *FAST)
+    assert rc == 0, err
+    assert json.loads((tmp_path / "d.json").read_text())["settings"]["mode"] == "knn"
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "Without a prior, text defaults to" in " ".join(capsys.readouterr().out.split())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -233,12 +234,73 @@ def test_loading_refuses_another_clip_and_missing_components(tiny_pipeline_dir, 
         CLIPSonicPipeline.from_pretrained(tmp_path, device="cpu")
 
 
-def test_pd_mode_without_prior_is_refused(tiny_pipeline_dir):  # noqa: F811
+def test_without_a_prior_text_defaults_to_the_best_bridge_it_has_and_pd_says_how_to_get_one(tiny_pipeline_dir):  # noqa: F811
     pipe = CLIPSonicPipeline.from_pretrained(tiny_pipeline_dir, device="cpu")
     pipe.prior = None
-    assert pipe.default_mode("text") == "zs"
-    with pytest.raises(ClipsonicError, match="needs a prior"):
+    assert pipe.default_mode("text") == "knn" and pipe(text="a", seed=0, **FAST).mode == "knn"
+    with pytest.raises(ClipsonicError, match="needs a prior") as info:
         pipe(text="a", mode="pd", **FAST)
+    message = str(info.value)
+    assert "\n" not in message and "train-prior" in message and "attach prior" in message and "Karlo" in message
+    assert message.endswith("text runs in knn, shift, zs (default knn)")
+    pipe.stats = dataclasses.replace(pipe.stats, image_bank=pipe.stats.image_bank[:0], bank_keys=[], bank_labels=[])
+    assert pipe.default_mode("text") == "shift"
+    with pytest.raises(ClipsonicError, match=r"text runs in shift, zs \(default shift\)"):
+        pipe(text="a", mode="pd", **FAST)
+    pipe.stats = None
+    assert pipe.default_mode("text") == "zs" and pipe.default_mode("image") == "iq"
+
+
+class _LouderWhenGuided(torch.nn.Module):
+    """An x_0-predicting stand-in for the mel UNet: the conditional branch predicts an in-range mel (a ramp over the
+    bands, -0.9 … 0.8), the null branch a flatter, quieter one, so guidance w > 1 extrapolates the mel past [-1, 1],
+    as the built-in model's guided mels go louder than either branch (benchmarks/levels.py)."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config, self.anchor = config, torch.nn.Parameter(torch.zeros(()))  # the pipeline reads its device
+
+    def forward(self, x, t, cond, drop_cond):
+        ramp = torch.linspace(-0.9, 0.8, x.shape[2]).view(1, 1, -1, 1).expand_as(x)
+        return torch.where(drop_cond.view(-1, 1, 1, 1), 0.5 * ramp - 0.3, ramp)
+
+
+def test_guidance_rescale_keeps_a_strongly_guided_mel_in_range_and_its_audio_at_the_conditional_level(
+        tiny_pipeline_dir):  # noqa: F811
+    from clipsonic.audio import normalize
+    from clipsonic.diffusion import DiffusionConfig, GaussianDiffusion
+
+    pipe = CLIPSonicPipeline.from_pretrained(tiny_pipeline_dir, device="cpu")
+    pipe.unet = _LouderWhenGuided(pipe.unet.config)
+    pipe.diffusion = GaussianDiffusion(DiffusionConfig(num_timesteps=1000, prediction="x0", learn_sigma=False,
+                                                       loss="simple"))
+    call = dict(text="a dog", mode="zs", seed=0, num_inference_steps=4)
+    ramp = torch.linspace(-0.9, 0.8, 64).view(64, 1).expand(64, TINY_FRAMES)
+    before = pipe(**call, guidance_scale=8.0, guidance_rescale=0.0)
+    x = normalize(torch.from_numpy(before.mels[0]), pipe.mel)
+    assert float((x.abs() > 0.999).float().mean()) > 0.3  # 4.5 ramp + 2.1: clamped at both ends
+    after = pipe(**call, guidance_scale=8.0)  # the default rescale
+    conditional = pipe(**call, guidance_scale=1.0)
+    assert torch.allclose(normalize(torch.from_numpy(after.mels[0]), pipe.mel), ramp, atol=1e-4)
+    assert np.allclose(after.mels, conditional.mels, atol=1e-4)
+    peak = {name: float(np.abs(out.audios).max()) for name, out in (("before", before), ("after", after),
+                                                                    ("conditional", conditional))}
+    assert peak["after"] == pytest.approx(peak["conditional"], rel=1e-3) and peak["before"] > 3 * peak["after"]
+
+
+def test_rescaled_guidance_matches_the_conditional_mean_and_spread_per_row():
+    from clipsonic.diffusion.guidance import rescaled_guidance
+
+    gen = torch.Generator().manual_seed(0)
+    cond, guided = torch.randn(3, 1, 8, 16, generator=gen), 4 * torch.randn(3, 1, 8, 16, generator=gen) + 2
+    assert torch.equal(rescaled_guidance(guided, cond, 0.0), guided)
+    full = rescaled_guidance(guided, cond, 1.0)
+    assert torch.allclose(full.mean(dim=(1, 2, 3)), cond.mean(dim=(1, 2, 3)), atol=1e-5)
+    assert torch.allclose(full.std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)), atol=1e-5)
+    for row in range(3):  # the shape is the guided one: an increasing affine map of it
+        corr = torch.corrcoef(torch.stack([full[row].flatten(), guided[row].flatten()]))[0, 1]
+        assert float(corr) == pytest.approx(1.0, abs=1e-5)
+    assert torch.allclose(rescaled_guidance(guided, cond, 0.5), (full + guided) / 2, atol=1e-5)
 
 
 def test_an_attached_vocoder_is_used_and_saved(tiny_pipeline_dir, tmp_path):  # noqa: F811

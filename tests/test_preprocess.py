@@ -38,7 +38,7 @@ def videos(tmp_path_factory):
     write_video(root / "dog" / "a.mp4", seconds=2.5, tone_hz=440.0)  # → 2 clips
     write_video(root / "dog" / "b.mkv", seconds=2.2, video_codec="mpeg4", audio_codec="libmp3lame", tone_hz=550.0)
     write_video(root / "piano" / "c.webm", seconds=1.6, video_codec="libvpx-vp9", audio_codec="libopus",
-                sample_rate=48000, tone_hz=880.0)  # → 1 clip (1.6 s: tail dropped)
+                sample_rate=48000, tone_hz=880.0)  # → 2 clips (the 0.58-s tail ≥ half a clip: padded)
     write_video(root / "piano" / "d.avi", seconds=0.7, video_codec="mpeg4", audio_codec="libmp3lame")  # padded (≥ 0.5 clip)
     write_video(root / "piano" / "e.mov", seconds=2.1, audio_codec="aac", channels=6, tone_hz=330.0)
     write_video(root / "bad" / "short.mp4", seconds=0.3)  # too short
@@ -64,18 +64,27 @@ def read_samples(info):
     return out
 
 
-def test_end_to_end(videos, tmp_path, tiny_clip_dir):
-    info = preprocess(videos, tmp_path / "ds", options=options(tiny_clip_dir), mel=MEL)
-    assert info.counts == {"inputs": 11, "clips": 8, "rejected": 6, "silent_clips": 1}
+COUNTS = {"inputs": 11, "clips": 9, "rejected": 6, "silent_clips": 1, "padded_clips": 2, "dropped_tails": 3}
+
+
+def test_end_to_end(videos, tmp_path, tiny_clip_dir, caplog):
+    with caplog.at_level("INFO", logger="clipsonic.data.preprocess"):
+        info = preprocess(videos, tmp_path / "ds", options=options(tiny_clip_dir), mel=MEL)
+    assert info.counts == COUNTS
+    # tails, once per file: a (0.45 s), b (0.15 s), e (≈0.05 s) dropped; c (0.58 s) and d (0.7 s) padded
+    edges = sorted((Path(m.split(":")[0]).name, m.split(": ")[1].split(" ")[0]) for m in caplog.messages
+                   if "padded its last clip" in m or "dropped its last" in m)
+    assert edges == [("a.mp4", "dropped"), ("b.mkv", "dropped"), ("c.webm", "padded"), ("d.avi", "padded"),
+                     ("e.mov", "dropped")]
     rejected = {Path(r["path"]).name: r["reason"] for r in read_dataset_info(tmp_path / "ds").rejected}
     assert set(rejected) == {"short.mp4", "silent.mp4", "noaudio.mp4", "truncated.mp4", "empty.mp4", "text.mp4"}
     assert rejected["short.mp4"].startswith("too short") and rejected["silent.mp4"].startswith("silent")
     assert rejected["noaudio.mp4"] == "no audio stream"
     again = read_dataset_info(tmp_path / "ds")
     assert again.mel == MEL and again.clip.dim == 32 and again.frames_per_clip == 3
-    assert sum(again.num_clips(s) for s in again.splits) == 8
+    assert sum(again.num_clips(s) for s in again.splits) == 9
     samples = read_samples(again)
-    assert len(samples) == 8
+    assert len(samples) == 9
     enc = load_clip(tiny_clip_dir)
     for s in samples.values():
         assert s["mel.npy"].dtype == np.float16 and s["mel.npy"].shape == (64, 32)
@@ -95,6 +104,7 @@ def test_end_to_end(videos, tmp_path, tiny_clip_dir):
     for s in samples.values():
         by_source.setdefault(Path(s["json"]["source"]).name, []).append(s["json"]["start"])
     assert sorted(by_source["a.mp4"]) == [0.0, 1.024] and by_source["d.avi"] == [0.0]
+    assert sorted(by_source["c.webm"]) == [0.0, 1.024]
     # every clip of a video lands in the same split
     split_of = {}
     for split in again.splits:
@@ -143,7 +153,8 @@ def test_two_way_sharded_run_merges_to_single_run(videos, tmp_path, tiny_clip_di
     assert part.root == tmp_path / "two" / "part-00001-of-00002"
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["part-00000-of-00002", "part-00001-of-00002"]
     assert main(["-q", "preprocess", "--merge", str(tmp_path / "two")]) == 0
-    assert "11 inputs → 8 clips" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "11 inputs → 9 clips" in out and "2 last clips zero-padded, 3 short tails dropped" in out
     merged = read_dataset_info(tmp_path / "two")
     assert not list((tmp_path / "two").glob("part-*"))
     assert merged.counts == read_dataset_info(tmp_path / "one").counts
@@ -182,7 +193,8 @@ def test_audio_only_inputs_in_a_manifest_are_rejected_and_the_rest_written(tmp_p
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("path,label\nmedia/video.mp4,dog\nmedia/song.wav,music\nmedia/song.mp4,music\nmedia/other.mkv,cat\n")
     info = preprocess(manifest, tmp_path / "ds", options=options(tiny_clip_dir, test_fraction=0.0), mel=MEL)
-    assert info.counts == {"inputs": 4, "clips": 3, "rejected": 2, "silent_clips": 0}
+    assert info.counts == {"inputs": 4, "clips": 3, "rejected": 2, "silent_clips": 0, "padded_clips": 0,
+                           "dropped_tails": 2}
     rejected = info.rejected
     assert sorted((Path(r["path"]).name, r["reason"]) for r in rejected) == [
         ("song.mp4", "no video stream"), ("song.wav", "no video stream")]
@@ -320,7 +332,7 @@ def _resume_after_full_disk(videos, out, tiny_clip_dir, capsys, fill):
     assert committed and (out / ".progress.json").is_file()
     fill()
     assert main(_cli(videos, out, tiny_clip_dir)[3:]) == 0
-    assert read_dataset_info(out).counts == {"inputs": 11, "clips": 8, "rejected": 6, "silent_clips": 1}
+    assert read_dataset_info(out).counts == COUNTS
     assert all((out / name).read_bytes() == data for name, data in committed.items()), "a committed shard changed"
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 

@@ -180,7 +180,7 @@ def test_attach_our_prior_then_pd_mode_works(tmp_path, pipe_dir, clip_ref):
     from clipsonic.pipeline import CLIPSonicPipeline
 
     pipe = CLIPSonicPipeline.from_pretrained(pipe_dir, device="cpu")
-    assert "pd" not in pipe.modes and pipe.default_mode("text") == "zs"
+    assert "pd" not in pipe.modes and pipe.default_mode("text") == "knn"
     with pytest.raises(ClipsonicError, match="prior"):
         pipe(text="a dog", mode="pd", num_inference_steps=2, seed=0)
     _our_prior(clip_ref).save_pretrained(tmp_path / "prior")

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support.bad_input import error_line
 from support.synthetic_dataset import make_synthetic_dataset
 from support.tiny_pipeline import COLOURS, make_tiny_pipeline, solid_image
 
 from clipsonic.cli import main
+from clipsonic.data.dataset import ShardWriter, read_dataset_info
+from clipsonic.data.loader import iter_raw_samples
 from clipsonic.errors import ClipsonicError
 from clipsonic.prior import load_prior, train_prior
 from clipsonic.prior.train import PairSet, collect_pairs
@@ -80,6 +83,75 @@ def test_csv_and_folder_sources_embed_their_images(tmp_path, encoder, tiny_clip_
     (tmp_path / "bad.csv").write_text("file,label\nx.png,y\n")
     with pytest.raises(ClipsonicError, match="caption column"):
         collect_pairs(tmp_path / "bad.csv", _load, clip_model=str(tiny_clip_dir))
+
+
+def test_jsonl_and_coco_captions_embed_their_images(tmp_path, encoder, tiny_clip_dir):
+    names = sorted(list(COLOURS)[:3])
+    (tmp_path / "img").mkdir()
+    for name in names:
+        Image.fromarray(solid_image(COLOURS[name])).save(tmp_path / "img" / f"{name}.png")
+    expected = encoder.encode_images([solid_image(COLOURS[n]) for n in names])
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text("".join(json.dumps({"image": f"img/{n}.png", "caption": f"a {n} thing"}) + "\n" for n in names)
+                     + json.dumps({"image": f"img/{names[0]}.png", "caption": "again"}) + "\n")
+    pairs = collect_pairs(jsonl, _load, clip_model=str(tiny_clip_dir))
+    assert torch.allclose(pairs.image_emb, expected, atol=1e-5) and len(pairs) == 4  # 2 captions for the first
+    assert sorted(pairs.captions) == sorted(["again"] + [f"a {n} thing" for n in names])
+    coco = {"images": [{"id": 7 + i, "file_name": f"{n}.png"} for i, n in enumerate(names)],
+            "annotations": [{"image_id": 7 + i, "caption": f" the {n} one "} for i, n in enumerate(names)]
+            + [{"image_id": 7, "caption": "first"}]}
+    (tmp_path / "img" / "captions.json").write_text(json.dumps(coco))
+    pairs = collect_pairs(tmp_path / "img" / "captions.json", _load, clip_model=str(tiny_clip_dir))
+    assert torch.allclose(pairs.image_emb, expected, atol=1e-5) and len(pairs) == 4
+    assert f"the {names[1]} one" in pairs.captions
+    (tmp_path / "captions.json").write_text(json.dumps(coco))  # beside img/, not inside it
+    with pytest.raises(ClipsonicError, match=r"captions\.json: image .* not found; .*put the JSON beside the images"):
+        collect_pairs(tmp_path / "captions.json", _load, clip_model=str(tiny_clip_dir))
+    (tmp_path / "odd.json").write_text(json.dumps({"images": [], "annotation": []}))
+    with pytest.raises(ClipsonicError, match=r"odd\.json: not a COCO captions JSON \(no 'annotations'\)"):
+        collect_pairs(tmp_path / "odd.json", _load, clip_model=str(tiny_clip_dir))
+    (tmp_path / "empty.json").write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(ClipsonicError, match=r"empty\.json: no annotation holds a caption"):
+        collect_pairs(tmp_path / "empty.json", _load, clip_model=str(tiny_clip_dir))
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "img/x.png", "caption": "x"}) + "\nnot json\n")
+    with pytest.raises(ClipsonicError, match=r"bad\.jsonl:2: not a JSON object"):
+        collect_pairs(tmp_path / "bad.jsonl", _load, clip_model=str(tiny_clip_dir))
+
+
+def _relabel(root, split, label):
+    """Rewrite ``split``'s shards of the dataset at ``root`` with every clip's label set to ``label``."""
+    info = read_dataset_info(root)
+    samples = list(iter_raw_samples(info.shard_paths(split), fields=("mel.npy", "clip.npy", "json")))
+    writer = ShardWriter(root, split, 0, 1 << 40)
+    for raw in samples:
+        meta = json.loads(raw["json"]) | {"label": label}
+        writer.write({"__key__": raw["__key__"], "mel.npy": raw["mel.npy"], "clip.npy": raw["clip.npy"],
+                      "json": json.dumps(meta).encode()})
+    info.splits[split]["shards"] = [writer.finalize()]
+    info.save()
+
+
+def test_a_dataset_gives_pairs_of_its_train_split_only(tmp_path, tiny_clip_dir, encoder):
+    root = tmp_path / "ds"
+    make_synthetic_dataset(root, 12, 3, frames=16, dim=encoder.dim, test_clips=4, clip_model=str(tiny_clip_dir))
+    info = json.loads((root / "dataset.json").read_text())
+    info["clip"]["fingerprint"] = encoder.fingerprint
+    (root / "dataset.json").write_text(json.dumps(info))
+    _relabel(root, "test", "only in the test clips")
+    pairs = collect_pairs(root, _load, templates=("{label}",))
+    assert sorted(pairs.captions) == ["class0", "class1", "class2"]  # not the test clips' label
+    assert pairs.image_emb.shape == (12 * 3, 32) and len(pairs) == 12 * 3  # 12 train clips × K = 3 frames
+
+
+def test_an_unlabeled_dataset_names_every_way_to_a_prior(tmp_path, capsys):
+    root = tmp_path / "ds"
+    make_synthetic_dataset(root, 6, 2, frames=16, test_clips=2)
+    _relabel(root, "train", None)  # labeled test clips must not count either
+    line = error_line(["-q", "train-prior", str(root), "--out", str(tmp_path / "run")], capsys)
+    assert "no training clip has a label" in line
+    for way in ("clipsonic train-prior CAPTIONS --clip-model DIR", "COCO captions JSON", "JSONL",
+                "generate --mode knn", "--mode shift", "clipsonic attach prior PIPELINE KARLO_DIR"):
+        assert way in line
 
 
 def test_training_lowers_the_loss_and_narrows_the_modality_gap(tmp_path, dataset):

@@ -195,15 +195,17 @@ def cli_args(ds, run, **overrides):
 
 def test_sigkill_during_save_then_resume(ds, straight, tmp_path):
     run = tmp_path / "killed"
-    # the same number of threads as the straight run here: another one sums in another order (~1e-6 apart)
-    same = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    env = {**same, "CLIPSONIC_FAULT": "kill-in-save:20"}
-    proc = subprocess.run(cli_args(ds, run, max_steps=40), env=env, capture_output=True, text=True, timeout=300)
+    # threads set as for the straight run here (OMP_NUM_THREADS, then torch.set_num_threads in conftest): another
+    # count, or OMP_NUM_THREADS=2 alone instead of 1 then set_num_threads(2), sums in another order (~1e-6 apart)
+    threads = ["--threads", str(torch.get_num_threads())]
+    env = {**os.environ, "CLIPSONIC_FAULT": "kill-in-save:20"}
+    proc = subprocess.run(cli_args(ds, run, max_steps=40) + threads, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert [s for s, _ in list_checkpoints(run)] == [10]
     assert (run / "checkpoints" / ".tmp-step-0000020" / "model.safetensors").is_file()  # half a save
     assert max(losses(run)) >= 20  # the killed run had logged past its last checkpoint
-    proc = subprocess.run(cli_args(ds, run, max_steps=40) + ["--resume"], env=same, capture_output=True, text=True,
+    proc = subprocess.run(cli_args(ds, run, max_steps=40) + threads + ["--resume"], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert not (run / "checkpoints" / ".tmp-step-0000020").exists()

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from clipsonic.models.weights import check_shared_shapes
 
 log = logging.getLogger(__name__)
 
+CLIP_FILES = ["*.json", "*.txt", "model*.safetensors"]  # configs, tokenizer, weights: what loading reads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +59,7 @@ def load_clip(name_or_path: str | os.PathLike = "openai/clip-vit-large-patch14",
     """A CLIP from a ``save_pretrained`` directory or a hub id; by default on cuda in float16 when
     available, else on cpu in float32 (outputs are float32 either way)."""
     directory = _resolve(str(name_or_path))
-    weights = _check_clip_dir(directory)
+    weights = clip_weight_files(directory)
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
     try:  # transformers 5 maps CLIPImageProcessor to a torchvision backend (and warns when falling back)
@@ -103,12 +105,7 @@ class ClipEncoder:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for path in sorted(self._weight_files, key=lambda p: p.name):
-            with open(path, "rb") as fh:
-                while chunk := fh.read(1 << 24):
-                    digest.update(chunk)
-        return digest.hexdigest()[:16]
+        return weights_fingerprint(self._weight_files)
 
     def __repr__(self) -> str:
         return f"ClipEncoder({self.name!r}, dim={self.dim}, device={self.device})"
@@ -170,6 +167,47 @@ class ClipEncoder:
             yield projected, states, mask.bool().cpu()
 
 
+def weights_fingerprint(weight_files: Sequence[Path]) -> str:
+    """SHA-256 of the weight files' bytes (in file-name order), first 16 hex digits."""
+    digest = hashlib.sha256()
+    for path in sorted(weight_files, key=lambda p: p.name):
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def find_clip_dir(name_or_path: str | os.PathLike) -> Path | None:
+    """The local folder of a CLIP named by a path or a hub id (its snapshot in the HF cache), without ever
+    downloading; None when this machine has no copy."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return Path(snapshot_download(repo_id=str(name_or_path), allow_patterns=CLIP_FILES, local_files_only=True))
+    except (HFValidationError, OSError):  # not a hub id, or not in the cache (LocalEntryNotFoundError)
+        return None
+
+
+def copy_clip(source: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy what loading a CLIP folder needs (configs, tokenizer, safetensors weights; never a pickle) into ``dest``,
+    hard-linked where both are on one filesystem (a bundle costs no space), copied otherwise; returns ``dest``."""
+    source, dest = Path(source), Path(dest)
+    weights = clip_weight_files(source)
+    files = {*weights, *(p for p in source.iterdir() if p.is_file() and p.suffix in (".json", ".txt"))}
+    for path in sorted(files):
+        target = dest / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path.resolve(), target)  # resolve: the HF cache's snapshot files are symlinks to its blobs
+        except OSError:  # another filesystem, or one without hard links
+            shutil.copyfile(path, target)
+    return dest
+
+
 def _normalise(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.cat([torch.empty(0, dim), *parts]), dim=-1)  # no parts: [0, dim]
 
@@ -229,7 +267,7 @@ def _resolve(name: str) -> Path:
             f"--include 'model*.safetensors' --local-dir DIR` (older huggingface_hub: "
             f"`huggingface-cli download`) and pass DIR instead of the hub id.")
     try:  # configs, tokenizer and the transformers safetensors only (repos also hold pytorch/tf/flax copies)
-        return Path(snapshot_download(repo_id=name, allow_patterns=["*.json", "*.txt", "model*.safetensors"]))
+        return Path(snapshot_download(repo_id=name, allow_patterns=CLIP_FILES))
     except HFValidationError:
         raise ClipsonicError(f"CLIP model {name!r} is neither an existing directory nor a hub id") from None
     except RepositoryNotFoundError:
@@ -239,7 +277,7 @@ def _resolve(name: str) -> Path:
                            f"downloaded ({type(exc).__name__}). {hint}") from None
 
 
-def _check_clip_dir(directory: Path) -> list[Path]:
+def clip_weight_files(directory: Path) -> list[Path]:
     """Refuse anything that is not a complete transformers CLIP checkpoint; return its weight files."""
     if not directory.is_dir():
         raise ClipsonicError(f"{directory} is not a directory; pass a CLIP model directory or a hub id")

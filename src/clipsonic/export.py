@@ -11,7 +11,8 @@
                        "bank_keys": [N], "bank_labels": [N]} + stats.safetensors ("mean_image_embedding"
                        [D] float32, "image_bank" [N, D] float16)
     prior/, vocoder/   optional components (clipsonic.prior, clipsonic.vocoder)
-    clip/              optional: the CLIP itself, so the folder loads offline anywhere
+    clip/              the CLIP itself (configs, tokenizer, safetensors), so the folder loads offline anywhere:
+                       bundled by export when this machine has that CLIP; absent: loaded from clip_model.model
     README.md          model card
 
 JSON and safetensors only: loading never runs code. Unversioned files are version 1 (whose stats kept
@@ -23,8 +24,8 @@ embedding, NOT renormalised; ``image_bank`` holds the (clip key, frame) pairs wi
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,14 @@ from clipsonic import __version__
 from clipsonic.audio import MelConfig
 from clipsonic.config import ConfigError
 from clipsonic.diffusion import DiffusionConfig
-from clipsonic.encoders import ClipModelRef, load_clip
+from clipsonic.encoders import (
+    ClipModelRef,
+    clip_weight_files,
+    copy_clip,
+    find_clip_dir,
+    load_clip,
+    weights_fingerprint,
+)
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import (
     atomic_directory,
@@ -47,6 +55,8 @@ from clipsonic.files import (
     read_versioned_json,
     write_json_atomic,
 )
+
+log = logging.getLogger(__name__)
 
 MODEL_INDEX_NAME = "model_index.json"
 PIPELINE_CLASS = "CLIPSonicPipeline"
@@ -149,7 +159,25 @@ def attach_clip(pipeline_dir: str | os.PathLike, clip_dir: str | os.PathLike) ->
     if encoder.fingerprint != index.clip.fingerprint or encoder.dim != index.clip.dim:
         raise ClipsonicError(f"{clip_dir} holds CLIP weights {encoder.fingerprint} ({encoder.dim}-d) but {pipeline_dir} "
                              f"was trained with {index.clip.describe()}; bundle the CLIP it was trained with")
-    return set_component(pipeline_dir, "clip", lambda folder: shutil.copytree(clip_dir, folder, dirs_exist_ok=True))
+    source = find_clip_dir(clip_dir)  # a hub id: its cached snapshot, which load_clip has just made sure of
+    return set_component(pipeline_dir, "clip", lambda folder: copy_clip(source, folder))
+
+
+def bundled_clip(clip: ClipModelRef) -> dict[str, Callable[[Path], None]]:
+    """``write_pipeline_dir``'s ``extra_components`` that bundle the CLIP ``clip`` names, found on this machine (a
+    folder, or a hub id's copy in the HF cache: never downloaded) with the same weights; {} and a warning when there
+    is none, so the pipeline keeps only the reference (``clipsonic attach clip`` bundles it later)."""
+    source = find_clip_dir(clip.model)
+    try:
+        found = source is not None and weights_fingerprint(clip_weight_files(source)) == clip.fingerprint
+    except ClipsonicError:  # an incomplete folder: no copy of this CLIP either
+        found = False
+    if found:
+        return {"clip": lambda folder: copy_clip(source, folder)}
+    log.warning("the CLIP %s is not on this machine%s, so the pipeline references it instead of bundling it (then it "
+                "loads only where that CLIP is); bundle it with `clipsonic attach clip PIPELINE CLIP_DIR`",
+                clip.describe(), "" if source is None else f" ({source} holds other weights or is incomplete)")
+    return {}
 
 
 def read_model_index(directory: str | os.PathLike, *, complete: bool = True) -> ModelIndex:

@@ -17,7 +17,15 @@ from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, SAMPLERS
 from clipsonic.errors import ClipsonicError
 from clipsonic.media import load_audio
 from clipsonic.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, CLIPSonicPipeline, queries
-from clipsonic.pipeline.outputs import AUDIO_SUFFIXES, check_output_file, check_target, generate_files
+from clipsonic.pipeline.outputs import (
+    AUDIO_SUFFIXES,
+    check_output_file,
+    check_target,
+    generate_files,
+    model_fingerprint,
+    read_sidecar,
+)
+from clipsonic.pipeline.pipeline import BUILTIN_DIR, DEFAULT_GUIDANCE_RESCALE
 from clipsonic.plotting import save_mel_image
 from clipsonic.vocoder import GriffinLimConfig, GriffinLimVocoder, load_vocoder, vocode_file
 
@@ -30,7 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub, "generate", run_generate, "generate audio from text, an image or a video",
         "Generate sound with a pipeline directory. Modes: iq (image/video query; default for them), zs (CLIP text "
         "embedding as is), pd (through the diffusion prior; default for text when the pipeline has one), shift "
-        "(mean-embedding shift) and knn (nearest training images). -o takes a .wav/.flac (one clip), a video file "
+        "(mean-embedding shift) and knn (nearest training images). Without a prior, text defaults to the best-measured "
+        "training-free bridge the pipeline has: knn (needs the stats image bank), else shift (stats), else zs. "
+        "Every clip gets a sidecar NAME.json (query, seed, settings, model fingerprint); --from NAME.json makes "
+        "the same clip again, and an unseeded run logs the seeds it drew. -o takes a .wav/.flac (one clip), a video file "
         "name (video query: a copy of the video with the new sound, its picture stream copied) or a directory "
         f"(NNN-<query>.wav per clip). --seconds rounds to a multiple of 8 mel frames (0.256 s) and is at most "
         f"{queries.MAX_SECONDS:g}; clips longer than the training length work (the UNet is convolutional in time) but "
@@ -51,11 +62,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--image", action="append", type=Path, help="image file (repeatable)")
     q.add_argument("--video", action="append", type=Path, help="video file (repeatable)")
     q.add_argument("--prompts", type=Path, metavar="FILE", help="text file, one query per line ('#' comments)")
+    q.add_argument("--from", dest="replay", type=Path, metavar="NAME.json",
+                   help="make a clip again from the sidecar written beside it (its query, seed and settings; "
+                        "refused if the model changed); takes only -o, --model (a moved copy), --device, --clip-model, "
+                        "--save-mel")
     s = p.add_argument_group("sampling")
     s.add_argument("--mode", choices=MODES, help="how the query conditions the model (see above)")
     s.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
                    help=f"classifier-free guidance weight w (default {DEFAULT_GUIDANCE_SCALE:g}, the paper's best FAD)")
     deprecated_alias(s, "--guidance", "--guidance-scale", type=float, dest="guidance_scale")
+    s.add_argument("--guidance-rescale", type=float, default=DEFAULT_GUIDANCE_RESCALE, metavar="R",
+                   help="how far a guided mel keeps the conditional branch's level and spread, 0..1 (default "
+                        f"{DEFAULT_GUIDANCE_RESCALE:g}; 0 = plain guidance, louder and clipping at high w)")
     s.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps (default {DEFAULT_STEPS})")
     s.add_argument("--sampler", choices=list(SAMPLERS), default=DEFAULT_SAMPLER, help=f"(default {DEFAULT_SAMPLER})")
     s.add_argument("--seed", type=int, help="seed of output 0; output i uses seed + i")
@@ -74,6 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="autocast dtype of the UNet (GPU)")
     r.add_argument("--vocoder", help="vocoder directory, or 'griffin-lim', instead of the pipeline's")
     r.add_argument("--clip-model", help="load the pipeline's CLIP from here (same weights, e.g. a local copy)")
+    p.set_defaults(replayed_defaults={name: p.get_default(name) for name in _REPLAYED})
 
     p = command(sub, "vocode", run_vocode, "resynthesise a file's sound from its mel with a vocoder or Griffin-Lim",
                 "Audio or video in → 16 kHz log-mel → vocoder → audio out: the paper's mel-reconstruction row, and a "
@@ -96,6 +115,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _input_args(p, f"image file to write ({', '.join(MEL_IMAGE_SUFFIXES)})")
 
 
+# The flags a sidecar replaces: --from refuses them rather than silently ignoring or mixing them.
+_REPLAYED = ("text", "image", "video", "prompts", "mode", "guidance_scale", "guidance_rescale", "steps", "sampler", "seed",
+             "num_samples", "seconds", "negative", "video_frames", "num_frames", "dtype", "vocoder")
+
+
 def _input_args(p: argparse.ArgumentParser, output: str) -> None:
     p.add_argument("input", type=Path, help="audio or video file")
     p.add_argument("-o", "--output", required=True, type=Path, help=output)
@@ -107,6 +131,8 @@ def run_generate(args: argparse.Namespace) -> None:
     if args.list_builtin_prompts:
         print("\n".join(builtin_prompts()))
         return
+    if args.replay is not None:
+        return _replay(args)
     if args.prompts is not None and args.text:
         raise ClipsonicError("give --text or --prompts, not both")
     texts = queries.read_prompts(args.prompts) if args.prompts else args.text
@@ -117,17 +143,53 @@ def run_generate(args: argparse.Namespace) -> None:
     queries.check_positive_int("num_frames", args.num_frames, queries.MAX_VIDEO_FRAMES)
     queries.expand_seeds(args.seed, None, len(query) * args.num_samples)
     check_target(args.out, len(query) * args.num_samples, query.kind)
-    pipe = CLIPSonicPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                             clip_model=args.clip_model, vocoder=args.vocoder)
-    if pipe.vocoder_is_fallback and args.model is not None:  # the built-in model chose Griffin-Lim (its card says why)
-        print(f"note: {args.model} has no vocoder; using Griffin-Lim (lower quality; see clipsonic train-vocoder)",
+    settings = dict(mode=args.mode, guidance_scale=args.guidance_scale, guidance_rescale=args.guidance_rescale,
+                    num_inference_steps=args.steps,
+                    sampler=args.sampler, seconds=args.seconds, negative_text=args.negative,
+                    video_frames=args.video_frames, num_frames=args.num_frames)
+    _generate(args, query, settings, args.model, args.vocoder, args.dtype, num_samples=args.num_samples,
+              seed=args.seed, save_mel=args.save_mel)
+
+
+def _replay(args: argparse.Namespace) -> None:
+    """``--from NAME.json``: the sidecar's query, seed and settings with the model it names (or ``--model``)."""
+    if given := [name for name, default in args.replayed_defaults.items() if getattr(args, name) != default]:
+        flag = "--" + given[0].replace("_", "-")
+        raise ClipsonicError(f"--from takes the query and settings from {args.replay}; drop {flag} (or generate "
+                             "without --from)")
+    side = read_sidecar(args.replay)
+    query = queries.parse_query(**side["query"])
+    check_target(args.out, 1, query.kind)
+    settings = {name: value for name, value in side["settings"].items() if value is not None}
+    _generate(args, query, settings, args.model if args.model is not None else side.get("model"), side.get("vocoder"),
+              side.get("dtype"), num_samples=1, seed=side["seed"], save_mel=args.save_mel,
+              clip_model=args.clip_model or side.get("clip_model"), replaying=side)
+
+
+def _generate(args: argparse.Namespace, query: queries.Query, settings: dict, model, vocoder, dtype, *,
+              num_samples: int, seed: int | None, save_mel: bool, clip_model: str | None = None,
+              replaying: dict | None = None) -> None:
+    """Load the pipeline (after checking a replayed sidecar's model fingerprint), generate, write the clips with
+    their sidecars and print their paths."""
+    clip_model = clip_model or args.clip_model
+    fingerprint = None if replaying is None else model_fingerprint(model if model is not None else BUILTIN_DIR)
+    if replaying is not None and fingerprint != replaying["model_fingerprint"]:
+        raise ClipsonicError(f"{args.replay} was made with {replaying.get('model') or 'the built-in model'} "
+                             f"(fingerprint {replaying['model_fingerprint']}) but {model or 'the built-in model'} has "
+                             f"fingerprint {fingerprint}; pass the pipeline it was made with (--model DIR)")
+    pipe = CLIPSonicPipeline.from_pretrained(model, device=args.device, dtype=dtype, clip_model=clip_model,
+                                             vocoder=vocoder)
+    if pipe.vocoder_is_fallback and model is not None:  # the built-in model chose Griffin-Lim (its card says why)
+        print(f"note: {model} has no vocoder; using Griffin-Lim (lower quality; see clipsonic train-vocoder)",
               file=sys.stderr)
+    sidecar = {"model": None if model is None else str(Path(model).resolve()),
+               "model_fingerprint": fingerprint or model_fingerprint(model if model is not None else BUILTIN_DIR),
+               "clip_model": clip_model, "dtype": dtype,
+               "vocoder": vocoder if vocoder in (None, "griffin-lim") else str(Path(vocoder).resolve()),
+               "device": str(pipe.device)}
     with progress_bar() as bar:
-        written = generate_files(pipe, query, args.out, batch_size=args.batch_size, num_samples=args.num_samples,
-                                 seed=args.seed, save_mel=args.save_mel, progress=bar, mode=args.mode,
-                                 guidance_scale=args.guidance_scale, num_inference_steps=args.steps,
-                                 sampler=args.sampler, seconds=args.seconds, negative_text=args.negative,
-                                 video_frames=args.video_frames, num_frames=args.num_frames)
+        written = generate_files(pipe, query, args.out, batch_size=args.batch_size, num_samples=num_samples, seed=seed,
+                                 save_mel=save_mel, progress=bar, sidecar=sidecar, **settings)
     print("\n".join(map(str, written)))
 
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from clipsonic.audio import MelConfig
@@ -17,7 +18,8 @@ from clipsonic.errors import ClipsonicError
 from clipsonic.export import attach_clip
 from clipsonic.prior import attach_prior, train_prior
 from clipsonic.prior.train import PriorTrainConfig
-from clipsonic.train import TrainConfig, export_run, train
+from clipsonic.train import TrainConfig, export_run, read_run, train
+from clipsonic.train.stop import TrainingStopped
 from clipsonic.vocoder import DiscriminatorConfig, VocoderTrainConfig, attach_vocoder, train_vocoder
 
 
@@ -27,10 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Cut videos into clips and store each clip's log-mel and the CLIP image embeddings of K of its frames as "
         "WebDataset shards. Re-running the same command resumes.\n\nclip rule: clips of --clip-seconds (default "
         "4.096 s = 128 mel frames) start at the video's (or VGGSound row's) start and every --stride-seconds while "
-        "they fit; a shorter tail is dropped, except that a video shorter than one clip but at least "
-        "--min-clip-fraction of it gives one zero-padded clip. Clips quieter than --silence-db dBFS RMS are dropped "
-        "as silent. K frames are taken at the centres of K equal parts of each clip; the middle one is also stored "
-        "as a jpg.",
+        "they fit; the next start (the only one of a video shorter than a clip) gives one zero-padded clip when at "
+        "least --min-clip-fraction of a clip of audio follows it, else that tail is dropped (counted in the summary). "
+        "Clips quieter than --silence-db dBFS RMS are dropped as silent. K frames are taken at the centres of K equal "
+        "parts of each clip; the middle one is also stored as a jpg.\n\nfolder layouts: videos directly in the "
+        "folder are unlabeled (split by --test-fraction); class folders (FOLDER/dog/…) give labels; split folders "
+        "FOLDER/train, test, val (valid, validation) give the splits, each holding either layout (no "
+        "--test-fraction then). Mixed layouts are refused.",
         "clipsonic preprocess videos/ --out data/mine --test-fraction 0.05",
         "clipsonic preprocess vggsound.csv --video-dir vggsound/ --out data/vgg --workers 8 --keep-audio",
         "clipsonic preprocess MUSIC_solo_videos.json --video-dir music/ --out data/music --max-clips-per-video 50",
@@ -63,8 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "in the \"unet\" section of --config.\n\nSeveral processes on a machine without GPUs: `accelerate launch "
         "--multi_gpu --num_processes N` or torchrun (accelerate's --cpu flag alone starts a single process).",
         "clipsonic train data/music --out runs/music                      # the paper's settings (GPU)",
-        "clipsonic train data/mine --out runs/cpu --preset tiny --batch-size 16 --max-steps 2000 --prediction v --lr 1e-3",
+        "clipsonic train data/mine --out runs/cpu --preset cpu            # minutes on a CPU (clips of 1.024 s)",
+        "clipsonic train data/mine --out runs/cpu --preset cpu --max-steps 6000 --batch-size 32   # flags win",
         "clipsonic train data/music --out runs/music --resume              # continue from the last checkpoint",
+        "clipsonic train data/music --out runs/music --max-time 12h 2> train.log   # then --resume for the next 12 h",
         "clipsonic train data/music --out runs/b --config runs/music/config.json   # reproduce a run",
         "accelerate launch --num_processes 2 -m clipsonic train data/vgg --out runs/vgg --precision bf16")
     options.add_config_flags(p, TrainConfig, "train")
@@ -74,17 +81,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = _trainer(
         sub, "train-prior", train_prior, "train a diffusion prior (CLIP text embedding → image embedding) for the PD mode",
         "Train our diffusion prior (DALL-E 2 style, conditioned on the pooled CLIP text embedding) on image–caption "
-        "pairs: a preprocessed dataset (labels become captions through --templates), a CSV with image and caption "
-        "columns, or a folder of images with NAME.txt captions. Checkpoints, metrics.jsonl and TensorBoard logs go "
+        "pairs: a preprocessed dataset (the labels of its train split become captions through --templates; its "
+        "test clips are never read), a CSV or JSONL with image and caption columns (image/path/file, caption/text), "
+        "a COCO captions JSON (images beside it), or a folder of images with NAME.txt captions; paths in a file are "
+        "relative to its folder. Checkpoints, metrics.jsonl and TensorBoard logs go "
         "to RUN_DIR; the finished prior to RUN_DIR/prior (attach it with `clipsonic attach prior`). Validation "
         "reports how close (cosine) the prior's samples and the raw text embeddings are to the held-out image "
         "embeddings.",
         "clipsonic train-prior data/vgg --out runs/prior-vgg",
         "clipsonic train-prior data/mine --out runs/prior --preset tiny --max-steps 2000 --cpu",
         "clipsonic train-prior captions.csv --out runs/prior --clip-model openai/clip-vit-large-patch14",
+        "clipsonic train-prior coco/train2017/captions_train2017.json --out runs/prior --clip-model ~/models/clip",
         "clipsonic train-prior data/vgg --out runs/prior-vgg --resume --max-steps 40000",
         "accelerate launch --num_processes 2 -m clipsonic train-prior data/vgg --out runs/prior-vgg")
-    p.add_argument("--clip-model", help="CLIP to embed images/captions with (required for CSV and folders; "
+    p.add_argument("--clip-model", help="CLIP to embed images/captions with (required for image collections; "
                                         "default for a dataset: the one it was built with)")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     options.add_config_flags(p, PriorTrainConfig, "train")
@@ -107,13 +117,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = options.command(
         sub, "export", run_export, "export a run's checkpoint: UNet → pipeline, prior → prior/, vocoder → vocoder/",
         "Write the inference directory of any training run (its task is in RUN_DIR/config.json) from a checkpoint, "
-        "e.g. of a stopped run: a UNet run becomes a pipeline directory (default RUN_DIR/pipeline), a prior run "
-        "RUN_DIR/prior, a vocoder run RUN_DIR/vocoder.",
-        "clipsonic export runs/music --out pipelines/music --step 200000", "clipsonic export runs/vocoder")
+        "e.g. of a stopped run: a UNet run becomes a pipeline directory (default RUN_DIR/pipeline) with a copy of "
+        "its CLIP in clip/ when this machine has that CLIP (a folder, or a hub id in the Hugging Face cache; never "
+        "downloaded), a prior run RUN_DIR/prior, a vocoder run RUN_DIR/vocoder.",
+        "clipsonic export runs/music --out pipelines/music --step 200000", "clipsonic export runs/vocoder",
+        "clipsonic export runs/mine --no-bundle-clip     # the pipeline names the CLIP instead of holding it")
     p.add_argument("run", type=Path, metavar="RUN_DIR", help="a train, train-prior or train-vocoder run directory")
     p.add_argument("-o", "--out", type=Path, help="where to write (default: inside RUN_DIR)")
     p.add_argument("--step", type=int, help="the checkpoint to export (default: the newest readable one)")
     p.add_argument("--data", type=Path, help="(UNet runs) the dataset for the pipeline's statistics (default: the run's)")
+    p.add_argument("--bundle-clip", action=argparse.BooleanOptionalAction,
+                   help="(UNet runs) copy the CLIP into PIPELINE/clip so the folder loads offline anywhere; "
+                        "--no-bundle-clip: only name it (default: the run's train.bundle_clip, true unless set)")
     options.deprecated_alias(p, "--output", "--out", type=Path, dest="out")
     options.deprecated_alias(p, "--checkpoint", "--step", type=lambda path: int(Path(path).name.rsplit("-", 1)[-1]), dest="step")
 
@@ -133,9 +148,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "names it (default openai/clip-vit-large-patch14)")
 
 
+STOPPING = ("\n\nStopping: Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes a checkpoint and the export, "
+            "and exits 130/143 naming them (Ctrl-C again aborts at once); --max-time stops the same way at a time "
+            "budget and exits 0. --resume continues either. With stderr not a terminal (a log file), progress is a "
+            "log line every --progress-every seconds.")
+
+
 def _trainer(sub: argparse._SubParsersAction, name: str, api, help: str, description: str,
              *examples: str) -> argparse.ArgumentParser:
-    p = options.command(sub, name, run_trainer, help, description, *examples)
+    p = options.command(sub, name, run_trainer, help, description + STOPPING, *examples)
     p.set_defaults(api=api)
     p.add_argument("data", type=Path, metavar="DATA", help="dataset directory (from `clipsonic preprocess`) "
                                                            "or the source the trainer takes (see above)")
@@ -177,21 +198,33 @@ def _summary(info) -> None:
     c = info.counts
     splits = ", ".join(f"{s}: {info.num_clips(s)} clips in {len(v['shards'])} shard(s)" for s, v in info.splits.items())
     print(f"{info.root}: {c.get('inputs', 0)} inputs → {c.get('clips', 0)} clips ({splits}); "
-          f"{c.get('rejected', 0)} rejected (listed in dataset.json), {c.get('silent_clips', 0)} silent clips dropped")
+          f"{c.get('rejected', 0)} rejected (listed in dataset.json), {c.get('silent_clips', 0)} silent clips dropped, "
+          f"{c.get('padded_clips', 0)} last clips zero-padded, {c.get('dropped_tails', 0)} short tails dropped")
 
 
-def run_trainer(args: argparse.Namespace) -> None:
+def run_trainer(args: argparse.Namespace) -> int:
     extra = {"clip_model": args.clip_model, "cpu": args.cpu} if args.command == "train-prior" else {}
-    with options.progress_bar(keys=("loss", "mel_l1", "val_mel_l1", "samples_per_s")) as bar:
-        run = args.api(args.data, args.out, options.overrides(args, args.config), resume=args.resume,
-                       restart=args.restart, progress=bar, **extra)
+    try:
+        with options.progress_bar(keys=("loss", "mel_l1", "val_mel_l1", "samples_per_s")) as bar:
+            # without a terminal (a log file) the loop logs a progress line every train.progress_every seconds
+            run = args.api(args.data, args.out, options.overrides(args, args.config), resume=args.resume,
+                           restart=args.restart, progress=bar if sys.stderr.isatty() else None, **extra)
+    except TrainingStopped as stop:  # SIGINT/SIGTERM: the checkpoint (and export) are written
+        if options.main_process():
+            print(f"clipsonic {args.command}: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     if options.main_process():
         print(f"run: {run}", *(f"{name}: {run / name}" for name in ("pipeline", "prior", "vocoder")
                                if (run / name).is_dir()), sep="\n")
+    return 0
 
 
 def run_export(args: argparse.Namespace) -> None:
-    print(f"exported: {export_run(args.run, out=args.out, step=args.step, data=args.data)}")
+    bundle = {} if args.bundle_clip is None else {"bundle_clip": args.bundle_clip}
+    if bundle and (task := read_run(args.run).task) != "unet":
+        raise ClipsonicError(f"--bundle-clip/--no-bundle-clip are for UNet runs; {args.run} is a {task} run")
+    out = export_run(args.run, out=args.out, step=args.step, data=args.data, **bundle)
+    print(f"exported: {out}" + (f" (CLIP bundled in {out / 'clip'})" if (out / "clip").is_dir() else ""))
 
 
 ATTACH = {"prior": attach_prior, "vocoder": attach_vocoder, "clip": attach_clip}

@@ -1,8 +1,10 @@
 """One video → its training clips (log-mels, frames), deterministically, in a decoding worker process.
 
 Clip rule (as ``clipsonic preprocess --help`` says): clips start at the segment start and every ``stride`` seconds
-while they fit; a shorter tail is dropped, except that a segment shorter than one clip but at least
-``min_clip_fraction`` of it gives one zero-padded clip. Clips below ``silence_db`` dBFS RMS are dropped.
+while they fit whole. The next start after them (the only one for a segment shorter than a clip) gives one more,
+zero-padded clip when at least ``min_clip_fraction`` of a clip of audio follows it; otherwise the audio after the last
+clip is a dropped tail. Both are logged once per file and counted in dataset.json (``padded_clips``,
+``dropped_tails``). Clips below ``silence_db`` dBFS RMS are dropped.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class ClipOptions(Config):
     frames_per_clip: PositiveInt = 3  # K frames evenly inside each clip; training picks one at random
     stride_seconds: Positive | None = None  # None: back-to-back clips (stride = clip length)
     max_clips_per_video: PositiveInt | None = None  # None: as many as fit (MUSIC videos run for minutes)
-    min_clip_fraction: Annotated[float, Range(0, 1, low_open=True)] = 0.5  # shorter videos are rejected as too short
+    # a tail (or a video shorter than a clip) becomes a zero-padded clip when it holds at least this fraction of a clip
+    min_clip_fraction: Annotated[float, Range(0, 1, low_open=True)] = 0.5
     silence_db: Annotated[float, Range(high=0)] = -60.0  # clips quieter than this RMS (dBFS) are dropped as silent
     keep_audio: bool = False  # store the clip's 16 kHz audio as flac (vocoder training, FAD references)
     keep_jpg: bool = True  # store the middle frame as a small jpg (for browsing and reports)
@@ -62,19 +65,33 @@ class ItemResult:
     clips: list[ClipData]
     reason: str | None = None  # set when no clip came out
     silent_clips: int = 0
+    padded: float = 0.0  # seconds of audio in the kept zero-padded last clip (0: none)
+    dropped_tail: float = 0.0  # seconds of audio after the last clip that no clip holds
 
 
-def plan_clip_starts(segment_start: float, segment_seconds: float, mel: MelConfig, options: ClipOptions
-                     ) -> list[float]:
-    """Start times (s) of the clips cut from a segment, per the module's clip rule."""
+@dataclasses.dataclass(frozen=True)
+class ClipPlan:
+    """Where a segment's clips start (s), and what became of the audio after the last whole clip."""
+
+    starts: list[float]
+    padded: float = 0.0  # seconds of audio in the last clip, which is zero-padded to a clip (0: all are whole)
+    dropped_tail: float = 0.0  # seconds after the last clip too short to pad (0: none)
+
+
+def plan_clips(segment_start: float, segment_seconds: float, mel: MelConfig, options: ClipOptions) -> ClipPlan:
+    """The clips cut from a segment, per the module's clip rule (``max_clips_per_video`` cuts before any tail)."""
     clip_s = mel.clip_seconds
     stride = options.stride_seconds or clip_s
-    count = max(math.floor((segment_seconds - clip_s + 1e-3) / stride) + 1, 0)  # 1 ms slack: durations are rounded
-    if count == 0 and segment_seconds >= options.min_clip_fraction * clip_s:
-        count = 1
-    if options.max_clips_per_video is not None:
-        count = min(count, options.max_clips_per_video)
-    return [round(segment_start + i * stride, 6) for i in range(count)]
+    whole = max(math.floor((segment_seconds - clip_s + 1e-3) / stride) + 1, 0)  # 1 ms slack: durations are rounded
+    cap = options.max_clips_per_video or whole + 1
+    count, padded, dropped = min(whole, cap), 0.0, 0.0
+    rest = segment_seconds - whole * stride  # audio from the next start on (< one clip)
+    if whole < cap and rest >= options.min_clip_fraction * clip_s:
+        count, padded = whole + 1, rest
+    elif whole < cap and whole:  # what follows the last clip (with gaps between clips: the next start)
+        dropped = max(segment_seconds - max((whole - 1) * stride + clip_s, whole * stride), 0.0)
+    return ClipPlan([round(segment_start + i * stride, 6) for i in range(count)], round(padded, 6),
+                    round(dropped, 6) if dropped > 1e-3 else 0.0)
 
 
 def frame_times(start: float, seconds: float, k: int) -> list[float]:
@@ -100,7 +117,8 @@ def _extract(item: SourceItem, mel: MelConfig, options: ClipOptions) -> ItemResu
     seg_start, clip_s = item.start or 0.0, mel.clip_seconds
     seg_end = info.duration if item.duration is None else min(info.duration, seg_start + item.duration)
     seg_seconds = seg_end - seg_start
-    starts = plan_clip_starts(seg_start, seg_seconds, mel, options)
+    plan = plan_clips(seg_start, seg_seconds, mel, options)
+    starts = plan.starts
     if not starts:
         return ItemResult([], reason=(
             f"too short: {max(seg_seconds, 0):.2f} s usable, need {options.min_clip_fraction * clip_s:.2f} s"))
@@ -133,7 +151,8 @@ def _extract(item: SourceItem, mel: MelConfig, options: ClipOptions) -> ItemResu
             key=sample_key(item.key, index), mel=mels[i], frames=clip_frames, meta=meta,
             jpg=_jpeg(clip_frames[k // 2], options.jpg_size) if options.keep_jpg else None,
             flac=_flac(wav, mel.sample_rate) if options.keep_audio else None))
-    return ItemResult(clips, silent_clips=silent)
+    padded = plan.padded if plan.padded and kept[-1][0] == len(starts) - 1 else 0.0  # unless dropped as silent
+    return ItemResult(clips, silent_clips=silent, padded=padded, dropped_tail=plan.dropped_tail)
 
 
 def _shrink(frame: np.ndarray, max_side: int) -> np.ndarray:

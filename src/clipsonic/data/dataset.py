@@ -2,8 +2,8 @@
 
 ``dataset.json`` (format "clipsonic-dataset", version 1) holds ``mel`` (the MelConfig), ``clip`` (``model``,
 ``dim``, ``fingerprint``), ``frames_per_clip``, ``splits`` (``{split: {"shards": [names], "clips": n}}``),
-``counts`` (inputs, clips, rejected, silent_clips), ``options`` (the preprocess options that shape the data) and
-``rejected`` (``[{"path", "reason"}]``: inputs that gave no clip).
+``counts`` (inputs, clips, rejected, silent_clips, padded_clips, dropped_tails), ``options`` (the preprocess options
+that shape the data) and ``rejected`` (``[{"path", "reason"}]``: inputs that gave no clip).
 
 Per sample in a shard: ``__key__``; ``mel.npy`` float16 ``[n_mels, frames]`` log-mel; ``clip.npy`` float16
 ``[K, D]`` L2-normalised image embeddings; ``json`` (source, start, frame times, label, split); optional ``flac``

@@ -42,6 +42,7 @@ from clipsonic.files import lock_folder, read_versioned_json, write_json_atomic
 log = logging.getLogger(__name__)
 JOURNAL = ".progress.json"
 JOURNAL_FORMAT, JOURNAL_VERSION = "clipsonic-preprocess-journal", 1
+CLIP_COUNTS = ("silent_clips", "padded_clips", "dropped_tails")  # dataset.json counts beside inputs/clips/rejected
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +82,9 @@ def preprocess(source: str | os.PathLike, out_dir: str | os.PathLike, *, options
     if not items:
         raise ClipsonicError(f"{source}: none of its {len(problems)} entries can be used (first: {problems[0].path}: "
                              f"{problems[0].reason})")
+    if options.test_fraction and Path(source).is_dir() and items[0].split:  # a folder's splits are all or none
+        raise ClipsonicError(f"{source}: its split folders ({', '.join(sorted({it.split for it in items}))}) set "
+                             "the splits; drop --test-fraction, or put the videos in one folder to split by hash")
     if num_shards > 1:
         items, problems = items[shard_index::num_shards], problems[shard_index::num_shards]
         out = out / f"part-{shard_index:05d}-of-{num_shards:05d}"
@@ -245,8 +249,7 @@ def _watch_parent(parent: int) -> None:
 
 def _run_split(out: Path, split: str, items: list[SourceItem], journal: dict, decoder: _Decoder, encoder,
                options: PreprocessOptions, batch_size: int, stats: Progress, progress) -> None:
-    state = journal["splits"].setdefault(split, {"next_item": 0, "shards": [], "clips": 0, "rejected": [],
-                                                 "silent_clips": 0})
+    state = journal["splits"].setdefault(split, {"next_item": 0, "shards": [], "clips": 0, "rejected": []})
 
     def commit(shard: str | None, next_item: int) -> None:
         # state also counts the items written since the last commit; on disk they count only from here
@@ -283,10 +286,17 @@ def _write_group(writer: ShardWriter, results: list[ItemResult], items: list[Sou
         for clip in result.clips:
             writer.write(encode_sample(clip.key, clip.mel, next(rows), clip.meta, clip.jpg, clip.flac))
         state["clips"] += len(result.clips)
-        state["silent_clips"] += result.silent_clips
+        for key, n in (("silent_clips", result.silent_clips), ("padded_clips", result.padded > 0),
+                       ("dropped_tails", result.dropped_tail > 0)):
+            state[key] = state.get(key, 0) + n  # journals of older runs lack the newer counters
         if result.reason is not None:
             state["rejected"].append(dataclasses.asdict(Problem(str(item.path), result.reason)))
             log.info("skipped %s: %s", item.path, result.reason)
+        elif result.padded:
+            log.info("%s: padded its last clip (%.2f s of audio)", item.path, result.padded)
+        elif result.dropped_tail:
+            log.info("%s: dropped its last %.2f s (under --min-clip-fraction of a clip)", item.path,
+                     result.dropped_tail)
         stats.items_done += 1
         stats.clips += len(result.clips)
         stats.rejected += result.reason is not None
@@ -302,7 +312,7 @@ def _finish(out: Path, journal: dict, problems: list[Problem], n_items: int, mel
         root=out, mel=mel, clip=clip_ref, frames_per_clip=options.clips.frames_per_clip,
         splits={s: {"shards": splits[s]["shards"], "clips": splits[s]["clips"]} for s in sorted(splits)},
         counts={"inputs": n_items + len(problems), "clips": sum(s["clips"] for s in splits.values()),
-                "rejected": len(rejected), "silent_clips": sum(s["silent_clips"] for s in splits.values())},
+                "rejected": len(rejected), **{k: sum(s.get(k, 0) for s in splits.values()) for k in CLIP_COUNTS}},
         options={"options": options.to_dict(), "items": journal["header"]["items"]}, rejected=rejected)
     info.save()
     (out / JOURNAL).unlink(missing_ok=True)
@@ -345,7 +355,7 @@ def _merge(out: Path) -> DatasetInfo:
                     shutil.copyfile(shard, out / name)
                 entry["shards"].append(name)
             entry["clips"] += info.num_clips(split)
-    counts = {k: sum(int(i.counts.get(k, 0)) for i in infos) for k in ("inputs", "clips", "rejected", "silent_clips")}
+    counts = {k: sum(int(i.counts.get(k, 0)) for i in infos) for k in ("inputs", "clips", "rejected", *CLIP_COUNTS)}
     merged = dataclasses.replace(first, root=out, splits=splits, counts=counts,
                                  options={**first.options, "items": [i.options.get("items") for i in infos]},
                                  rejected=[r for i in infos for r in i.rejected])

@@ -53,7 +53,7 @@ def collect_sources(source: str | os.PathLike, video_dir: str | os.PathLike | No
     elif source.suffix.lower() == ".json":
         items, problems = _from_music_json(source, video_dir)
     elif source.suffix.lower() == ".jsonl":
-        items, problems = _from_manifest_rows(source, _read_jsonl(source), video_dir)
+        items, problems = _from_manifest_rows(source, read_jsonl(source), video_dir)
     elif source.suffix.lower() in (".csv", ".tsv"):
         items, problems = _from_csv(source, video_dir)
     else:
@@ -75,17 +75,54 @@ def _need_video_dir(source: Path, video_dir) -> tuple[Path, dict[str, Path]]:
 
 
 def _video_files(root: Path) -> list[Path]:
-    return [path for path in sorted(root.rglob("*"))
-            if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file() and not path.name.startswith(".")]
+    return [path for path in sorted(root.rglob("*")) if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file()
+            and not any(part.startswith(".") for part in path.relative_to(root).parts)]
+
+
+# top-level folder names that set the split (case-insensitive); valid/ and validation/ are read as val
+SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "val", "valid": "val", "validation": "val"}
 
 
 def _from_folder(root: Path) -> list[SourceItem]:
-    # the parent folder name is a free label when videos are sorted into class folders
-    items = [SourceItem(path, key=path.relative_to(root).as_posix(),
-                        label=path.parent.name if path.parent != root else None) for path in _video_files(root)]
-    if not items:
+    """A video folder, by where its videos are (hidden files and folders, and folders without videos, do not count):
+
+    - videos directly in ROOT: one unlabeled set, split into train/test by a hash of the name (--test-fraction);
+    - class folders ROOT/CLASS/…: label CLASS, the first folder below ROOT (deeper folders belong to that class);
+    - split folders ROOT/train, ROOT/test, ROOT/val (valid/ and validation/ are read as val; any of them): the split,
+      each holding either layout above (labels from ROOT/SPLIT/CLASS/…).
+
+    Refused, with the fix in the message: loose videos beside class folders, split folders beside other folders or
+    loose videos (a class called "train" or "test" must be renamed), two folders of one split (val/ and valid/)."""
+    files = _video_files(root)
+    if not files:
         raise ClipsonicError(f"{root}: no video files found (looked for {', '.join(VIDEO_EXTENSIONS)})")
-    return items
+    tops = {path.relative_to(root).parts[0] for path in files if path.parent != root}
+    splits = sorted(top for top in tops if top.lower() in SPLIT_FOLDERS)
+    if not splits:
+        return _class_folders(root, root, files, None)
+    others = sorted(tops - set(splits)) + [path.name for path in files if path.parent == root]
+    if others:
+        raise ClipsonicError(f"{root}: split folders ({', '.join(splits)}) beside other videos or folders "
+                             f"({', '.join(others[:3])}); move those into the split folders (a class named like a "
+                             "split must be renamed)")
+    by_split = collections.Counter(SPLIT_FOLDERS[top.lower()] for top in splits)
+    if twice := [name for name, n in by_split.items() if n > 1]:
+        raise ClipsonicError(f"{root}: two folders of the {twice[0]} split ({', '.join(splits)}); merge them into one")
+    return [item for top in splits for item in _class_folders(
+        root, root / top, [path for path in files if path.is_relative_to(root / top)], SPLIT_FOLDERS[top.lower()])]
+
+
+def _class_folders(root: Path, base: Path, files: list[Path], split: str | None) -> list[SourceItem]:
+    """The videos under ``base``: all loose (unlabeled) or all in class folders (label = first folder below)."""
+    parts = [path.relative_to(base).parts for path in files]
+    loose = [p[0] for p in parts if len(p) == 1]
+    if loose and len(loose) < len(parts):
+        classes = sorted({p[0] for p in parts if len(p) > 1})
+        raise ClipsonicError(f"{base}: videos directly inside ({', '.join(loose[:2])}) beside class folders "
+                             f"({', '.join(classes[:3])}); move them into a class folder, or all videos out of the "
+                             "class folders for an unlabeled set")
+    return [SourceItem(path, key=path.relative_to(root).as_posix(), label=p[0] if len(p) > 1 else None, split=split)
+            for path, p in zip(files, parts, strict=True)]
 
 
 def _from_csv(source: Path, video_dir) -> tuple[list[SourceItem], list[Problem]]:
@@ -175,7 +212,7 @@ def _from_music_json(source: Path, video_dir) -> tuple[list[SourceItem], list[Pr
     return items, problems
 
 
-def _read_jsonl(source: Path) -> list[dict]:
+def read_jsonl(source: Path) -> list[dict]:
     """A manifest's rows (a line that is not a JSON object becomes ``{"__bad__": where}``)."""
     try:
         lines = source.read_text(encoding="utf-8").splitlines()

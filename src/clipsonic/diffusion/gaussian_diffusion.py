@@ -145,6 +145,7 @@ class GaussianDiffusion:
         clip_denoised: bool = True,
         progress: Callable[[int, int], None] | None = None,
         x_T: Tensor | None = None,
+        guidance_rescale: float = 0.0,
     ) -> Tensor:
         """Generate x_0 [shape] = [B, C, H, W] for conditions cond [B, D], on cond's device.
 
@@ -152,7 +153,7 @@ class GaussianDiffusion:
         (original steps 0, 4, ..., 3999 for T = 4000, 1000 ddpm steps); classifier-free
         guidance with ``guidance_scale`` and the config's formula (one batched forward of 2B, or B
         when the mix is a single branch). ``eta`` is DDIM's; ``x_T`` replaces the initial noise (float32
-        by default; the sample keeps x_T's dtype).
+        by default; the sample keeps x_T's dtype). ``guidance_rescale``: guidance.rescaled_guidance's strength.
         Put the model in eval mode first.
         """
         # 1. Check inputs
@@ -171,7 +172,7 @@ class GaussianDiffusion:
         schedule = self.respaced(steps, SPACING[sampler])
         denoise = guided_denoiser(
             model, cond, guidance_scale=guidance_scale, formula=c.guidance_formula, prediction=c.prediction,
-            schedule=self.schedule, learn_sigma=c.learn_sigma,
+            schedule=self.schedule, learn_sigma=c.learn_sigma, rescale=guidance_rescale,
         )
         # 3. Initial noise x_T ~ N(0, I)
         x = randn(shape, generator, cond.device) if x_T is None else x_T.to(cond.device)

@@ -41,6 +41,22 @@ def guide(cond: Tensor, uncond: Tensor, guidance_scale: float, formula: str) -> 
     raise ValueError(f"unknown guidance formula {formula!r}; use 'cfg' or 'cfg-plus-one'")
 
 
+def rescaled_guidance(guided: Tensor, cond: Tensor, strength: float) -> Tensor:
+    """Give each row of the guided x_0 [B, C, H, W] the conditional branch's mean and standard deviation, mixed
+    back with ``strength`` (0: plain guidance, 1: fully matched).
+
+    Guidance with w > 1 extrapolates the level and the contrast along with the content: loud mel bins get louder,
+    quiet ones quieter, and the audio overshoots full scale (benchmarks/levels.py). This is the guidance
+    rescale of Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are Flawed", section 3.4;
+    diffusers' ``rescale_noise_cfg``), standardised about each row's mean instead of 0: in the log-mel space 0 is a
+    mid level, not silence. The conditional branch keeps its own loudness and dynamics; guidance picks the shape.
+    """
+    dims = tuple(range(1, guided.ndim))
+    std_g, std_c = guided.std(dim=dims, keepdim=True), cond.std(dim=dims, keepdim=True)
+    matched = (guided - guided.mean(dim=dims, keepdim=True)) * (std_c / std_g.clamp(min=1e-8)) + cond.mean(dim=dims, keepdim=True)
+    return strength * matched + (1 - strength) * guided
+
+
 def guided_denoiser(
     model: nn.Module | Callable[..., Tensor],
     cond: Tensor,
@@ -50,10 +66,12 @@ def guided_denoiser(
     prediction: str,
     schedule: Schedule,
     learn_sigma: bool,
+    rescale: float = 0.0,
 ) -> Denoiser:
     """A :data:`Denoiser` running ``model`` with guidance in one batched forward per step.
 
     ``cond`` [B, D]; ``schedule`` is the full training schedule (the model sees original steps).
+    ``rescale``: :func:`rescaled_guidance` strength applied to the guided x_0 (0: none).
     """
     # A mix that is exactly one branch runs it alone, on B rather than 2B examples, with its own variance: "cfg"
     # at w = 1 ("cfg-plus-one" at w = 0) is the conditional model, "cfg" at w = 0 the unconditional one.
@@ -74,9 +92,11 @@ def guided_denoiser(
         t_in = torch.full((x_in.shape[0],), t, dtype=torch.long, device=x.device)
         out = model(x_in, t_in, c_in, drop).to(x.dtype)
         pred, var_values = split_output(out, channels, learn_sigma)
-        if need == "both":
-            pred = guide(pred[:batch], pred[batch:], guidance_scale, formula)
-            var_values = None if var_values is None else var_values[:batch]
-        return x0_from_prediction(prediction, schedule, x, t, pred), var_values
+        if need != "both":
+            return x0_from_prediction(prediction, schedule, x, t, pred), var_values
+        x0 = x0_from_prediction(prediction, schedule, x, t, guide(pred[:batch], pred[batch:], guidance_scale, formula))
+        if rescale:
+            x0 = rescaled_guidance(x0, x0_from_prediction(prediction, schedule, x, t, pred[:batch]), rescale)
+        return x0, None if var_values is None else var_values[:batch]
 
     return denoise

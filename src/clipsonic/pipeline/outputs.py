@@ -1,23 +1,74 @@
 """Writing a generation to disk. A *target* is ``out.wav``/``out.flac`` (one clip), a video file name (one
 clip of a video query: a copy of that video with the new sound) or a directory (``NNN-<query>.wav``, plus
 ``.<video ext>`` for video queries and ``.png`` mels on request). Files appear whole or not at all.
+
+Each clip gets a *sidecar* ``NAME.json`` beside it (``out.json``, ``NNN-<query>.json``): its query, seed and every
+setting that shapes the audio, with the model's fingerprint, so ``clipsonic generate --from NAME.json`` makes it again.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import logging
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from clipsonic import __version__
 from clipsonic.errors import ClipsonicError
+from clipsonic.export import read_model_index
+from clipsonic.files import read_json, write_json_atomic
 from clipsonic.media import save_audio
 from clipsonic.mux import CONTAINERS, mux_audio
 from clipsonic.pipeline.queries import check_positive_int
 from clipsonic.plotting import save_mel_image
 
+log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = (".wav", ".flac")
+SIDECAR_FORMAT, SIDECAR_VERSION = "clipsonic-generation", 1
+# What a sidecar's "settings" hold: the pipeline call's arguments that change the audio.
+SETTINGS = ("mode", "guidance_scale", "guidance_rescale", "num_inference_steps", "sampler", "seconds", "negative_text",
+            "video_frames", "num_frames")
+_FINGERPRINTED = ("unet", "scheduler", "prior", "stats", "vocoder")  # the CLIP has its own fingerprint
+
+
+def model_fingerprint(model_dir: str | os.PathLike) -> str:
+    """SHA-256 (first 16 hex digits) of what shapes a pipeline's audio: its mel config and every weight and config
+    file of the unet, scheduler, prior, stats and vocoder components."""
+    index = read_model_index(model_dir)
+    digest = hashlib.sha256(repr(dataclasses.asdict(index.mel)).encode())
+    for name in _FINGERPRINTED:
+        folder = index.component_dir(name)
+        for path in sorted(folder.iterdir()) if folder is not None else ():
+            if path.suffix in (".json", ".safetensors") and path.is_file():
+                digest.update(f"{name}/{path.name}".encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    """A sidecar written by :func:`generate_files`, checked enough to replay (one-line error otherwise)."""
+    data = read_json(path, "generate sidecar (the .json written beside a generated clip)")
+    query = data.get("query") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise ClipsonicError(f"{path} is not a clipsonic generate sidecar (no \"format\": \"{SIDECAR_FORMAT}\"); "
+                             "give the .json written beside a generated clip")
+    if data.get("version") != SIDECAR_VERSION:
+        raise ClipsonicError(f"{path}: sidecar version {data.get('version')!r}; this clipsonic reads version "
+                             f"{SIDECAR_VERSION} (upgrade clipsonic)")
+    settings, seed = data.get("settings"), data.get("seed")
+    if (not isinstance(query, dict) or len(query) != 1 or next(iter(query)) not in ("text", "image", "video")
+            or not isinstance(next(iter(query.values())), str) or not isinstance(settings, dict)
+            or set(settings) != set(SETTINGS) or isinstance(seed, bool) or not isinstance(seed, int)
+            or not isinstance(data.get("model_fingerprint"), str)
+            or not all(isinstance(data.get(k), str | None) for k in ("model", "clip_model", "vocoder", "dtype"))):
+        raise ClipsonicError(f"{path}: a damaged sidecar (needs query, seed, settings with {', '.join(SETTINGS)} "
+                             "and model_fingerprint); generate the clip again")
+    return data
 
 
 def target_kind(target: Path) -> str:
@@ -73,8 +124,9 @@ def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], what: 
 
 
 def _save_rows(output, target: Path, videos: list[str | os.PathLike] | None, save_mel: bool,
-               first_index: int) -> list[Path]:
-    """Write an output's rows to a checked ``target``; ``videos``: each row's video, for video queries."""
+               first_index: int, sidecars: list[dict[str, Any]] | None = None) -> list[Path]:
+    """Write an output's rows to a checked ``target``; ``videos``: each row's video, for video queries;
+    ``sidecars``: each row's sidecar, written beside its files as ``.json`` once they are complete."""
     kind = target_kind(target)
     written: list[Path] = []
     for i, audio in enumerate(output.audios):
@@ -99,13 +151,19 @@ def _save_rows(output, target: Path, videos: list[str | os.PathLike] | None, sav
         if save_mel:
             save_mel_image(output.mels[i], output.mel_config, stem.with_suffix(".png"), title=output.queries[i])
             written.append(stem.with_suffix(".png"))
+        if sidecars:
+            write_json_atomic(paths[0].with_suffix(".json"), sidecars[i])
+            log.info("wrote %s (seed %s; settings in %s)", paths[0], output.seeds[i], paths[0].with_suffix(".json").name)
     return written
 
 
 def generate_files(pipe, query, target: str | os.PathLike, *, batch_size: int = 8, num_samples: int = 1,
-                   seed: int | None = None, save_mel: bool = False, progress=None, **call) -> list[Path]:
+                   seed: int | None = None, save_mel: bool = False, progress=None, sidecar: dict[str, Any] | None = None,
+                   **call) -> list[Path]:
     """Generate for a parsed query and write every row to ``target`` (the files, in row order). Row i uses
-    ``seed + i`` however texts are batched (images and videos go one per call); ``call`` goes to the pipeline."""
+    ``seed + i`` however texts are batched (images and videos go one per call); ``call`` goes to the pipeline.
+    ``sidecar``: what every row's sidecar says about the model (its path and fingerprint, vocoder, dtype…);
+    its query, seed and the :data:`SETTINGS` of ``call`` are added per row."""
     check_positive_int("batch_size", batch_size)
     target = check_target(target, len(query) * num_samples, query.kind)
     per_call = batch_size if query.kind == "text" else 1
@@ -118,5 +176,17 @@ def generate_files(pipe, query, target: str | os.PathLike, *, batch_size: int = 
         out = pipe(**{query.kind: items}, seed=seeds, num_samples=num_samples, **call,
                    progress=progress and (lambda done, total, n=n: progress(n * total + done, len(starts) * total)))
         videos = [items[i // num_samples] for i in range(rows)] if query.kind == "video" else None
-        written += _save_rows(out, target, videos, save_mel, first_index=start * num_samples)
+        sides = None if sidecar is None else [_sidecar(sidecar, query.kind, items[i // num_samples], out, i, call)
+                                              for i in range(rows)]
+        written += _save_rows(out, target, videos, save_mel, first_index=start * num_samples, sidecars=sides)
     return written
+
+
+def _sidecar(model: dict[str, Any], kind: str, item: Any, out, row: int, call: dict[str, Any]) -> dict[str, Any]:
+    """One row's sidecar: the resolved mode (a default may change between versions) and absolute query paths."""
+    if kind not in ("text", "image", "video") or not isinstance(item, str | os.PathLike):
+        raise ClipsonicError(f"sidecars record text, image-file and video-file queries, not {kind} {type(item).__name__}")
+    settings = {name: call.get(name) for name in SETTINGS} | {"mode": out.mode}
+    return {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "clipsonic_version": __version__,
+            "query": {kind: item if kind == "text" else str(Path(item).resolve())}, "seed": out.seeds[row],
+            "settings": settings, **model}

@@ -42,6 +42,12 @@ DEFAULT_STEPS = 50
 DEFAULT_SAMPLER = "ddim"
 # The built-in SonicWorld model, shipped inside the package (clipsonic.builtin installs it).
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin" / "sonicworld"
+# Text modes without a prior, best-measured first (docs/benchmarks.md): the default is the first one a pipeline has.
+NO_PRIOR_TEXT_MODES = ("knn", "shift", "zs")
+# Strength of the guidance rescale (clipsonic.diffusion.guidance.rescaled_guidance) that keeps guided mels at the
+# conditional branch's level and spread. Fully (1), the built-in model's clips over full scale at w = 3 went from
+# 9-12 of 24 to 0-1 in pd, knn and iq at unchanged relevance, and zs's from 24 to 4 (benchmarks/levels.py).
+DEFAULT_GUIDANCE_RESCALE = 1.0
 
 
 @dataclasses.dataclass
@@ -161,8 +167,10 @@ class CLIPSonicPipeline:
         return tuple(m for m in bridges.MODES if have[m])
 
     def default_mode(self, kind: str) -> str:
-        """iq for image, video and embedding queries; for text pd with a prior, else zs."""
-        return "iq" if kind != "text" else "pd" if self.prior is not None else "zs"
+        """iq for image, video and embedding queries; for text pd with a prior, else the best-measured
+        training-free bridge the pipeline can run: knn (image bank), then shift (stats), then zs. knn led both
+        objectives on relevance and FAD, shift came second (docs/benchmarks.md, "Objective on a CPU")."""
+        return "iq" if kind != "text" else next(m for m in ("pd", *NO_PRIOR_TEXT_MODES) if m in self.modes)
 
     def _bridge(self, mode: str, texts: list[str], emb: torch.Tensor, generators: list[torch.Generator], *,
                 prior_guidance_scale: float | None, prior_steps: int | None, knn_k: int) -> torch.Tensor:
@@ -186,9 +194,16 @@ class CLIPSonicPipeline:
         if (mode == "iq") != (kind != "text"):
             which = "iq is for images and videos" if mode == "iq" else "text modes: " + ", ".join(bridges.TEXT_MODES)
             raise ClipsonicError(f"mode {mode!r} does not take a {kind} query ({which})")
+        if mode == "pd" and self.prior is None:
+            runs = [m for m in NO_PRIOR_TEXT_MODES if m in self.modes]
+            raise ClipsonicError(
+                "mode 'pd' needs a prior and this pipeline has none: train one on image captions or the videos' labels "
+                "(clipsonic train-prior CAPTIONS_OR_DATASET --out runs/prior) and add it (clipsonic attach prior "
+                "PIPELINE runs/prior), or, for a ViT-L/14 pipeline, Karlo's from a local folder (clipsonic attach "
+                f"prior PIPELINE DIR/karlo-v1-alpha); without one, text runs in {', '.join(runs)} (default {runs[0]})")
         if mode not in self.modes:
-            need = "a prior component (clipsonic attach prior)" if mode == "pd" else "the stats component (re-export the run)"
-            raise ClipsonicError(f"mode {mode!r} needs {need}; this pipeline can run {', '.join(self.modes)}")
+            raise ClipsonicError(f"mode {mode!r} needs the stats component (re-export the run); this pipeline can "
+                                 f"run {', '.join(self.modes)}")
         return mode
 
     @torch.no_grad()
@@ -214,6 +229,7 @@ class CLIPSonicPipeline:
         prior_guidance_scale: float | None = None,
         prior_steps: int | None = None,
         knn_k: int = bridges.DEFAULT_KNN_K,
+        guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE,
         progress: Callable[[int, int], None] | None = None,
     ) -> CLIPSonicOutput:
         """Generate ``num_samples`` clips per query (see the module docstring for modes, seeds, negatives).
@@ -223,7 +239,9 @@ class CLIPSonicPipeline:
 
         ``seconds`` rounds to a multiple of the UNet's downsampling (8 frames = 0.256 s); default:
         the video's length for video queries, else one training clip. At most MAX_SECONDS (60 s).
-        ``video_frames``: "mean" of ``num_frames`` frames, "first" or "middle".
+        ``video_frames``: "mean" of ``num_frames`` frames, "first" or "middle". ``guidance_rescale``: how far the
+        guided mel takes the conditional branch's level and spread (clipsonic.diffusion.guidance.rescaled_guidance;
+        0: plain guidance, whose mels overshoot full scale as w grows).
         """
         # 1. Check inputs
         query = queries.parse_query(text, image, video, image_embeds)
@@ -240,6 +258,8 @@ class CLIPSonicPipeline:
         if prior_steps is not None:
             queries.check_positive_int("prior_steps", prior_steps)
         queries.check_positive_int("knn_k", knn_k)
+        if not (isinstance(guidance_rescale, (int, float)) and 0.0 <= guidance_rescale <= 1.0):
+            raise ClipsonicError(f"guidance_rescale must be in [0, 1], got {guidance_rescale!r}")
         if query.kind != "video":  # lengths are checked before any slow work
             frames = queries.resolve_frames(seconds, None, self.mel, self.unet.config.downsample_factor)
 
@@ -268,7 +288,8 @@ class CLIPSonicPipeline:
 
         # 5. Denoise: x_0 [B, 1, n_mels, F] in [-1, 1]
         x0 = self._denoise(cond, negative, x_T, gens, sampler=sampler, steps=num_inference_steps,
-                           guidance_scale=float(guidance_scale), eta=eta, progress=progress)
+                           guidance_scale=float(guidance_scale), eta=eta, guidance_rescale=guidance_rescale,
+                           progress=progress)
 
         # 6. Post-process: log-mel → waveform
         logmel = denormalize(x0[:, 0].float(), self.mel)  # [B, n_mels, F]
@@ -280,7 +301,7 @@ class CLIPSonicPipeline:
 
     def _denoise(self, cond: torch.Tensor, negative: torch.Tensor | None, x_T: torch.Tensor,
                  gens: list[torch.Generator], *, sampler: str, steps: int, guidance_scale: float, eta: float,
-                 progress: Callable[[int, int], None] | None) -> torch.Tensor:
+                 guidance_rescale: float, progress: Callable[[int, int], None] | None) -> torch.Tensor:
         """Run the sampler on all rows at once, or row by row when it draws noise at every step (ddpm,
         ddim with eta > 0), so that each row's noise comes from its own generator (slower on a GPU)."""
         device = self.device
@@ -294,7 +315,7 @@ class CLIPSonicPipeline:
                 outputs.append(self.diffusion.sample(
                     model, tuple(x_T[rows].shape), cond[rows].to(device), sampler=sampler, steps=steps,
                     guidance_scale=guidance_scale, generator=gens[rows[0]], eta=eta, progress=report,
-                    x_T=x_T[rows].to(device)))
+                    x_T=x_T[rows].to(device), guidance_rescale=guidance_rescale))
         return torch.cat(outputs)
 
     def __repr__(self) -> str:

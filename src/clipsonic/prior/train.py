@@ -30,10 +30,11 @@ from clipsonic.bridges import modality_shift
 from clipsonic.config import Config, NonNegative, NonNegativeInt, Positive, PositiveInt, Range
 from clipsonic.data.dataset import read_dataset_info
 from clipsonic.data.loader import iter_split
+from clipsonic.data.sources import read_jsonl
 from clipsonic.diffusion import GaussianDiffusion
 from clipsonic.encoders import ClipModelRef, load_clip
 from clipsonic.errors import ClipsonicError
-from clipsonic.files import atomic_directory, atomic_output
+from clipsonic.files import atomic_directory, atomic_output, read_json
 from clipsonic.prior.ours import DiffusionPrior, PriorConfig, PriorNet, prior_preset
 from clipsonic.train.checkpoint import Checkpoint
 from clipsonic.train.harness import LoopConfig, Progress, Run, Task, fit
@@ -90,27 +91,32 @@ class PairSet:
 
 def collect_pairs(source: str | os.PathLike, load_encoder: Callable[[str | None], object], *,
                   clip_model: str | None = None, templates: Sequence[str] = DEFAULT_TEMPLATES) -> PairSet:
-    """Read and embed the pairs of ``source``: a **preprocessed dataset** (every clip's K frame embeddings with
-    captions made from its label through ``templates``; unlabelled clips are skipped); a **CSV file** with an image
-    column (image/path/file, relative to the CSV) and a caption column (caption/text); a **folder** of images (any
-    format PIL opens), each with a sidecar ``NAME.txt``, one caption per line.
+    """Read and embed the pairs of ``source``: a **preprocessed dataset** (the K frame embeddings of every clip of
+    its train split, never its test clips, with captions made from its label through ``templates``; unlabelled clips
+    are skipped); a **CSV file** with an image column (image/path/file) and a caption column (caption/text); a
+    **JSONL file**, one object per line with the same keys; a **COCO captions JSON** (``{"images": [{"id",
+    "file_name"}], "annotations": [{"image_id", "caption"}]}``); a **folder** of images (any format PIL opens), each
+    with a sidecar ``NAME.txt``, one caption per line. Image paths in a file are relative to that file's folder
+    (or absolute), as the manifests of preprocess.
 
     ``load_encoder(name)`` returns a :class:`~clipsonic.encoders.ClipEncoder` (``name`` None for a dataset = the
     dataset's own CLIP); it is called once, only when something needs encoding."""
     source = Path(source)
     if not source.exists():
-        raise ClipsonicError(f"{source}: no such pair source (a dataset folder, a CSV file, or a folder of images "
-                             "+ .txt captions)")
+        raise ClipsonicError(f"{source}: no such pair source (a dataset folder, a CSV/JSONL file, a COCO captions "
+                             "JSON, or a folder of images + .txt captions)")
     if bad := [template for template in templates if "{label}" not in template]:
         raise ClipsonicError(f"caption template {bad[0]!r} has no {{label}} placeholder")
     if (source / "dataset.json").is_file():
         return _from_dataset(source, load_encoder, clip_model, templates)
-    if source.is_file() and source.suffix.lower() == ".csv":
-        items = _read_csv(source)
+    readers = {".csv": _read_csv, ".jsonl": _read_jsonl, ".json": _read_coco}
+    if source.is_file() and source.suffix.lower() in readers:
+        items = readers[source.suffix.lower()](source)
     elif source.is_dir():
         items = _read_folder(source)
     else:
-        raise ClipsonicError(f"{source}: not a dataset folder (no dataset.json), a .csv file, or a folder of images")
+        raise ClipsonicError(f"{source}: not a dataset folder (no dataset.json), a .csv/.jsonl/.json (COCO) file, "
+                             "or a folder of images")
     if clip_model is None:
         raise ClipsonicError(f"{source}: images must be embedded: pass the CLIP model (--clip-model) the pipeline uses")
     return _embed_images(items, load_encoder(clip_model), str(source))
@@ -118,17 +124,22 @@ def collect_pairs(source: str | os.PathLike, load_encoder: Callable[[str | None]
 
 def _from_dataset(root: Path, load_encoder, clip_model: str | None, templates: Sequence[str]) -> PairSet:
     info = read_dataset_info(root)
+    if "train" not in info.splits:
+        raise ClipsonicError(f"{root}: no 'train' split (has {sorted(info.splits)}); the prior learns from training "
+                             "clips only, so re-run preprocess with train/ videos")
     images, labels, groups = [], [], []
-    for split in info.splits:
-        for raw in iter_split(info, split, fields=("clip.npy", "json")):
-            if label := raw["json"].get("label"):
-                emb = torch.from_numpy(raw["clip.npy"])  # [K, D] float32
-                labels.extend([label] * len(emb))
-                groups.extend([len(images)] * len(emb))
-                images.append(emb)
+    for raw in iter_split(info, "train", fields=("clip.npy", "json")):  # the test clips stay unseen (evaluation)
+        if label := raw["json"].get("label"):
+            emb = torch.from_numpy(raw["clip.npy"])  # [K, D] float32
+            labels.extend([label] * len(emb))
+            groups.extend([len(images)] * len(emb))
+            images.append(emb)
     if not images:
-        raise ClipsonicError(f"{root}: no clip has a label, so there are no captions; train the prior on a CSV or "
-                             "a folder of captioned images instead")
+        raise ClipsonicError(
+            f"{root}: no training clip has a label, so there are no captions; train the prior on captioned images "
+            "(`clipsonic train-prior CAPTIONS --clip-model DIR`: a folder of images with NAME.txt, a CSV or JSONL of "
+            "image,caption, or a COCO captions JSON), use a text mode without a prior (`generate --mode knn` or "
+            "`--mode shift`), or attach a pretrained prior (`clipsonic attach prior PIPELINE KARLO_DIR`)")
     encoder = load_encoder(clip_model or info.clip.model)
     if encoder.dim != info.clip.dim or encoder.fingerprint != info.clip.fingerprint:
         raise ClipsonicError(f"{root} was embedded with {info.clip.describe()} but the caption encoder is "
@@ -150,18 +161,52 @@ def _read_csv(path: Path) -> list[tuple[Path, list[str]]]:
             rows = list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ClipsonicError(f"{path}: not a readable CSV file ({exc})") from None
+    return _rows_by_image(path, rows)
+
+
+def _read_jsonl(path: Path) -> list[tuple[Path, list[str]]]:
+    rows = read_jsonl(path)
+    if bad := next((row["__bad__"] for row in rows if "__bad__" in row), None):
+        raise ClipsonicError(f"{bad}: not a JSON object; each line holds one {{\"image\": …, \"caption\": …}}")
+    return _rows_by_image(path, rows)
+
+
+def _rows_by_image(path: Path, rows: list[dict]) -> list[tuple[Path, list[str]]]:
+    """Rows of an image column/key (image/path/file) and a caption column/key (caption/text), captions by image."""
     header = list(rows[0]) if rows else []
-    image_col = next((c for c in ("image", "path", "file") if c in header), None)
-    text_col = next((c for c in ("caption", "text") if c in header), None)
-    if image_col is None or text_col is None:
-        raise ClipsonicError(f"{path}: need a header with an image column (image/path/file) and a caption column "
-                             f"(caption/text); found {header or 'no rows'}")
+    image_key = next((c for c in ("image", "path", "file") if c in header), None)
+    text_key = next((c for c in ("caption", "text") if c in header), None)
+    if image_key is None or text_key is None:
+        raise ClipsonicError(f"{path}: need an image column (image/path/file) and a caption column (caption/text); "
+                             f"found {header or 'no rows'}")
     by_image: dict[Path, list[str]] = {}
     for row in rows:
-        caption = (row.get(text_col) or "").strip()
-        if row.get(image_col) and caption:
-            by_image.setdefault(path.parent / row[image_col], []).append(caption)
+        image, caption = row.get(image_key), row.get(text_key)
+        if isinstance(image, str) and image and isinstance(caption, str) and caption.strip():
+            by_image.setdefault(path.parent / image, []).append(caption.strip())
     return list(by_image.items())
+
+
+def _read_coco(path: Path) -> list[tuple[Path, list[str]]]:
+    """COCO captions: images by ``file_name`` in the JSON's folder (put the JSON beside the images)."""
+    data = read_json(path, "COCO captions JSON")
+    try:
+        names = {image["id"]: str(image["file_name"]) for image in data["images"]}
+        by_name: dict[str, list[str]] = {}
+        for note in data["annotations"]:
+            by_name.setdefault(names[note["image_id"]], []).append(str(note["caption"]).strip())
+    except (KeyError, TypeError) as exc:
+        raise ClipsonicError(f"{path}: not a COCO captions JSON (no {exc}); expected {{\"images\": [{{\"id\", "
+                             "\"file_name\"}}], \"annotations\": [{{\"image_id\", \"caption\"}}]}}") from None
+    items = [(path.parent / name, kept) for name, captions in sorted(by_name.items())
+             if (kept := [c for c in captions if c])]
+    if not items:
+        raise ClipsonicError(f"{path}: no annotation holds a caption")
+    if not items[0][0].is_file():
+        raise ClipsonicError(f"{path}: image {items[0][0]} not found; COCO file names are read relative to the JSON's "
+                             "folder, so put the JSON beside the images (e.g. cp annotations/captions_train2017.json "
+                             "train2017/)")
+    return items
 
 
 def _read_folder(root: Path) -> list[tuple[Path, list[str]]]:

@@ -33,7 +33,7 @@ from clipsonic.train.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from clipsonic.train.logs import MetricsLog, write_weight_hash
+from clipsonic.train.logs import MetricsLog, ProgressLog, write_weight_hash
 from clipsonic.train.run_dir import (
     COMMANDS,
     CONFIG_NAME,
@@ -51,6 +51,7 @@ from clipsonic.train.run_dir import (
     task_class,
     write_run,
 )
+from clipsonic.train.stop import Stop, TrainingStopped, duration
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,13 @@ class LoopConfig(Config):
     """The loop settings every task shares: its ``train`` section extends this (and may change the defaults)."""
 
     # May change when a run resumes: they decide how long and how often, not what is learned.
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("max_steps", "save_every", "keep_last", "log_every", "val_every",
-                                            "export_at_end")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("max_steps", "max_time", "save_every", "keep_last", "log_every",
+                                            "val_every", "export_at_end", "progress_every")
 
     max_steps: PositiveInt = 10_000
+    # Wall time of one command (90m, 2h, 45s, 3600 = seconds; 0: no limit): then it stops as at max_steps, with a
+    # checkpoint and the export; --resume continues.
+    max_time: str | None = None
     lr: Positive = 1e-4
     warmup_steps: NonNegativeInt = 0  # linear lr warm-up from 0
     grad_clip: NonNegative = 1.0  # max global grad norm per optimizer (0: off)
@@ -75,7 +79,15 @@ class LoopConfig(Config):
     keep_last: PositiveInt = 3  # checkpoints kept on disk
     log_every: PositiveInt = 50  # scalars averaged over N steps → metrics.jsonl + TensorBoard
     val_every: NonNegativeInt = 1000  # validation every N steps and at the end (0: only at the end)
-    export_at_end: bool = True  # write the export folder when max_steps is reached
+    export_at_end: bool = True  # write the export folder when max_steps is reached (or max_time, or a signal)
+    progress_every: Positive = 30.0  # seconds between progress log lines when there is no progress bar
+
+    def __post_init__(self) -> None:
+        self.time_budget()
+
+    def time_budget(self) -> float | None:
+        """``max_time`` in seconds (None: no limit)."""
+        return None if self.max_time is None else duration(self.max_time, "max_time")
 
     def lr_at(self, step: int) -> float:
         """Learning rate of step ``step`` (0-based): linear warm-up, then constant."""
@@ -234,21 +246,30 @@ def fit(task_cls: type[Task], run_dir: str | os.PathLike, overrides: dict[str, d
         raise ClipsonicError("--resume continues the run and --restart discards it: give one of them")
     run_dir, overrides = Path(run_dir), config_sections(overrides or {})
     check_sections(overrides)
-    main = os.environ.get("RANK", "0") == "0"  # accelerate launch and torchrun set RANK before the Accelerator
+    main, started = os.environ.get("RANK", "0") == "0", time.monotonic()  # launchers set RANK before the Accelerator
     with lock_folder(run_dir, COMMANDS[task_cls.name]) if main else contextlib.nullcontext():
         run, ckpt = _open_run(task_cls, run_dir, overrides, data, resume, restart, cpu)
         fresh = main and not resume and not any(run_dir.iterdir())  # a failure before a checkpoint clears it again
         try:
-            step = _run(task_cls, run, ckpt, progress, task_kwargs)
+            step, stop = _run(task_cls, run, ckpt, progress, task_kwargs, started)
         except BaseException:
             if fresh and not list_checkpoints(run_dir):
                 for path in run_dir.iterdir():
                     remove(path)
             raise
-        loop = run.config.train
-        if loop.export_at_end and run.accelerator.is_main_process and step >= loop.max_steps:
+        loop, written = run.config.train, [f"checkpoint {list_checkpoints(run_dir)[0][1]}"] if main else []
+        if loop.export_at_end and main and (step >= loop.max_steps or stop):
             out = export_run(run_dir)  # no barrier after: a long export must not time out the other processes
             log.info("exported step %d of %s to %s", step, run_dir, out)
+            written.append(f"{task_cls.export_name} {out}")
+    if stop:  # the lock is released: the printed command can run at once
+        why = f"the time budget (max_time {loop.max_time})" if stop == "time" else stop
+        message = (f"stopped by {why} after step {step} of {loop.max_steps}: {', '.join(written)}; continue with "
+                   f"the same command and --resume")
+        if stop == "time":
+            log.info("%s", message)
+        else:
+            raise TrainingStopped(message, stop)
     return run_dir
 
 
@@ -275,6 +296,7 @@ def _open_run(task_cls: type[Task], run_dir: Path, overrides: dict[str, dict[str
         run.config, run.data = resume_config(task_cls, run, overrides), {**run.data, **data}
     else:
         run = Run(dir=run_dir, task=task_cls.name, config=task_cls.resolve_config(overrides, data), data=dict(data))
+    run.config.train.time_budget()  # checked here too: a train section with its own __post_init__ skips LoopConfig's
     try:
         # cpu=True without CUDA: then launched processes (accelerate launch --multi_gpu, torchrun) form a gloo group
         acc = Accelerator(mixed_precision=run.config.train.precision, cpu=cpu or not torch.cuda.is_available(),
@@ -297,27 +319,34 @@ def _open_run(task_cls: type[Task], run_dir: Path, overrides: dict[str, dict[str
 
 
 def _run(task_cls: type[Task], run: Run, ckpt: Checkpoint | None, progress: Progress | None,
-         task_kwargs: dict[str, Any]) -> int:
-    """Build the task, restore ``ckpt`` into it and train; returns the step reached."""
+         task_kwargs: dict[str, Any], started: float) -> tuple[int, str | None]:
+    """Build the task, restore ``ckpt`` into it and train; returns the step reached and why it stopped early
+    (None, "time", "SIGINT", "SIGTERM"). A signal before training starts aborts at once, as Python's default."""
     task, acc = task_cls(run, **task_kwargs), run.accelerator
     step = ckpt.restore(task.modules(), task.optimizers(), task.generators(), acc.scaler) if ckpt else 0
     run.logs = MetricsLog(run.dir, acc, step)
+    budget = run.config.train.time_budget()
+    if progress is None and acc.is_main_process:
+        progress = ProgressLog(step, run.config.train.progress_every, acc.num_processes, started, budget)
     batches = task.batches(ckpt.position if ckpt else None)
     try:
-        return _train(task, step, batches, progress)
+        with Stop(acc, None if budget is None else started + budget) as stop:
+            return _train(task, step, batches, progress, stop)
     finally:
         batches.close()  # data-loading workers stop now, not whenever the generator is collected
         run.logs.close()
 
 
-def _train(task: Task, step: int, batches: Iterator[Any], progress: Progress | None) -> int:
-    """Steps ``step + 1`` … ``max_steps``: lr, train_step, log window, validation, sample, checkpoint."""
+def _train(task: Task, step: int, batches: Iterator[Any], progress: Progress | None,
+           stop: Stop) -> tuple[int, str | None]:
+    """Steps ``step + 1`` … ``max_steps``, or until ``stop`` says: lr, train_step, log window, validation, sample,
+    checkpoint; returns the step reached and why it stopped early (None: it did not)."""
     run, acc, loop = task.run, task.accelerator, task.config.train
-    main, logs = acc.is_main_process, task.run.logs
+    main, logs, reason = acc.is_main_process, task.run.logs, None
     # CLIPSONIC_DEBUG=weight-hashes (tests/test_train_distributed.py): every process writes
     # RUN/debug/weights-rankR.json, a hash of its modules and the clips it trained on.
     clips_seen: list[str] | None = [] if os.environ.get("CLIPSONIC_DEBUG") == "weight-hashes" else None
-    while step < loop.max_steps:
+    while step < loop.max_steps and reason is None:
         for optimizer in task.optimizers().values():
             for group in optimizer.param_groups:
                 group["lr"] = loop.lr_at(step)
@@ -334,24 +363,35 @@ def _train(task: Task, step: int, batches: Iterator[Any], progress: Progress | N
             clips_seen.extend(clips)
         logs.add(out, data_s)
         last = step == loop.max_steps
-        logged = logs.log_window(step, loop.lr_at(step - 1)) if step % loop.log_every == 0 or last else None
+        reason = None if last else stop.reason()  # the same on every process
+        end = last or reason is not None
+        logged = logs.log_window(step, loop.lr_at(step - 1)) if step % loop.log_every == 0 or end else None
         if main and (loop.val_every and step % loop.val_every == 0 or last) and (values := task.validate(step)):
             logs.scalars(step, "val", values)
         if main:
             task.sample(step)
-        if step % loop.save_every == 0 or last:
-            if main:  # config.json only now: a run that fails before its first checkpoint is not yet a run
-                write_run(run)
-            scaler = acc.scaler.state_dict() if acc.scaler is not None else None
-            save_checkpoint(run.dir, step, acc, task=task.name, modules=task.modules(), optimizers=task.optimizers(),
-                            generators=task.generators(), position=task.position(),
-                            extra={"scaler": scaler, **task.extra_state()} if main else {}, keep_last=loop.keep_last)
+        if step % loop.save_every == 0 or end:
+            _save(task, step)
+        if isinstance(progress, ProgressLog):
+            progress.add(out)
         if progress is not None and main:
             progress(step, loop.max_steps, logged)
     if clips_seen is not None:
         write_weight_hash(run.dir / "debug" / f"weights-rank{acc.process_index}.json", step, task.modules(),
                           world_size=acc.num_processes, position=task.position(), keys_seen=clips_seen)
-    return step
+    return step, reason
+
+
+def _save(task: Task, step: int) -> None:
+    """Checkpoint ``step`` (every process calls this together)."""
+    run, acc = task.run, task.accelerator
+    if acc.is_main_process:  # config.json only now: a run that fails before its first checkpoint is not yet a run
+        write_run(run)
+    scaler = acc.scaler.state_dict() if acc.scaler is not None else None
+    save_checkpoint(run.dir, step, acc, task=task.name, modules=task.modules(), optimizers=task.optimizers(),
+                    generators=task.generators(), position=task.position(),
+                    extra={"scaler": scaler, **task.extra_state()} if acc.is_main_process else {},
+                    keep_last=task.config.train.keep_last)
 
 
 def _next_batch(batches: Iterator[Any]) -> Any:
@@ -368,11 +408,12 @@ def _next_batch(batches: Iterator[Any]) -> Any:
 
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, step: int | None = None, *,
-               data: str | os.PathLike | None = None) -> Path:
+               data: str | os.PathLike | None = None, **options: Any) -> Path:
     """Export checkpoint ``step`` (default: the newest readable) of any run to ``out`` (default RUN/<export_name>);
-    ``data``: the data the task reads at export (the UNet's statistics; default the run's)."""
+    ``data``: the data the task reads at export (the UNet's statistics; default the run's); ``options``: the
+    task's own export options (the UNet's ``bundle_clip``)."""
     run = read_run(run_dir)
     cls, ckpt = task_class(run.task), find_checkpoint(run.dir, step)
     if ckpt is None:
         raise ClipsonicError(f"{run.dir} has no usable checkpoint to export; train first")
-    return cls.export(run, ckpt, Path(out) if out is not None else run.dir / cls.export_name, data)
+    return cls.export(run, ckpt, Path(out) if out is not None else run.dir / cls.export_name, data, **options)

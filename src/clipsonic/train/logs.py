@@ -133,3 +133,48 @@ class MetricsLog:
         """Flush and close the trackers (not ``accelerator.end_training``, which also ends the process group)."""
         for tracker in self.accelerator.trackers:
             tracker.finish()
+
+
+class ProgressLog:
+    """The progress without a terminal (the CLI's stderr redirected, or library use): one INFO line every
+    ``every`` seconds with step/max, loss, samples/s (steps/s when the task's values are per step), elapsed time
+    and time left, to max_steps or to the time budget (``budget`` seconds after ``started``), whichever is first.
+    A :data:`~clipsonic.train.harness.Progress` that the loop also feeds each step's values (:meth:`add`)."""
+
+    LOSSES = ("loss", "loss_gen")  # the figure shown: the vocoder's GAN has no single "loss"
+
+    def __init__(self, step: int, every: float, processes: int, started: float, budget: float | None):
+        self.every, self.processes, self.started, self.budget = every, processes, started, budget
+        self.since, self.since_step = time.monotonic(), step
+        self.total, self.count, self.examples = 0.0, 0, 0
+
+    def add(self, values: dict[str, Any]) -> None:
+        """One step's values (a tensor: per example of this process, a float: per step)."""
+        loss = next((values[k] for k in self.LOSSES if k in values), None)
+        if torch.is_tensor(loss):
+            self.total, self.count = self.total + float(loss.detach().float().sum()), self.count + loss.numel()
+            self.examples += loss.numel()
+        elif loss is not None:
+            self.total, self.count = self.total + float(loss), self.count + 1
+
+    def __call__(self, step: int, max_steps: int, logged: dict[str, float] | None = None) -> None:
+        now = time.monotonic()
+        if now - self.since < self.every:
+            return
+        seconds, steps = now - self.since, step - self.since_step
+        left = (max_steps - step) * seconds / max(steps, 1)
+        if self.budget is not None:
+            left = min(left, self.started + self.budget - now)
+        rate = (f"{self.examples * self.processes / seconds:.1f} samples/s" if self.examples else
+                f"{steps / seconds:.2f} steps/s")
+        loss = f"loss {self.total / self.count:.4g}, " if self.count else ""
+        log.info("step %d/%d: %s%s, %s elapsed, %s left", step, max_steps, loss, rate, _clock(now - self.started),
+                 _clock(left))
+        self.since, self.since_step = now, step
+        self.total, self.count, self.examples = 0.0, 0, 0
+
+
+def _clock(seconds: float) -> str:
+    """``3h05m``, ``4m09s`` or ``7s``."""
+    s = max(0, round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

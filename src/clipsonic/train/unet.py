@@ -28,7 +28,7 @@ from clipsonic.data.dataset import DatasetInfo, read_dataset_info
 from clipsonic.data.loader import StreamLayout, TrainStream, iter_split, load_fixed_samples
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, DiffusionConfig, GaussianDiffusion
 from clipsonic.errors import ClipsonicError
-from clipsonic.export import PipelineStats, write_pipeline_dir
+from clipsonic.export import PipelineStats, bundled_clip, write_pipeline_dir
 from clipsonic.media import save_audio
 from clipsonic.models import UNET_PRESETS, MelUNet, MelUNetConfig
 from clipsonic.plotting import save_mel_image
@@ -40,12 +40,15 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(LoopConfig):
-    """The UNet's ``train`` section. Defaults follow the paper / Improved DDPM; CPU runs pass ``preset="tiny"``."""
+    """The UNet's ``train`` section. Defaults follow the paper / Improved DDPM; CPU runs pass ``preset="cpu"``."""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = LoopConfig.RESUMABLE + ("sample_every", "num_workers")
+    RESUMABLE: ClassVar[tuple[str, ...]] = LoopConfig.RESUMABLE + ("sample_every", "num_workers", "bundle_clip")
 
     max_steps: PositiveInt = 200_000  # the paper: 200K iterations on MUSIC (500K on VGGSound)
-    preset: Literal["paper", "small", "tiny"] = "paper"  # MelUNet size (models.UNET_PRESETS)
+    # What it sets (flags and --config win; config.json keeps the result): paper, small, tiny: the MelUNet size
+    # (models.UNET_PRESETS); cpu, a run of minutes on a CPU (clips of --clip-seconds 1.024): a tiny MelUNet,
+    # prediction v, lr 1e-3, batch_size 16, ema 0.999, num_workers 0, max_steps 2000, val_every 500
+    preset: Literal["paper", "small", "tiny", "cpu"] = "paper"
     # Per process and micro-step: 2 GPUs × 64 = improved-diffusion's batch of 128.
     # The effective batch is batch_size × grad_accum × processes.
     batch_size: PositiveInt = 64
@@ -61,6 +64,17 @@ class TrainConfig(LoopConfig):
     shuffle_buffer: PositiveInt = 1000  # samples in each reader's shuffle buffer
     bank_size: NonNegativeInt = 4096  # image embeddings exported for the retrieval bridge
     gradient_checkpointing: bool = False  # recompute activations: ~30 % slower, far less memory
+    bundle_clip: bool = True  # export copies the CLIP into PIPELINE/clip (loads offline anywhere); else a reference
+
+
+# The sections a recipe preset sets below the flags (help: TrainConfig.preset). v-prediction learned far faster
+# than the paper's ε with CPU-sized models (docs/benchmarks.md); short runs need a faster EMA than 0.9999.
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {"train": {"lr": 1e-3, "batch_size": 16, "ema": 0.999, "num_workers": 0, "max_steps": 2000,
+                      "val_every": 500},
+            "diffusion": {"prediction": "v"}},
+}
+RECIPE_UNET = {"cpu": "tiny"}  # a recipe's MelUNet preset; the others name one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,14 +87,18 @@ class RunConfig(Config):  # everything that defines a UNet run: its config.json 
 def resolve_run_config(cond_dim: int, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
     """Defaults < preset < ``overrides``; ``unet.cond_dim`` from the dataset, ``learn_sigma`` from the diffusion."""
     sections = config_sections(overrides or {})
-    train = TrainConfig.from_dict(sections.get("train", {}), source="train")
-    diffusion = DiffusionConfig.from_dict(sections.get("diffusion", {}), source="diffusion")
+    preset = TrainConfig.from_dict(sections.get("train", {}), source="train").preset
+    recipe = RECIPES.get(preset, {})
+    train = TrainConfig.from_dict({**recipe.get("train", {}), **sections.get("train", {})}, source="train")
+    diffusion = DiffusionConfig.from_dict({**recipe.get("diffusion", {}), **sections.get("diffusion", {})},
+                                          source="diffusion")
     unet = sections.get("unet", {})
     for key, want in (("cond_dim", cond_dim), ("learn_sigma", diffusion.learn_sigma)):
         if unet.get(key, want) != want:
             raise ConfigError(f"config sets unet.{key}={unet[key]!r} but the "
                               f"{'dataset' if key == 'cond_dim' else 'diffusion config'} needs {want!r}")
-    unet = {**UNET_PRESETS[train.preset].to_dict(), **unet, "cond_dim": cond_dim, "learn_sigma": diffusion.learn_sigma}
+    unet = {**UNET_PRESETS[RECIPE_UNET.get(preset, preset)].to_dict(), **unet, "cond_dim": cond_dim,
+            "learn_sigma": diffusion.learn_sigma}
     return RunConfig.from_dict({**sections, "train": train.to_dict(), "unet": unet, "diffusion": diffusion.to_dict()})
 
 
@@ -224,8 +242,10 @@ class UNetTask(Task):
                 "effective batch, or use --precision bf16")
 
     @classmethod
-    def export(cls, run: Run, checkpoint: Checkpoint, out: Path, data: str | os.PathLike | None = None) -> Path:
-        """The pipeline of the checkpoint's EMA weights, with the statistics of ``data`` (default: the run's)."""
+    def export(cls, run: Run, checkpoint: Checkpoint, out: Path, data: str | os.PathLike | None = None, *,
+               bundle_clip: bool | None = None) -> Path:
+        """The pipeline of the checkpoint's EMA weights, with the statistics of ``data`` (default: the run's) and,
+        when ``bundle_clip`` (default: the run's ``train.bundle_clip``), a copy of the CLIP (:func:`bundled_clip`)."""
         info = read_dataset_info(data if data is not None else run.data["dataset"])
         cls.check_data(run.data, {"dataset": info.root}, run.dir)
         unet = MelUNet(run.config.unet)
@@ -236,8 +256,10 @@ class UNetTask(Task):
                     "batch_size": t.batch_size, "grad_accum": t.grad_accum, "lr": t.lr, "ema": t.ema,
                     "precision": t.precision, "prediction": d.prediction, "loss": d.loss,
                     "num_timesteps": d.num_timesteps, "seed": t.seed, "parameters": unet.num_parameters()}
+        bundle = t.bundle_clip if bundle_clip is None else bundle_clip
         return write_pipeline_dir(out, unet=unet, diffusion=d, mel=info.mel, clip=info.clip,
-                                  stats=compute_dataset_stats(info, t.bank_size), training=training)
+                                  stats=compute_dataset_stats(info, t.bank_size), training=training,
+                                  extra_components=bundled_clip(info.clip) if bundle else None)
 
 
 def loss_terms(chunks: list[dict[str, torch.Tensor]], t: torch.Tensor, num_timesteps: int) -> dict[str, torch.Tensor]:

@@ -59,9 +59,9 @@ def _num_held_out(num_clips: int, num_val: int) -> int:
 class AudioCorpus:
     """Training clips (streamed per epoch) and fixed validation clips of a dataset directory or an audio folder.
 
-    Validation: a dataset's valid/val/test split when it has one; else a tenth of the clips (1 to ``num_val``)
-    held out when there are at least 10 (a folder's drawn from the seed, a dataset's the first ones);
-    else none, and :func:`validation_audio` cuts seeded segments of the training clips."""
+    Training: a dataset's train split only. Validation: its valid/val/test split when it has one; else a tenth of
+    the clips (1 to ``num_val``) held out when there are at least 10 (a folder's drawn from the seed, a dataset's the
+    first ones); else none, and :func:`validation_audio` cuts seeded segments of the training clips."""
 
     def __init__(self, data: str | Path, sample_rate: int, num_val: int, seed: int) -> None:
         root = Path(data)
@@ -79,7 +79,7 @@ class AudioCorpus:
     def _open_dataset(self, root: Path, num_val: int) -> None:
         info = read_dataset_info(root)  # its sample rate is the vocoder's: train_vocoder takes the dataset's mel
         val_split = next((s for s in ("valid", "val", "validation", "test") if info.num_clips(s)), None)
-        train = [s for s in info.splits if s != val_split]
+        train = [s for s in info.splits if s == "train"]  # never the test clips, whatever validates
         self.shards = tuple(str(p) for s in train for p in info.shard_paths(s))
         if not self.shards:
             raise ClipsonicError(f"{root}: no training shards (splits: {', '.join(info.splits) or 'none'}, "
