@@ -254,7 +254,7 @@ def test_without_a_prior_text_defaults_to_the_best_bridge_it_has_and_pd_says_how
 class _LouderWhenGuided(torch.nn.Module):
     """An x_0-predicting stand-in for the mel UNet: the conditional branch predicts an in-range mel (a ramp over the
     bands, -0.9 … 0.8), the null branch a flatter, quieter one, so guidance w > 1 extrapolates the mel past [-1, 1],
-    as the built-in model's guided mels go louder than either branch (benchmarks/levels.py)."""
+    as the built-in model's guided mels go louder than either branch (benchmarks/bench_levels.py)."""
 
     def __init__(self, config) -> None:
         super().__init__()

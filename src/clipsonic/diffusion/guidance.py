@@ -46,7 +46,7 @@ def rescaled_guidance(guided: Tensor, cond: Tensor, strength: float) -> Tensor:
     back with ``strength`` (0: plain guidance, 1: fully matched).
 
     Guidance with w > 1 extrapolates the level and the contrast along with the content: loud mel bins get louder,
-    quiet ones quieter, and the audio overshoots full scale (benchmarks/levels.py). This is the guidance
+    quiet ones quieter, and the audio overshoots full scale (benchmarks/bench_levels.py). This is the guidance
     rescale of Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are Flawed", section 3.4;
     diffusers' ``rescale_noise_cfg``), standardised about each row's mean instead of 0: in the log-mel space 0 is a
     mid level, not silence. The conditional branch keeps its own loudness and dynamics; guidance picks the shape.

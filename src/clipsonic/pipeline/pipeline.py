@@ -46,7 +46,7 @@ BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin" / "sonicworld"
 NO_PRIOR_TEXT_MODES = ("knn", "shift", "zs")
 # Strength of the guidance rescale (clipsonic.diffusion.guidance.rescaled_guidance) that keeps guided mels at the
 # conditional branch's level and spread. Fully (1), the built-in model's clips over full scale at w = 3 went from
-# 9-12 of 24 to 0-1 in pd, knn and iq at unchanged relevance, and zs's from 24 to 4 (benchmarks/levels.py).
+# 9-12 of 24 to 0-1 in pd, knn and iq at unchanged relevance, and zs's from 24 to 4 (benchmarks/bench_levels.py).
 DEFAULT_GUIDANCE_RESCALE = 1.0
 
 

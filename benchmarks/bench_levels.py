@@ -9,8 +9,8 @@ and the oracle's relevance on the generated mels (the concept heard is the promp
 At w = 1 guidance is the conditional model alone and the rescale has nothing to do: one row.
 Rescale 0 is the behaviour before clipsonic.diffusion.guidance.rescaled_guidance (only the [-1, 1] clamp of x_0).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/levels.py     # zs pd shift knn iq, w 1, 1.5, 3 (~4 min)
-    .venv/bin/python benchmarks/levels.py --modes zs pd --weights 1 1.5 3 --seconds 4.096
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_levels.py     # zs pd shift knn iq, w 1, 1.5, 3 (~4 min)
+    .venv/bin/python benchmarks/bench_levels.py --modes zs pd --weights 1 1.5 3 --seconds 4.096
 """
 
 from __future__ import annotations
