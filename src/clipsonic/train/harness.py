@@ -296,7 +296,6 @@ def _open_run(task_cls: type[Task], run_dir: Path, overrides: dict[str, dict[str
         run.config, run.data = resume_config(task_cls, run, overrides), {**run.data, **data}
     else:
         run = Run(dir=run_dir, task=task_cls.name, config=task_cls.resolve_config(overrides, data), data=dict(data))
-    run.config.train.time_budget()  # checked here too: a train section with its own __post_init__ skips LoopConfig's
     try:
         # cpu=True without CUDA: then launched processes (accelerate launch --multi_gpu, torchrun) form a gloo group
         acc = Accelerator(mixed_precision=run.config.train.precision, cpu=cpu or not torch.cuda.is_available(),

@@ -59,6 +59,7 @@ class VocoderTrainConfig(LoopConfig):
     num_workers: NonNegativeInt = 2  # threads decoding each batch
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # LoopConfig's checks (max_time)
         if self.segment_size % 512 or self.val_segment_size % 512:
             raise ConfigError("segment sizes must be multiples of 512, "
                               f"got {self.segment_size}/{self.val_segment_size}")
