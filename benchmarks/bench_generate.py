@@ -6,18 +6,36 @@ with classifier-free guidance (w = 1.5) from a random-weight UNet conditioned on
 conditional and unconditional halves as two forwards of B (what a pipeline without batching does).
 A sampler's cost is its number of network calls, so long chains (ddpm-1000) are timed over
 ``--max-steps`` steps and scaled to the full chain; the table says which rows are extrapolated.
-Griffin-Lim (the vocoder fallback) is timed once per clip length.
+Griffin-Lim (the vocoder fallback) is timed once per clip length. ``--model`` times a trained UNet
+(its own condition size) instead of the random presets.
+
+``--end-to-end LABEL=SRC …`` times whole ``clipsonic generate`` commands instead (start-up, CLIP, prior, sampler,
+vocoder, writing), with the built-in model, for 1.024-s and 4.096-s clips, on an idle machine and beside one process
+spinning on a core; each SRC is a source tree put first on PYTHONPATH, so one run compares two versions (e.g. a
+``git archive`` of an older commit). Relevance: the world's oracle on one clip per SonicWorld concept (pd mode).
 
     .venv/bin/python benchmarks/bench_generate.py                       # CPU, tiny + small
+    .venv/bin/python benchmarks/bench_generate.py --model src/clipsonic/builtin/sonicworld/unet --threads 1 \
+        --batches 1 --samplers ddpm:1000 ddim:25 dpmpp-2m:10 dpmpp-3m:8 unipc:8 --guidance batched
+    mkdir /tmp/before && git archive cfc0251 | tar -x -C /tmp/before
+    .venv/bin/python benchmarks/bench_generate.py --end-to-end before=/tmp/before/src after=src
     .venv/bin/python benchmarks/bench_generate.py --device cuda --presets tiny small paper --max-steps 1000
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
 from torch import nn
 
@@ -25,7 +43,7 @@ from clipsonic.audio import MelConfig
 from clipsonic.diffusion import DiffusionConfig, GaussianDiffusion
 from clipsonic.models import MelUNet
 
-SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("dpmpp-2m", 25))
+SAMPLERS = ("ddpm:1000", "ddim:50", "dpmpp-2m:25", "dpmpp-3m:8", "unipc:8")
 
 
 class TwoPass(nn.Module):
@@ -52,7 +70,8 @@ def time_sampler(model: nn.Module, diffusion: GaussianDiffusion, sampler: str, s
                  device: torch.device, max_steps: int, dtype: torch.dtype | None) -> tuple[float, bool]:
     """(seconds per clip for the full ``steps`` chain, extrapolated?)."""
     run = min(steps, max_steps)
-    cond = torch.nn.functional.normalize(torch.randn(batch, 768, device=device), dim=-1)
+    cond_dim = model.model.config.cond_dim if isinstance(model, TwoPass) else model.config.cond_dim
+    cond = torch.nn.functional.normalize(torch.randn(batch, cond_dim, device=device), dim=-1)
     shape = (batch, 1, 64, frames)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
     with autocast:
@@ -77,6 +96,80 @@ def time_griffin_lim(frames: int) -> float:
     return time.perf_counter() - start
 
 
+def load_unet(name: str, pretrained: bool) -> MelUNet:
+    """A trained UNet from directory ``name``, or preset ``name`` with random weights (768-d condition: ViT-L/14)."""
+    if pretrained:
+        return MelUNet.from_pretrained(name).eval().requires_grad_(False)
+    torch.manual_seed(0)
+    unet = MelUNet.from_preset(name, cond_dim=768).eval().requires_grad_(False)
+    for p in unet.parameters():  # zero-init layers would make some kernels trivially cheap
+        if not p.detach().any():
+            torch.nn.init.normal_(p, std=0.02)
+    return unet
+
+
+# --- end to end: `clipsonic generate` as typed ----------------------------------------------------------------------
+
+E2E_PROMPT = "the red circle that is humming"
+
+
+def _generate(src: str, args: list[str]) -> None:
+    """`clipsonic generate ARGS` from the source tree ``src``, with the machine's default threads."""
+    env = {key: value for key, value in os.environ.items() if key not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    subprocess.run([sys.executable, "-m", "clipsonic", "-q", "generate", *args], env={**env, "PYTHONPATH": src},
+                   check=True, capture_output=True)
+
+
+def time_generate(src: str, seconds: float, repeats: int) -> float:
+    """Median wall seconds of `clipsonic generate --text … --seconds S` run from the source tree ``src``."""
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            start = time.perf_counter()
+            _generate(src, ["--text", E2E_PROMPT, "--seconds", str(seconds), "--seed", "0", "-o", f"{tmp}/{i}.wav"])
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def relevance(src: str, seconds: float) -> float:
+    """Fraction of the 8 SonicWorld concepts (one built-in prompt each) the world's oracle hears in the clips."""
+    from clipsonic.sonicworld.oracle import OracleClassifier
+    from clipsonic.sonicworld.world import CONCEPTS
+
+    prompts = [f"the {c.nouns[0]} that is {c.sounds[0]}" for c in CONCEPTS]
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "prompts.txt").write_text("\n".join(prompts) + "\n")
+        _generate(src, ["--prompts", f"{tmp}/prompts.txt", "--seconds", str(seconds), "--seed", "0", "-o", f"{tmp}/out"])
+        wavs = sorted(Path(tmp, "out").glob("*.wav"))
+        audio = np.stack([sf.read(w, dtype="float32")[0] for w in wavs])
+    heard = OracleClassifier().classify(audio, 16000)
+    return float(np.mean([h == c.name for h, c in zip(heard, CONCEPTS, strict=True)]))
+
+
+@contextlib.contextmanager
+def busy(on: bool):
+    """One process spinning on a core beside the measured command (a browser, a second job, the tests)."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if on else None
+    try:
+        yield
+    finally:
+        if proc:
+            proc.kill()
+            proc.wait()
+
+
+def end_to_end(trees: list[tuple[str, str]], repeats: int) -> None:
+    print("| tree | clip | idle | beside one busy process | relevance (8 concepts, pd) |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for seconds in (1.024, 4.096):
+        for label, src in trees:
+            cells = []
+            for on in (False, True):
+                with busy(on):
+                    cells.append(f"{time_generate(src, seconds, repeats):.2f} s")
+            print(f"| {label} | {seconds} s | {cells[0]} | {cells[1]} | {relevance(src, seconds):.3f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
@@ -86,7 +179,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), help="rows as SAMPLER:STEPS")
+    parser.add_argument("--guidance", nargs="+", choices=["batched", "two-pass"], default=["batched", "two-pass"])
+    parser.add_argument("--model", help="a trained MelUNet directory (e.g. the built-in model's unet/) instead of presets")
+    parser.add_argument("--end-to-end", nargs="+", metavar="LABEL=SRC", help="time `clipsonic generate` per source tree")
+    parser.add_argument("--repeats", type=int, default=3, help="--end-to-end: runs per cell (median)")
     args = parser.parse_args()
+    if args.end_to_end:
+        return end_to_end([tuple(tree.split("=", 1)) for tree in args.end_to_end], args.repeats)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
@@ -96,15 +196,14 @@ def main() -> None:
           f"chains over {args.max_steps} steps are extrapolated (*)")
     print(f"{'preset':<7} {'params':>7} {'sampler':<13} {'guidance':<9} " + " ".join(f"{f'B={b} s/clip':>13}" for b in args.batches))
     diffusion = GaussianDiffusion(DiffusionConfig())
-    for preset in args.presets:
-        torch.manual_seed(0)
-        unet = MelUNet.from_preset(preset, cond_dim=768).to(device).eval().requires_grad_(False)
-        for p in unet.parameters():  # zero-init layers would make some kernels trivially cheap
-            if not p.detach().any():
-                torch.nn.init.normal_(p, std=0.02)
+    for preset in [args.model] if args.model else args.presets:
+        unet = load_unet(preset, args.model is not None).to(device)
         params = f"{unet.num_parameters() / 1e6:.1f}M"
-        for sampler, steps in SAMPLERS:
+        preset = "model" if args.model else preset
+        for sampler, steps in ((row.split(":")[0], int(row.split(":")[1])) for row in args.samplers):
             for label, model in (("batched", unet), ("two-pass", TwoPass(unet))):
+                if label not in args.guidance:
+                    continue
                 cells = []
                 for batch in args.batches:
                     seconds, scaled = time_sampler(model, diffusion, sampler, steps, batch, args.frames, device,

@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
 from clipsonic.diffusion import SAMPLERS, DiffusionConfig, GaussianDiffusion, respace, space_timesteps
-from clipsonic.diffusion.samplers import SPACING, ddim_step, ddpm_step, dpmpp_2m
+from clipsonic.diffusion.samplers import SPACING, ddim_step, ddpm_step
 
 T = 4000
 COSINE = dict(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2")
@@ -93,12 +93,22 @@ def _fake_eps(x, t):
     return (x - math.sqrt(ABAR[t]) * _fake_x0(x, t)) / math.sqrt(1 - ABAR[t])
 
 
-@pytest.mark.parametrize("steps,clip", [(20, False), (20, True), (7, False)])
-def test_dpmpp_2m_trajectory_matches_diffusers(steps, clip):
-    ref = in_float64(DPMSolverMultistepScheduler(**COSINE, algorithm_type="dpmsolver++", solver_order=2,
-                                                 variance_type=None, thresholding=clip, sample_max_value=1.0))
-    ref.set_timesteps(steps)  # its default grid, then sigma = 0
-    grid = space_timesteps(T, steps, SPACING["dpmpp-2m"])
+SOLVERS = {  # our sampler -> the diffusers scheduler it equals (each one's default grid, then sigma = 0)
+    "dpmpp-2m": lambda clip: DPMSolverMultistepScheduler(**COSINE, algorithm_type="dpmsolver++", solver_order=2,
+                                                         variance_type=None, thresholding=clip, sample_max_value=1.0),
+    "dpmpp-3m": lambda clip: DPMSolverMultistepScheduler(**COSINE, algorithm_type="dpmsolver++", solver_order=3,
+                                                         variance_type=None, thresholding=clip, sample_max_value=1.0),
+    "unipc": lambda clip: UniPCMultistepScheduler(**COSINE, solver_order=2, solver_type="bh2", thresholding=clip,
+                                                  sample_max_value=1.0),
+}
+
+
+@pytest.mark.parametrize("sampler", sorted(SOLVERS))
+@pytest.mark.parametrize("steps,clip", [(20, False), (20, True), (7, False), (5, True)])
+def test_multistep_solver_trajectory_matches_diffusers(sampler, steps, clip):
+    ref = in_float64(SOLVERS[sampler](clip))
+    ref.set_timesteps(steps)
+    grid = space_timesteps(T, steps, SPACING[sampler])
     assert torch.equal(grid, ref.timesteps.flip(0))
     # its sigmas are float32; at alpha_bar = 1.5e-10 (t = 3999) x0 = (x - sigma eps)/alpha then
     # cancels to ~1e-2, so give it float64 ones (its update itself runs in float32)
@@ -116,7 +126,7 @@ def test_dpmpp_2m_trajectory_matches_diffusers(steps, clip):
         return _fake_x0(x, t), None
 
     schedule = respace(GaussianDiffusion().schedule, grid)
-    out = dpmpp_2m(denoise, x_T, schedule, clip_denoised=clip)
+    out = SAMPLERS[sampler](denoise, x_T, schedule, clip_denoised=clip)
     assert len(path) == len(ref_path) == steps
     for k, (a, b) in enumerate(zip(path, ref_path, strict=True)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"step {k}")  # diffusers steps in float32
@@ -178,6 +188,9 @@ def test_guided_point_masses_land_on_the_guided_point(sampler, formula, scale):
     out = diff.sample(model, SHAPE, torch.zeros(2, 4), sampler=sampler, steps=20, guidance_scale=scale,
                       generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(out, target.expand(SHAPE), rtol=0, atol=1e-4)
+    # guidance costs one forward per step: of 2B ([x; x] with [cond; null]), or of B when the mix is one branch
+    drop = {("cfg", 0.0): [True] * 2, ("cfg", 1.0): [False] * 2}.get((formula, scale), [False] * 2 + [True] * 2)
+    assert [d.tolist() for _, d in model.calls] == [drop] * 20
 
 
 def test_learn_sigma_false_samples_with_the_fixed_variance():

@@ -12,6 +12,7 @@ from support.media_files import write_audio, write_video
 from support.tiny_pipeline import TINY_FRAMES, tiny_pipeline_dir  # noqa: F401
 
 from clipsonic.cli import main
+from clipsonic.pipeline import DEFAULT_SAMPLER
 
 HOP = 512
 FAST = ["--steps", "2"]
@@ -138,7 +139,7 @@ def test_every_clip_gets_a_sidecar_and_from_makes_the_same_bytes(tiny_pipeline_d
     assert isinstance(seed, int) and f"seed {seed}" in caplog.text  # an unseeded run says the seed it drew
     assert side["query"] == {"text": "a dog barking"} and side["model"] == str(tiny_pipeline_dir.resolve())
     assert side["settings"] == {"mode": "zs", "guidance_scale": 2.0, "guidance_rescale": 0.5, "num_inference_steps": 2,
-                                "sampler": "ddim",
+                                "sampler": DEFAULT_SAMPLER,
                                 "seconds": None, "negative_text": "rain", "video_frames": "mean", "num_frames": 8}
     assert len(side["model_fingerprint"]) == 16 and side["clipsonic_version"]
     again = tmp_path / "again" / "dog.wav"

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from clipsonic.config import ConfigError
 from clipsonic.errors import ClipsonicError
@@ -128,10 +129,18 @@ def test_save_load_round_trip(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     loaded = MelUNet.from_pretrained(tmp_path).eval()
     assert loaded.config == model.config
+    # on the CPU the loaded weights are channels-last (faster oneDNN convolutions); the output stays NCHW
+    assert loaded.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     x, t, cond = inputs()
     drop = torch.tensor([False, True])
     with torch.no_grad():
-        assert torch.equal(model(x, t, cond, drop), loaded(x, t, cond, drop))
+        out = loaded(x, t, cond, drop)
+        assert out.is_contiguous()
+        torch.testing.assert_close(out, model(x, t, cond, drop), rtol=1e-5, atol=1e-5)
+    loaded.save_pretrained(tmp_path / "again")  # saved contiguous, the same tensors
+    first, again = (load_file(str(tmp_path / d / "model.safetensors")) for d in (".", "again"))
+    assert list(again) == list(first) and all(torch.equal(again[k], first[k]) for k in first)
 
 
 def test_load_refuses_unknown_config_key_and_missing_files(tmp_path):

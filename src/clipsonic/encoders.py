@@ -60,12 +60,16 @@ def load_clip(name_or_path: str | os.PathLike = "openai/clip-vit-large-patch14",
     available, else on cpu in float32 (outputs are float32 either way)."""
     directory = _resolve(str(name_or_path))
     weights = clip_weight_files(directory)
-    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+    # Heavy (seconds), so lazy; the CLIP modules directly, not through transformers' lazy top level and its Auto maps.
+    from transformers.models.clip.configuration_clip import CLIPConfig
+    from transformers.models.clip.modeling_clip import CLIPModel
 
-    try:  # transformers 5 maps CLIPImageProcessor to a torchvision backend (and warns when falling back)
-        from transformers import CLIPImageProcessorPil as ImageProcessor
-    except ImportError:  # transformers 4: CLIPImageProcessor is the PIL/numpy one (no torchvision needed)
-        from transformers import CLIPImageProcessor as ImageProcessor
+    try:  # transformers 5: CLIPTokenizer is the `tokenizers` one; CLIPImageProcessor would need torchvision
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as ImageProcessor
+        from transformers.models.clip.tokenization_clip import CLIPTokenizer as Tokenizer
+    except ImportError:  # transformers 4: the fast tokenizer (AutoTokenizer's choice); the PIL/numpy processor
+        from transformers.models.clip.image_processing_clip import CLIPImageProcessor as ImageProcessor
+        from transformers.models.clip.tokenization_clip_fast import CLIPTokenizerFast as Tokenizer
 
     device = default_device(device)
     dtype = parse_dtype(dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
@@ -73,7 +77,7 @@ def load_clip(name_or_path: str | os.PathLike = "openai/clip-vit-large-patch14",
         check_shared_shapes(lambda: CLIPModel(CLIPConfig.from_pretrained(directory)), weights, "CLIP model")
         with _quiet_transformers():
             model = CLIPModel.from_pretrained(directory, use_safetensors=True)
-            tokenizer = AutoTokenizer.from_pretrained(directory)
+            tokenizer = Tokenizer.from_pretrained(directory)
             processor = ImageProcessor.from_pretrained(directory)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:  # corrupt or mismatched
         raise ClipsonicError(f"{directory}: cannot load the CLIP model ({exc})") from exc

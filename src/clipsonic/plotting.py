@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from clipsonic.audio import MelConfig, hz_to_mel, mel_to_hz
 from clipsonic.files import atomic_output
@@ -24,6 +23,8 @@ def save_mel_image(logmel: np.ndarray, config: MelConfig, path: str | os.PathLik
     logmel = np.asarray(logmel)
     if logmel.ndim != 2:
         raise ValueError(f"expected a log-mel [n_mels, frames], got shape {logmel.shape}")
+    from matplotlib.figure import Figure  # heavy (0.6 s): loaded only to draw
+
     seconds = logmel.shape[1] * config.hop_length / config.sample_rate
     fig = Figure(figsize=(max(4.0, min(16.0, 2.0 + seconds * 1.5)), 3.2), dpi=100)
     ax = fig.add_subplot()

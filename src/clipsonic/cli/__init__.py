@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from safetensors import SafetensorError  # noqa: E402
 
 from clipsonic import __version__  # noqa: E402
-from clipsonic.cli import evaluate, generate, train  # noqa: E402
+from clipsonic.cli import distill, evaluate, generate, train  # noqa: E402
 from clipsonic.errors import ClipsonicError  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only log warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (train, generate, evaluate):
+    for module in (train, distill, generate, evaluate):
         module.register(sub)
     return parser
 

@@ -68,14 +68,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "--save-mel")
     s = p.add_argument_group("sampling")
     s.add_argument("--mode", choices=MODES, help="how the query conditions the model (see above)")
-    s.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
-                   help=f"classifier-free guidance weight w (default {DEFAULT_GUIDANCE_SCALE:g}, the paper's best FAD)")
+    s.add_argument("--guidance-scale", type=float,
+                   help=f"classifier-free guidance weight w (default {DEFAULT_GUIDANCE_SCALE:g}, the paper's best FAD; "
+                        "a distilled pipeline: the w it was distilled at)")
     deprecated_alias(s, "--guidance", "--guidance-scale", type=float, dest="guidance_scale")
-    s.add_argument("--guidance-rescale", type=float, default=DEFAULT_GUIDANCE_RESCALE, metavar="R",
+    s.add_argument("--guidance-rescale", type=float, metavar="R",
                    help="how far a guided mel keeps the conditional branch's level and spread, 0..1 (default "
                         f"{DEFAULT_GUIDANCE_RESCALE:g}; 0 = plain guidance, louder and clipping at high w)")
-    s.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps (default {DEFAULT_STEPS})")
-    s.add_argument("--sampler", choices=list(SAMPLERS), default=DEFAULT_SAMPLER, help=f"(default {DEFAULT_SAMPLER})")
+    s.add_argument("--steps", type=int, help=f"sampling steps (default {DEFAULT_STEPS}; a distilled pipeline: its own)")
+    s.add_argument("--sampler", choices=list(SAMPLERS), help=f"(default {DEFAULT_SAMPLER}; a distilled pipeline: ddim)")
     s.add_argument("--seed", type=int, help="seed of output 0; output i uses seed + i")
     s.add_argument("--num-samples", type=int, default=1, help="clips per query (default 1)")
     s.add_argument("--seconds", type=float, help="length (default: one training clip; a video's own)")
@@ -153,7 +154,7 @@ def run_generate(args: argparse.Namespace) -> None:
 
 def _replay(args: argparse.Namespace) -> None:
     """``--from NAME.json``: the sidecar's query, seed and settings with the model it names (or ``--model``)."""
-    if given := [name for name, default in args.replayed_defaults.items() if getattr(args, name) != default]:
+    if given := [name for name, default in args.replayed_defaults.items() if getattr(args, name) not in (default, None)]:
         flag = "--" + given[0].replace("_", "-")
         raise ClipsonicError(f"--from takes the query and settings from {args.replay}; drop {flag} (or generate "
                              "without --from)")

@@ -36,6 +36,11 @@ class DiffusionConfig(Config):
     # "cfg":          eps = eps_u + w (eps_c - eps_u)  (w = 0 unconditional, w = 1 conditional)
     # "cfg-plus-one": eps = eps_c + w (eps_c - eps_u)  (w = 0 conditional; Imagen/GLIDE style)
     guidance_formula: Literal["cfg", "cfg-plus-one"] = "cfg"
+    # Set by `clipsonic distill` (train/distill.py): the network is a student that samples with this many DDIM steps
+    # on the "trailing" grid, one conditional pass each, the guidance (w, rescale) folded in. None: guided sampling.
+    distilled_steps: int | None = None
+    distilled_guidance_scale: float | None = None
+    distilled_guidance_rescale: float | None = None
 
     def __post_init__(self) -> None:
         # above 100000 the schedule's arrays alone run to gigabytes: a typo, not a model
@@ -54,3 +59,12 @@ class DiffusionConfig(Config):
                 "loss='hybrid' needs learn_sigma=True (its VLB term trains only the variance); "
                 "use loss='simple' with learn_sigma=False"
             )
+        distilled = (self.distilled_steps, self.distilled_guidance_scale, self.distilled_guidance_rescale)
+        if distilled.count(None) not in (0, 3) or (self.distilled_steps is not None and self.distilled_steps < 1):
+            raise ValueError(f"distilled_steps (>= 1), distilled_guidance_scale and distilled_guidance_rescale are set "
+                             f"together or not at all, got {distilled}")
+
+    @property
+    def conditional_scale(self) -> float:
+        """The guidance scale at which the formula is the conditional branch alone (one pass of B)."""
+        return 1.0 if self.guidance_formula == "cfg" else 0.0

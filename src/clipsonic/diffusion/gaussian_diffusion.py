@@ -146,6 +146,7 @@ class GaussianDiffusion:
         progress: Callable[[int, int], None] | None = None,
         x_T: Tensor | None = None,
         guidance_rescale: float = 0.0,
+        spacing: str | None = None,
     ) -> Tensor:
         """Generate x_0 [shape] = [B, C, H, W] for conditions cond [B, D], on cond's device.
 
@@ -154,6 +155,7 @@ class GaussianDiffusion:
         guidance with ``guidance_scale`` and the config's formula (one batched forward of 2B, or B
         when the mix is a single branch). ``eta`` is DDIM's; ``x_T`` replaces the initial noise (float32
         by default; the sample keeps x_T's dtype). ``guidance_rescale``: guidance.rescaled_guidance's strength.
+        ``spacing``: the grid (respace.space_timesteps) instead of SPACING[sampler] ("trailing": a distilled model's).
         Put the model in eval mode first.
         """
         # 1. Check inputs
@@ -169,7 +171,7 @@ class GaussianDiffusion:
             raise ValueError(f"x_T has shape {list(x_T.shape)}, expected {list(shape)}")
         c = self.config
         # 2. The chain and the guided network
-        schedule = self.respaced(steps, SPACING[sampler])
+        schedule = self.respaced(steps, spacing or SPACING[sampler])
         denoise = guided_denoiser(
             model, cond, guidance_scale=guidance_scale, formula=c.guidance_formula, prediction=c.prediction,
             schedule=self.schedule, learn_sigma=c.learn_sigma, rescale=guidance_rescale,

@@ -70,7 +70,8 @@ def guided_denoiser(
 ) -> Denoiser:
     """A :data:`Denoiser` running ``model`` with guidance in one batched forward per step.
 
-    ``cond`` [B, D]; ``schedule`` is the full training schedule (the model sees original steps).
+    ``cond`` [B, D]; ``schedule`` is the full training schedule (the model sees original steps). The denoiser takes
+    one original step ``t`` for the batch, or a LongTensor [B] of them (distillation trains on mixed steps).
     ``rescale``: :func:`rescaled_guidance` strength applied to the guided x_0 (0: none).
     """
     # A mix that is exactly one branch runs it alone, on B rather than 2B examples, with its own variance: "cfg"
@@ -89,7 +90,8 @@ def guided_denoiser(
         else:
             x_in, c_in = x, cond
             drop = torch.full((batch,), need == "uncond", dtype=torch.bool, device=x.device)
-        t_in = torch.full((x_in.shape[0],), t, dtype=torch.long, device=x.device)
+        t_in = (torch.full((x_in.shape[0],), t, dtype=torch.long, device=x.device) if isinstance(t, int)
+                else t.to(x.device).repeat(x_in.shape[0] // batch))
         out = model(x_in, t_in, c_in, drop).to(x.dtype)
         pred, var_values = split_output(out, channels, learn_sigma)
         if need != "both":

@@ -23,6 +23,10 @@ def space_timesteps(num_timesteps: int, steps: int, spacing: str = "linspace") -
     "linspace-without-zero": the top K of round(linspace(0, T - 1, K + 1)), as diffusers'
     DPMSolverMultistepScheduler: t = 0 is not evaluated and the last step jumps from the lowest
     evaluated step straight to x_0 (sigma = 0), which suits solvers that step in log-SNR.
+    "trailing": t_j = round(j T/K) - 1, j = 1..K (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample
+    Steps are Flawed", Table 2; diffusers' ``timestep_spacing="trailing"``): it starts at t = T - 1 for every K, and
+    the K grid is every other step of the 2K grid (j T/K = 2j T/(2K) in floating point too, T/(2K) being (T/K)/2
+    exactly), which progressive distillation needs (train/distill.py).
     """
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must be between 1 and the {num_timesteps} training steps, got {steps}")
@@ -33,8 +37,10 @@ def space_timesteps(num_timesteps: int, steps: int, spacing: str = "linspace") -
         if steps == num_timesteps:
             raise ValueError(f"spacing {spacing!r} evaluates at most T - 1 = {num_timesteps - 1} steps")
         grid = np.linspace(0, num_timesteps - 1, steps + 1).round()[1:]
+    elif spacing == "trailing":
+        grid = np.round(np.arange(1, steps + 1) * (num_timesteps / steps)) - 1
     else:
-        raise ValueError(f"unknown timestep spacing {spacing!r}; use 'linspace' or 'linspace-without-zero'")
+        raise ValueError(f"unknown timestep spacing {spacing!r}; use 'linspace', 'linspace-without-zero' or 'trailing'")
     return torch.from_numpy(grid.astype(np.int64))
 
 

@@ -19,7 +19,7 @@ from clipsonic.embedders.base import quick_fingerprint
 from clipsonic.errors import ClipsonicError
 from clipsonic.evaluate.config import EvalConfig
 from clipsonic.evaluate.testset import EvalClip
-from clipsonic.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, CLIPSonicPipeline
+from clipsonic.pipeline import CLIPSonicPipeline
 
 IQ_CONDITION = "stored middle-frame CLIP embedding (clip.npy row K // 2)"
 
@@ -31,8 +31,9 @@ class PipelineGenerator:
     def __init__(self, model_dir: str | os.PathLike, config: EvalConfig):
         self.model_dir = Path(model_dir)
         self.pipe = CLIPSonicPipeline.from_pretrained(self.model_dir, device=config.device)
-        self.steps = config.steps or DEFAULT_STEPS
-        self.sampler = config.sampler or DEFAULT_SAMPLER
+        defaults = self.pipe.sampling()  # a distilled pipeline's differ
+        self.steps = config.steps or defaults["num_inference_steps"]
+        self.sampler = config.sampler or defaults["sampler"]
         if self.sampler not in SAMPLERS:  # refused before any audio is made, not after the reference sets
             raise ClipsonicError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(sorted(SAMPLERS))}")
         if not 1 <= self.steps <= self.pipe.diffusion.num_timesteps:

@@ -183,10 +183,12 @@ def generate_files(pipe, query, target: str | os.PathLike, *, batch_size: int = 
 
 
 def _sidecar(model: dict[str, Any], kind: str, item: Any, out, row: int, call: dict[str, Any]) -> dict[str, Any]:
-    """One row's sidecar: the resolved mode (a default may change between versions) and absolute query paths."""
+    """One row's sidecar: the resolved mode and sampling settings (a default may change between versions; a distilled
+    pipeline has its own) and absolute query paths."""
     if kind not in ("text", "image", "video") or not isinstance(item, str | os.PathLike):
         raise ClipsonicError(f"sidecars record text, image-file and video-file queries, not {kind} {type(item).__name__}")
-    settings = {name: call.get(name) for name in SETTINGS} | {"mode": out.mode}
+    ran = {name: value for name, value in out.sampling.items() if name in SETTINGS}
+    settings = {name: call.get(name) for name in SETTINGS} | {"mode": out.mode} | ran
     return {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "clipsonic_version": __version__,
             "query": {kind: item if kind == "text" else str(Path(item).resolve())}, "seed": out.seeds[row],
-            "settings": settings, **model}
+            "settings": settings, "distilled": out.sampling["distilled"], **model}

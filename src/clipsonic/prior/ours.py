@@ -81,9 +81,10 @@ class PriorNet(nn.Module):
         self.text_in = nn.Linear(d, w)
         self.x_in = nn.Linear(d, w)
         self.time_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
-        self.query = nn.Parameter(torch.randn(w) * 0.02)
-        self.position = nn.Parameter(torch.randn(4, w) * 0.02)  # [text, time, x_t, query]
-        self.null_text = nn.Parameter(torch.randn(d) / math.sqrt(d))  # unit-norm, like a CLIP vector
+        # In place: loading builds on the meta device, where out-of-place arithmetic imports torch._dynamo (2.5 s).
+        self.query = nn.Parameter(torch.randn(w).mul_(0.02))
+        self.position = nn.Parameter(torch.randn(4, w).mul_(0.02))  # [text, time, x_t, query]
+        self.null_text = nn.Parameter(torch.randn(d).div_(math.sqrt(d)))  # unit-norm, like a CLIP vector
         layer = nn.TransformerEncoderLayer(w, config.num_heads, 4 * w, config.dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)

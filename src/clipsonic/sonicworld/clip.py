@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from PIL import Image
 
 from clipsonic.config import Config
@@ -273,6 +272,8 @@ def _gap_figure(img: np.ndarray, labels: np.ndarray, txt: np.ndarray, text_label
     both = np.concatenate([img, txt])
     centred = both - both.mean(0)
     xy = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T  # [N + T, 2]
+    from matplotlib.figure import Figure  # heavy (0.6 s): loaded only to draw
+
     fig = Figure(figsize=(6, 5))
     ax = fig.add_subplot()
     for k, c in enumerate(CONCEPTS):

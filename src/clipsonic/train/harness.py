@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from accelerate import Accelerator
 from torch import nn
 
 from clipsonic.config import Config, NonNegative, NonNegativeInt, Positive, PositiveInt, Seed
@@ -296,6 +295,8 @@ def _open_run(task_cls: type[Task], run_dir: Path, overrides: dict[str, dict[str
         run.config, run.data = resume_config(task_cls, run, overrides), {**run.data, **data}
     else:
         run = Run(dir=run_dir, task=task_cls.name, config=task_cls.resolve_config(overrides, data), data=dict(data))
+    from accelerate import Accelerator  # heavy (0.3 s): loaded only to train, not by every `clipsonic` command
+
     try:
         # cpu=True without CUDA: then launched processes (accelerate launch --multi_gpu, torchrun) form a gloo group
         acc = Accelerator(mixed_precision=run.config.train.precision, cpu=cpu or not torch.cuda.is_available(),

@@ -25,8 +25,8 @@ RUN_FORMAT, RUN_VERSION = "clipsonic-run", 2
 CONFIG_NAME = "config.json"
 # The class of each task, imported by export_run: prior/ and vocoder/ import train/, so not the reverse.
 TASKS = {"unet": "clipsonic.train.unet:UNetTask", "prior": "clipsonic.prior.train:PriorTask",
-         "vocoder": "clipsonic.vocoder.task:VocoderTask"}
-COMMANDS = {"unet": "train", "prior": "train-prior", "vocoder": "train-vocoder"}  # for messages
+         "vocoder": "clipsonic.vocoder.task:VocoderTask", "distill": "clipsonic.train.distill:DistillTask"}
+COMMANDS = {"unet": "train", "prior": "train-prior", "vocoder": "train-vocoder", "distill": "distill"}  # for messages
 # What a run writes besides its export, deleted by --restart (pairs.safetensors: the prior's embedded pairs).
 RUN_CONTENTS = (CONFIG_NAME, "checkpoints", "metrics.jsonl", "tensorboard", "samples", "debug", "pairs.safetensors")
 EXPORTS = ("pipeline", "prior", "vocoder")  # each task's export_name: a new run may find an old one
