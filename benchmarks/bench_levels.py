@@ -9,7 +9,8 @@ and the oracle's relevance on the generated mels (the concept heard is the promp
 At w = 1 guidance is the conditional model alone and the rescale has nothing to do: one row.
 Rescale 0 is the behaviour before clipsonic.diffusion.guidance.rescaled_guidance (only the [-1, 1] clamp of x_0).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_levels.py     # zs pd shift knn iq, w 1, 1.5, 3 (~4 min)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_levels.py     # zs pd shift knn iq, w 1, 1.5, 3, generate's sampler
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_levels.py --sampler ddim --steps 25   # the table of 2026-11-29
     .venv/bin/python benchmarks/bench_levels.py --modes zs pd --weights 1 1.5 3 --seconds 4.096
 """
 
@@ -21,7 +22,8 @@ import time
 import numpy as np
 import torch
 
-from clipsonic.pipeline import CLIPSonicPipeline
+from clipsonic.diffusion import SAMPLERS
+from clipsonic.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, CLIPSonicPipeline
 from clipsonic.pipeline.pipeline import DEFAULT_GUIDANCE_RESCALE
 from clipsonic.sonicworld import OracleClassifier
 from clipsonic.sonicworld.world import CONCEPT_NAMES, CONCEPTS, captions
@@ -41,7 +43,8 @@ def queries(pipe: CLIPSonicPipeline, mode: str) -> tuple[dict, list[int]]:
 
 def row(pipe: CLIPSonicPipeline, oracle: OracleClassifier, mode: str, w: float, rescale: float, args) -> str:
     query, concepts = queries(pipe, mode)
-    out = pipe(**query, mode=mode, guidance_scale=w, num_inference_steps=args.steps, seed=args.seed,
+    out = pipe(**query, mode=mode, guidance_scale=w, num_inference_steps=args.steps, sampler=args.sampler,
+               seed=args.seed,
                seconds=args.seconds, guidance_rescale=rescale)
     peaks = np.abs(out.audios).max(axis=1)  # [B]
     scaled = 20 * np.log10(np.maximum(peaks, 1.0))  # what save_audio takes off each clip, dB
@@ -58,7 +61,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modes", nargs="+", default=["zs", "pd", "shift", "knn", "iq"])
     ap.add_argument("--weights", nargs="+", type=float, default=[1.0, 1.5, 3.0])
-    ap.add_argument("--steps", type=int, default=25, help="ddim steps (default 25; generate's 50 takes twice as long)")
+    ap.add_argument("--sampler", choices=list(SAMPLERS), default=DEFAULT_SAMPLER, help="(default: generate's)")
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="(default: generate's)")
     ap.add_argument("--seconds", type=float, help="clip length (default: the model's training clip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rescales", nargs="+", type=float, default=[0.0, DEFAULT_GUIDANCE_RESCALE],
@@ -72,7 +76,7 @@ def main() -> None:
         for w in args.weights:
             for rescale in args.rescales[:1] if w == 1 else args.rescales:
                 print(row(pipe, oracle, mode, w, rescale, args), flush=True)
-    print(f"\n{time.perf_counter() - start:.0f} s; ddim {args.steps} steps, seed {args.seed}, "
+    print(f"\n{time.perf_counter() - start:.0f} s; {args.sampler} {args.steps} steps, seed {args.seed}, "
           f"{args.seconds or pipe.mel.clip_seconds:g}-s clips, Griffin-Lim (the built-in model's vocoder)")
 
 
