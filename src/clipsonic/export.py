@@ -24,6 +24,7 @@ embedding, NOT renormalised; ``image_bank`` holds the (clip key, frame) pairs wi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -213,6 +214,21 @@ def read_model_index(directory: str | os.PathLike, *, complete: bool = True) -> 
         if complete and folder is not None and not (folder / "config.json").is_file():
             raise ClipsonicError(f"{root}: component {name!r} is listed but {folder / 'config.json'} is missing")
     return index
+
+
+def model_fingerprint(model_dir: str | os.PathLike,
+                      components: tuple[str, ...] = ("unet", "scheduler", "prior", "stats", "vocoder")) -> str:
+    """SHA-256 (first 16 hex digits) of what shapes a pipeline's audio: its mel config and every weight and config
+    file of ``components`` (by default all but the CLIP, which has its own fingerprint)."""
+    index = read_model_index(model_dir)
+    digest = hashlib.sha256(repr(dataclasses.asdict(index.mel)).encode())
+    for name in components:
+        folder = index.component_dir(name)
+        for path in sorted(folder.iterdir()) if folder is not None else ():
+            if path.suffix in (".json", ".safetensors") and path.is_file():
+                digest.update(f"{name}/{path.name}".encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def load_stats(directory: str | os.PathLike) -> PipelineStats:

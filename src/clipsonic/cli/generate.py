@@ -15,16 +15,10 @@ from clipsonic.builtin import builtin_prompts
 from clipsonic.cli.options import command, deprecated_alias, device, progress_bar
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, SAMPLERS
 from clipsonic.errors import ClipsonicError
+from clipsonic.export import model_fingerprint
 from clipsonic.media import load_audio
 from clipsonic.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, CLIPSonicPipeline, queries
-from clipsonic.pipeline.outputs import (
-    AUDIO_SUFFIXES,
-    check_output_file,
-    check_target,
-    generate_files,
-    model_fingerprint,
-    read_sidecar,
-)
+from clipsonic.pipeline.outputs import AUDIO_SUFFIXES, check_output_file, check_target, generate_files, read_sidecar
 from clipsonic.pipeline.pipeline import BUILTIN_DIR, DEFAULT_GUIDANCE_RESCALE
 from clipsonic.plotting import save_mel_image
 from clipsonic.vocoder import GriffinLimConfig, GriffinLimVocoder, load_vocoder, vocode_file

@@ -8,8 +8,6 @@ setting that shapes the audio, with the model's fingerprint, so ``clipsonic gene
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
 import os
 import re
@@ -20,7 +18,6 @@ import numpy as np
 
 from clipsonic import __version__
 from clipsonic.errors import ClipsonicError
-from clipsonic.export import read_model_index
 from clipsonic.files import read_json, write_json_atomic
 from clipsonic.media import save_audio
 from clipsonic.mux import CONTAINERS, mux_audio
@@ -33,22 +30,6 @@ SIDECAR_FORMAT, SIDECAR_VERSION = "clipsonic-generation", 1
 # What a sidecar's "settings" hold: the pipeline call's arguments that change the audio.
 SETTINGS = ("mode", "guidance_scale", "guidance_rescale", "num_inference_steps", "sampler", "seconds", "negative_text",
             "video_frames", "num_frames")
-_FINGERPRINTED = ("unet", "scheduler", "prior", "stats", "vocoder")  # the CLIP has its own fingerprint
-
-
-def model_fingerprint(model_dir: str | os.PathLike) -> str:
-    """SHA-256 (first 16 hex digits) of what shapes a pipeline's audio: its mel config and every weight and config
-    file of the unet, scheduler, prior, stats and vocoder components."""
-    index = read_model_index(model_dir)
-    digest = hashlib.sha256(repr(dataclasses.asdict(index.mel)).encode())
-    for name in _FINGERPRINTED:
-        folder = index.component_dir(name)
-        for path in sorted(folder.iterdir()) if folder is not None else ():
-            if path.suffix in (".json", ".safetensors") and path.is_file():
-                digest.update(f"{name}/{path.name}".encode())
-                digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
 
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     """A sidecar written by :func:`generate_files`, checked enough to replay (one-line error otherwise)."""

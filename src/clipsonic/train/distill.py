@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -29,17 +28,16 @@ from torch import Tensor
 
 from clipsonic.config import Config, ConfigError, Fraction, NonNegative, NonNegativeInt, Positive, PositiveInt
 from clipsonic.data.dataset import DatasetInfo, read_dataset_info
-from clipsonic.data.loader import StreamLayout, TrainStream
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, DiffusionConfig, GaussianDiffusion, guided_denoiser
 from clipsonic.diffusion.guidance import Denoiser
 from clipsonic.diffusion.losses import mean_flat
 from clipsonic.diffusion.respace import space_timesteps
 from clipsonic.errors import ClipsonicError
-from clipsonic.export import load_stats, read_model_index, write_pipeline_dir
+from clipsonic.export import load_stats, model_fingerprint, read_model_index, write_pipeline_dir
 from clipsonic.models import MelUNet, MelUNetConfig
 from clipsonic.train.checkpoint import Checkpoint
 from clipsonic.train.harness import LoopConfig, Progress, Run, Task, fit
-from clipsonic.train.unet import UNetTask
+from clipsonic.train.unet import UNetTask, train_stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,11 +157,7 @@ class DistillTask(Task):
         return self.stream.position()
 
     def batches(self, position: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
-        cfg, acc = self.cfg, self.accelerator
-        layout = StreamLayout(shards=tuple(str(p) for p in self.info.shard_paths("train")), batch_size=cfg.batch_size,
-                              seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
-                              num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer)
-        self.stream = TrainStream(self.info, layout, position, pin_memory=acc.device.type == "cuda")
+        self.stream = train_stream(self.info, self.cfg, self.accelerator, position)
         return iter(self.stream)
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
@@ -234,11 +228,7 @@ def distill(model_dir: str | os.PathLike, data_dir: str | os.PathLike, run_dir: 
     UNetTask.check_data(saved, {"dataset": info.root}, Path(model_dir))  # the CLIP and mels of the pipeline
     if not info.shard_paths("train"):
         raise ClipsonicError(f"{info.root}: the train split has no shards; re-run preprocess")
-    digest = hashlib.sha256()
-    for name in ("unet", "scheduler"):
-        for path in sorted(index.component_dir(name).iterdir()):
-            digest.update(path.read_bytes())
-    data = {"model": str(Path(model_dir).resolve()), "model_weights": digest.hexdigest()[:16],
+    data = {"model": str(Path(model_dir).resolve()), "model_weights": model_fingerprint(model_dir, ("unet", "scheduler")),
             "dataset": str(info.root.resolve()), "clip": info.clip.to_dict(), "train_clips": info.num_clips("train")}
     return fit(DistillTask, run_dir, overrides, data=data, resume=resume, restart=restart, progress=progress,
                info=info)

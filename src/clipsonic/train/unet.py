@@ -102,6 +102,15 @@ def resolve_run_config(cond_dim: int, overrides: dict[str, dict[str, Any]] | Non
     return RunConfig.from_dict({**sections, "train": train.to_dict(), "unet": unet, "diffusion": diffusion.to_dict()})
 
 
+def train_stream(info: DatasetInfo, cfg: Any, accelerator: Any, position: dict[str, Any] | None) -> TrainStream:
+    """The dataset's train split as this process's share of batches (``cfg``: batch_size, seed, num_workers,
+    shuffle_buffer), resumed at ``position``; UNetTask's and DistillTask's data."""
+    layout = StreamLayout(shards=tuple(str(p) for p in info.shard_paths("train")), batch_size=cfg.batch_size,
+                          seed=cfg.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
+                          num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer)
+    return TrainStream(info, layout, position, pin_memory=accelerator.device.type == "cuda")
+
+
 class UNetTask(Task):
     name, config_class, export_name = "unet", RunConfig, "pipeline"
 
@@ -151,14 +160,10 @@ class UNetTask(Task):
         return {"epoch": position["epoch"], "samples_seen": position["samples"] * self.accelerator.num_processes}
 
     def batches(self, position: dict[str, Any] | None) -> Iterator[list[dict[str, Any]]]:
-        cfg, acc = self.train_config, self.accelerator
-        layout = StreamLayout(shards=tuple(str(p) for p in self.info.shard_paths("train")), batch_size=cfg.batch_size,
-                              seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
-                              num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer)
-        self.stream = TrainStream(self.info, layout, position, pin_memory=acc.device.type == "cuda")
+        self.stream = train_stream(self.info, self.train_config, self.accelerator, position)
         micro = iter(self.stream)
         while True:
-            yield [next(micro) for _ in range(cfg.grad_accum)]
+            yield [next(micro) for _ in range(self.train_config.grad_accum)]
 
     def train_step(self, batch: list[dict[str, Any]], step: int) -> dict[str, Any]:
         acc, device, chunks = self.accelerator, self.accelerator.device, []
