@@ -9,12 +9,12 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch==2.13.0 first: the CPU wheel this machine carries (GPU users keep their own CUDA build,
-# pyproject only asks for a range). Then the package, editable, with its dev extra.
+# pyproject only asks for a range). Then the package, editable, with its dev and app (gradio) extras.
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,app]'
 	touch $(STAMP)
 
 # lint-imports: the import contract in pyproject.toml (the core imports no application, no cycles).

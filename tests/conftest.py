@@ -30,4 +30,5 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path.name != "test_sonicworld_demo.py")
 
 # Fixtures every module may use without importing them.
+from support.browser import browser, page  # noqa: E402, F401
 from support.tiny_clip import tiny_clip_dir  # noqa: E402, F401

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from clipsonic.cli import main, one_line
-from clipsonic.errors import ClipsonicError
+from clipsonic.cli import main
+from clipsonic.errors import ClipsonicError, one_line
 from clipsonic.files import inside, lock_folder, safe_name
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

@@ -54,9 +54,15 @@ def nearest_images(text_emb: torch.Tensor, bank: torch.Tensor, k: int = DEFAULT_
     if k < 1:
         raise ClipsonicError(f"knn needs k >= 1, got {k}")
     bank = F.normalize(bank.float(), dim=-1)
-    sims = F.normalize(text_emb.float(), dim=-1) @ bank.T  # [B, N]
-    top = sims.topk(min(k, bank.shape[0]), dim=-1).indices  # [B, k]
+    top = nearest_rows(text_emb, bank, k).indices  # [B, k]
     return F.normalize(bank[top].mean(dim=1), dim=-1)
+
+
+def nearest_rows(emb: torch.Tensor, bank: torch.Tensor, k: int):
+    """The cosine similarities (``values``) and row indices (``indices``) ``[B, k']``, k' = min(k, N), of the
+    rows of ``bank`` ``[N, D]`` nearest to each of ``emb`` ``[B, D]``, nearest first."""
+    sims = F.normalize(emb.float(), dim=-1) @ F.normalize(bank.float(), dim=-1).T  # [B, N]
+    return sims.topk(min(k, bank.shape[0]), dim=-1)
 
 
 def shift_prompts(labels: Sequence[str | None]) -> list[str]:

@@ -6,7 +6,6 @@ print one line and exit 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import sys
@@ -20,8 +19,8 @@ import torch  # noqa: E402
 from safetensors import SafetensorError  # noqa: E402
 
 from clipsonic import __version__  # noqa: E402
-from clipsonic.cli import distill, evaluate, generate, train  # noqa: E402
-from clipsonic.errors import ClipsonicError  # noqa: E402
+from clipsonic.cli import app, distill, evaluate, generate, train  # noqa: E402
+from clipsonic.errors import ClipsonicError, one_line  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only log warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (train, distill, generate, evaluate):
+    for module in (train, distill, generate, evaluate, app):
         module.register(sub)
     return parser
 
@@ -81,17 +80,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"clipsonic {typed}: interrupted", file=sys.stderr)
         return 130
-
-
-def one_line(exc: BaseException) -> str:
-    """An expected error as one line: OS errors name the file and say what to do about a full or read-only disk."""
-    if isinstance(exc, ClipsonicError) or not isinstance(exc, OSError):
-        text = str(exc) if isinstance(exc, ClipsonicError) else f"{type(exc).__name__}: {exc}"
-    else:
-        where = f"{exc.filename}: " if exc.filename else ""
-        text = f"{where}{exc.strerror or exc}"
-        if exc.errno == errno.ENOSPC:
-            text += " (free space on that disk, or choose another output folder, then run the same command again)"
-        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            text += " (choose a folder you can write to)"
-    return " ".join(text.split())

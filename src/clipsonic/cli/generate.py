@@ -18,7 +18,14 @@ from clipsonic.errors import ClipsonicError
 from clipsonic.export import model_fingerprint
 from clipsonic.media import load_audio
 from clipsonic.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, CLIPSonicPipeline, queries
-from clipsonic.pipeline.outputs import AUDIO_SUFFIXES, check_output_file, check_target, generate_files, read_sidecar
+from clipsonic.pipeline.outputs import (
+    AUDIO_SUFFIXES,
+    check_output_file,
+    check_target,
+    generate_files,
+    model_sidecar,
+    read_sidecar,
+)
 from clipsonic.pipeline.pipeline import BUILTIN_DIR, DEFAULT_GUIDANCE_RESCALE
 from clipsonic.plotting import save_mel_image
 from clipsonic.vocoder import GriffinLimConfig, GriffinLimVocoder, load_vocoder, vocode_file
@@ -177,11 +184,7 @@ def _generate(args: argparse.Namespace, query: queries.Query, settings: dict, mo
     if pipe.vocoder_is_fallback and model is not None:  # the built-in model chose Griffin-Lim (its card says why)
         print(f"note: {model} has no vocoder; using Griffin-Lim (lower quality; see clipsonic train-vocoder)",
               file=sys.stderr)
-    sidecar = {"model": None if model is None else str(Path(model).resolve()),
-               "model_fingerprint": fingerprint or model_fingerprint(model if model is not None else BUILTIN_DIR),
-               "clip_model": clip_model, "dtype": dtype,
-               "vocoder": vocoder if vocoder in (None, "griffin-lim") else str(Path(vocoder).resolve()),
-               "device": str(pipe.device)}
+    sidecar = model_sidecar(pipe, model, fingerprint=fingerprint, clip_model=clip_model, dtype=dtype, vocoder=vocoder)
     with progress_bar() as bar:
         written = generate_files(pipe, query, args.out, batch_size=args.batch_size, num_samples=num_samples, seed=seed,
                                  save_mel=save_mel, progress=bar, sidecar=sidecar, **settings)

@@ -18,9 +18,11 @@ import numpy as np
 
 from clipsonic import __version__
 from clipsonic.errors import ClipsonicError
+from clipsonic.export import model_fingerprint
 from clipsonic.files import read_json, write_json_atomic
 from clipsonic.media import save_audio
 from clipsonic.mux import CONTAINERS, mux_audio
+from clipsonic.pipeline.pipeline import BUILTIN_DIR
 from clipsonic.pipeline.queries import check_positive_int
 from clipsonic.plotting import save_mel_image
 
@@ -140,11 +142,12 @@ def _save_rows(output, target: Path, videos: list[str | os.PathLike] | None, sav
 
 def generate_files(pipe, query, target: str | os.PathLike, *, batch_size: int = 8, num_samples: int = 1,
                    seed: int | None = None, save_mel: bool = False, progress=None, sidecar: dict[str, Any] | None = None,
-                   **call) -> list[Path]:
+                   on_output=None, **call) -> list[Path]:
     """Generate for a parsed query and write every row to ``target`` (the files, in row order). Row i uses
     ``seed + i`` however texts are batched (images and videos go one per call); ``call`` goes to the pipeline.
     ``sidecar``: what every row's sidecar says about the model (its path and fingerprint, vocoder, dtype…);
-    its query, seed and the :data:`SETTINGS` of ``call`` are added per row."""
+    its query, seed and the :data:`SETTINGS` of ``call`` are added per row. ``on_output(output, files)``: called after
+    each pipeline call's rows are written, with its CLIPSonicOutput and their files."""
     check_positive_int("batch_size", batch_size)
     target = check_target(target, len(query) * num_samples, query.kind)
     per_call = batch_size if query.kind == "text" else 1
@@ -159,8 +162,22 @@ def generate_files(pipe, query, target: str | os.PathLike, *, batch_size: int = 
         videos = [items[i // num_samples] for i in range(rows)] if query.kind == "video" else None
         sides = None if sidecar is None else [_sidecar(sidecar, query.kind, items[i // num_samples], out, i, call)
                                               for i in range(rows)]
-        written += _save_rows(out, target, videos, save_mel, first_index=start * num_samples, sidecars=sides)
+        files = _save_rows(out, target, videos, save_mel, first_index=start * num_samples, sidecars=sides)
+        if on_output is not None:
+            on_output(out, files)
+        written += files
     return written
+
+
+def model_sidecar(pipe, model: str | os.PathLike | None, *, fingerprint: str | None = None, clip_model: str | None = None,
+                  dtype: str | None = None, vocoder: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What every clip's sidecar says about the loaded ``pipe`` (``model`` None: the built-in one) and how it was
+    loaded; ``fingerprint``: :func:`clipsonic.export.model_fingerprint` of ``model``, when already computed."""
+    return {"model": None if model is None else str(Path(model).resolve()),
+            "model_fingerprint": fingerprint or model_fingerprint(model if model is not None else BUILTIN_DIR),
+            "clip_model": clip_model, "dtype": dtype,
+            "vocoder": vocoder if vocoder in (None, "griffin-lim") else str(Path(vocoder).resolve()),
+            "device": str(pipe.device)}
 
 
 def _sidecar(model: dict[str, Any], kind: str, item: Any, out, row: int, call: dict[str, Any]) -> dict[str, Any]:
