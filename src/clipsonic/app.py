@@ -207,11 +207,16 @@ def build_page(studio: Studio):
                     with gr.Tab("Image", id="image") as tab_image:
                         image = gr.Image(label="Picture (upload or paste)", type="filepath",
                                          sources=["upload", "clipboard"], elem_id="image")
+                        # Generate reads the upload's path unopened: gradio's own preprocess opens the picture, so
+                        # a broken one would fail every Generate (text and video too) with gradio's message, not ours
+                        picture = gr.State(None)
+                        image.change(_upload_path, image, picture, preprocess=False, queue=False,
+                                     show_progress="hidden")
                     with gr.Tab("Video", id="video") as tab_video:
                         video = gr.Video(label="Silent video (the result is this video with sound)",
                                          sources=["upload"], elem_id="video")
                 for tab, name in ((tab_text, "text"), (tab_image, "image"), (tab_video, "video")):
-                    tab.select(lambda name=name: name, None, kind)
+                    tab.select(lambda name=name: name, None, kind, queue=False)  # not behind a generation
                 negative = gr.Textbox(label="Negative prompt (optional): what to steer away from", elem_id="negative")
                 with gr.Accordion("Settings", open=True):
                     mode = gr.Dropdown(["auto", *pipe.modes], value="auto", label="Mode", elem_id="mode",
@@ -267,7 +272,7 @@ def build_page(studio: Studio):
             return _respond(lambda seed: studio.compare(t, neg, seed=seed, settings=settings_of(g, n, s, sec),
                                                         progress=_bar(progress)), sd, rnd, slots)
 
-        run.click(on_generate, [kind, text, image, video, negative, mode, scale, steps, sampler, seconds, count, seed,
+        run.click(on_generate, [kind, text, picture, video, negative, mode, scale, steps, sampler, seconds, count, seed,
                                 random_seed], **shared)
         compare.click(on_compare, [text, negative, scale, steps, sampler, seconds, seed, random_seed], **shared)
     return page
@@ -277,6 +282,11 @@ def _samplers() -> tuple[str, ...]:
     from clipsonic.diffusion import SAMPLERS
 
     return tuple(SAMPLERS)
+
+
+def _upload_path(payload: dict[str, Any] | None) -> str | None:
+    """The server path of an upload, from its component's raw value (gradio's FileData as a dict)."""
+    return None if payload is None else payload.get("path")
 
 
 def _bar(progress) -> Callable[[int, int], None]:
@@ -296,7 +306,8 @@ def _respond(make: Callable[[int], list[dict[str, Any]]], seed, random_seed: boo
     except (ClipsonicError, OSError, ValueError) as exc:
         log.info("refused: %s", one_line(exc))
         raise gr.Error(one_line(exc), print_exception=False) from None
-    updates: list[Any] = [f"{len(results)} clip(s), seed {seed}: saved in `{results[0]['files'][0].parent}`", seed]
+    folder = os.path.commonpath([r["files"][0].parent for r in results])  # Compare: the folder above the modes'
+    updates: list[Any] = [f"{len(results)} clip(s), seed {seed}: saved in `{folder}`", seed]
     for slot, result in itertools.zip_longest(slots, results[:len(slots)]):
         box, title, audio, video, mel, nearest = slot
         if result is None:

@@ -164,7 +164,7 @@ def expand_seeds(seed: int | Sequence[int] | None, generator: Any, batch: int) -
     else:
         raise ClipsonicError(f"seed must be an integer or a list of integers, got {seed!r}")
     if bad := [s for s in seeds if s not in SEED_RANGE]:
-        raise ClipsonicError(f"seed {bad[0]} is outside 0..2**63-1 (output i uses seed + i); choose a smaller seed")
+        raise ClipsonicError(f"seed {bad[0]} is outside 0..2**63-1 (output i uses seed + i); choose a seed in that range")
     return [torch.Generator().manual_seed(s) for s in seeds], seeds
 
 
