@@ -162,3 +162,26 @@ def test_a_second_app_on_the_same_folder_is_refused(tmp_path, capsys):
                                            (["--max-upload-mb", "0"], "give a positive size")])
 def test_bad_flags_are_one_line(tmp_path, capsys, flag, message):
     assert message in _error(["app", "--out", str(tmp_path / "out"), *flag], capsys)
+
+
+def test_an_upload_over_the_limit_is_refused_in_the_page(studio, page, tmp_path, monkeypatch):
+    import socket
+
+    from PIL import Image
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))  # as the command sets it
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    assert (tmp_path / "big.png").stat().st_size > 50_000
+    served = app_module.serve(studio, port=port, max_upload_mb=0.05, block=False)
+    try:
+        page.goto(served.local_url)
+        page.get_by_role("tab", name="Image").click()
+        page.locator("#image input[type=file]").set_input_files(str(tmp_path / "big.png"))
+        toast = page.locator("[data-testid=toast-text]").first
+        toast.wait_for()
+        assert "exceed the maximum allowed size" in toast.inner_text() and "big.png" in toast.inner_text()
+    finally:
+        served.close()

@@ -338,14 +338,17 @@ def _nearest_html(rows: list[dict[str, Any]]) -> str:
 
 
 def serve(studio: Studio, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-          max_upload_mb: float = 200) -> None:
-    """Serve the page until interrupted: one generation at a time, uploads over ``max_upload_mb`` refused, files
-    served only from the output folder (and gradio's upload cache, which the CLI puts inside it)."""
+          max_upload_mb: float = 200, block: bool = True):
+    """Serve the page (until interrupted, when ``block``; else return the running gradio Blocks): one generation at
+    a time, uploads over ``max_upload_mb`` refused, files served only from the output folder (and gradio's upload
+    cache, which the CLI puts inside it)."""
     page = build_page(studio)
     page.queue(default_concurrency_limit=1)
-    page.launch(server_name=host, server_port=port, share=share, max_file_size=f"{max_upload_mb:g}mb",
+    page.launch(server_name=host, server_port=port, share=share, max_file_size=int(max_upload_mb * 2**20),
                 allowed_paths=[str(studio.out.resolve())], ssr_mode=False, mcp_server=False, quiet=True,
                 prevent_thread_lock=True, show_error=True)
     print(f"clipsonic app: {page.local_url}" + (f" (public: {page.share_url})" if share else "")
           + " — Ctrl-C stops it", flush=True)
-    page.block_thread()
+    if block:
+        page.block_thread()
+    return page
