@@ -185,3 +185,21 @@ def test_an_upload_over_the_limit_is_refused_in_the_page(studio, page, tmp_path,
         assert "exceed the maximum allowed size" in toast.inner_text() and "big.png" in toast.inner_text()
     finally:
         served.close()
+
+
+def test_the_edit_fields_become_the_pipelines_edit_arguments(studio, tmp_path):
+    assert app_module.edit_settings(2.0, None, "vary", 0.5, 0, 0) == {}
+    assert app_module.edit_settings(None, "a.wav", "vary", 0.5, 0, 0) == {"audio": "a.wav", "strength": 0.5}
+    assert app_module.edit_settings(None, "a.wav", "regenerate a span", 0.5, 0.25, 0) == {"audio": "a.wav",
+                                                                                          "mask": (0.25, None)}
+    assert app_module.edit_settings(3.0, "a.wav", "continue", 0.5, 0, 0) == {"audio": "a.wav"}
+    with pytest.raises(ClipsonicError, match="continue: set the duration"):
+        app_module.edit_settings(None, "a.wav", "continue", 0.5, 0, 0)
+    source = tmp_path / "source.wav"
+    soundfile.write(source, 0.1 * np.sin(np.arange(TINY_FRAMES * 512) / 8.0).astype(np.float32), 16000)
+    [result] = studio.generate("text", "a dog", None, None, None, mode="zs", count=1, seed=3,
+                               settings={**FAST, "seconds": 2.048, **app_module.edit_settings(2.048, str(source),
+                                                                                              "continue", 0, 0, 0)})
+    wav = next(p for p in result["files"] if p.suffix == ".wav")
+    assert soundfile.info(wav).frames == 2 * TINY_FRAMES * 512
+    assert json.loads(wav.with_suffix(".json").read_text())["settings"]["audio"] == str(source.resolve())

@@ -427,3 +427,32 @@ def test_two_browsers_queue(app, page, browser):
         assert page.errors == [] and other.errors == []
     finally:
         other_context.close()
+
+
+def test_edit_a_sound(app, page, tmp_path):
+    """A recording in "Edit a sound": a span regenerated (the sidecar records the source and the span), then the
+    recording continued to the duration (refused, in the page, until a duration is set)."""
+    t = np.arange(int(CLIP_SECONDS * 16000)) / 16000
+    sf.write(tmp_path / "tone.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+    _open(page, app)
+    page.locator("#text textarea").fill(PROMPT)
+    _set_count(page, 1)
+    _fixed_seed(page, 5)
+    page.get_by_text("Edit a sound (optional)").click()
+    with page.expect_response(lambda r: "/gradio_api/upload?" in r.url):
+        page.locator("#edit-audio input[type=file]").set_input_files(tmp_path / "tone.wav")
+    page.get_by_test_id("regenerate a span-radio-label").click()
+    page.locator("#span-start input").fill("0.256")
+    page.locator("#span-end input").fill("0.768")
+    _, _, folder = _press(page)
+    side = json.loads((folder / f"000-{STEM}.json").read_text())["settings"]
+    assert side["mask"] == [0.256, 0.768] and side["audio"].endswith("tone.wav") and side["strength"] is None
+    assert sf.info(folder / f"000-{STEM}.wav").duration == pytest.approx(CLIP_SECONDS, abs=0.01)
+
+    page.get_by_test_id("continue-radio-label").click()
+    page.locator("#generate").click()
+    _toast(page, "continue: set the duration")
+    page.locator("#seconds input").fill("2.048")
+    _, _, folder = _press(page)
+    assert sf.info(folder / f"000-{STEM}.wav").duration == pytest.approx(2 * CLIP_SECONDS, abs=0.01)
+    assert page.errors == []

@@ -262,6 +262,24 @@ def test_sampling_is_reproducible_with_a_generator_and_reports_progress():
     assert torch.equal(b, diff.sample(model, SHAPE, torch.zeros(2, 3), sampler="ddim", steps=5, x_T=x_T))
 
 
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_sdedit_runs_the_chain_s_last_steps_and_inpainting_keeps_the_known_region_exactly(sampler):
+    diff, grid = GaussianDiffusion(), space_timesteps(T, 10, SPACING[sampler])
+    x_init, known = torch.rand(SHAPE) * 3 - 1.5, torch.rand(SHAPE) * 2 - 1
+    for strength, calls in ((0.0, 0), (0.34, 3), (1.0, 10)):
+        model = PointMass(C)
+        out = diff.sample(model, SHAPE, torch.zeros(2, 4), sampler=sampler, steps=10, guidance_scale=1.0,
+                          x_init=x_init, strength=strength, generator=torch.Generator().manual_seed(0), eta=1.0)
+        assert [int(t[0]) for t, _ in model.calls] == grid[:calls].flip(0).tolist()
+        if calls == 0:
+            assert torch.equal(out, x_init.clamp(-1, 1))  # SDEdit at strength 0: the input itself
+    keep = (torch.arange(8) % 3 == 0).view(1, 1, 1, 8)  # every third frame
+    out = diff.sample(PointMass(C), SHAPE, torch.zeros(2, 4), sampler=sampler, steps=10, guidance_scale=1.0,
+                      known=known, known_mask=keep, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[..., keep[0, 0, 0]], known[..., keep[0, 0, 0]])
+    torch.testing.assert_close(out[..., ~keep[0, 0, 0]], C.expand(SHAPE)[..., ~keep[0, 0, 0]], rtol=0, atol=1e-4)
+
+
 def test_sample_rejects_bad_arguments():
     diff = GaussianDiffusion()
     model = GaussianData(0.0, 0.5)
@@ -273,6 +291,10 @@ def test_sample_rejects_bad_arguments():
         diff.sample(model, SHAPE, torch.zeros(2, 3), steps=T + 1)
     with pytest.raises(ValueError, match="x_T"):
         diff.sample(model, SHAPE, torch.zeros(2, 3), x_T=torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="strength"):
+        diff.sample(model, SHAPE, torch.zeros(2, 3), x_init=torch.zeros(SHAPE), strength=1.5)
+    with pytest.raises(ValueError, match="known_mask"):
+        diff.sample(model, SHAPE, torch.zeros(2, 3), known=torch.zeros(SHAPE))
 
 
 class TinyNet(torch.nn.Module):

@@ -140,7 +140,8 @@ def test_every_clip_gets_a_sidecar_and_from_makes_the_same_bytes(tiny_pipeline_d
     assert side["query"] == {"text": "a dog barking"} and side["model"] == str(tiny_pipeline_dir.resolve())
     assert side["settings"] == {"mode": "zs", "guidance_scale": 2.0, "guidance_rescale": 0.5, "num_inference_steps": 2,
                                 "sampler": DEFAULT_SAMPLER,
-                                "seconds": None, "negative_text": "rain", "video_frames": "mean", "num_frames": 8}
+                                "seconds": None, "negative_text": "rain", "video_frames": "mean", "num_frames": 8,
+                                "audio": None, "strength": None, "mask": None, "long": None}
     assert len(side["model_fingerprint"]) == 16 and side["clipsonic_version"]
     again = tmp_path / "again" / "dog.wav"
     rc, out, err = _run(capsys, "--from", str(tmp_path / "dog.json"), "-o", str(again))

@@ -31,7 +31,7 @@ from clipsonic.errors import ClipsonicError, one_line
 from clipsonic.export import model_card, read_model_index
 from clipsonic.files import safe_name
 from clipsonic.media import save_audio
-from clipsonic.pipeline import queries
+from clipsonic.pipeline import edits, queries
 from clipsonic.pipeline.outputs import generate_files
 
 log = logging.getLogger(__name__)
@@ -218,6 +218,16 @@ def build_page(studio: Studio):
                 for tab, name in ((tab_text, "text"), (tab_image, "image"), (tab_video, "video")):
                     tab.select(lambda name=name: name, None, kind, queue=False)  # not behind a generation
                 negative = gr.Textbox(label="Negative prompt (optional): what to steer away from", elem_id="negative")
+                with gr.Accordion("Edit a sound (optional)", open=False):
+                    edit_audio = gr.Audio(label="Sound to edit", type="filepath", sources=["upload"],
+                                          elem_id="edit-audio")
+                    edit_how = gr.Radio(list(EDITS), value=next(iter(EDITS)), label="How", elem_id="edit-how",
+                                        info="; ".join(f"{k}: {v}" for k, v in EDITS.items()))
+                    strength = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Strength (vary: 0 keeps the sound, "
+                                         "1 makes a new one)", elem_id="strength")
+                    with gr.Row():
+                        span_start = gr.Number(0, label="Span start (s)", elem_id="span-start")
+                        span_end = gr.Number(0, label="Span end (s; 0: to the end)", elem_id="span-end")
                 with gr.Accordion("Settings", open=True):
                     mode = gr.Dropdown(["auto", *pipe.modes], value="auto", label="Mode", elem_id="mode",
                                        info="iq: the picture or video; zs, pd, shift, knn: ways to bridge text "
@@ -230,6 +240,9 @@ def build_page(studio: Studio):
                                           interactive=not fixed, elem_id="sampler")
                     seconds = gr.Number(0, label=f"Duration in seconds (0: a training clip, or the video's length; "
                                         f"at most {queries.MAX_SECONDS:g})", elem_id="seconds")
+                    long = gr.Dropdown(list(edits.LONG_MODES), value=edits.LONG_MODES[0], elem_id="long",
+                                       label="Past the training length", info="windows: overlapping windows averaged "
+                                       "at every step; continuation: window after window; single: one long mel")
                     count = gr.Slider(1, MAX_CANDIDATES, value=4, step=1, label="Candidates", elem_id="count")
                     with gr.Row():
                         seed = gr.Number(0, precision=0, label="Seed (candidate i: seed + i)", elem_id="seed")
@@ -258,24 +271,47 @@ def build_page(studio: Studio):
 
         tracker = gr.Progress()  # gradio's idiom: a Progress default argument gets the page's progress bar
 
-        def settings_of(g, n, s, sec) -> dict[str, Any]:
-            length = {"seconds": None if sec in (None, 0) else float(sec)}
+        def settings_of(g, n, s, sec, lng, *edit) -> dict[str, Any]:
+            sec = None if sec in (None, 0) else float(sec)
+            length = {"seconds": sec, "long": lng, **edit_settings(sec, *edit)}
             return length if fixed else {"guidance_scale": float(g), "num_inference_steps": int(n), "sampler": s,
                                          **length}
 
-        def on_generate(k, t, im, vid, neg, m, g, n, s, sec, c, sd, rnd, progress=tracker):
+        def on_generate(k, t, im, vid, neg, m, c, sd, rnd, *rest, progress=tracker):
             return _respond(lambda seed: studio.generate(k, t, im, vid, neg, mode=m, count=int(c), seed=seed,
-                                                         settings=settings_of(g, n, s, sec), progress=_bar(progress)),
+                                                         settings=settings_of(*rest), progress=_bar(progress)),
                             sd, rnd, slots)
 
-        def on_compare(t, neg, g, n, s, sec, sd, rnd, progress=tracker):
-            return _respond(lambda seed: studio.compare(t, neg, seed=seed, settings=settings_of(g, n, s, sec),
+        def on_compare(t, neg, sd, rnd, *rest, progress=tracker):
+            return _respond(lambda seed: studio.compare(t, neg, seed=seed, settings=settings_of(*rest),
                                                         progress=_bar(progress)), sd, rnd, slots)
 
-        run.click(on_generate, [kind, text, picture, video, negative, mode, scale, steps, sampler, seconds, count, seed,
-                                random_seed], **shared)
-        compare.click(on_compare, [text, negative, scale, steps, sampler, seconds, seed, random_seed], **shared)
+        sampling = [scale, steps, sampler, seconds, long, edit_audio, edit_how, strength, span_start, span_end]
+        run.click(on_generate, [kind, text, picture, video, negative, mode, count, seed, random_seed, *sampling],
+                  **shared)
+        compare.click(on_compare, [text, negative, seed, random_seed, *sampling], **shared)
     return page
+
+
+# The page's ways to edit a sound (CLIPSonicPipeline's audio, strength and mask; clipsonic.pipeline.edits).
+EDITS = {"vary": "a variation that follows the query, by strength", "regenerate a span": "the span in seconds is made "
+         "anew, the rest kept", "continue": "the sound extended to the duration"}
+
+
+def edit_settings(seconds: float | None, audio: str | None, how: str, strength: float, start: float | None,
+                  end: float | None) -> dict:
+    """The pipeline's audio/strength/mask for the page's edit fields (no sound: none)."""
+    if audio is None:
+        return {}
+    if how not in EDITS:
+        raise ClipsonicError(f"unknown edit {how!r}; choose one of {list(EDITS)}")
+    if how == "vary":
+        return {"audio": audio, "strength": float(strength)}
+    if how == "continue":  # the pipeline continues a sound shorter than the duration
+        if not seconds:
+            raise ClipsonicError("continue: set the duration (seconds) to how long the sound should become")
+        return {"audio": audio}
+    return {"audio": audio, "mask": (float(start or 0), float(end) if end else None)}
 
 
 def _samplers() -> tuple[str, ...]:

@@ -16,8 +16,8 @@ from clipsonic.cli.options import command, deprecated_alias, device, progress_ba
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, SAMPLERS
 from clipsonic.errors import ClipsonicError
 from clipsonic.export import model_fingerprint
-from clipsonic.media import load_audio
-from clipsonic.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, CLIPSonicPipeline, queries
+from clipsonic.media import load_audio, probe
+from clipsonic.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, CLIPSonicPipeline, edits, queries
 from clipsonic.pipeline.outputs import (
     AUDIO_SUFFIXES,
     check_output_file,
@@ -45,8 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the same clip again, and an unseeded run logs the seeds it drew. -o takes a .wav/.flac (one clip), a video file "
         "name (video query: a copy of the video with the new sound, its picture stream copied) or a directory "
         f"(NNN-<query>.wav per clip). --seconds rounds to a multiple of 8 mel frames (0.256 s) and is at most "
-        f"{queries.MAX_SECONDS:g}; clips longer than the training length work (the UNet is convolutional in time) but "
-        "drift from what it learned. Without a vocoder component the audio is made with Griffin-Lim.",
+        f"{queries.MAX_SECONDS:g}; past the training length the UNet runs on overlapping windows of it, averaged at "
+        "every step (--long windows), or window after window (--long continuation). --init-audio edits a sound: "
+        "--strength makes a variation (0: the file itself, 1: a new sound), --mask START:END regenerates a span and "
+        "keeps the rest; --continue FILE extends a recording to --seconds. Without a vocoder component the audio is "
+        "made with Griffin-Lim.",
         "clipsonic generate --text 'the red ball that is humming' -o hum.wav   # the built-in model",
         "clipsonic generate --list-builtin-prompts",
         "clipsonic generate --model pipelines/vgg --text 'a dog barking' -o dog.wav",
@@ -54,7 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "clipsonic generate --model pipelines/vgg --image cat.jpg --num-samples 4 -o cats/",
         "clipsonic generate --model pipelines/vgg --video silent.mp4 -o with_sound.mp4",
         "clipsonic generate --model pipelines/vgg --prompts prompts.txt -o out/ --save-mel --steps 100",
-        "clipsonic generate --model pipelines/vgg --text 'violin' --negative 'noise' --sampler ddpm --steps 1000")
+        "clipsonic generate --model pipelines/vgg --text 'violin' --negative 'noise' --sampler ddpm --steps 1000",
+        "clipsonic generate --model pipelines/vgg --text 'rain on a roof' --seconds 60 -o rain.wav",
+        "clipsonic generate --model pipelines/vgg --image cat.jpg --init-audio dog.wav --strength 0.6 -o cat_dog.wav",
+        "clipsonic generate --model pipelines/vgg --text 'a door slams' --init-audio room.wav --mask 1.5:2.5 -o door.wav",
+        "clipsonic generate --model pipelines/vgg --text 'applause' --continue clap.wav --seconds 20 -o longer.wav")
     p.add_argument("--model", type=Path, metavar="DIR",
                    help="pipeline directory (default: the built-in SonicWorld model; see --list-builtin-prompts)")
     p.add_argument("--list-builtin-prompts", action="store_true", help="print text queries the built-in model knows")
@@ -87,6 +94,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--num-frames", type=int, default=queries.DEFAULT_VIDEO_FRAMES,
                    help=f"frames averaged per video (default {queries.DEFAULT_VIDEO_FRAMES})")
     s.add_argument("--batch-size", type=int, default=8, help="text queries per pipeline call (default 8)")
+    s.add_argument("--long", choices=edits.LONG_MODES,
+                   help="past the training length: windows (default; overlapping windows averaged at every step), "
+                        "continuation (window after window) or single (one long mel, which drifts)")
+    e = p.add_argument_group("editing a sound")
+    e.add_argument("--init-audio", type=Path, metavar="FILE", help="the sound to vary, inpaint or continue")
+    e.add_argument("--strength", type=float, metavar="S",
+                   help="variation strength 0..1 (0: the file as it is, 1: a new sound; default 1 with --mask)")
+    e.add_argument("--mask", metavar="START:END", help="seconds to regenerate, keeping the rest (END empty: to the end)")
+    e.add_argument("--continue", dest="continue_from", type=Path, metavar="FILE",
+                   help="extend this recording to --seconds (longer than it): --init-audio FILE, generating after its end")
     r = p.add_argument_group("run")
     r.add_argument("-o", "--out", type=Path, default=Path("generated"), help="output file or directory (default generated/)")
     r.add_argument("--save-mel", action="store_true", help="also write each mel as a PNG")
@@ -119,7 +136,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # The flags a sidecar replaces: --from refuses them rather than silently ignoring or mixing them.
 _REPLAYED = ("text", "image", "video", "prompts", "mode", "guidance_scale", "guidance_rescale", "steps", "sampler", "seed",
-             "num_samples", "seconds", "negative", "video_frames", "num_frames", "dtype", "vocoder")
+             "num_samples", "seconds", "negative", "video_frames", "num_frames", "dtype", "vocoder", "init_audio",
+             "strength", "mask", "continue_from", "long")
 
 
 def _input_args(p: argparse.ArgumentParser, output: str) -> None:
@@ -148,9 +166,34 @@ def run_generate(args: argparse.Namespace) -> None:
     settings = dict(mode=args.mode, guidance_scale=args.guidance_scale, guidance_rescale=args.guidance_rescale,
                     num_inference_steps=args.steps,
                     sampler=args.sampler, seconds=args.seconds, negative_text=args.negative,
-                    video_frames=args.video_frames, num_frames=args.num_frames)
+                    video_frames=args.video_frames, num_frames=args.num_frames, **_edit_settings(args))
     _generate(args, query, settings, args.model, args.vocoder, args.dtype, num_samples=args.num_samples,
               seed=args.seed, save_mel=args.save_mel)
+
+
+def _edit_settings(args: argparse.Namespace) -> dict:
+    """The pipeline's audio, strength, mask and long from --init-audio/--continue, --strength, --mask, --long."""
+    audio, mask = args.init_audio, None
+    if args.mask is not None:
+        start, sep, end = args.mask.partition(":")
+        try:
+            mask = (float(start), float(end) if end.strip() else None)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ClipsonicError(f"--mask takes START:END in seconds (END may be empty: to the end), got {args.mask!r}")
+    if args.continue_from is not None:
+        if audio is not None or mask is not None:
+            raise ClipsonicError("--continue FILE regenerates everything after the file; drop --init-audio and --mask "
+                                 "(or use --init-audio FILE --mask START:)")
+        audio = args.continue_from
+    length = None if audio is None else probe(audio).duration  # a missing or unreadable file fails before the load
+    if args.continue_from is not None and (args.seconds is None or args.seconds <= length):
+        raise ClipsonicError(f"--continue {args.continue_from} needs --seconds longer than the file ({length:.2f} s)")
+    edits.check_edit_args(args.strength, mask, args.long)
+    if audio is None and (args.strength is not None or mask is not None):
+        raise ClipsonicError("--strength and --mask edit a sound: give it with --init-audio FILE")
+    return dict(audio=audio, strength=args.strength, mask=mask, long=args.long)
 
 
 def _replay(args: argparse.Namespace) -> None:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from clipsonic.diffusion import posterior as P
 from clipsonic.diffusion.config import DiffusionConfig
-from clipsonic.diffusion.guidance import DEFAULT_GUIDANCE_SCALE, guided_denoiser
+from clipsonic.diffusion.guidance import DEFAULT_GUIDANCE_SCALE, Denoiser, guided_denoiser
 from clipsonic.diffusion.losses import discretized_gaussian_log_likelihood, mean_flat, min_snr_weight, normal_kl
 from clipsonic.diffusion.respace import respace, space_timesteps
 from clipsonic.diffusion.rng import rand, randint, randn
@@ -147,6 +147,10 @@ class GaussianDiffusion:
         x_T: Tensor | None = None,
         guidance_rescale: float = 0.0,
         spacing: str | None = None,
+        x_init: Tensor | None = None,
+        strength: float = 1.0,
+        known: Tensor | None = None,
+        known_mask: Tensor | None = None,
     ) -> Tensor:
         """Generate x_0 [shape] = [B, C, H, W] for conditions cond [B, D], on cond's device.
 
@@ -156,6 +160,14 @@ class GaussianDiffusion:
         when the mix is a single branch). ``eta`` is DDIM's; ``x_T`` replaces the initial noise (float32
         by default; the sample keeps x_T's dtype). ``guidance_rescale``: guidance.rescaled_guidance's strength.
         ``spacing``: the grid (respace.space_timesteps) instead of SPACING[sampler] ("trailing": a distilled model's).
+
+        Editing (no retraining): with ``x_init`` [shape] the chain runs only its last round(``strength`` K) steps,
+        from x_init noised by q(x_t | x_0) to the first of them with x_T (or the generator's) noise: SDEdit (Meng et
+        al. 2022). ``strength`` 0 returns x_init (clamped to [-1, 1]), 1 the whole chain. ``known`` [shape] with
+        ``known_mask`` (broadcastable to it, 1 = keep) inpaints: at every step the x_0 estimate takes ``known`` where
+        the mask is 1. This replaces x_0 rather than resampling x_t as RePaint does (Lugmayr et al. 2022): the
+        network still sees the kept region only through x_t, but since every sampler's last step returns its x_0
+        estimate, the kept region of the result equals ``known`` (clamped to [-1, 1]) exactly.
         Put the model in eval mode first.
         """
         # 1. Check inputs
@@ -167,8 +179,11 @@ class GaussianDiffusion:
                 "need shape [B, C, ...] and cond [B, D] with the same B, "
                 f"got {list(shape)} and {list(cond.shape)}"
             )
-        if x_T is not None and tuple(x_T.shape) != shape:
-            raise ValueError(f"x_T has shape {list(x_T.shape)}, expected {list(shape)}")
+        for name, given in (("x_T", x_T), ("x_init", x_init), ("known", known)):
+            if given is not None and tuple(given.shape) != shape:
+                raise ValueError(f"{name} has shape {list(given.shape)}, expected {list(shape)}")
+        if (known is None) != (known_mask is None) or not 0.0 <= strength <= 1.0:
+            raise ValueError(f"need known and known_mask together, and strength in [0, 1] (got {strength})")
         c = self.config
         # 2. The chain and the guided network
         schedule = self.respaced(steps, spacing or SPACING[sampler])
@@ -176,9 +191,27 @@ class GaussianDiffusion:
             model, cond, guidance_scale=guidance_scale, formula=c.guidance_formula, prediction=c.prediction,
             schedule=self.schedule, learn_sigma=c.learn_sigma, rescale=guidance_rescale,
         )
-        # 3. Initial noise x_T ~ N(0, I)
+        if known is not None:
+            denoise = _keep_known(denoise, known.to(cond.device).clamp(-1, 1), known_mask.to(cond.device) > 0.5)
+        # 3. Initial noise x_T ~ N(0, I); SDEdit: x_init noised to the first of the last round(strength K) steps
         x = randn(shape, generator, cond.device) if x_T is None else x_T.to(cond.device)
+        if x_init is not None:
+            n = round(strength * len(schedule))
+            if n == 0:
+                return x_init.to(cond.device).clamp(-1, 1)
+            schedule = Schedule(schedule.betas[:n], schedule.timesteps[:n])  # the same chain's last n steps
+            x = self.q_sample(x_init.to(x), schedule.timesteps[n - 1].expand(shape[0]).to(x.device), x)
         # 4. Denoise
         return SAMPLERS[sampler](
             denoise, x, schedule, generator=generator, eta=eta, clip_denoised=clip_denoised, progress=progress
         )
+
+
+def _keep_known(denoise: Denoiser, known: Tensor, keep: Tensor) -> Denoiser:
+    """``denoise`` whose x_0 estimate is ``known`` where ``keep`` (bool, broadcastable) is set (see sample)."""
+
+    def wrapped(x: Tensor, t: int) -> tuple[Tensor, Tensor | None]:
+        x0, var_values = denoise(x, t)
+        return torch.where(keep, known.to(x0.dtype), x0), var_values
+
+    return wrapped

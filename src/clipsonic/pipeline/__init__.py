@@ -1,5 +1,6 @@
 """``CLIPSonicPipeline`` (``pipeline.py``) with its queries (``queries.py``: checking, encoding, output
-length, seeds) and outputs (``outputs.py``: audio, muxed videos, mel images)."""
+length, seeds), edits (``edits.py``: a source sound to vary, inpaint or continue) and outputs (``outputs.py``: audio,
+muxed videos, mel images)."""
 
 from clipsonic.pipeline.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, CLIPSonicPipeline
 

@@ -29,9 +29,11 @@ from clipsonic.plotting import save_mel_image
 log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = (".wav", ".flac")
 SIDECAR_FORMAT, SIDECAR_VERSION = "clipsonic-generation", 1
-# What a sidecar's "settings" hold: the pipeline call's arguments that change the audio.
+# What a sidecar's "settings" hold: the pipeline call's arguments that change the audio. The editing ones (audio: an
+# absolute path) came later: a sidecar without them means their defaults.
 SETTINGS = ("mode", "guidance_scale", "guidance_rescale", "num_inference_steps", "sampler", "seconds", "negative_text",
-            "video_frames", "num_frames")
+            "video_frames", "num_frames", "audio", "strength", "mask", "long")
+EDIT_SETTINGS = SETTINGS[-4:]
 
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     """A sidecar written by :func:`generate_files`, checked enough to replay (one-line error otherwise)."""
@@ -46,7 +48,8 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     settings, seed = data.get("settings"), data.get("seed")
     if (not isinstance(query, dict) or len(query) != 1 or next(iter(query)) not in ("text", "image", "video")
             or not isinstance(next(iter(query.values())), str) or not isinstance(settings, dict)
-            or set(settings) != set(SETTINGS) or isinstance(seed, bool) or not isinstance(seed, int)
+            or not set(SETTINGS) - set(EDIT_SETTINGS) <= set(settings) <= set(SETTINGS)
+            or isinstance(seed, bool) or not isinstance(seed, int)
             or not isinstance(data.get("model_fingerprint"), str)
             or not all(isinstance(data.get(k), str | None) for k in ("model", "clip_model", "vocoder", "dtype"))):
         raise ClipsonicError(f"{path}: a damaged sidecar (needs query, seed, settings with {', '.join(SETTINGS)} "
@@ -187,6 +190,10 @@ def _sidecar(model: dict[str, Any], kind: str, item: Any, out, row: int, call: d
         raise ClipsonicError(f"sidecars record text, image-file and video-file queries, not {kind} {type(item).__name__}")
     ran = {name: value for name, value in out.sampling.items() if name in SETTINGS}
     settings = {name: call.get(name) for name in SETTINGS} | {"mode": out.mode} | ran
+    if settings["audio"] is not None:
+        if not isinstance(settings["audio"], str | os.PathLike):
+            raise ClipsonicError("sidecars record audio files, not samples: pass audio as a file path")
+        settings["audio"] = str(Path(settings["audio"]).resolve())
     return {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "clipsonic_version": __version__,
             "query": {kind: item if kind == "text" else str(Path(item).resolve())}, "seed": out.seeds[row],
             "settings": settings, "distilled": out.sampling["distilled"], **model}

@@ -3,6 +3,7 @@
     pipe = CLIPSonicPipeline.from_pretrained("runs/vgg/pipeline")
     out = pipe(text="dog barking", mode="pd", guidance_scale=1.5, num_inference_steps=50, seed=0)
     out.audios, out.mels, out.condition  # [B, samples], log-mel [B, 64, frames], [B, D]; float32
+    pipe(text="rain", audio="room.wav", strength=0.5)        # a variation; mask=(1.5, 2.5) regenerates a span
 
 Modes: clipsonic.bridges; what a pipeline can run and its default: ``modes``, ``default_mode``.
 ``negative_text`` is bridged like a text query and replaces the null condition of classifier-free
@@ -13,6 +14,7 @@ noise from its own generator (``seed + i``), so a batch gives what its queries g
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -28,11 +30,12 @@ from clipsonic import bridges
 from clipsonic.audio import MelConfig, denormalize
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, SAMPLERS, DiffusionConfig, GaussianDiffusion
 from clipsonic.diffusion.rng import randn_per_row
+from clipsonic.diffusion.windows import WindowedModel
 from clipsonic.encoders import ClipModelRef, default_device, load_clip, parse_dtype
 from clipsonic.errors import ClipsonicError
 from clipsonic.export import load_stats, read_model_index, write_pipeline_dir
 from clipsonic.models import MelUNet
-from clipsonic.pipeline import queries
+from clipsonic.pipeline import edits, queries
 from clipsonic.prior import load_prior
 from clipsonic.vocoder import GriffinLimVocoder, load_vocoder
 
@@ -233,6 +236,10 @@ class CLIPSonicPipeline:
         prior_steps: int | None = None,
         knn_k: int = bridges.DEFAULT_KNN_K,
         guidance_rescale: float | None = None,
+        audio: str | os.PathLike | np.ndarray | None = None,
+        strength: float | None = None,
+        mask: tuple[float, float | None] | None = None,
+        long: str | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> CLIPSonicOutput:
         """Generate ``num_samples`` clips per query (see the module docstring for modes, seeds, negatives).
@@ -246,6 +253,16 @@ class CLIPSonicPipeline:
         guided mel takes the conditional branch's level and spread (clipsonic.diffusion.guidance.rescaled_guidance;
         0: plain guidance, whose mels overshoot full scale as w grows). ``guidance_scale``, ``num_inference_steps``,
         ``sampler``, ``guidance_rescale``: None takes the pipeline's own (:meth:`sampling`).
+
+        Editing a sound (one source for every row; clipsonic.pipeline.edits): ``audio`` (a file, or float32 samples at
+        :attr:`sample_rate`) sets the length when ``seconds`` is None. ``strength`` in [0, 1] makes a variation
+        (SDEdit: 0 gives the audio back, 1 a new sound; required without a mask). ``mask=(start_s, end_s)`` regenerates
+        that span (end None: to the end) and keeps the rest exactly; ``strength`` then defaults to 1. ``seconds`` past
+        the audio's end continues it (the mask defaults to (its end, None), less the last 2 frames, whose mel saw past
+        the end: edits.edge_frames). ``long``: how a mel longer than the
+        training length is made: "windows" (default; MultiDiffusion, overlapping training-length windows averaged at
+        every step), "continuation" (window after window, each inpainting its first half from the one before) or
+        "single" (one long mel, which drifts from what the UNet learned).
         """
         # 1. Check inputs
         query = queries.parse_query(text, image, video, image_embeds)
@@ -268,14 +285,22 @@ class CLIPSonicPipeline:
         queries.check_positive_int("knn_k", knn_k)
         if not (isinstance(guidance_rescale, (int, float)) and 0.0 <= guidance_rescale <= 1.0):
             raise ClipsonicError(f"guidance_rescale must be in [0, 1], got {guidance_rescale!r}")
-        if query.kind != "video":  # lengths are checked before any slow work
-            frames = queries.resolve_frames(seconds, None, self.mel, self.unet.config.downsample_factor)
+        if audio is not None and run["distilled"]:
+            raise ClipsonicError(f"this pipeline is distilled to {self.diffusion.config.distilled_steps} step(s) from "
+                                 "noise and cannot edit audio; use "
+                                 + self.training.get("distilled", {}).get("from", "the pipeline it was distilled from"))
+        src, length = edits.load_source(audio, self.mel, strength=strength, mask=mask, long=long, seconds=seconds)
+        multiple = self.unet.config.downsample_factor
+        if query.kind != "video" or length is not None:  # lengths are checked before any slow work
+            frames = queries.resolve_frames(length, None, self.mel, multiple)
 
         # 2. Encode the query with CLIP: [Q, D]
         emb, durations = queries.encode_query(query, self.encoder, pooling=video_frames, num_frames=num_frames,
-                                              max_seconds=seconds or queries.MAX_SECONDS)
-        if query.kind == "video":
-            frames = queries.resolve_frames(seconds, durations, self.mel, self.unet.config.downsample_factor)
+                                              max_seconds=length or queries.MAX_SECONDS)
+        if query.kind == "video" and length is None:
+            frames = queries.resolve_frames(None, durations, self.mel, multiple)
+        edit = None if src is None else edits.plan_edit(src, frames, self.mel, multiple, strength=strength, mask=mask,
+                                                         seconds=seconds)
 
         # 3. One row per output (query-major) and one generator per row; x_T first, so a seed gives
         #    the same initial noise in every mode
@@ -294,10 +319,16 @@ class CLIPSonicPipeline:
             neg_emb = self.encoder.encode_texts([negative_text.strip()]).expand(batch, -1)
             negative = self._bridge(neg_mode, [negative_text.strip()] * batch, neg_emb, gens, **bridge)
 
-        # 5. Denoise: x_0 [B, 1, n_mels, F] in [-1, 1]
-        x0 = self._denoise(cond, negative, x_T, gens, sampler=sampler, steps=num_inference_steps,
-                           guidance_scale=float(guidance_scale), eta=eta, guidance_rescale=guidance_rescale,
-                           progress=progress)
+        # 5. Denoise: x_0 [B, 1, n_mels, F] in [-1, 1]; past the training length in windows of it
+        denoise = functools.partial(self._denoise, cond, negative, gens, sampler=sampler, steps=num_inference_steps,
+                                    guidance_scale=float(guidance_scale), eta=eta, guidance_rescale=guidance_rescale)
+        window = queries.resolve_frames(None, None, self.mel, multiple)  # the training length
+        if long == "continuation" and frames > window:
+            x0 = edits.continue_in_windows(denoise, x_T, window, edits.edge_frames(self.mel), edit=edit,
+                                           progress=progress)
+        else:
+            x0 = denoise(x_T, progress=progress, window=window if long in (None, "windows") else None,
+                         **(edit.sample_args() if edit is not None else {}))
 
         # 6. Post-process: log-mel → waveform
         logmel = denormalize(x0[:, 0].float(), self.mel)  # [B, n_mels, F]
@@ -334,26 +365,35 @@ class CLIPSonicPipeline:
                     f"conditional pass per step); it cannot run {what}: drop it, or use {source}")
         return {**run, "distilled": distilled}
 
-    def _denoise(self, cond: torch.Tensor, negative: torch.Tensor | None, x_T: torch.Tensor,
-                 gens: list[torch.Generator], *, sampler: str, steps: int, guidance_scale: float, eta: float,
-                 guidance_rescale: float, progress: Callable[[int, int], None] | None) -> torch.Tensor:
+    def _denoise(self, cond: torch.Tensor, negative: torch.Tensor | None, gens: list[torch.Generator],
+                 x_T: torch.Tensor, *, sampler: str, steps: int, guidance_scale: float, eta: float,
+                 guidance_rescale: float, progress: Callable[[int, int], None] | None, window: int | None = None,
+                 x_init: torch.Tensor | None = None, strength: float = 1.0, known: torch.Tensor | None = None,
+                 keep: torch.Tensor | None = None) -> torch.Tensor:
         """Run the sampler on all rows at once, or row by row when it draws noise at every step (ddpm,
-        ddim with eta > 0), so that each row's noise comes from its own generator (slower on a GPU)."""
+        ddim with eta > 0), so that each row's noise comes from its own generator (slower on a GPU).
+        ``window``: run the UNet on windows of that many frames (diffusion.windows); ``x_init``, ``strength``,
+        ``known``, ``keep`` [1 or B, ...]: GaussianDiffusion.sample's x_init, strength, known and known_mask."""
         device, c = self.device, self.diffusion.config
         if c.distilled_steps is not None:  # the student: conditional only, on the grid it was distilled on
             guidance_scale, guidance_rescale = c.conditional_scale, 0.0
         stochastic = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
         groups = [[i] for i in range(len(cond))] if stochastic else [list(range(len(cond)))]
-        outputs = []
+        outputs, unet = [], self.unet if window is None else WindowedModel(self.unet, window)
+
+        def pick(value, rows):  # a [1 or B, ...] edit tensor's rows, as [len(rows), ...] on the device
+            return None if value is None else value.expand(len(cond), *value.shape[1:])[rows].to(device)
+
         for n, rows in enumerate(groups):
-            model = self.unet if negative is None else _NegativeConditioned(self.unet, negative[rows].to(device))
+            model = unet if negative is None else _NegativeConditioned(unet, negative[rows].to(device))
             report = None if progress is None else (lambda i, k, n=n: progress(n * k + i, len(groups) * k))
             with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype not in (None, torch.float32)):
                 outputs.append(self.diffusion.sample(
                     model, tuple(x_T[rows].shape), cond[rows].to(device), sampler=sampler, steps=steps,
                     guidance_scale=guidance_scale, generator=gens[rows[0]], eta=eta, progress=report,
                     x_T=x_T[rows].to(device), guidance_rescale=guidance_rescale,
-                    spacing="trailing" if c.distilled_steps is not None else None))
+                    spacing="trailing" if c.distilled_steps is not None else None, x_init=pick(x_init, rows),
+                    strength=strength, known=pick(known, rows), known_mask=pick(keep, rows)))
         return torch.cat(outputs)
 
     def __repr__(self) -> str:
