@@ -84,6 +84,18 @@ def test_a_refused_query_says_why_and_leaves_no_folder(studio, tmp_path, kind, v
     assert _numbered(tmp_path / "app") == []
 
 
+def test_a_video_over_the_length_limit_is_refused_until_a_duration_is_set(studio, tmp_path):
+    from support.media_files import write_video
+
+    long_video = write_video(tmp_path / "long.mp4", seconds=61, fps=2, size=(32, 32), audio_codec=None)
+    with pytest.raises(ClipsonicError, match="lasts 61.0 s, over the 60-s limit"):
+        studio.generate("video", None, None, str(long_video), None, mode="auto", count=1, seed=0, settings=FAST)
+    assert _numbered(tmp_path / "app") == []
+    [result] = studio.generate("video", None, None, str(long_video), None, mode="auto", count=1, seed=0,
+                               settings={**FAST, "seconds": 2.048})
+    assert sorted(p.suffix for p in result["files"]) == [".json", ".mp4", ".png", ".wav"]
+
+
 def test_image_queries_land_nearest_their_own_training_frames(studio, tmp_path):
     from PIL import Image
 
