@@ -38,19 +38,21 @@ def steps_between(mel: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.diff(mel, axis=-1), axis=0)
 
 
-def seam_ratio(mel: np.ndarray, joins: list[int]) -> tuple[float, float, float]:
-    """Mean d at the joins (frame j-1 → j), mean d elsewhere, and their ratio."""
+def seam_ratio(mel: np.ndarray, joins: list[int]) -> tuple[float, float, float, float]:
+    """Mean d at the joins (frame j-1 → j), mean d elsewhere, their ratio, and the fraction of the d's elsewhere that
+    are at least the joins' mean (a join inside the within-window range: not near 0)."""
     d = steps_between(mel)
     at = np.zeros(len(d), bool)
     at[[j - 1 for j in joins if 0 < j < len(d) + 1]] = True
-    return float(d[at].mean()), float(d[~at].mean()), float(d[at].mean() / d[~at].mean())
+    return (float(d[at].mean()), float(d[~at].mean()), float(d[at].mean() / d[~at].mean()),
+            float(np.mean(d[~at] >= d[at].mean())))
 
 
 def part_long(pipe, oracle, args) -> None:
     texts = [captions(c, "test")[0] for c in CONCEPTS]
     print(f"\n### Long sounds: {args.seconds:g} s, one text per concept (pd), {len(texts)} queries\n")
-    print("| method | windows relevant | d at joins | d inside | ratio | s per query |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| method | windows relevant | d at joins | d inside | ratio | inside d >= joins' | s per query |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for long in ("windows", "continuation", "single"):
         start = time.perf_counter()
         out = pipe(text=texts, seconds=args.seconds, long=long, seed=args.seed)
@@ -59,9 +61,9 @@ def part_long(pipe, oracle, args) -> None:
         for k, mel in enumerate(out.mels):
             hits += list(window_concepts(oracle, mel) == k)
             stats.append(seam_ratio(mel, list(range(WINDOW // 2, mel.shape[-1], WINDOW // 2))))
-        at, inside, ratio = np.mean(stats, axis=0)
-        print(f"| {long} | {np.mean(hits):.3f} ({len(hits)}) | {at:.2f} | {inside:.2f} | {ratio:.2f} | {took:.1f} |",
-              flush=True)
+        at, inside, ratio, above = np.mean(stats, axis=0)
+        print(f"| {long} | {np.mean(hits):.3f} ({len(hits)}) | {at:.2f} | {inside:.2f} | {ratio:.2f} | {above:.2f} | "
+              f"{took:.1f} |", flush=True)
 
 
 def source_clips(pipe, seconds: float, seed: int) -> np.ndarray:
@@ -94,7 +96,7 @@ def part_variations(pipe, oracle, args) -> None:
         import matplotlib.pyplot as plt
 
         s, new, same, dist = map(np.array, zip(*curve, strict=True))
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig, ax = plt.subplots(figsize=(6.5, 4))
         ax.plot(s, new, "o-", label="relevant to the new text")
         ax.plot(s, same, "s-", label="still the source's concept")
         ax.set_xlabel("strength")
@@ -103,9 +105,9 @@ def part_variations(pipe, oracle, args) -> None:
         twin = ax.twinx()
         twin.plot(s, dist, "^--", color="grey", label="distance to the source")
         twin.set_ylabel("mel distance to the source (dB rms)")
-        fig.legend(loc="center right", fontsize=8)
         ax.set_title("Variations (SDEdit) on the built-in model")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
+        fig.legend(loc="lower center", ncol=3, fontsize=8, frameon=False)
         fig.savefig(args.plot, dpi=120)
         print(f"\nplot: {args.plot}")
 
@@ -113,11 +115,15 @@ def part_variations(pipe, oracle, args) -> None:
 def part_inpaint(pipe, oracle, args) -> None:
     sources = source_clips(pipe, 3.072, args.seed)  # 96 frames: keep 0-32, refill 32-64, keep 64-96
     print("\n### Inpainting and continuation (pd)\n")
-    print("| edit | kept region max abs diff (log-mel) | filled windows relevant | d at joins | d inside | ratio |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| edit | kept region max abs diff (log-mel) | filled windows relevant | d at joins | d inside | ratio | "
+          "inside d >= joins' |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     seconds = WINDOW * pipe.mel.hop_length / pipe.sample_rate
     edge = edge_frames(pipe.mel)  # a continuation regenerates the source's last frames (they saw its edge)
     for name, text_of, kwargs, kept, filled, joins in (
+            ("refill 1.024-2.048 s, same concept", lambda k: k,
+             {"mask": (seconds, 2 * seconds)}, [(0, WINDOW), (2 * WINDOW, 3 * WINDOW)], (WINDOW, 2 * WINDOW),
+             [WINDOW, 2 * WINDOW]),
             ("refill 1.024-2.048 s with the next concept", lambda k: (k + 1) % len(CONCEPTS),
              {"mask": (seconds, 2 * seconds)}, [(0, WINDOW), (2 * WINDOW, 3 * WINDOW)], (WINDOW, 2 * WINDOW),
              [WINDOW, 2 * WINDOW]),
@@ -130,9 +136,9 @@ def part_inpaint(pipe, oracle, args) -> None:
             diffs += [float(np.abs(out[:, a:b] - ref[:, a:b]).max()) for a, b in kept]
             hits += list(window_concepts(oracle, out, *filled) == text_of(k))
             stats.append(seam_ratio(out, joins))
-        at, inside, ratio = np.mean(stats, axis=0)
+        at, inside, ratio, above = np.mean(stats, axis=0)
         print(f"| {name} | {max(diffs):.2e} | {np.mean(hits):.3f} ({len(hits)}) | {at:.2f} | {inside:.2f} | "
-              f"{ratio:.2f} |", flush=True)
+              f"{ratio:.2f} | {above:.2f} |", flush=True)
 
 
 def main() -> None:
