@@ -14,7 +14,7 @@ from clipsonic import builtin
 from clipsonic.builtin import builtin_prompts, install_builtin
 from clipsonic.cli import main
 from clipsonic.errors import ClipsonicError
-from clipsonic.export import attach_clip
+from clipsonic.export import attach_clip, set_component
 from clipsonic.pipeline import CLIPSonicPipeline
 from clipsonic.pipeline import pipeline as pipeline_module
 from clipsonic.sonicworld.demo import write_metrics
@@ -47,6 +47,43 @@ def test_install_then_load_with_no_path(finished_demo, tmp_path, monkeypatch):
     assert pipe(text="rain", mode="zs", seed=0, num_inference_steps=2).audios.shape[0] == 1
     install_builtin(finished_demo, target)  # replacing an installed model leaves no debris
     assert sorted(p.name for p in target.parent.iterdir()) == ["sonicworld"]
+
+
+def card_components(card: str) -> tuple[list[str], list[str]]:
+    """The model card's "present: a, b; absent: c" line, parsed."""
+    line = next(line for line in card.splitlines() if line.startswith("present: "))
+    present, absent = line.removeprefix("present: ").split("; absent: ")
+    return present.split(", "), [] if absent == "none" else absent.split(", ")
+
+
+def test_card_lists_only_shipped_components_and_the_vocoder_its_numbers_used(finished_demo, tmp_path):
+    pipeline = finished_demo / "run" / "pipeline"
+    set_component(pipeline, "vocoder", lambda folder: (folder / "config.json").write_text("{}"))  # a trained one
+    assert card_components((pipeline / "README.md").read_text())[0].count("vocoder") == 1
+    write_metrics(finished_demo, {"headline": {"iq_relevance": 1.0, "zs_relevance": 0.5, "pd_relevance": 1.0},
+                                  "chance": 0.125, "wall_seconds": 60,
+                                  "config": {"sampler": "ddim", "sample_steps": 25, "guidance": 1.5}})
+    for griffin_lim in (True, False):
+        target = install_builtin(finished_demo, tmp_path / f"gl-{griffin_lim}", griffin_lim=griffin_lim)
+        card = (target / "README.md").read_text()
+        components = json.loads((target / "model_index.json").read_text())["components"]
+        present, absent = card_components(card)
+        assert sorted(present + absent) == sorted(components)
+        assert all(components[c] is not None and (target / components[c] / "config.json").is_file() for c in present)
+        assert all(components[c] is None for c in absent)
+        assert ("vocoder" in absent) == griffin_lim == (not (target / "vocoder").exists())
+        assert "(ddim 25 steps, w = 1.5; vocoded with the demo's tiny BigVGAN" in card
+        assert ("not the Griffin-Lim this model ships with" in card) == griffin_lim
+        assert ("It has no vocoder: it vocodes with Griffin-Lim" in card) == griffin_lim
+
+
+def test_shipped_card_lists_only_shipped_components():
+    root = pipeline_module.BUILTIN_DIR
+    components = json.loads((root / "model_index.json").read_text())["components"]
+    present, absent = card_components((root / "README.md").read_text())
+    assert sorted(present + absent) == sorted(components)
+    assert all(components[c] is not None and (root / components[c]).is_dir() for c in present)
+    assert all(components[c] is None for c in absent)
 
 
 def test_install_refuses_unfinished_or_oversized(finished_demo, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from torch.distributions import Normal, kl_divergence
 
 from clipsonic.config import ConfigError
 from clipsonic.diffusion import DiffusionConfig, GaussianDiffusion, guide, guided_denoiser, respace, space_timesteps
-from clipsonic.diffusion.losses import discretized_gaussian_log_likelihood, normal_kl
+from clipsonic.diffusion.losses import approx_standard_normal_cdf, discretized_gaussian_log_likelihood, normal_kl
 from clipsonic.diffusion.posterior import split_output
 
 T = 4000
@@ -98,6 +98,41 @@ def test_respacing_4000_to_1000_picks_the_documented_steps():
     for bad in (0, T + 1):
         with pytest.raises(ValueError, match="steps"):
             space_timesteps(T, bad)
+
+
+def improved_diffusion_space_timesteps(num_timesteps: int, section_counts: list[int]) -> list[int]:
+    """improved-diffusion's respace.space_timesteps rule (its ``"ddimN"`` form aside), reimplemented:
+    split the T steps into len(section_counts) near-equal sections (the first T % n one step longer); in a section
+    of `size` steps take `count` of them by adding the stride (size - 1)/(count - 1) to a running float and
+    rounding it (Python's round, half to even). Sorted, as its set is used."""
+    size_per, extra = divmod(num_timesteps, len(section_counts))
+    start, taken = 0, []
+    for i, count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        stride = 1 if count <= 1 else (size - 1) / (count - 1)
+        cur = 0.0
+        for _ in range(count):
+            taken.append(start + round(cur))
+            cur += stride
+        start += size
+    return sorted(set(taken))
+
+
+def test_linspace_spacing_vs_improved_diffusions_for_every_k():
+    """The counts respace.space_timesteps' docstring states: its "linspace" grid (= diffusers') differs from
+    improved-diffusion's space_timesteps(4000, "K") for 1263 K, by one step, only where i (T - 1)/(K - 1) is a tie."""
+    differing, most_steps = [], 0
+    for k in range(1, T + 1):
+        ours, theirs = space_timesteps(T, k).tolist(), improved_diffusion_space_timesteps(T, [k])
+        assert len(theirs) == k
+        diff = [(i, a, b) for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b]
+        if diff:
+            differing.append(k)
+            most_steps = max(most_steps, len(diff))
+            assert all(abs(a - b) == 1 and 2 * (i * (T - 1) % (k - 1)) == k - 1 for i, a, b in diff), k
+    assert len(differing) == 1263 and differing[0] == 31 and most_steps == 110
+    assert not {1, 2, 8, 25, 50, 100, 250, 500, 1000, 2000, 4000} & set(differing)
+    assert improved_diffusion_space_timesteps(300, [10, 15, 20])[:3] == [0, 11, 22]  # its docstring's example runs
 
 
 def test_respaced_betas_keep_alpha_bar_at_the_chosen_steps():
@@ -184,21 +219,38 @@ def test_normal_kl_matches_torch_distributions():
     torch.testing.assert_close(normal_kl(m1, lv1, m2, lv2), ref)
 
 
-def test_discretized_likelihood_matches_cdf_differences():
-    x = torch.tensor([-1.0, -0.5, 0.0, 0.3, 1.0, 1.2], dtype=torch.float64)
-    mean = x + torch.tensor([0.002, -0.004, 0.0, 0.01, -0.003, -0.01], dtype=torch.float64)
-    log_scale = torch.full_like(x, math.log(0.004))
-    d = Normal(mean, log_scale.exp())
-    h = 1 / 255
-    ref = torch.stack([
-        d.cdf(x[0] + h)[0].log(),
-        *[(d.cdf(x + h) - d.cdf(x - h))[i].log() for i in (1, 2, 3)],
-        (1 - d.cdf(x - h))[4].log(),
-        (1 - d.cdf(x - h))[5].log(),  # beyond +1: the open top bin
-    ])
-    torch.testing.assert_close(discretized_gaussian_log_likelihood(x, mean, log_scale), ref)
+def upstream_cdf(z: float) -> float:
+    """improved-diffusion's normal CDF, written out by hand: (1 + tanh(sqrt(2/pi)(z + 0.044715 z^3))) / 2."""
+    return 0.5 * (1.0 + math.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z**3)))
+
+
+def tanh_cdf(z: torch.Tensor) -> torch.Tensor:
+    """:func:`upstream_cdf` elementwise on a tensor."""
+    return 0.5 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
+
+
+def test_discretized_likelihood_equals_improved_diffusions():
+    x = [-1.0, -0.5, 0.0, 0.3, 1.0, 1.2]
+    mean = [a + d for a, d in zip(x, [0.002, -0.004, 0.0, 0.01, -0.003, -0.01], strict=True)]
+    s, h = 0.004, 1 / 255
+    upper = [upstream_cdf((a - m + h) / s) for a, m in zip(x, mean, strict=True)]
+    lower = [upstream_cdf((a - m - h) / s) for a, m in zip(x, mean, strict=True)]
+    ref = [math.log(upper[0]), *[math.log(upper[i] - lower[i]) for i in (1, 2, 3)],
+           math.log(1 - lower[4]), math.log(1 - lower[5])]  # x = -1: open bottom bin; 1 and 1.2 (beyond): open top
+    got = discretized_gaussian_log_likelihood(torch.tensor(x, dtype=torch.float64), torch.tensor(mean, dtype=torch.float64),
+                                              torch.full((6,), math.log(s), dtype=torch.float64))
+    torch.testing.assert_close(got, torch.tensor(ref, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    assert got[2].item() == pytest.approx(math.log(2 * upstream_cdf(h / s) - 1), rel=1e-12)  # centred: -0.3963
+    assert got[2].item() == pytest.approx(-0.39629, abs=1e-5)
     far = discretized_gaussian_log_likelihood(torch.zeros(1), torch.ones(1), torch.full((1,), -8.0))
     assert far.item() == pytest.approx(math.log(1e-12))  # floored: bounded loss
+
+
+def test_decoder_cdf_departs_from_the_exact_one_by_at_most_1_8e_4():
+    """The documented size of the tanh approximation (losses.approx_standard_normal_cdf)."""
+    z = torch.linspace(-8, 8, 160001, dtype=torch.float64)
+    err = (approx_standard_normal_cdf(z) - Normal(0.0, 1.0).cdf(z)).abs()
+    assert 1.78e-4 < err.max().item() < 1.80e-4 and abs(abs(z[err.argmax()].item()) - 2.59) < 0.01
 
 
 class FixedOutput(torch.nn.Module):
@@ -240,9 +292,9 @@ def test_vlb_term_is_the_closed_form_kl_and_decoder_nll():
         if tb > 0:
             nats = kl_divergence(Normal(q_mean, q_var.sqrt()), Normal(p_mean, p_std)).mean()
         else:
-            d, h = Normal(p_mean, p_std), 1 / 255
-            probs = torch.where(x0[b] > 0.999, 1 - d.cdf(x0[b] - h),
-                                torch.where(x0[b] < -0.999, d.cdf(x0[b] + h), d.cdf(x0[b] + h) - d.cdf(x0[b] - h)))
+            h = 1 / 255
+            lo, hi = tanh_cdf((x0[b] - h - p_mean) / p_std), tanh_cdf((x0[b] + h - p_mean) / p_std)
+            probs = torch.where(x0[b] > 0.999, 1 - lo, torch.where(x0[b] < -0.999, hi, hi - lo))
             nats = -probs.clamp(min=1e-12).log().mean()
         expected.append(nats / math.log(2))
     torch.testing.assert_close(out["vlb"], torch.stack(expected), rtol=1e-4, atol=1e-6)

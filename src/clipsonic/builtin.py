@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from clipsonic.errors import ClipsonicError
+from clipsonic.export import load_stats, model_card, read_model_index
 from clipsonic.files import atomic_directory, read_json, write_bytes_atomic, write_json_atomic
 from clipsonic.pipeline.pipeline import BUILTIN_DIR
 from clipsonic.pipeline.queries import read_prompts
@@ -38,8 +39,9 @@ def install_builtin(demo_dir: str | os.PathLike, target: str | os.PathLike = BUI
                     command: str = "clipsonic demo", griffin_lim: bool = False) -> Path:
     """Copy a finished demo's pipeline (with its bundled CLIP) to ``target`` as the built-in model.
 
-    Adds ``prompts.txt`` (held-out captions, three per concept) and a model card with the command
-    and the demo's ``metrics.json`` headline; refuses a pipeline over :data:`MAX_BYTES`.
+    Adds ``prompts.txt`` (held-out captions, three per concept) and a model card (rewritten from the installed
+    ``model_index.json``, so it lists only the components shipped) with the command and the demo's
+    ``metrics.json`` headline, saying which vocoder those numbers used; refuses a pipeline over :data:`MAX_BYTES`.
     ``griffin_lim``: leave the demo's vocoder out, so the model vocodes with Griffin-Lim (chosen
     when the demo's "reconstruction" row shows the CPU-trained vocoder below Griffin-Lim).
     """
@@ -64,32 +66,43 @@ def install_builtin(demo_dir: str | os.PathLike, target: str | os.PathLike = BUI
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, dest)
         index = read_json(tmp / "model_index.json", "pipeline model_index.json")
+        demo_vocoder = index["components"].get("vocoder") is not None  # what the demo's evaluation vocoded with
         index["clip_model"]["model"] = "sonicworld-clip (bundled in clip/)"  # not the demo's local path
         if griffin_lim:
             index["components"]["vocoder"] = None
         write_json_atomic(tmp / "model_index.json", index)
         prompts = [text for c in CONCEPTS for text in captions(c, "test")[:3]]
         write_bytes_atomic(tmp / PROMPTS_NAME, ("\n".join(prompts) + "\n").encode())
-        with open(tmp / "README.md", "a", encoding="utf-8") as card:
-            card.write(_card(command, metrics, size, griffin_lim))
+        installed = read_model_index(tmp)
+        stats = load_stats(tmp) if installed.component_dir("stats") is not None else None
+        card = model_card(installed, stats) + _card(command, metrics, size, griffin_lim, demo_vocoder)
+        write_bytes_atomic(tmp / "README.md", card.encode())
     log.info("built-in model installed at %s (%.1f MiB)", target, size / 2**20)
     return target
 
 
-def _card(command: str, metrics: dict, size: int, griffin_lim: bool) -> str:
-    h = metrics.get("headline", {})
+def _card(command: str, metrics: dict, size: int, griffin_lim: bool, demo_vocoder: bool) -> str:
+    """The built-in section of the card. ``demo_vocoder``: the demo's pipeline had a trained vocoder, so its
+    metrics (measured before installing) vocoded with it, whether or not the built-in model ships it."""
+    h, config = metrics.get("headline", {}), metrics.get("config", {})
     recon = metrics.get("table", {}).get("reconstruction", {})
-    vocoder = ("It vocodes with Griffin-Lim: the demo's CPU-trained tiny BigVGAN reconstructed the real mels "
-               f"at FAD {_fmt(recon.get('fad'), 1)} (mel-stats), worse than Griffin-Lim.\n" if griffin_lim
-               else "It vocodes with the demo's tiny BigVGAN.\n")
+    measured = ("the demo's tiny BigVGAN" + (", not the Griffin-Lim this model ships with" if griffin_lim else "")
+                if demo_vocoder else "Griffin-Lim")
+    sampling = (f"{config['sampler']} {config['sample_steps']} steps, w = {config['guidance']:g}; "
+                if {"sampler", "sample_steps", "guidance"} <= config.keys() else "")
+    vocoder = ""  # model_card's "Use" already says what the installed folder vocodes with
+    if griffin_lim and demo_vocoder:
+        vocoder = ("It vocodes with Griffin-Lim: the demo's CPU-trained tiny BigVGAN reconstructed the real mels "
+                   f"at FAD {_fmt(recon.get('fad'), 1)} (mel-stats), worse than Griffin-Lim. `clipsonic evaluate "
+                   "--model` on this folder measures the model as shipped.")
     install = "python -m clipsonic.builtin DEMO_DIR" + (" --griffin-lim" if griffin_lim else "")
     return (f"\n## The built-in SonicWorld model\n\nMade with `{command}` then "
             f"`{install}` ({metrics.get('wall_seconds', 0) / 60:.1f} min on the machine "
             f"that made it; {size / 2**20:.1f} MiB).\n\n"
-            f"Relevance on the demo's test videos and held-out captions (oracle classifier, chance "
-            f"{_fmt(metrics.get('chance'))}): IQ {_fmt(h.get('iq_relevance'))}, ZS {_fmt(h.get('zs_relevance'))}, "
-            f"PD {_fmt(h.get('pd_relevance'))}. It knows only SonicWorld's 8 concepts: see `prompts.txt`. "
-            + vocoder)
+            f"Relevance on the demo's test videos and held-out captions, as the demo measured it ({sampling}"
+            f"vocoded with {measured}; oracle classifier, chance {_fmt(metrics.get('chance'))}): "
+            f"IQ {_fmt(h.get('iq_relevance'))}, ZS {_fmt(h.get('zs_relevance'))}, PD {_fmt(h.get('pd_relevance'))}. "
+            "It knows only SonicWorld's 8 concepts: see `prompts.txt`. " + vocoder).rstrip() + "\n"
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

@@ -269,10 +269,12 @@ def model_card(index: ModelIndex, stats: PipelineStats | None) -> str:
         lines += ["", "## Statistics", "", f"- mean image embedding over {stats.info.get('num_embeddings')} frame "
                   f"embeddings of {stats.info.get('num_clips')} clips (not renormalised)",
                   f"- image bank: {stats.image_bank.shape[0]} embeddings for the retrieval bridge"]
+    # Only what model_index.json lists: a component nulled there (e.g. a vocoder left out) is absent here too.
     present = ", ".join(k for k, v in index.components.items() if v is not None)
     absent = ", ".join(k for k, v in index.components.items() if v is None) or "none"
+    vocoder = ("It vocodes with its `vocoder/` (BigVGAN)." if index.components.get("vocoder") is not None
+               else "It has no vocoder: it vocodes with Griffin-Lim (pass `vocoder=` to `from_pretrained` to change that).")
     return "\n".join(lines + [
         "", "## Components", "", f"present: {present}; absent: {absent}", "", "## Use", "", "```python",
         "from clipsonic.pipeline import CLIPSonicPipeline", 'pipe = CLIPSonicPipeline.from_pretrained("path/to/this/folder")',
-        'out = pipe(text="dog barking", mode="zs", guidance_scale=1.5, num_inference_steps=50, seed=0)', "```", "",
-        "Without a trained vocoder the pipeline falls back to Griffin-Lim.", ""])
+        'out = pipe(text="dog barking", mode="zs", guidance_scale=1.5, seed=0)', "```", "", vocoder, ""])

@@ -83,8 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--guidance-rescale", type=float, metavar="R",
                    help="how far a guided mel keeps the conditional branch's level and spread, 0..1 (default "
                         f"{DEFAULT_GUIDANCE_RESCALE:g}; 0 = plain guidance, louder and clipping at high w)")
-    s.add_argument("--steps", type=int, help=f"sampling steps (default {DEFAULT_STEPS}; a distilled pipeline: its own)")
-    s.add_argument("--sampler", choices=list(SAMPLERS), help=f"(default {DEFAULT_SAMPLER}; a distilled pipeline: ddim)")
+    s.add_argument("--steps", type=int, help=f"sampling steps (default {DEFAULT_STEPS}; a distilled pipeline: its own; "
+                                             "the paper: 1000)")
+    s.add_argument("--sampler", choices=list(SAMPLERS),
+                   help=f"(default {DEFAULT_SAMPLER}, the best measured: docs/benchmarks.md; a distilled pipeline: ddim; "
+                        "the paper's setting: --sampler ddpm --steps 1000)")
     s.add_argument("--seed", type=int, help="seed of output 0; output i uses seed + i")
     s.add_argument("--num-samples", type=int, default=1, help="clips per query (default 1)")
     s.add_argument("--seconds", type=float, help="length (default: one training clip; a video's own)")

@@ -37,21 +37,33 @@ def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) ->
     )
 
 
+def approx_standard_normal_cdf(z: Tensor) -> Tensor:
+    """Phi(z) ~ (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))) / 2 (Page 1977), elementwise.
+
+    The approximation improved-diffusion's decoder likelihood uses (its ``approx_standard_normal_cdf``),
+    kept so our bits/dim at t = 0 equal the reference's. Its largest error against the exact Phi is
+    1.79e-4 (at |z| = 2.59; tests/test_diffusion.py), and its far tails fall off faster than the exact ones.
+    """
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z**3)))
+
+
 def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
     """log P(x) of N(mean, e^(2 log_scale)) integrated over x's bin of width 2/255, elementwise, nats.
 
     Interior bins: log(Phi((x + 1/255 - mean)/s) - Phi((x - 1/255 - mean)/s)); the bins at
-    x < -0.999 and x > 0.999 extend to -inf and +inf (log Phi via log_ndtr, stable in the tails).
-    Probabilities are floored at 1e-12 everywhere.
+    x < -0.999 and x > 0.999 extend to -inf and +inf. Probabilities are floored at 1e-12 everywhere.
+    Phi is improved-diffusion's tanh approximation (:func:`approx_standard_normal_cdf`), so the
+    decoder term equals the reference's. Against the exact normal CDF it changes the t = 0 NLL of a
+    mean that is off by 0.5 / 1 / 2 / 4 sigma by +0.05-0.09 % / under 0.01 % / +0.9-1.3 % / +6 % (measured with
+    the cosine T = 4000 schedule's sigma_0 ~ 2-3e-3); L_vlb averages it with 3999 KL terms.
     """
     inv_s = torch.exp(-log_scale)
-    upper = (x - mean + _HALF_BIN) * inv_s
-    lower = (x - mean - _HALF_BIN) * inv_s
-    log_cdf_upper = torch.special.log_ndtr(upper)
-    log_one_minus_cdf_lower = torch.special.log_ndtr(-lower)
-    log_bin = (torch.special.ndtr(upper) - torch.special.ndtr(lower)).clamp(min=_MIN_PROB).log()
-    out = torch.where(x < -_EDGE, log_cdf_upper, torch.where(x > _EDGE, log_one_minus_cdf_lower, log_bin))
-    return out.clamp(min=math.log(_MIN_PROB))
+    cdf_upper = approx_standard_normal_cdf((x - mean + _HALF_BIN) * inv_s)
+    cdf_lower = approx_standard_normal_cdf((x - mean - _HALF_BIN) * inv_s)
+    log_cdf_upper = cdf_upper.clamp(min=_MIN_PROB).log()  # the open bottom bin, (-inf, x + 1/255]
+    log_one_minus_cdf_lower = (1.0 - cdf_lower).clamp(min=_MIN_PROB).log()  # the open top bin
+    log_bin = (cdf_upper - cdf_lower).clamp(min=_MIN_PROB).log()
+    return torch.where(x < -_EDGE, log_cdf_upper, torch.where(x > _EDGE, log_one_minus_cdf_lower, log_bin))
 
 
 def min_snr_weight(snr: Tensor, gamma: float, prediction: str) -> Tensor:

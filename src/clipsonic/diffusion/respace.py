@@ -16,10 +16,14 @@ from clipsonic.diffusion.schedule import Schedule
 def space_timesteps(num_timesteps: int, steps: int, spacing: str = "linspace") -> torch.Tensor:
     """K = ``steps`` evenly spaced original steps, ascending. [K] int64.
 
-    "linspace": round(linspace(0, T - 1, K)), both ends included: diffusers' DDPMScheduler and
-    DDIMScheduler with ``timestep_spacing="linspace"`` and improved-diffusion's
-    ``space_timesteps(T, "K")``. For T = 4000, K = 1000: 0, 4, 8, ..., 3999 (the stride is
-    3999/999 = 4.003, so 3 of the gaps are 5). The last step (index 0, t = 0) maps to x_0.
+    "linspace": round(linspace(0, T - 1, K)), both ends included: exactly diffusers' DDPMScheduler and
+    DDIMScheduler with ``timestep_spacing="linspace"``. For T = 4000, K = 1000: 0, 4, 8, ..., 3999 (the stride
+    is 3999/999 = 4.003, so 3 of the gaps are 5). The last step (index 0, t = 0) maps to x_0.
+    improved-diffusion's ``space_timesteps(T, "K")`` means the same grid but sums the stride (T - 1)/(K - 1)
+    step by step, so where i (T - 1)/(K - 1) is exactly half-way between two steps the sum's rounding error
+    can round it the other way: for T = 4000 its grid differs from this one for 1263 of the 4000 K (the
+    first K = 31; none of 1-30, 50, 100, 250, 500, 1000, 2000, 4000), in at most 110 of the K steps, each
+    by one step (tests/test_diffusion.py reimplements its rule).
     "linspace-without-zero": the top K of round(linspace(0, T - 1, K + 1)), as diffusers'
     DPMSolverMultistepScheduler: t = 0 is not evaluated and the last step jumps from the lowest
     evaluated step straight to x_0 (sigma = 0), which suits solvers that step in log-SNR.

@@ -18,9 +18,13 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     """Sinusoidal embedding ``[B, dim]`` float32 of timestep indices ``t [B]`` (int or float), improved-diffusion's.
 
     ``emb[:, i] = cos(t · ω_i)`` and ``emb[:, half + i] = sin(t · ω_i)`` with ``ω_i = max_period^(−i/half)``;
-    an odd ``dim`` gets a zero last column. With ``max_period = 10000`` the slowest frequency turns by
-    only 0.4 rad over ``t ∈ [0, 4000]``, so every index up to 4000 maps to a distinct vector and
-    no rescaling of ``t`` is needed (improved-diffusion feeds raw indices for T = 4000 too).
+    an odd ``dim`` gets a zero last column. MelUNet is fed the raw training-step index ``t ∈ [0, T)``
+    (T = 4000), also when sampling a respaced chain (the original ``t``). improved-diffusion's training and
+    sampling scripts instead rescale to ``t · 1000 / T`` (``rescale_timesteps=True`` in
+    ``model_and_diffusion_defaults``; its ``create_gaussian_diffusion`` alone defaults to False), so a T = 4000
+    model there sees ``t ∈ [0, 1000)`` in steps of 0.25. We keep raw indices because every trained model,
+    the built-in one included, learned them; both are well posed: with ``max_period = 10000`` the slowest
+    frequency turns by under 1 rad over ``[0, 4000)`` (0.46 rad at ``dim = 128``), so no two indices collide.
     """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)

@@ -41,8 +41,10 @@ from clipsonic.vocoder import GriffinLimVocoder, load_vocoder
 
 log = logging.getLogger(__name__)
 
-# UniPC at 8 steps (16 network passes with guidance): on the built-in model its relevance equals the 1000-step DDPM's
-# and its FAD equals 25-50 DDIM steps' within seed noise, 6x faster than DDIM-50; 4-5 steps drift (docs/benchmarks.md).
+# Not the paper's sampler: CLIPSonic samples 1000 ancestral DDPM steps (`--sampler ddpm --steps 1000`, 2000 network
+# passes). The default is the best measured (docs/benchmarks.md, "Few-step solvers"): UniPC at 8 steps (16 passes with
+# guidance) has the built-in model's 1000-step DDPM relevance (1.000) and a lower FAD (11.7 against 13.5; DDIM-25/50
+# 11.1-11.2, within seed noise ~0.4), 125x fewer passes; 4-5 steps drift (FAD +0.6 to +1.0).
 DEFAULT_STEPS = 8
 DEFAULT_SAMPLER = "unipc"
 # The built-in SonicWorld model, shipped inside the package (clipsonic.builtin installs it).
