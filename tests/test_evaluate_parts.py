@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 from support.eval_dataset import LABELS, make_eval_dataset
+from support.tiny_pipeline import tiny_pipeline_dir  # noqa: F401
 
 from clipsonic.audio import MelConfig
 from clipsonic.data.dataset import read_dataset_info
@@ -169,3 +170,17 @@ def test_report_files_and_plot(tmp_path):
     out2 = tmp_path / "nosweep"
     assert [p.name for p in write_report(_evaluation(sweep=False, clap=False), out2)] == ["results.json", "results.md"]
     assert "not computed" in (out2 / "results.md").read_text()
+
+
+def test_long_test_clips_are_made_the_way_long_says(tiny_pipeline_dir):  # noqa: F811
+    from clipsonic.evaluate.generator import PipelineGenerator
+
+    made = {}
+    for long in (None, "single"):
+        gen = PipelineGenerator(tiny_pipeline_dir, EvalConfig(long=long, steps=2, device="cpu"))
+        gen.seconds = 2.048  # test clips twice the model's training length (check_dataset sets this)
+        made[long] = gen.generate("zs", [], ["a dog"], 1.5, [0])[0]
+        assert ("long" in gen.settings()) == (long is not None)  # a default run keeps earlier caches' keys
+    expected = gen.pipe(text="a dog", mode="zs", guidance_scale=1.5, num_inference_steps=2, seed=[0], seconds=2.048,
+                        long="single").audios[0]
+    assert np.array_equal(made["single"], expected) and not np.allclose(made[None], made["single"])

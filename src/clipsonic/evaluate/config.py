@@ -22,6 +22,9 @@ class EvalConfig(Config):
     # Sampling steps and sampler; None: the pipeline's defaults.
     steps: PositiveInt | None = None
     sampler: str | None = None
+    # How test clips longer than the model's training clips are generated (clipsonic.pipeline.edits): overlapping
+    # windows averaged at every step, window after window, or one long mel; None: the pipeline's default (windows).
+    long: Literal["windows", "continuation", "single"] | None = None
     # How many test clips (spread evenly over the split); None: all. FAD needs two embeddings per set.
     num_clips: Annotated[int, Range(2)] | None = None
     split: str = "test"

@@ -38,6 +38,7 @@ class PipelineGenerator:
             raise ClipsonicError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(sorted(SAMPLERS))}")
         if not 1 <= self.steps <= self.pipe.diffusion.num_timesteps:
             raise ClipsonicError(f"--steps must be in 1..{self.pipe.diffusion.num_timesteps}, got {self.steps}")
+        self.long = config.long
         self.sample_rate = int(self.pipe.sample_rate)
         self.modes = tuple(self.pipe.modes)
         self.seconds: float | None = None
@@ -61,7 +62,7 @@ class PipelineGenerator:
         query = ({"image_embeds": np.stack([c.image_embedding for c in clips])} if mode == "iq"
                  else {"text": list(queries)})
         out = self.pipe(mode=mode, guidance_scale=float(guidance), num_inference_steps=self.steps,
-                        sampler=self.sampler, seed=list(seeds), seconds=self.seconds, **query)
+                        sampler=self.sampler, seed=list(seeds), seconds=self.seconds, long=self.long, **query)
         return [np.asarray(a, dtype=np.float32) for a in out.audios]
 
     @torch.no_grad()
@@ -74,10 +75,11 @@ class PipelineGenerator:
     def settings(self) -> dict[str, Any]:
         """Everything that shapes generated audio besides mode, w and seed."""
         return {"model": self.fingerprint, "steps": self.steps, "sampler": self.sampler, "seconds": self.seconds,
-                "vocoder": self.vocoder, "iq_condition": IQ_CONDITION}
+                "vocoder": self.vocoder, "iq_condition": IQ_CONDITION,
+                **({"long": self.long} if self.long else {})}  # only when set: earlier evaluations' caches stay valid
 
     def describe(self) -> dict[str, Any]:
         """For the report."""
         return {"path": str(self.model_dir), "fingerprint": self.fingerprint, "modes": list(self.modes),
                 "clip": self.pipe.clip.describe(), "vocoder": self.vocoder, "iq_condition": IQ_CONDITION,
-                "steps": self.steps, "sampler": self.sampler, "training": self.pipe.training}
+                "steps": self.steps, "sampler": self.sampler, "long": self.long, "training": self.pipe.training}
