@@ -409,8 +409,8 @@ def test_two_browsers_queue(app, page, browser):
         # DOM clicks, timed by the pages' clocks: Playwright's own click waits for actionability (~0.5 s)
         clicked = [button.evaluate("b => { const at = Date.now(); b.click(); return at / 1000; }")
                    for button in buttons]
-        assert clicked[1] - clicked[0] < 0.2
         firsts = [p.evaluate("() => window.__playable") for p in pages]
+        assert clicked[1] < firsts[0]["at"] / 1000  # the second press came while the first generation ran
         results = []
         for p in pages:
             expect(p.locator("#candidate-3")).to_be_visible(timeout=60_000)

@@ -27,6 +27,7 @@ import torch
 from clipsonic import bridges
 from clipsonic.data.dataset import read_dataset_info
 from clipsonic.data.loader import iter_split
+from clipsonic.diffusion import SAMPLERS
 from clipsonic.errors import ClipsonicError, one_line
 from clipsonic.export import model_card, read_model_index
 from clipsonic.files import safe_name
@@ -236,7 +237,7 @@ def build_page(studio: Studio):
                                       interactive=not fixed, elem_id="guidance")
                     steps = gr.Slider(1, 200, value=defaults["num_inference_steps"], step=1, label="Steps",
                                       interactive=not fixed, elem_id="steps")
-                    sampler = gr.Dropdown(list(_samplers()), value=defaults["sampler"], label="Sampler",
+                    sampler = gr.Dropdown(list(SAMPLERS), value=defaults["sampler"], label="Sampler",
                                           interactive=not fixed, elem_id="sampler")
                     seconds = gr.Number(0, label=f"Duration in seconds (0: a training clip, or the video's length; "
                                         f"at most {queries.MAX_SECONDS:g})", elem_id="seconds")
@@ -312,12 +313,6 @@ def edit_settings(seconds: float | None, audio: str | None, how: str, strength: 
             raise ClipsonicError("continue: set the duration (seconds) to how long the sound should become")
         return {"audio": audio}
     return {"audio": audio, "mask": (float(start or 0), float(end) if end else None)}
-
-
-def _samplers() -> tuple[str, ...]:
-    from clipsonic.diffusion import SAMPLERS
-
-    return tuple(SAMPLERS)
 
 
 def _upload_path(payload: dict[str, Any] | None) -> str | None:

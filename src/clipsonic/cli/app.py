@@ -7,6 +7,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from clipsonic.app import Studio, serve
 from clipsonic.cli.options import command, device
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import lock_folder
@@ -49,11 +50,9 @@ def run_app(args: argparse.Namespace) -> None:
         raise ClipsonicError(f"--max-upload-mb {args.max_upload_mb:g}: give a positive size")
     check_writable(args.out)
     with lock_folder(args.out, "clipsonic app") as out:
-        # gradio keeps uploads and served copies in GRADIO_TEMP_DIR, read when it is imported: inside --out
+        # gradio keeps uploads and served copies in GRADIO_TEMP_DIR, read when it is imported (build_page): inside --out
         os.environ.setdefault("GRADIO_TEMP_DIR", str((out / "uploads").resolve()))
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-        from clipsonic.app import Studio, serve
-
         pipe = CLIPSonicPipeline.from_pretrained(args.model, device=args.device, clip_model=args.clip_model)
         studio = Studio(pipe, out, model_sidecar(pipe, args.model, clip_model=args.clip_model),
                         model_dir=args.model or BUILTIN_DIR, dataset=args.dataset)
