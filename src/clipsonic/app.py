@@ -95,8 +95,6 @@ class Studio:
             what = {"text": "type what you want to hear", "image": "upload or paste a picture",
                     "video": "upload a video"}[kind]
             raise ClipsonicError(f"no {kind} query: {what}")
-        if kind == "image":
-            queries.load_image(value)  # an unreadable upload is refused here, in one line naming it
         return queries.parse_query(**{kind: value})
 
     def _run(self, query: queries.Query, calls: list[tuple[str, dict[str, Any]]], count: int, seed: int,
@@ -110,9 +108,8 @@ class Studio:
 
         def keep(label: str) -> Callable:
             def keep_output(out, files: list[Path]) -> None:
-                stems = [p.with_suffix("") for p in files]
-                for row in range(len(out.audios)):
-                    stem = list(dict.fromkeys(stems))[row]
+                stems = list(dict.fromkeys(p.with_suffix("") for p in files))  # one per row, in row order
+                for row, stem in enumerate(stems):
                     mine = [p for p in files if p.with_suffix("") == stem] + [stem.with_suffix(".json")]
                     results.append({"label": label, "seed": out.seeds[row], "mode": out.mode, "files": mine,
                                     "nearest": self.nearest(out.condition[row])})
