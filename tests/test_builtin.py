@@ -155,3 +155,36 @@ def test_installed_folder_is_readable_by_others(finished_demo, tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(target.stat().st_mode) == 0o755
+
+
+def test_builtin_models_by_name(capsys):
+    from clipsonic.pipeline.pipeline import model_path
+
+    assert model_path(None) == model_path("builtin") == pipeline_module.BUILTIN_DIR
+    assert model_path("builtin:sonicworld") == pipeline_module.BUILTIN_ROOT / "sonicworld"
+    assert model_path("runs/x") == pipeline_module.Path("runs/x")
+    with pytest.raises(ClipsonicError, match=r"no built-in model 'builtin:dogs'; this install has builtin:sonicworld"):
+        model_path("builtin:dogs")
+    assert main(["generate", "--model", "builtin:sonicworld", "--list-builtin-prompts"]) == 0
+    assert capsys.readouterr().out.splitlines() == builtin_prompts()
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", "--model", "builtin:dogs", "--text", "x"])
+    assert stop.value.code == 2 and "argument --model: no built-in model 'builtin:dogs'" in capsys.readouterr().err
+
+
+def test_far_prompts_are_named_in_one_line(shipped, caplog):
+    """The built-in's held-out captions are all familiar; texts of other worlds are not, and a call says so once."""
+    from clipsonic.bridges import FAR_PROMPT_SIMILARITY, familiarity, shift_prompts
+    from clipsonic.sonicworld import CONCEPTS, captions
+
+    known = shipped.known_prompts + shift_prompts(shipped.stats.bank_labels)
+    assert shipped.known_prompts == builtin_prompts()
+    held_out = [t for c in CONCEPTS for t in captions(c, "test")]
+    far = ["a dog barking", "piano music", "a glass breaking", "rain on a tin roof", "a car engine", "thunder"]
+    sims, nearest = familiarity(shipped.encoder.encode_texts(held_out + far), shipped.encoder.encode_texts(known))
+    assert sims[:len(held_out)].min() >= FAR_PROMPT_SIMILARITY > sims[len(held_out):].max()
+    assert "rattling" in known[int(nearest[held_out.index("a rattling yellow star")])]
+    with caplog.at_level("WARNING", logger="clipsonic.pipeline.pipeline"):
+        shipped(text=["a dog barking", "the red disc that is droning"], num_inference_steps=1, seed=0)
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1 and lines[0].startswith("'a dog barking' is far from everything this model knows")

@@ -14,7 +14,7 @@ from pathlib import Path
 from clipsonic.errors import ClipsonicError
 from clipsonic.export import load_stats, model_card, read_model_index
 from clipsonic.files import atomic_directory, read_json, write_bytes_atomic, write_json_atomic
-from clipsonic.pipeline.pipeline import BUILTIN_DIR
+from clipsonic.pipeline.pipeline import BUILTIN_DIR, PROMPTS_NAME
 from clipsonic.pipeline.queries import read_prompts
 from clipsonic.sonicworld.demo import read_metrics
 from clipsonic.sonicworld.world import CONCEPTS, captions
@@ -22,16 +22,19 @@ from clipsonic.sonicworld.world import CONCEPTS, captions
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 20 * 1024 * 1024
-PROMPTS_NAME = "prompts.txt"
 _KEEP_SUFFIXES = (".json", ".safetensors", ".txt", ".md")  # what loading reads, the card and prompts
 
 
-def builtin_prompts() -> list[str]:
-    """Example text queries the built-in model knows (one per line of its ``prompts.txt``)."""
-    path = BUILTIN_DIR / PROMPTS_NAME
+def builtin_prompts(model_dir: str | os.PathLike | None = None) -> list[str]:
+    """Example text queries a model knows (one per line of its ``prompts.txt``; default: the built-in model's)."""
+    model_dir = BUILTIN_DIR if model_dir is None else Path(model_dir)
+    path = model_dir / PROMPTS_NAME
     if not path.is_file():
-        raise ClipsonicError(f"this clipsonic install has no built-in model ({BUILTIN_DIR} is missing); "
-                             "reinstall clipsonic")
+        if model_dir == BUILTIN_DIR:
+            raise ClipsonicError(f"this clipsonic install has no built-in model ({BUILTIN_DIR} is missing); "
+                                 "reinstall clipsonic")
+        raise ClipsonicError(f"{model_dir} has no {PROMPTS_NAME} (a list of the texts it knows); its README.md says "
+                             "what it was trained on")
     return read_prompts(path)
 
 

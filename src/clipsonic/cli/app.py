@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from clipsonic.app import Studio, serve
+from clipsonic.cli import options
 from clipsonic.cli.options import command, device
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import lock_folder
@@ -28,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "clipsonic app   # the built-in model, on http://127.0.0.1:7860",
         "clipsonic app --model pipelines/vgg --dataset data/vgg --out app-results",
         "clipsonic app --host 0.0.0.0 --port 8080   # reachable from the local network")
-    p.add_argument("--model", type=Path, metavar="DIR", help="pipeline directory (default: the built-in model)")
+    p.add_argument("--model", type=options.model, metavar="DIR",
+                   help="pipeline directory, or builtin:NAME (default: the built-in model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs the internet)")

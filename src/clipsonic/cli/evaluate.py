@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "clipsonic evaluate --model M --data D --out R --modes iq,zs,pd --sweep 0,0.5,1,1.5,2,3,4 --num-clips 500",
         "clipsonic evaluate --model M --data D --out R --embedder mel-stats --num-clips 8 --steps 25   # plumbing check",
         "clipsonic evaluate --model M --data D --out R --captions captions.json --classifier sonicworld")
-    p.add_argument("--model", type=Path, required=True, help="pipeline directory (output of training)")
+    p.add_argument("--model", type=options.model, required=True,
+                   help="pipeline directory (output of training), or builtin:NAME")
     p.add_argument("--data", type=Path, required=True, help="dataset directory with a test split stored with audio")
     p.add_argument("--out", type=Path, required=True, help="report directory")
     p.add_argument("--classifier", metavar="NAME", help=f"audio classifier for a relevance column (accuracy on the "

@@ -12,6 +12,7 @@ import torch
 from clipsonic.audio import MelConfig, mel_spectrogram
 from clipsonic.bridges import MODES
 from clipsonic.builtin import builtin_prompts
+from clipsonic.cli import options
 from clipsonic.cli.options import command, deprecated_alias, device, progress_bar
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, SAMPLERS
 from clipsonic.errors import ClipsonicError
@@ -62,9 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "clipsonic generate --model pipelines/vgg --image cat.jpg --init-audio dog.wav --strength 0.6 -o cat_dog.wav",
         "clipsonic generate --model pipelines/vgg --text 'a door slams' --init-audio room.wav --mask 1.5:2.5 -o door.wav",
         "clipsonic generate --model pipelines/vgg --text 'applause' --continue clap.wav --seconds 20 -o longer.wav")
-    p.add_argument("--model", type=Path, metavar="DIR",
-                   help="pipeline directory (default: the built-in SonicWorld model; see --list-builtin-prompts)")
-    p.add_argument("--list-builtin-prompts", action="store_true", help="print text queries the built-in model knows")
+    p.add_argument("--model", type=options.model, metavar="DIR",
+                   help="pipeline directory, or builtin:NAME (default: the built-in SonicWorld model; see "
+                        "--list-builtin-prompts)")
+    p.add_argument("--list-builtin-prompts", action="store_true",
+                   help="print text queries the model knows (its prompts.txt; default: the built-in model's)")
     q = p.add_argument_group("query (exactly one kind)")
     q.add_argument("--text", action="append", help="text query (repeatable)")
     q.add_argument("--image", action="append", type=Path, help="image file (repeatable)")
@@ -152,7 +155,7 @@ def _input_args(p: argparse.ArgumentParser, output: str) -> None:
 
 def run_generate(args: argparse.Namespace) -> None:
     if args.list_builtin_prompts:
-        print("\n".join(builtin_prompts()))
+        print("\n".join(builtin_prompts(args.model)))
         return
     if args.replay is not None:
         return _replay(args)

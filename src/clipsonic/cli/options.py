@@ -26,7 +26,9 @@ import torch
 from tqdm import tqdm
 
 from clipsonic.config import Config, ConfigError
+from clipsonic.errors import ClipsonicError
 from clipsonic.files import read_json
+from clipsonic.pipeline.pipeline import model_path
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
     return value
+
+
+def model(text: str) -> Path:
+    """``--model``: a pipeline folder, or ``builtin:NAME`` for a built-in model (``builtin:sonicworld``)."""
+    try:
+        return model_path(text)
+    except ClipsonicError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def device(text: str) -> str:

@@ -47,8 +47,11 @@ log = logging.getLogger(__name__)
 # 11.1-11.2, within seed noise ~0.4), 125x fewer passes; 4-5 steps drift (FAD +0.6 to +1.0).
 DEFAULT_STEPS = 8
 DEFAULT_SAMPLER = "unipc"
-# The built-in SonicWorld model, shipped inside the package (clipsonic.builtin installs it).
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin" / "sonicworld"
+# The built-in models, shipped inside the package (clipsonic.builtin installs them); `--model builtin:NAME` names one,
+# no --model the default. PROMPTS_NAME: a pipeline folder's list of texts it knows (the built-in models have one).
+BUILTIN_ROOT = Path(__file__).resolve().parent.parent / "builtin"
+BUILTIN_DIR = BUILTIN_ROOT / "sonicworld"
+PROMPTS_NAME = "prompts.txt"
 # Text modes without a prior, best-measured first (docs/benchmarks.md): the default is the first one a pipeline has.
 NO_PRIOR_TEXT_MODES = ("knn", "shift", "zs")
 # Strength of the guidance rescale (clipsonic.diffusion.guidance.rescaled_guidance) that keeps guided mels at the
@@ -71,6 +74,20 @@ class CLIPSonicOutput:
     durations: list[float] | None = None  # [B] seconds of each row's video, for video queries
     mel_config: MelConfig | None = None  # the front end of ``mels``
     sampling: dict[str, Any] | None = None  # what ran: CLIPSonicPipeline.sampling's resolved settings
+
+
+def model_path(model: str | os.PathLike | None) -> Path:
+    """A pipeline folder from what a user typed: a path, ``builtin:NAME`` (a built-in model by name) or None (the
+    default built-in model). Unknown names are refused with the list of built-in models."""
+    text = None if model is None else os.fspath(model)
+    if text is None or text == "builtin":
+        return BUILTIN_DIR
+    if not text.startswith("builtin:"):
+        return Path(text)
+    names = sorted(p.name for p in BUILTIN_ROOT.iterdir() if (p / "model_index.json").is_file())
+    if text.removeprefix("builtin:") not in names:
+        raise ClipsonicError(f"no built-in model {text!r}; this install has " + ", ".join(f"builtin:{n}" for n in names))
+    return BUILTIN_ROOT / text.removeprefix("builtin:")
 
 
 class _NegativeConditioned(nn.Module):
@@ -104,6 +121,8 @@ class CLIPSonicPipeline:
         self.training = dict(training or {})
         self.dtype = dtype  # autocast dtype of the mel model (None: float32)
         self._mean_text: dict[tuple[str, ...], torch.Tensor] = {}
+        self.known_prompts: list[str] = []  # texts the model knows (its prompts.txt), for far-prompt warnings
+        self._known_emb: torch.Tensor | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
@@ -122,7 +141,7 @@ class CLIPSonicPipeline:
         if path is None and not (BUILTIN_DIR / "model_index.json").is_file():
             raise ClipsonicError(f"this clipsonic install has no built-in model ({BUILTIN_DIR} is missing); "
                                  "pass a pipeline directory (--model DIR), or reinstall clipsonic")
-        path = path or BUILTIN_DIR
+        path = model_path(path)
         index, device = read_model_index(path), default_device(device)
         unet = MelUNet.from_pretrained(index.component_dir("unet"), device=device)
         diffusion = DiffusionConfig.load(index.component_dir("scheduler") / "config.json")
@@ -147,9 +166,12 @@ class CLIPSonicPipeline:
         if vocoder is not None:
             vocoder = (GriffinLimVocoder(index.mel).to(device) if str(vocoder) == "griffin-lim"
                        else load_vocoder(vocoder, device=device, mel_config=index.mel))
-        return cls(unet=unet, diffusion=diffusion, encoder=encoder, mel=index.mel, clip=index.clip, prior=prior,
+        pipe = cls(unet=unet, diffusion=diffusion, encoder=encoder, mel=index.mel, clip=index.clip, prior=prior,
                    stats=load_stats(path) if index.component_dir("stats") is not None else None,
                    vocoder=vocoder, training=index.training, dtype=parse_dtype(dtype))
+        if (index.root / PROMPTS_NAME).is_file():
+            pipe.known_prompts = queries.read_prompts(index.root / PROMPTS_NAME)
+        return pipe
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write this pipeline as a directory ``from_pretrained`` reads (the Griffin-Lim fallback is not saved)."""
@@ -301,6 +323,8 @@ class CLIPSonicPipeline:
                                               max_seconds=length or queries.MAX_SECONDS)
         if query.kind == "video" and length is None:
             frames = queries.resolve_frames(None, durations, self.mel, multiple)
+        if query.kind == "text":
+            self._warn_far(query.items, emb)
         edit = None if src is None else edits.plan_edit(src, frames, self.mel, multiple, strength=strength, mask=mask,
                                                          seconds=seconds)
 
@@ -340,6 +364,23 @@ class CLIPSonicPipeline:
             condition=cond.float().cpu().numpy(), mode=mode, queries=[query.describe(int(r)) for r in rows],
             seeds=seeds, durations=[durations[int(r)] for r in rows] if durations else None, mel_config=self.mel,
             sampling=run)
+
+    def _warn_far(self, texts: list[str], emb: torch.Tensor) -> None:
+        """Say, in one line per text, when a text ``emb`` ``[Q, D]`` is far from every text the model knows (its
+        prompts.txt, and its training labels): the model still answers, with the nearest of its own sounds."""
+        known = self.known_prompts + ([] if self.stats is None else
+                                      [t for t in bridges.shift_prompts(self.stats.bank_labels)
+                                       if t not in bridges.GENERIC_PROMPTS])
+        if len(known) < 2:  # one caption has no spread to centre on
+            return
+        if self._known_emb is None:
+            self._known_emb = self.encoder.encode_texts(known)
+        sims, nearest = bridges.familiarity(emb, self._known_emb)
+        for text, sim, k in zip(texts, sims.tolist(), nearest.tolist(), strict=True):
+            if sim < bridges.FAR_PROMPT_SIMILARITY:
+                log.warning("%r is far from everything this model knows (nearest: %r, similarity %.2f < %.2f), so "
+                            "expect one of its own sounds; its prompts.txt lists what it knows", text, known[k], sim,
+                            bridges.FAR_PROMPT_SIMILARITY)
 
     def sampling(self, guidance_scale: float | None = None, num_inference_steps: int | None = None,
                  sampler: str | None = None, guidance_rescale: float | None = None, *, eta: float = 0.0,
