@@ -1,4 +1,5 @@
-"""The world's own CLIP: a tiny transformers ``CLIPModel`` trained contrastively on SonicWorld.
+"""The world's own CLIP: a tiny transformers ``CLIPModel`` trained contrastively on a rendered world (SonicWorld,
+or any world described by a :class:`Scene`).
 
 CLIP's symmetric InfoNCE (Radford et al. 2021, Fig. 3) on (fresh frame, training caption) pairs,
 where every same-concept pair of a batch counts as a positive (Khosla et al. 2020); frames are JPEG
@@ -99,6 +100,26 @@ def write_clip_image_processor(directory: str | Path, image_size: int) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class Scene:
+    """What the world-CLIP learns from and is measured on: a world's K concepts, their captions and pictures."""
+
+    names: tuple[str, ...]  # [K] concept names
+    size: int  # square frames, pixels
+    seed: int
+    captions: Callable[[int, str], list[str]]  # (concept index, "train" | "test") → its captions
+    picture: Callable[[int, np.random.Generator], np.ndarray]  # a fresh training frame [size, size, 3] uint8
+    test_picture: Callable[[int, int], np.ndarray]  # (concept, n) → the first frame of its test video n
+
+
+def sonicworld_scene(world: WorldConfig | None = None) -> Scene:
+    """SonicWorld as a :class:`Scene`."""
+    world = world or WorldConfig()
+    return Scene(names=tuple(c.name for c in CONCEPTS), size=world.size, seed=world.seed, captions=captions,
+                 picture=lambda k, rng: render_frames(k, rng, world.size)[0],
+                 test_picture=lambda k, n: render_frames(k, clip_rng(world, "test", k, n)[0], world.size)[0])
+
+
+@dataclasses.dataclass(frozen=True)
 class WorldClipConfig(Config):
     """Size and training of the world-CLIP (defaults: ~1 minute on 2 CPU cores)."""
 
@@ -123,18 +144,19 @@ class WorldClipConfig(Config):
     seed: int = 0
 
 
-def train_world_clip(out_dir: str | os.PathLike, world: WorldConfig | None = None,
+def train_world_clip(out_dir: str | os.PathLike, world: WorldConfig | Scene | None = None,
                      config: WorldClipConfig | None = None, *,
                      progress: Callable[[int, int, dict], None] | None = None) -> Path:
-    """Train the world-CLIP and save it to ``out_dir`` (replaced whole, atomically); returns ``out_dir``.
-    ``progress(step, total, {"loss": …})`` is called after every step. Measure it with :func:`modality_gap`."""
+    """Train the world-CLIP of ``world`` (SonicWorld's config, or any world's :class:`Scene`) and save it to
+    ``out_dir`` (replaced whole, atomically); returns ``out_dir``. ``progress(step, total, {"loss": …})`` is called
+    after every step. Measure it with :func:`modality_gap`."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer  # heavy: loaded only to train
 
-    world, config = world or WorldConfig(), config or WorldClipConfig()
+    world, config = _scene(world), config or WorldClipConfig()
     out = Path(out_dir)
     with atomic_directory(out) as staging:
         # 1. Tokenizer learned from every caption word (test words are a subset of training words).
-        texts = [t for c in CONCEPTS for split in ("train", "test") for t in captions(c, split)]
+        texts = [t for k in range(len(world.names)) for split in ("train", "test") for t in world.captions(k, split)]
         vocab = write_clip_tokenizer(staging, texts, model_max_length=config.max_text_tokens)
         write_clip_image_processor(staging, world.size)
         tokenizer = CLIPTokenizer.from_pretrained(staging)
@@ -165,10 +187,14 @@ def train_world_clip(out_dir: str | os.PathLike, world: WorldConfig | None = Non
     return out
 
 
-def _train(model, tokenizer, world: WorldConfig, config: WorldClipConfig, progress) -> float:
+def _scene(world: WorldConfig | Scene | None) -> Scene:
+    return world if isinstance(world, Scene) else sonicworld_scene(world)
+
+
+def _train(model, tokenizer, world: Scene, config: WorldClipConfig, progress) -> float:
     """AdamW on symmetric multi-positive InfoNCE; returns the mean loss of the last 20 steps."""
-    pool = [captions(c, "train") for c in CONCEPTS]
-    labels = torch.arange(len(CONCEPTS)).repeat_interleave(config.per_concept).tolist()  # [B]
+    pool = [world.captions(k, "train") for k in range(len(world.names))]
+    labels = torch.arange(len(world.names)).repeat_interleave(config.per_concept).tolist()  # [B]
     same = torch.tensor(labels)[:, None] == torch.tensor(labels)[None, :]
     target = same.float() / same.sum(dim=1, keepdim=True)  # [B, B], rows sum to 1 (symmetric)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -206,13 +232,13 @@ def _lr_factor(step: int, config: WorldClipConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _training_pixels(world: WorldConfig, labels: Sequence[int], rng: np.random.Generator,
+def _training_pixels(world: Scene, labels: Sequence[int], rng: np.random.Generator,
                      jpeg_probability: float) -> torch.Tensor:
     """One fresh frame per label (new position, size, background, noise), some JPEG-degraded, CLIP-normalised
     as CLIPImageProcessor does at the frame size: ``[B, 3, H, W]``."""
     frames = []
     for k in labels:
-        frame = render_frames(k, rng, world.size)[0]
+        frame = world.picture(k, rng)
         if rng.uniform() < jpeg_probability:
             buffer = io.BytesIO()
             Image.fromarray(frame).save(buffer, format="JPEG", quality=int(rng.integers(15, 86)))
@@ -222,28 +248,29 @@ def _training_pixels(world: WorldConfig, labels: Sequence[int], rng: np.random.G
     return (x - torch.tensor(CLIP_IMAGE_MEAN)[:, None, None]) / torch.tensor(CLIP_IMAGE_STD)[:, None, None]
 
 
-def modality_gap(encoder, world: WorldConfig | None = None, per_concept: int = 16, images: Sequence | None = None,
-                 labels: Sequence[int] | None = None, figure: str | os.PathLike | None = None) -> dict:
+def modality_gap(encoder, world: WorldConfig | Scene | None = None, per_concept: int = 16,
+                 images: Sequence | None = None, labels: Sequence[int] | None = None,
+                 figure: str | os.PathLike | None = None) -> dict:
     """Zero-shot accuracy (image → nearest mean caption embedding, and the reverse), mean cosines within /
     between concepts, and the modality gap ‖mean text − mean image embedding‖ (Liang et al. 2022) of a
-    CLIP on SonicWorld's held-out captions and the first frames of test videos 0…per_concept-1 (or
+    CLIP on the world's held-out captions and the first frames of test videos 0…per_concept-1 (or
     ``images`` with their concept ``labels``). ``figure``: also a PNG of both on their principal axes."""
+    world = _scene(world)
+    num = len(world.names)
     if images is None:
-        world = world or WorldConfig()
-        images = [render_frames(k, clip_rng(world, "test", k, n)[0], world.size)[0]
-                  for k in range(len(CONCEPTS)) for n in range(per_concept)]
-        labels = np.repeat(np.arange(len(CONCEPTS)), per_concept)
+        images = [world.test_picture(k, n) for k in range(num) for n in range(per_concept)]
+        labels = np.repeat(np.arange(num), per_concept)
     labels = np.asarray(labels)
-    texts = [t for c in CONCEPTS for t in captions(c, "test")]
-    text_labels = np.array([k for k, c in enumerate(CONCEPTS) for _ in captions(c, "test")])
+    texts = [t for k in range(num) for t in world.captions(k, "test")]
+    text_labels = np.array([k for k in range(num) for _ in world.captions(k, "test")])
     img = encoder.encode_images(list(images)).double()  # [N, D] unit rows
     txt = encoder.encode_texts(texts).double()  # [T, D]
     if figure is not None:
-        _gap_figure(img.numpy(), labels, txt.numpy(), text_labels, figure)
+        _gap_figure(img.numpy(), labels, txt.numpy(), text_labels, figure, world.names)
 
     def nearest_prototype(queries: torch.Tensor, emb: torch.Tensor, lab: np.ndarray) -> np.ndarray:
         """The concept whose mean embedding (renormalised) is nearest to each query."""
-        means = torch.stack([emb[torch.from_numpy(lab == k)].mean(0) for k in range(len(CONCEPTS))])
+        means = torch.stack([emb[torch.from_numpy(lab == k)].mean(0) for k in range(num)])
         return (queries @ F.normalize(means, dim=-1).T).argmax(1).numpy()
 
     def cosines(a: torch.Tensor, la: np.ndarray, b: torch.Tensor, lb: np.ndarray) -> tuple[float, float]:
@@ -267,7 +294,7 @@ def modality_gap(encoder, world: WorldConfig | None = None, per_concept: int = 1
 
 
 def _gap_figure(img: np.ndarray, labels: np.ndarray, txt: np.ndarray, text_labels: np.ndarray,
-                path: str | os.PathLike) -> None:
+                path: str | os.PathLike, names: Sequence[str]) -> None:
     """Images (dots) and captions (crosses) ``[N, D]``, ``[T, D]`` on the two principal axes of both together."""
     both = np.concatenate([img, txt])
     centred = both - both.mean(0)
@@ -276,9 +303,10 @@ def _gap_figure(img: np.ndarray, labels: np.ndarray, txt: np.ndarray, text_label
 
     fig = Figure(figsize=(6, 5))
     ax = fig.add_subplot()
-    for k, c in enumerate(CONCEPTS):
-        colour = np.array(c.colour) / 255
-        ax.scatter(*xy[:len(img)][labels == k].T, s=14, color=colour, edgecolors="k", linewidths=0.3, label=c.name)
+    colours = {c.name: np.array(c.colour) / 255 for c in CONCEPTS}  # SonicWorld's own; other worlds: a colour map
+    for k, name in enumerate(names):
+        colour = colours.get(name, _hue(k, len(names)))
+        ax.scatter(*xy[:len(img)][labels == k].T, s=14, color=colour, edgecolors="k", linewidths=0.3, label=name)
         ax.scatter(*xy[len(img):][text_labels == k].T, s=30, marker="x", color=colour)
     ax.set_title("world-CLIP: images (dots) and captions (crosses)\nthe two clouds apart = the modality gap")
     ax.set_facecolor("#333")
@@ -286,3 +314,10 @@ def _gap_figure(img: np.ndarray, labels: np.ndarray, txt: np.ndarray, text_label
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
+
+
+def _hue(k: int, n: int) -> np.ndarray:
+    """Colour ``k`` of ``n`` spread around the hue circle (RGB in [0, 1])."""
+    import colorsys
+
+    return np.array(colorsys.hsv_to_rgb(k / n, 0.8, 0.95))
