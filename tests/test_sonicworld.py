@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from clipsonic.audio import griffin_lim
 from clipsonic.data.sources import collect_sources
 from clipsonic.encoders import load_clip
 from clipsonic.errors import ClipsonicError
@@ -17,7 +16,6 @@ from clipsonic.media import load_audio, load_frames, probe
 from clipsonic.sonicworld import (
     CONCEPT_NAMES,
     CONCEPTS,
-    NONE,
     OracleClassifier,
     WorldClipConfig,
     WorldConfig,
@@ -40,13 +38,6 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def oracle():
     return OracleClassifier()
-
-
-def _clips(seed: int, per_concept: int) -> tuple[np.ndarray, np.ndarray]:
-    config = WorldConfig(seed=seed)
-    labels = np.repeat(np.arange(len(CONCEPTS)), per_concept)
-    audio = np.stack([make_clip(config, "train", int(k), i % per_concept)[1] for i, k in enumerate(labels)])
-    return audio, labels
 
 
 # --- the world -----------------------------------------------------------------------------
@@ -130,36 +121,13 @@ def test_sounds_follow_the_spec():
     assert synthesize(500.0, "reed", "pulse3", 100, rng).shape == (100,)
 
 
-# --- the oracle ----------------------------------------------------------------------------
-
-def test_oracle_names_clean_clips(oracle):
-    audio, labels = _clips(seed=11, per_concept=5)
-    scores = oracle.scores(oracle.mels(audio))
-    assert (oracle.classify_audio(audio) == labels).mean() >= 0.99
-    assert scores.max(axis=1).min() > 0.9
-
-
-def test_oracle_names_griffin_lim_resynthesis(oracle):
-    audio, labels = _clips(seed=12, per_concept=2)
-    resynthesised = griffin_lim(oracle.mels(audio), n_iter=16)
-    assert (oracle.classify_audio(resynthesised.numpy()) == labels).mean() >= 0.99
-
+# --- the oracle (the rest lives in test_sonicworld_oracle.py) -------------------------------
 
 def test_oracle_names_sound_decoded_from_videos(world, oracle):
     items, _ = collect_sources(world)
     audio = np.stack([load_audio(it.path) for it in items])
     labels = np.array([CONCEPT_NAMES.index(it.label) for it in items])
     assert (oracle.classify_mels(oracle.mels(audio)) == labels).mean() >= 0.99
-
-
-def test_oracle_on_silence_and_noise(oracle):
-    assert list(oracle.classify_audio(np.zeros((2, 16000), np.float32))) == [NONE, NONE]
-    noise = np.random.default_rng(0).standard_normal((16, 16000)).astype(np.float32) * 0.1
-    assert oracle.scores(oracle.mels(noise)).max() < 0.7  # clean clips score > 0.9
-    assert set(OracleClassifier(min_score=0.7).classify_audio(noise)) == {NONE}
-    assert oracle.classify_audio(noise[0]).shape == (1,)
-    with pytest.raises(ClipsonicError, match="resample"):
-        oracle.classify_audio(noise, sample_rate=22050)
 
 
 # --- the world-CLIP ------------------------------------------------------------------------
