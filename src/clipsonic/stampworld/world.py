@@ -192,23 +192,25 @@ def _sum_events(stamps: Path, events: list[dict], num_samples: int, sample_rate:
 
 # --- pictures ----------------------------------------------------------------------------------
 
-def _background(rng: np.random.Generator, side: int) -> np.ndarray:
-    """A vertical gradient between two random colours with a mild smooth texture: float64 ``[side, side, 3]``."""
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A vertical gradient between two random colours with a mild smooth texture, drawn at the frame's ``size`` and
+    repeated to the oversampled side (it is smooth: the box downsample gives it back): float32 ``[side, side, 3]``."""
     top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-    t = np.linspace(0.0, 1.0, side)[:, None, None]
+    t = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]
     coarse = Image.fromarray(rng.normal(0.0, 8.0, (8, 8)).astype(np.float32))  # mode "F"
-    texture = np.asarray(coarse.resize((side, side), Image.Resampling.BICUBIC), np.float64)[..., None]
-    return np.clip(top * (1 - t) + bottom * t + texture, 0, 255)
+    texture = np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC))[..., None]
+    small = np.clip(top * (1 - t) + bottom * t + texture, 0, 255).astype(np.float32)
+    return small.repeat(OVERSAMPLE, axis=0).repeat(OVERSAMPLE, axis=1)
 
 
 def _sprite(picture: Image.Image, longest: int, flip: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The picture scaled (aspect kept) so its longer side is ``longest`` px: premultiplied RGB float64
+    """The picture scaled (aspect kept) so its longer side is ``longest`` px: premultiplied RGB float32
     ``[h, w, 3]`` and alpha ``[h, w, 1]`` in [0, 1]. Resized premultiplied, so no dark fringes."""
     if flip:
         picture = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     factor = longest / max(picture.size)
     size = (max(1, round(picture.width * factor)), max(1, round(picture.height * factor)))
-    rgba = np.asarray(picture.convert("RGBa").resize(size, Image.Resampling.LANCZOS), np.float64)
+    rgba = np.asarray(picture.convert("RGBa").resize(size, Image.Resampling.LANCZOS), np.float32)
     rgba = np.clip(rgba, 0, 255)
     alpha = rgba[..., 3:] / 255
     return np.minimum(rgba[..., :3], 255 * alpha), alpha
@@ -251,7 +253,7 @@ def render_frames(pictures: list[Image.Image], rng: np.random.Generator, size: i
     Per video: background, scales, flips, positions, drifts; per frame: Gaussian pixel noise."""
     times = np.zeros(1) if times is None else np.asarray(times, dtype=np.float64)
     side = size * OVERSAMPLE
-    background = _background(rng, side)
+    background = _background(rng, size)
     main = _layer(pictures[0], SCALE, rng, side)
     layers = [main] if len(pictures) == 1 else [_layer(pictures[1], SECOND_SCALE, rng, side, away_from=main), main]
     frames = np.empty((len(times), size, size, 3), np.uint8)
