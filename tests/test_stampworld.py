@@ -8,8 +8,8 @@ import re
 
 import numpy as np
 import pytest
-import soundfile
-from PIL import Image, ImageDraw
+from PIL import Image
+from support.stamps import make_stamps
 
 from clipsonic.data.sources import collect_sources
 from clipsonic.errors import ClipsonicError
@@ -38,22 +38,7 @@ SMALL = StampWorldConfig(size=32, fps=2)
 
 @pytest.fixture(scope="module")
 def stamps(tmp_path_factory):
-    """Every asset path of the table: PNGs with a distinct opaque ellipse on transparency, 0.3-s distinct chirps at
-    44.1 kHz (the fire truck's 5 s, longer than a clip, as the real siren is)."""
-    root = tmp_path_factory.mktemp("stamps")
-    for k, (rel, kind, _, _) in enumerate(asset_paths()):
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if kind == "picture":
-            image = Image.new("RGBA", (24 + k % 7, 18), (0, 0, 0, 0))
-            ImageDraw.Draw(image).ellipse([2, 2, 20, 15], fill=(40 + 5 * k, 255 - 5 * k, 90, 255))
-            image.save(path)
-        elif not path.exists():
-            seconds = 5.0 if "firetruck" in rel else 0.3
-            t = np.arange(int(seconds * 44100)) / 44100
-            chirp = 0.8 * np.sin(2 * np.pi * (300 + 40 * k) * t * (1 + t)) * np.hanning(len(t))
-            soundfile.write(path, chirp, 44100, format="OGG", subtype="VORBIS")
-    return root
+    return make_stamps(tmp_path_factory.mktemp("stamps"))
 
 
 def test_find_stamps_names_the_missing_file_and_the_fix(stamps, tmp_path, monkeypatch):

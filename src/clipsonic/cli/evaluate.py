@@ -1,5 +1,5 @@
 """``clipsonic evaluate`` (FAD / CLAP score / guidance sweep), ``clipsonic listening-test make|score`` and
-``clipsonic demo`` (the whole method on SonicWorld, offline, on a CPU)."""
+``clipsonic demo`` (the whole method on SonicWorld or StampWorld, offline, on a CPU)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from clipsonic.evaluate import EvalConfig, run_evaluation
 from clipsonic.listening.make import KEY_FILE
 from clipsonic.sonicworld import OracleClassifier
 from clipsonic.sonicworld.demo import DemoProgress, run_demo
+from clipsonic.stampworld.demo import run_stampworld_demo
 
 CLASSIFIERS = {"sonicworld": OracleClassifier}  # audio classifiers for the relevance column
 
@@ -78,10 +79,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "preprocess the videos, train the mel diffusion model, a prior and (without --fast) a tiny BigVGAN, then "
         "generate every test concept in modes iq/zs/pd/shift/knn and evaluate: relevance by an exact oracle of the "
         "world's sounds, FAD (mel-stats), a guidance sweep and the CLIP's modality gap. Writes DIR/report.html and "
-        "DIR/metrics.json. Re-running the same command reuses the finished steps.",
-        "clipsonic demo", "clipsonic demo --fast --out /tmp/demo-fast")
-    p.add_argument("--out", type=Path, default=Path("sonicworld-demo"), help="output folder (default sonicworld-demo)")
-    p.add_argument("--fast", action="store_true", help="smaller world and shorter training, Griffin-Lim vocoder (~5 min)")
+        "DIR/metrics.json. Re-running the same command reuses the finished steps. --world stampworld does the same on "
+        "StampWorld (24 concepts of Tux Paint's recorded sounds and pictures, 4-s clips) and first trains the world's "
+        "judge (DIR/judge), which gives the relevance column.",
+        "clipsonic demo", "clipsonic demo --fast --out /tmp/demo-fast",
+        "clipsonic demo --world stampworld --out stampworld-demo   # real sounds and pictures (Tux Paint), ~1 h")
+    p.add_argument("--world", choices=("sonicworld", "stampworld"), default="sonicworld",
+                   help="sonicworld (synthetic, exact oracle) or stampworld (Tux Paint's recorded sounds and pictures, "
+                        "judged by a classifier the demo trains; needs the tuxpaint-stamps-default package)")
+    p.add_argument("--stamps", type=Path, metavar="DIR", help="(stampworld) Tux Paint stamps folder (default "
+                   "$CLIPSONIC_STAMPS, else /usr/share/tuxpaint/stamps)")
+    p.add_argument("--out", type=Path, help="output folder (default <world>-demo)")
+    p.add_argument("--fast", action="store_true", help="smaller world and shorter training, Griffin-Lim vocoder "
+                   "(sonicworld ~5 min; stampworld: 4 concepts, a plumbing check in ~1 min)")
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -133,13 +143,19 @@ def run_demo_command(args: argparse.Namespace) -> None:
         print(f"{end}\r[{p.index}/{p.count}] {p.step:<9} {p.fraction:4.0%} · {_minutes(p.elapsed)} elapsed · "
               f"{left}   ", end="", file=sys.stderr, flush=True)
 
-    metrics = run_demo(args.out, fast=args.fast, progress=progress)
+    out = args.out or Path(f"{args.world}-demo")
+    if args.world == "stampworld":
+        metrics = run_stampworld_demo(out, stamps=args.stamps, fast=args.fast, progress=progress)
+    elif args.stamps is not None:
+        raise ClipsonicError("--stamps is for --world stampworld; drop it, or add --world stampworld")
+    else:
+        metrics = run_demo(out, fast=args.fast, progress=progress)
     sys.stderr.write("\n")
     h = metrics["headline"]
     fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
     print(f"relevance (chance {metrics['chance']:.3f}): IQ {fmt(h['iq_relevance'])}, ZS {fmt(h['zs_relevance'])}, "
           f"PD {fmt(h['pd_relevance'])}; {metrics['wall_seconds'] / 60:.1f} min")
-    print(f"report: {args.out / 'report.html'}  metrics: {args.out / 'metrics.json'}")
+    print(f"report: {out / 'report.html'}  metrics: {out / 'metrics.json'}")
 
 
 def _minutes(seconds: float) -> str:
