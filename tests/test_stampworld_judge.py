@@ -88,3 +88,10 @@ def test_shipped_judge_on_the_real_package():
     assert np.mean([a == name for a, (name, _) in zip(answers, clips, strict=True)]) >= 0.9, answers
     follow = np.stack([envelope_tone(a, 440.0) for a in audio])
     assert judge.classify(follow, RATE).count(None) >= 0.9 * len(follow)
+
+
+def test_evaluate_names_the_judges():
+    from clipsonic.cli.evaluate import CLASSIFIERS
+
+    assert CLASSIFIERS["stampworld"]().labels == CONCEPT_NAMES
+    assert CLASSIFIERS["sonicworld"]().strict and not CLASSIFIERS["sonicworld-spectrum"]().strict

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -15,8 +16,12 @@ from clipsonic.listening.make import KEY_FILE
 from clipsonic.sonicworld import OracleClassifier
 from clipsonic.sonicworld.demo import DemoProgress, run_demo
 from clipsonic.stampworld.demo import run_stampworld_demo
+from clipsonic.stampworld.judge import StampJudge
 
-CLASSIFIERS = {"sonicworld": OracleClassifier}  # audio classifiers for the relevance column
+# Audio classifiers for the relevance column: SonicWorld's oracle (the whole sound; "-spectrum": pitch and partials
+# only, the verdict of earlier tables) and StampWorld's shipped judge.
+CLASSIFIERS = {"sonicworld": OracleClassifier, "sonicworld-spectrum": functools.partial(OracleClassifier, strict=False),
+               "stampworld": StampJudge.from_pretrained}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
