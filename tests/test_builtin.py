@@ -18,6 +18,7 @@ from clipsonic.export import attach_clip, set_component
 from clipsonic.pipeline import CLIPSonicPipeline
 from clipsonic.pipeline import pipeline as pipeline_module
 from clipsonic.sonicworld.demo import write_metrics
+from clipsonic.sonicworld.world import CONCEPTS, captions
 
 
 @pytest.fixture()
@@ -27,7 +28,27 @@ def finished_demo(tmp_path, tiny_pipeline_dir, tiny_clip_dir):  # noqa: F811
     attach_clip(demo / "run" / "pipeline", tiny_clip_dir)
     write_metrics(demo, {"headline": {"iq_relevance": 1.0, "zs_relevance": 0.25, "pd_relevance": 0.9},
                          "chance": 0.125, "wall_seconds": 1500})
+    (demo / "world").mkdir()
+    (demo / "world" / "world.json").write_text(json.dumps({"format": "clipsonic-world", "version": 1}))
+    (demo / "world" / "test_captions.json").write_text(json.dumps({c.name: captions(c, "test") for c in CONCEPTS}))
     return demo
+
+
+def test_a_stampworld_demo_installs_as_builtin_stampworld(finished_demo, tmp_path, monkeypatch):
+    """The world's name, prompts, licence and folder come from the demo's own world.json and captions."""
+    (finished_demo / "world" / "world.json").write_text(json.dumps({"format": "clipsonic-stampworld", "version": 1}))
+    (finished_demo / "world" / "test_captions.json").write_text(json.dumps(
+        {"dog": ["a barking dog", "the dog barking", "a woofing puppy", "a fourth"], "owl": ["a hooting owl"]}))
+    monkeypatch.setattr(builtin, "BUILTIN_DIR", tmp_path / "builtin" / "sonicworld")
+    target = install_builtin(finished_demo)
+    assert target == tmp_path / "builtin" / "stampworld"
+    assert builtin_prompts(target) == ["a barking dog", "the dog barking", "a woofing puppy", "a hooting owl"]
+    card = (target / "README.md").read_text()
+    assert "## The built-in StampWorld model" in card and "StampWorld's 2 concepts" in card and "GPL-2" in card
+    assert json.loads((target / "model_index.json").read_text())["clip_model"]["model"].startswith("stampworld-clip")
+    (finished_demo / "world" / "world.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ClipsonicError, match="unknown world format 'other'"):
+        install_builtin(finished_demo)
 
 
 def test_install_then_load_with_no_path(finished_demo, tmp_path, monkeypatch):
