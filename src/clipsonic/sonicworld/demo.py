@@ -143,8 +143,8 @@ def sonicworld_demo(config: DemoConfig, fast: bool = False) -> DemoWorld:
         render=lambda out, progress: render_world(out, config.world, progress=progress),
         test_captions={c.name: captions(c, "test") for c in CONCEPTS}, scene=sonicworld_scene(config.world),
         judge=lambda out: OracleClassifier(),
-        judge_words=("oracle", "the oracle classifier's accuracy\n(exact by construction from each concept's pitch "
-                               "and partials)"),
+        judge_words=("oracle", "the oracle classifier's accuracy\n(it hears each concept's pitch, timbre and "
+                               "rhythm, templates synthesised exactly)"),
         expected=_expected(config, fast))
 
 
