@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 from support.stamps import make_stamps
@@ -67,6 +68,17 @@ def test_rerun_skips_the_finished_steps(fast_demo, stamps):
     again = run_stampworld_demo(fast_demo, stamps=stamps, fast=True)
     assert weights() == kept and numbers(read_metrics(fast_demo)) == numbers(before)
     assert again["step_seconds"]["unet"] < 1 and again["step_seconds"]["gallery"] < 1
+
+
+def test_a_stopped_unet_run_is_resumed_not_taken_for_finished(fast_demo, stamps):
+    """A run stopped before its last step still exports run/pipeline; the rerun must train on from the last
+    checkpoint (and, resume being exact, remake the same final weights), not skip the step."""
+    final = fast_demo / "run" / "checkpoints" / "step-0000040"
+    ema = (final / "ema.safetensors").read_bytes()
+    shutil.rmtree(final)  # as if stopped after step 20: run/pipeline is still there
+    assert (fast_demo / "run" / "pipeline" / "model_index.json").is_file()
+    again = run_stampworld_demo(fast_demo, stamps=stamps, fast=True)
+    assert (final / "ema.safetensors").read_bytes() == ema and again["step_seconds"]["unet"] > 0.5
 
 
 def test_missing_stamps_is_one_line_and_writes_nothing(tmp_path, capsys):

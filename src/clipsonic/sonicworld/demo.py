@@ -271,8 +271,14 @@ def _data(out: Path, config: DemoConfig, update: Callable[[float], None]) -> Non
                progress=lambda p: update(p.items_done / max(p.items_total, 1)))
 
 
+def _finished(run_dir: Path, steps: int) -> bool:
+    """Whether a training run reached ``steps``: its checkpoint of that step exists. A stopped run exports its
+    component too, so the exported folder alone does not say the run is done."""
+    return (run_dir / "checkpoints" / f"step-{steps:07d}").is_dir()
+
+
 def _unet(out: Path, config: DemoConfig, update: Callable[[float], None]) -> None:
-    if (out / PIPELINE / "model_index.json").is_file():
+    if _finished(out / "run", config.unet_steps) and (out / PIPELINE / "model_index.json").is_file():
         return
     # a checkpoint every 500 steps at most: an hour-long run killed on the way resumes close to where it was
     loop = dict(preset=config.preset, batch_size=config.batch_size, lr=config.lr, max_steps=config.unet_steps,
@@ -284,7 +290,7 @@ def _unet(out: Path, config: DemoConfig, update: Callable[[float], None]) -> Non
 
 
 def _prior(out: Path, config: DemoConfig, update: Callable[[float], None]) -> None:
-    if not (out / "prior" / "prior" / "config.json").is_file():
+    if not (_finished(out / "prior", config.prior_steps) and (out / "prior" / "prior" / "config.json").is_file()):
         loop = dict(preset=config.prior_preset, max_steps=config.prior_steps, batch_size=config.prior_batch_size,
                     val_every=max(config.prior_steps // 2, 1), save_every=config.prior_steps, log_every=50,
                     seed=config.seed, warmup_steps=min(100, config.prior_steps // 10), sample_steps=25)
@@ -295,7 +301,8 @@ def _prior(out: Path, config: DemoConfig, update: Callable[[float], None]) -> No
 
 
 def _vocoder(out: Path, config: DemoConfig, update: Callable[[float], None]) -> None:
-    if not (out / "vocoder" / "vocoder" / "config.json").is_file():
+    if not (_finished(out / "vocoder", config.vocoder_steps)
+            and (out / "vocoder" / "vocoder" / "config.json").is_file()):
         n = config.vocoder_steps
         loop = dict(preset="tiny", max_steps=n, save_every=n, val_every=n, seed=config.seed)
         train_vocoder(out / "dataset", out / "vocoder", {"train": loop},
