@@ -95,3 +95,12 @@ def test_evaluate_names_the_judges():
 
     assert CLASSIFIERS["stampworld"]().labels == CONCEPT_NAMES
     assert CLASSIFIERS["sonicworld"]().strict and not CLASSIFIERS["sonicworld-spectrum"]().strict
+
+
+def test_judge_command_refuses_a_missing_package_in_one_line(tmp_path, capsys):
+    from clipsonic.stampworld.judge import main
+
+    assert main(["--out", str(tmp_path / "judge"), "--stamps", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "apt-get install tuxpaint-stamps-default" in err
+    assert not (tmp_path / "judge").exists()

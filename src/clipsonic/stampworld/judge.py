@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +31,7 @@ from clipsonic.config import Config
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import atomic_directory, read_json
 from clipsonic.sonicworld.world import RHYTHMS, TIMBRES, synthesize
-from clipsonic.stampworld.assets import CONCEPTS, find_stamps, load_recording
+from clipsonic.stampworld.assets import CONCEPT_NAMES, CONCEPTS, find_stamps, load_recording
 from clipsonic.stampworld.world import StampWorldConfig, background_noise, clip_rngs, make_sound
 
 log = logging.getLogger(__name__)
@@ -208,13 +209,13 @@ def training_set(world: StampWorldConfig, config: JudgeConfig, stamps: Path,
     wavs, labels = [], []
     total = len(names) * config.clips_per_concept + config.impostors
     for k, name in enumerate(names):
-        index = [c.name for c in CONCEPTS].index(name)
+        index = CONCEPT_NAMES.index(name)
         for n in range(config.clips_per_concept):
             plan, _, sound = clip_rngs(world, "train", index, _FIRST_NUMBER + n)
             concepts = [CONCEPTS[index]]
             if plan.uniform() < world.two_source_fraction and len(names) > 1:
                 other = [m for m in names if m != name][plan.integers(len(names) - 1)]
-                concepts.append(CONCEPTS[[c.name for c in CONCEPTS].index(other)])
+                concepts.append(CONCEPTS[CONCEPT_NAMES.index(other)])
             wavs.append(make_sound(concepts, sound, stamps, world)[0])
             labels.append(k)
             if progress:
@@ -237,7 +238,8 @@ def training_set(world: StampWorldConfig, config: JudgeConfig, stamps: Path,
 def train_judge(out_dir: str | os.PathLike, stamps: str | os.PathLike | None = None,
                 world: StampWorldConfig | None = None, config: JudgeConfig | None = None, *,
                 progress: Callable[[str, int, int], None] | None = None) -> StampJudge:
-    """Render the training set, train the judge (AdamW, cosine decay) and save it to ``out_dir``."""
+    """Render the training set, train the judge (AdamW, one cycle: warm-up then cosine decay) and save it to
+    ``out_dir``; the world's default concepts and settings make the shipped judge (:data:`JUDGE_DIR`)."""
     world, config = world or StampWorldConfig(), config or JudgeConfig()
     stamps = find_stamps(stamps)
     missing = next((p for p in config.outsiders if not (stamps / p).is_file()), None)
@@ -270,3 +272,25 @@ def train_judge(out_dir: str | os.PathLike, stamps: str | os.PathLike | None = N
     log.info("StampWorld judge: %d clips, %d steps in %.0f s → %s", len(labels), config.steps,
              time.perf_counter() - began, out_dir)
     return judge
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m clipsonic.stampworld.judge --out DIR [--stamps DIR]``: train the default judge (15-20 min, 2 cores)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m clipsonic.stampworld.judge", description=main.__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="the judge's folder (replaced whole)")
+    parser.add_argument("--stamps", type=Path, help="Tux Paint's stamps folder (default: the Debian package's)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        train_judge(args.out, args.stamps)
+    except ClipsonicError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
