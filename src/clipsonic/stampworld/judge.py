@@ -11,7 +11,6 @@ its own maximum, so a clip's loudness does not matter, cropped at random to the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -29,13 +28,14 @@ from torch import nn
 from clipsonic.audio import MelConfig, mel_spectrogram
 from clipsonic.config import Config
 from clipsonic.errors import ClipsonicError
-from clipsonic.files import atomic_directory, read_json
+from clipsonic.files import atomic_directory, read_versioned_json, write_json_atomic
 from clipsonic.sonicworld.world import RHYTHMS, TIMBRES, synthesize
 from clipsonic.stampworld.assets import CONCEPT_NAMES, CONCEPTS, find_stamps, load_recording
 from clipsonic.stampworld.world import StampWorldConfig, background_noise, clip_rngs, make_sound
 
 log = logging.getLogger(__name__)
 
+FORMAT = ("clipsonic-stampworld-judge", 1)  # heads the judge's config.json
 NONE = "none"  # the impostor class
 FLOOR = 12.0  # natural-log units below the clip's loudest bin that the judge still hears (~52 dB)
 JUDGE_DIR = Path(__file__).resolve().parent / "judge_weights"  # the shipped judge
@@ -110,7 +110,7 @@ class StampJudge:
         if not (directory / "model.safetensors").is_file():
             raise ClipsonicError(f"{directory} holds no judge (model.safetensors); train one with "
                                  "`python -m clipsonic.stampworld.judge --out DIR`")
-        meta = read_json(directory / "config.json", "judge config")
+        meta = read_versioned_json(directory / "config.json", *FORMAT)
         config = JudgeConfig.from_dict(meta["config"])
         net = JudgeNet(len(meta["labels"]) + 1, config.width)
         net.load_state_dict(load_file(directory / "model.safetensors"))
@@ -121,10 +121,9 @@ class StampJudge:
         """Weights (safetensors) and ``config.json``: labels, this config, the world it was trained on, ``report``."""
         with atomic_directory(directory) as staging:
             save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, staging / "model.safetensors")
-            (staging / "config.json").write_text(json.dumps(
-                {"format": "clipsonic-stampworld-judge", "version": 1, "labels": list(self.labels),
-                 "config": self.config.to_dict(), "world": None if world is None else world.to_dict(),
-                 "report": report or {}}, indent=2) + "\n")
+            write_json_atomic(staging / "config.json", {
+                "format": FORMAT[0], "version": FORMAT[1], "labels": list(self.labels), "config": self.config.to_dict(),
+                "world": None if world is None else world.to_dict(), "report": report or {}})
         return Path(directory)
 
     @staticmethod
@@ -134,7 +133,7 @@ class StampJudge:
         path = Path(directory) / "config.json"
         if not path.is_file():
             return False
-        meta = read_json(path, "judge config")
+        meta = read_versioned_json(path, *FORMAT)
         return meta.get("world") == world.to_dict() and meta.get("config") == config.to_dict()
 
     @torch.no_grad()
