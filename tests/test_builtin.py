@@ -212,3 +212,15 @@ def test_far_prompts_are_named_in_one_line(shipped, caplog):
         shipped(text=["a dog barking", "the red disc that is droning"], num_inference_steps=1, seed=0)
     lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(lines) == 1 and lines[0].startswith("'a dog barking' is far from everything this model knows")
+
+
+def test_no_far_prompt_warning_without_a_prompt_list(shipped, caplog):
+    """Without prompts.txt the model's labels alone are too few to judge a text by: no warning, not a false one."""
+    known = shipped.known_prompts
+    shipped.known_prompts = []
+    try:
+        with caplog.at_level("WARNING", logger="clipsonic.pipeline.pipeline"):
+            shipped(text="a dog barking", num_inference_steps=1, seed=0)
+    finally:
+        shipped.known_prompts = known
+    assert not [r for r in caplog.records if "far from everything" in r.getMessage()]

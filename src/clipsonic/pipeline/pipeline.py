@@ -367,7 +367,11 @@ class CLIPSonicPipeline:
 
     def _warn_far(self, texts: list[str], emb: torch.Tensor) -> None:
         """Say, in one line per text, when a text ``emb`` ``[Q, D]`` is far from every text the model knows (its
-        prompts.txt, and its training labels): the model still answers, with the nearest of its own sounds."""
+        prompts.txt, and its training labels): the model still answers, with the nearest of its own sounds. Only
+        for a pipeline with a prompts.txt: labels alone ("goat", "the sound of goat") are too few to tell a new
+        caption of a known thing from an unknown thing (a StampWorld run's held-out captions scored 0.85-0.90)."""
+        if not self.known_prompts:
+            return
         known = self.known_prompts + ([] if self.stats is None else
                                       [t for t in bridges.shift_prompts(self.stats.bank_labels)
                                        if t not in bridges.GENERIC_PROMPTS])
