@@ -1,0 +1,44 @@
+"""How far is a StampWorld demo's UNet run? Export one checkpoint, query it with each concept's first test video (IQ)
+and first held-out caption (ZS, kNN) at the world's 4.096 s, and let the shipped judge name the results.
+
+    python benchmarks/bench_stampworld_checkpoint.py --demo /work/stampworld-demo --step 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from clipsonic.export import attach_clip
+from clipsonic.pipeline import CLIPSonicPipeline
+from clipsonic.stampworld.assets import CONCEPT_NAMES
+from clipsonic.stampworld.judge import StampJudge
+from clipsonic.stampworld.world import captions
+from clipsonic.train.harness import export_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo", type=Path, required=True, help="a StampWorld demo folder (clipsonic demo --world stampworld)")
+    parser.add_argument("--step", type=int, required=True, help="a checkpoint of its run/")
+    args = parser.parse_args()
+    judge = StampJudge.from_pretrained()
+    with tempfile.TemporaryDirectory() as tmp:
+        pipeline = export_run(args.demo / "run", Path(tmp) / "pipeline", step=args.step)
+        attach_clip(pipeline, args.demo / "clip")
+        pipe = CLIPSonicPipeline.from_pretrained(pipeline, device="cpu")
+        videos = [str(args.demo / "world" / "videos" / "test" / f"{name}_0.mp4") for name in CONCEPT_NAMES]
+        texts = [captions(name, "test")[0] for name in CONCEPT_NAMES]
+        for mode, query in (("iq", {"video": videos}), ("zs", {"text": texts}), ("knn", {"text": texts})):
+            out = pipe(**query, mode=mode, seed=0, seconds=4.096)
+            answers = judge.classify(out.audios, out.sample_rate)
+            right = np.mean([a == name for a, name in zip(answers, CONCEPT_NAMES, strict=True)])
+            print(f"step {args.step} {mode}: {right:.3f} of {len(answers)} (chance {1 / len(CONCEPT_NAMES):.3f}); "
+                  f"answers {answers}")
+
+
+if __name__ == "__main__":
+    main()
