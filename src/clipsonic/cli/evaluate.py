@@ -85,10 +85,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "generate every test concept in modes iq/zs/pd/shift/knn and evaluate: relevance by an exact oracle of the "
         "world's sounds, FAD (mel-stats), a guidance sweep and the CLIP's modality gap. Writes DIR/report.html and "
         "DIR/metrics.json. Re-running the same command reuses the finished steps. --world stampworld does the same on "
-        "StampWorld (24 concepts of Tux Paint's recorded sounds and pictures, 4-s clips) and first trains the world's "
+        "StampWorld (24 concepts of Tux Paint's recorded sounds and pictures, 4-s clips) and first trains (or copies) the world's "
         "judge (DIR/judge), which gives the relevance column.",
         "clipsonic demo", "clipsonic demo --fast --out /tmp/demo-fast",
-        "clipsonic demo --world stampworld --out stampworld-demo   # real sounds and pictures (Tux Paint), ~1 h")
+        "clipsonic demo --world stampworld --out stampworld-demo   # real sounds and pictures (Tux Paint), ~1.5 h")
     p.add_argument("--world", choices=("sonicworld", "stampworld"), default="sonicworld",
                    help="sonicworld (synthetic, exact oracle) or stampworld (Tux Paint's recorded sounds and pictures, "
                         "judged by a classifier the demo trains; needs the tuxpaint-stamps-default package)")
