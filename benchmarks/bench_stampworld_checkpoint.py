@@ -1,5 +1,6 @@
 """How far is a StampWorld demo's UNet run? Export one checkpoint, query it with each concept's first test video (IQ)
-and first held-out caption (ZS, kNN) at the world's 4.096 s, and let the shipped judge name the results.
+and first held-out caption (ZS, kNN) at the world's 4.096 s, and let the shipped judge name the results (and rank
+the right concept among its classes, which moves before the verdicts do).
 
     python benchmarks/bench_stampworld_checkpoint.py --demo /work/stampworld-demo --step 500
 """
@@ -11,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from clipsonic.export import attach_clip
 from clipsonic.pipeline import CLIPSonicPipeline
@@ -36,8 +38,11 @@ def main() -> None:
             out = pipe(**query, mode=mode, seed=0, seconds=4.096)
             answers = judge.classify(out.audios, out.sample_rate)
             right = np.mean([a == name for a, name in zip(answers, CONCEPT_NAMES, strict=True)])
+            # how many classes (of K + none) the judge prefers to the right one: 0 when right, ~K/2 when unconditioned
+            probs = judge.probabilities(torch.from_numpy(out.mels))
+            rank = np.mean([(probs[k] > probs[k, k]).sum().item() for k in range(len(CONCEPT_NAMES))])
             print(f"step {args.step} {mode}: {right:.3f} of {len(answers)} (chance {1 / len(CONCEPT_NAMES):.3f}); "
-                  f"answers {answers}")
+                  f"mean rank of the right concept {rank:.1f}; answers {answers}")
 
 
 if __name__ == "__main__":
