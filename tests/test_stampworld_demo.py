@@ -89,3 +89,25 @@ def test_missing_stamps_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not out.exists()
     assert main(["demo", "--stamps", str(tmp_path), "--out", str(out)]) == 2
     assert "--world stampworld" in capsys.readouterr().err and not out.exists()
+
+
+def test_world_clip_learns_every_picture_of_a_concept(stamps, monkeypatch):
+    """The world-CLIP stands for CLIP's pretraining, so its training frames show the test videos' pictures too
+    (a dingo for the dog); the mel model's data does not (``test_stampworld.py`` checks the splits)."""
+    import numpy as np
+
+    from clipsonic.stampworld import demo
+    from clipsonic.stampworld.assets import stamp_concept
+
+    asked = []
+    real_load = demo.load_picture
+    monkeypatch.setattr(demo, "load_picture", lambda root, rel: asked.append(rel) or real_load(root, rel))
+    config = stamp_demo_config(fast=True)
+    scene = demo.stampworld_scene(config.world, stamps)
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(scene.names):
+        asked.clear()
+        frames = [scene.picture(k, rng) for _ in range(24)]
+        assert frames[0].shape == (config.world.size, config.world.size, 3)
+        concept = stamp_concept(name)
+        assert set(asked) == set(concept.train_pictures + concept.test_pictures), name
