@@ -32,7 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "they fit; the next start (the only one of a video shorter than a clip) gives one zero-padded clip when at "
         "least --min-clip-fraction of a clip of audio follows it, else that tail is dropped (counted in the summary). "
         "Clips quieter than --silence-db dBFS RMS are dropped as silent. K frames are taken at the centres of K equal "
-        "parts of each clip; the middle one is also stored as a jpg.\n\nfolder layouts: videos directly in the "
+        "parts of each clip; the middle one is also stored as a jpg. --frame-rate R also stores the embeddings of N = "
+        "round(clip seconds × R) frames at the centres of N equal parts of each clip (seq.npy), aligned to the mel: "
+        "of its F mel frames, frame i covers [i·F/N, (i+1)·F/N); a video with fewer than N frames per clip is "
+        "rejected.\n\nfolder layouts: videos directly in the "
         "folder are unlabeled (split by --test-fraction); class folders (FOLDER/dog/…) give labels; split folders "
         "FOLDER/train, test, val (valid, validation) give the splits, each holding either layout (no "
         "--test-fraction then). Mixed layouts are refused.",

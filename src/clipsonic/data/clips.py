@@ -1,4 +1,4 @@
-"""One video → its training clips (log-mels, frames), deterministically, in a decoding worker process.
+"""One video → its training clips (log-mels, frames, frame sequences), deterministically, in a decoding worker process.
 
 Clip rule (as ``clipsonic preprocess --help`` says): clips start at the segment start and every ``stride`` seconds
 while they fit whole. The next start after them (the only one for a segment shorter than a clip) gives one more,
@@ -13,7 +13,7 @@ import dataclasses
 import io
 import logging
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import soundfile
@@ -23,6 +23,7 @@ from PIL import Image
 from clipsonic.audio import MelConfig, mel_spectrogram
 from clipsonic.config import Config, Positive, PositiveInt, Range
 from clipsonic.data.sources import SourceItem, sample_key
+from clipsonic.errors import ClipsonicError
 from clipsonic.media import MediaError, load_audio, load_frames, probe
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,22 @@ class ClipOptions(Config):
     # Frames are shrunk in the worker to this short side before crossing to the CLIP process:
     # CLIP processors resize to 224/336 anyway, and full-HD frames would dominate IPC.
     max_frame_side: PositiveInt = 336
+    # also store a CLIP embedding sequence at this many frames per second, aligned to the mel frames (4–8 fps for
+    # time-aligned video-to-audio); None: only the K frames
+    frame_rate: Positive | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        # without a sequence the stored options read as before frame_rate existed: finished datasets still match
+        out = super().to_dict()
+        if self.frame_rate is None:
+            del out["frame_rate"]
+        return out
 
 
 @dataclasses.dataclass
 class ClipData:
-    """One clip ready to embed and write. ``frames`` are RGB uint8 ``[H, W, 3]``."""
+    """One clip ready to embed and write. ``frames`` (K) and ``seq_frames`` (N, none without a frame rate) are RGB
+    uint8 ``[H, W, 3]``."""
 
     key: str
     mel: np.ndarray  # float16 [n_mels, frames]
@@ -56,6 +68,7 @@ class ClipData:
     meta: dict
     jpg: bytes | None = None
     flac: bytes | None = None
+    seq_frames: list[np.ndarray] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -99,6 +112,27 @@ def frame_times(start: float, seconds: float, k: int) -> list[float]:
     return [round(start + (i + 0.5) * seconds / k, 6) for i in range(k)]
 
 
+def sequence_length(mel: MelConfig, frame_rate: float | None) -> int:
+    """N = round(clip_seconds × frame_rate), the frames of each clip's sequence (0 without a frame rate)."""
+    if frame_rate is None:
+        return 0
+    n = round(mel.clip_seconds * frame_rate)
+    if not 1 <= n <= mel.clip_frames:
+        raise ClipsonicError(f"--frame-rate {frame_rate:g} gives {n} frames per {mel.clip_seconds:g}-s clip; use a "
+                             f"rate from {1 / mel.clip_seconds:.3g} to {mel.clip_frames / mel.clip_seconds:.3g} "
+                             "(one frame per clip to one per mel frame)")
+    return n
+
+
+def sequence_times(start: float, mel: MelConfig, n: int, audio_seconds: float) -> list[float]:
+    """A clip's N sequence frame times, aligned to its mel: frame i is taken at the centre of the clip's i-th of N
+    equal parts, so it covers mel frames ``[i·F/N, (i+1)·F/N)`` (F = ``mel.clip_frames``) and the rate is exactly
+    N / clip_seconds (``frame_rate`` rounded to whole N). In a zero-padded last clip, times past its
+    ``audio_seconds`` take the picture of the last part with audio (the video may end there; the mel is silence)."""
+    last = round(start + audio_seconds - min(audio_seconds, mel.clip_seconds / n) / 2, 6)
+    return [min(t, last) for t in frame_times(start, mel.clip_seconds, n)]
+
+
 def extract_clips(item: SourceItem, mel: MelConfig, options: ClipOptions) -> ItemResult:
     """Decode one item into clips. Never raises for a bad file: the reason goes into the result."""
     try:
@@ -118,19 +152,23 @@ def _extract(item: SourceItem, mel: MelConfig, options: ClipOptions) -> ItemResu
     seg_end = info.duration if item.duration is None else min(info.duration, seg_start + item.duration)
     seg_seconds = seg_end - seg_start
     plan = plan_clips(seg_start, seg_seconds, mel, options)
-    starts = plan.starts
+    starts, k, n = plan.starts, options.frames_per_clip, sequence_length(mel, options.frame_rate)
     if not starts:
         return ItemResult([], reason=(
             f"too short: {max(seg_seconds, 0):.2f} s usable, need {options.min_clip_fraction * clip_s:.2f} s"))
+    if n and info.video_fps and n > round(clip_s * info.video_fps):  # more sequence frames than the video has
+        return ItemResult([], reason=f"--frame-rate {options.frame_rate:g} exceeds the video's {info.video_fps:g} "
+                                     f"fps; use --frame-rate {info.video_fps:g} or less")
     span = min(seg_seconds, starts[-1] - seg_start + clip_s)
     audio = load_audio(item.path, sample_rate=mel.sample_rate, start=seg_start, duration=span)
     if not np.isfinite(audio).all():  # NaN would slip through the silence test below (nan < x is False)
         return ItemResult([], reason="the audio holds NaN or infinite samples (a corrupt float track)")
-    kept, silent = [], 0  # kept: (index in starts, start, wav, frame times)
+    kept, silent = [], 0  # kept: (index in starts, start, wav, K frame times then N sequence times)
     for index, start in enumerate(starts):
         offset = int(round((start - seg_start) * mel.sample_rate))
         wav = audio[offset:offset + mel.clip_samples]
-        times = frame_times(start, min(clip_s, len(wav) / mel.sample_rate), options.frames_per_clip)
+        seconds = min(clip_s, len(wav) / mel.sample_rate)
+        times = frame_times(start, seconds, k) + (sequence_times(start, mel, n, seconds) if n else [])
         wav = np.pad(wav, (0, mel.clip_samples - len(wav)))
         if float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) < 10 ** (options.silence_db / 20):
             silent += 1
@@ -139,18 +177,17 @@ def _extract(item: SourceItem, mel: MelConfig, options: ClipOptions) -> ItemResu
     if not kept:
         return ItemResult([], reason=f"silent: all {silent} clip(s) below {options.silence_db:g} dBFS RMS",
                           silent_clips=silent)
-    k = options.frames_per_clip
     frames = [_shrink(f, options.max_frame_side) for f in load_frames(item.path, [t for *_, ts in kept for t in ts])]
     mels = mel_spectrogram(torch.from_numpy(np.stack([w for _, _, w, _ in kept])), mel).numpy().astype(np.float16)
     clips = []
     for i, (index, start, wav, times) in enumerate(kept):
-        clip_frames = frames[i * k:(i + 1) * k]
-        meta = {"source": str(item.path), "start": start, "frame_times": times, "label": item.label,
-                "split": item.split, "item": item.key}
+        clip_frames = frames[i * (k + n):(i + 1) * (k + n)]
+        meta = {"source": str(item.path), "start": start, "frame_times": times[:k], "label": item.label,
+                "split": item.split, "item": item.key} | ({"seq_times": times[k:]} if n else {})
         clips.append(ClipData(
-            key=sample_key(item.key, index), mel=mels[i], frames=clip_frames, meta=meta,
+            key=sample_key(item.key, index), mel=mels[i], frames=clip_frames[:k], meta=meta,
             jpg=_jpeg(clip_frames[k // 2], options.jpg_size) if options.keep_jpg else None,
-            flac=_flac(wav, mel.sample_rate) if options.keep_audio else None))
+            flac=_flac(wav, mel.sample_rate) if options.keep_audio else None, seq_frames=clip_frames[k:]))
     padded = plan.padded if plan.padded and kept[-1][0] == len(starts) - 1 else 0.0  # unless dropped as silent
     return ItemResult(clips, silent_clips=silent, padded=padded, dropped_tail=plan.dropped_tail)
 

@@ -7,7 +7,9 @@ that shape the data) and ``rejected`` (``[{"path", "reason"}]``: inputs that gav
 
 Per sample in a shard: ``__key__``; ``mel.npy`` float16 ``[n_mels, frames]`` log-mel; ``clip.npy`` float16
 ``[K, D]`` L2-normalised image embeddings; ``json`` (source, start, frame times, label, split); optional ``flac``
-(16 kHz clip audio) and ``jpg`` (middle frame). A shard is written as ``.{name}.tmp`` and renamed to
+(16 kHz clip audio) and ``jpg`` (middle frame); with a frame rate (``options.clips.frame_rate``, see
+:attr:`DatasetInfo.frame_rate`), ``seq.npy`` float16 ``[N, D]``, the embeddings of N frames aligned to the mel
+(frame i covers mel frames ``[i·F/N, (i+1)·F/N)``; times in the json's ``seq_times``). A shard is written as ``.{name}.tmp`` and renamed to
 ``{split}-{NNNNNN}.tar`` when complete (readers never see half a shard); tar headers carry a fixed mtime/owner,
 so the same samples give the same bytes.
 """
@@ -53,6 +55,11 @@ class DatasetInfo:
                                  "re-run preprocess with a --test-fraction or choose another split")
         # names come from dataset.json: they must stay inside the dataset folder
         return [inside(self.root, name, f"{self.root}/dataset.json: shard") for name in self.splits[split]["shards"]]
+
+    @property
+    def frame_rate(self) -> float | None:
+        """Frames per second of each clip's ``seq.npy`` sequence; None for a dataset without sequences."""
+        return self.options.get("options", {}).get("clips", {}).get("frame_rate")
 
     def num_clips(self, split: str) -> int:
         return int(self.splits.get(split, {}).get("clips", 0))
@@ -113,12 +120,14 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
-def encode_sample(key: str, mel: np.ndarray, clip: np.ndarray, meta: dict,
-                  jpg: bytes | None = None, flac: bytes | None = None) -> dict[str, bytes | str]:
-    """A sample as raw bytes, in the layout above (mel.npy / clip.npy float16, json, jpg, flac)."""
+def encode_sample(key: str, mel: np.ndarray, clip: np.ndarray, meta: dict, jpg: bytes | None = None,
+                  flac: bytes | None = None, seq: np.ndarray | None = None) -> dict[str, bytes | str]:
+    """A sample as raw bytes, in the layout above (mel.npy / clip.npy / seq.npy float16, json, jpg, flac)."""
     sample: dict[str, bytes | str] = {"__key__": key, "mel.npy": _npy(mel.astype(np.float16)),
                                       "clip.npy": _npy(clip.astype(np.float16)),
                                       "json": json.dumps(meta, sort_keys=True).encode()}
+    if seq is not None:
+        sample["seq.npy"] = _npy(seq.astype(np.float16))
     return sample | {name: data for name, data in (("jpg", jpg), ("flac", flac)) if data is not None}
 
 

@@ -8,7 +8,8 @@ Training stream: each DataLoader worker of each rank plays one *role*; ``slot = 
    all of them and keeps the samples ``i`` with ``i % S == s``. Either way the slots of one epoch partition the split.
 3. A shuffle buffer (``shuffle_buffer`` samples) drawn from ``(seed, e, slot)`` mixes the stream.
 4. A sample gives ``mel`` (the log-mel scaled to about [-1, 1], ``[1, 64, F]``) and ``cond``: one of its K frame
-   embeddings ``[D]``, drawn from ``(seed, e, key)``, so epochs see different frames.
+   embeddings ``[D]``, drawn from ``(seed, e, key)``, so epochs see different frames; in a dataset with frame
+   sequences also ``cond_seq``, its N frame embeddings aligned to the mel ``[N, D]``.
 5. A worker batches ``batch_size`` consecutive samples and runs on into epoch ``e + 1``.
 
 Position: the DataLoader delivers batches from workers 0, 1, …, W−1, 0, … in turn, so the number of batches taken
@@ -37,6 +38,7 @@ import torch
 import webdataset as wds
 
 from clipsonic.audio import MelConfig, normalize
+from clipsonic.data.clips import sequence_length
 from clipsonic.data.dataset import DatasetInfo
 from clipsonic.errors import ClipsonicError
 
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 # Files a training sample needs; flac/jpg bytes are skipped by the tar reader.
 TRAIN_FIELDS = ("mel.npy", "clip.npy", "json")
+SEQ_FIELD = "seq.npy"  # a training sample's file too in a dataset with frame sequences
 
 
 def decode_npy(payload: bytes, where: str = "a sample") -> np.ndarray:
@@ -188,43 +191,55 @@ def _shuffle(stream: Iterable[dict[str, Any]], size: int, rng: np.random.Generat
         yield buffer.pop()
 
 
-def decode_train_sample(raw: dict[str, Any], mel_config: MelConfig, seed: int,
-                        epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Raw sample → (mel ``[1, 64, F]`` float32 in diffusion space, cond ``[D]`` float32, one of K rows)."""
+def decode_train_sample(raw: dict[str, Any], mel_config: MelConfig, seed: int, epoch: int,
+                        seq_frames: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Raw sample → (mel ``[1, 64, F]`` float32 in diffusion space, cond ``[D]`` float32, one of K rows, and with
+    ``seq_frames`` N > 0 the frame sequence ``[N, D]`` float32, else None)."""
     logmel = decode_npy(raw["mel.npy"], _where(raw, "mel.npy")).astype(np.float32)  # [64, F]
     clip = decode_npy(raw["clip.npy"], _where(raw, "clip.npy")).astype(np.float32)  # [K, D]
     want = (mel_config.n_mels, mel_config.clip_frames)
     if logmel.shape != want or clip.ndim != 2 or not clip.shape[0]:  # batches stack: every sample the same shape
         raise ClipsonicError(f"{_where(raw, '')}: mel.npy {logmel.shape} (dataset.json says {want}) / clip.npy "
                              f"{clip.shape} (expected [K, D]); the shard does not match its dataset: re-run preprocess")
+    seq = None
+    if seq_frames:
+        seq = decode_npy(raw[SEQ_FIELD], _where(raw, SEQ_FIELD)).astype(np.float32)  # [N, D]
+        if seq.shape != (seq_frames, clip.shape[1]):
+            raise ClipsonicError(f"{_where(raw, SEQ_FIELD)}: shape {seq.shape}, dataset.json's frame rate says "
+                                 f"{(seq_frames, clip.shape[1])}; the shard does not match its dataset: re-run preprocess")
     row = int(_rng(seed, epoch, zlib.crc32(raw["__key__"].encode())).integers(clip.shape[0]))
     mel = normalize(torch.from_numpy(logmel), mel_config).numpy()[None]
-    return mel, clip[row]
+    return mel, clip[row], seq
 
 
 class _RoleStream(torch.utils.data.IterableDataset):
     """Endless batches of one role (one per DataLoader worker, or one in-process) from its (epoch, samples
-    consumed in it): ``mel [B, 1, 64, F]``, ``cond [B, D]``, ``keys``, and the position after the batch
-    (``role``, ``epoch``, ``offset``)."""
+    consumed in it): ``mel [B, 1, 64, F]``, ``cond [B, D]``, with ``seq_frames`` N > 0 ``cond_seq [B, N, D]``,
+    ``keys``, and the position after the batch (``role``, ``epoch``, ``offset``)."""
 
-    def __init__(self, layout: StreamLayout, mel_config: MelConfig, starts: list[tuple[int, int]], rotation: int):
+    def __init__(self, layout: StreamLayout, mel_config: MelConfig, starts: list[tuple[int, int]], rotation: int,
+                 seq_frames: int = 0):
         super().__init__()
         self.layout, self.mel_config, self.starts, self.rotation = layout, mel_config, starts, rotation
+        self.seq_frames = seq_frames
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info, layout = torch.utils.data.get_worker_info(), self.layout
         role = ((info.id if info is not None else 0) + self.rotation) % layout.roles
         epoch, offset = self.starts[role]
-        batch: list[tuple[np.ndarray, np.ndarray, str]] = []
+        fields = TRAIN_FIELDS + ((SEQ_FIELD,) if self.seq_frames else ())
+        batch: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, str]] = []
         while True:
             i = -1
-            for i, raw in enumerate(epoch_samples(layout, role, epoch)):
+            for i, raw in enumerate(epoch_samples(layout, role, epoch, fields)):
                 if i < offset:
                     continue  # consumed before the resume: re-read, not decoded
-                batch.append((*decode_train_sample(raw, self.mel_config, layout.seed, epoch), raw["__key__"]))
+                batch.append((*decode_train_sample(raw, self.mel_config, layout.seed, epoch, self.seq_frames),
+                              raw["__key__"]))
                 if len(batch) == layout.batch_size:
-                    mels, conds, keys = zip(*batch, strict=True)
+                    mels, conds, seqs, keys = zip(*batch, strict=True)
                     yield {"mel": torch.from_numpy(np.stack(mels)), "cond": torch.from_numpy(np.stack(conds)),
+                           **({"cond_seq": torch.from_numpy(np.stack(seqs))} if self.seq_frames else {}),
                            "keys": list(keys), "role": role, "epoch": epoch, "offset": i + 1}
                     batch = []
             if i < 0:
@@ -263,7 +278,8 @@ class TrainStream:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rotation = self.batches % self.layout.roles  # the DataLoader starts at worker 0: give it the next role
-        dataset = _RoleStream(self.layout, self.info.mel, list(self.roles), rotation)
+        dataset = _RoleStream(self.layout, self.info.mel, list(self.roles), rotation,
+                              sequence_length(self.info.mel, self.info.frame_rate))
         if self.layout.num_workers == 0:
             source: Iterable[dict[str, Any]] = iter(dataset)
         else:
@@ -279,11 +295,15 @@ class TrainStream:
 
 
 def load_fixed_samples(info: DatasetInfo, split: str, limit: int) -> dict[str, Any]:
-    """The first ``limit`` samples of a split (for validation): ``{"mel": [N, 1, 64, F]`` in diffusion space,
-    ``"cond": [N, D]`` (each middle frame's embedding), ``"keys", "labels"}``."""
-    samples = list(itertools.islice(iter_split(info, split), limit))
+    """The first ``limit`` samples of a split (for validation): ``{"mel": [B, 1, 64, F]`` in diffusion space,
+    ``"cond": [B, D]`` (each middle frame's embedding), in a dataset with frame sequences ``"cond_seq": [B, N, D]``,
+    ``"keys", "labels"}``."""
+    seq_frames = sequence_length(info.mel, info.frame_rate)
+    fields = TRAIN_FIELDS + ((SEQ_FIELD,) if seq_frames else ())
+    samples = list(itertools.islice(iter_split(info, split, fields), limit))
     if not samples:
         raise ClipsonicError(f"{info.root}: the '{split}' split has no samples")
+    seqs = {"cond_seq": torch.from_numpy(np.stack([s[SEQ_FIELD] for s in samples]))} if seq_frames else {}
     return {"mel": torch.stack([normalize(torch.from_numpy(s["mel.npy"]), info.mel)[None] for s in samples]),
-            "cond": torch.from_numpy(np.stack([s["clip.npy"][len(s["clip.npy"]) // 2] for s in samples])),
+            "cond": torch.from_numpy(np.stack([s["clip.npy"][len(s["clip.npy"]) // 2] for s in samples])), **seqs,
             "keys": [s["__key__"] for s in samples], "labels": [s["json"].get("label") for s in samples]}

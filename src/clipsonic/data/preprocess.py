@@ -32,7 +32,7 @@ import torch
 
 from clipsonic.audio import MelConfig
 from clipsonic.config import Config, Positive, PositiveInt, Range
-from clipsonic.data.clips import ClipOptions, ItemResult, extract_clips
+from clipsonic.data.clips import ClipOptions, ItemResult, extract_clips, sequence_length
 from clipsonic.data.dataset import DatasetInfo, ShardWriter, encode_sample, read_dataset_info
 from clipsonic.data.sources import Problem, SourceItem, collect_sources, hash_split
 from clipsonic.encoders import ClipModelRef, load_clip
@@ -75,6 +75,7 @@ def preprocess(source: str | os.PathLike, out_dir: str | os.PathLike, *, options
     ``shard_index::num_shards``, into ``out_dir/part-IIIII-of-NNNNN`` (see :func:`merge_parts`)."""
     options, mel = options or PreprocessOptions(), mel or MelConfig()
     num_shards, shard_index = _resolve_sharding(num_shards, shard_index)
+    sequence_length(mel, options.clips.frame_rate)  # a rate giving no frame, or more than the mel's, is refused here
     items, problems = collect_sources(source, video_dir)
     out = Path(out_dir)
     if out.resolve() == Path(source).resolve():
@@ -278,13 +279,15 @@ def _write_group(writer: ShardWriter, results: list[ItemResult], items: list[Sou
                  state: dict, stats: Progress, progress) -> None:
     clips = [c for r in results for c in r.clips]
     emb = []
-    if clips:
-        emb = encoder.encode_images([f for c in clips for f in c.frames], batch_size=batch_size).numpy()
-        emb = emb.reshape(len(clips), len(clips[0].frames), -1)  # [clips, K, D]
+    if clips:  # one CLIP pass for the K frames and the N sequence frames of every clip
+        emb = encoder.encode_images([f for c in clips for f in (*c.frames, *c.seq_frames)], batch_size=batch_size)
+        emb = emb.numpy().reshape(len(clips), -1, emb.shape[-1])  # [clips, K + N, D]
     rows = iter(emb)
     for result, item in zip(results, items, strict=True):
         for clip in result.clips:
-            writer.write(encode_sample(clip.key, clip.mel, next(rows), clip.meta, clip.jpg, clip.flac))
+            row, k = next(rows), len(clip.frames)
+            writer.write(encode_sample(clip.key, clip.mel, row[:k], clip.meta, clip.jpg, clip.flac,
+                                       seq=row[k:] if clip.seq_frames else None))
         state["clips"] += len(result.clips)
         for key, n in (("silent_clips", result.silent_clips), ("padded_clips", result.padded > 0),
                        ("dropped_tails", result.dropped_tail > 0)):
