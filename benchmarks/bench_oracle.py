@@ -27,7 +27,8 @@ from clipsonic.media import load_audio
 from clipsonic.pipeline import CLIPSonicPipeline
 from clipsonic.sonicworld import CONCEPTS, NONE, OracleClassifier, WorldConfig, make_clip
 from clipsonic.sonicworld.oracle import RHYTHM_NAMES, TIMBRE_NAMES
-from clipsonic.sonicworld.world import RHYTHMS, captions, clip_rng, render_frames, synthesize, write_mp4
+from clipsonic.sonicworld.video import write_mp4
+from clipsonic.sonicworld.world import RHYTHMS, captions, clip_rng, render_frames, synthesize
 from clipsonic.vocoder.vocoders import GriffinLimConfig
 
 EVERY = np.arange(len(CONCEPTS))

@@ -10,7 +10,8 @@ from clipsonic.errors import ClipsonicError
 from clipsonic.media import load_audio
 from clipsonic.sonicworld import CONCEPTS, NONE, OracleClassifier, WorldConfig, make_clip
 from clipsonic.sonicworld.oracle import RHYTHM_NAMES, TIMBRE_NAMES
-from clipsonic.sonicworld.world import RHYTHMS, synthesize, write_mp4
+from clipsonic.sonicworld.video import write_mp4
+from clipsonic.sonicworld.world import RHYTHMS, synthesize
 from clipsonic.vocoder.vocoders import GriffinLimConfig
 
 ONE_CLIP = 16384  # 1.024 s: 32 frames, the built-in model's clip

@@ -4,6 +4,8 @@ A sound is an ``f0``, a :data:`TIMBRES` entry and a :data:`RHYTHMS` envelope tha
 :data:`ENVELOPE_FLOOR` (the pitch shows in every mel frame), jittered per clip. :func:`render_world`
 writes H.264 + AAC mp4 videos with a ``manifest.csv`` for ``clipsonic preprocess``, a ``world.json``
 and captioned pictures for the prior. Every clip is a pure function of (seed, split, concept, index).
+With ``WorldConfig(events=True)`` a clip is timed events instead (:mod:`.events`): its concept (and sometimes
+a second one) sounds and is seen only during them, and ``world.json`` records every clip's events.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
-from fractions import Fraction
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Annotated
 
-import av
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clipsonic.config import Config
+from clipsonic.config import Config, PositiveInt, Range
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import atomic_output, write_bytes_atomic, write_json_atomic
+from clipsonic.sonicworld.events import event_gain, opacity, plan_events
+from clipsonic.sonicworld.video import write_mp4
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,8 @@ F0_JITTER = 0.03  # ±3 %: far less than the ≥ 40 % steps between the concepts
 GAIN_JITTER_DB = 3.0
 PEAK_DBFS = -6.0  # headroom for AAC's overshoot
 NOISE_DBFS = -40.0  # RMS of the white noise floor
+EVENT_NOISE_DBFS = -60.0  # event clips: the floor between events, far under the tone (sharp onsets)
+SECOND_GAIN_DB = (-6.0, -3.0)  # event clips: the second concept's tone, relative to the clip's concept
 ENVELOPE_FLOOR = 0.2  # the "off" level of pulses: -14 dB, audible in every frame
 RAMP_S = 0.010  # pulse edges: 10-ms raised-cosine ramps (no clicks)
 PULSE_ON = 0.6  # pulses: the fraction of each period at full level
@@ -97,6 +102,11 @@ class WorldConfig(Config):
     size: int = 64  # square frames; even, for 4:2:0 chroma
     sample_rate: int = SAMPLE_RATE
     caption_images_per_concept: int = 4
+    # Event clips (opt-in): the sound and the object only during 1..max_events events per concept, on the frame grid.
+    events: bool = False
+    max_events: PositiveInt = 3
+    event_seconds: tuple[float, float] = (0.25, 0.75)  # an event's length, rounded inwards to whole frames
+    two_source_fraction: Annotated[float, Range(0, 1)] = 0.2  # clips with a second concept's events (label: the first)
 
     def __post_init__(self) -> None:
         if self.size < 16 or self.size % 2:
@@ -105,6 +115,16 @@ class WorldConfig(Config):
             raise ValueError("videos per concept must be ≥ 0")
         if self.seconds <= 0 or self.fps <= 0:
             raise ValueError(f"seconds and fps must be > 0, got {self.seconds} and {self.fps}")
+        lo, hi = self.event_frames
+        if self.events and not 1 <= lo <= hi <= int(self.seconds * self.fps + 1e-9) - 1:
+            raise ClipsonicError(f"event_seconds {list(self.event_seconds)} must hold a whole frame ({1 / self.fps:g} s) "
+                             f"and leave the first frame of the {self.seconds} s clip free; widen it or lengthen the clip")
+
+    @property
+    def event_frames(self) -> tuple[int, int]:
+        """The shortest and longest event in whole video frames."""
+        lo, hi = self.event_seconds
+        return math.ceil(lo * self.fps - 1e-9), math.floor(hi * self.fps + 1e-9)
 
     @property
     def num_samples(self) -> int:
@@ -136,11 +156,12 @@ def captions(which: Concept | int | str, split: str = "train") -> list[str]:
     return [t.format(noun=n, sound=s) for t in TEMPLATES[split] for n in c.nouns for s in c.sounds]
 
 
-def clip_rng(config: WorldConfig, split: str, index: int,
-             number: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """Independent (picture, sound) generators of one clip, from (seed, split, concept, number)."""
-    picture, sound = np.random.SeedSequence([config.seed, _SPLIT_CODE[split], index, number]).spawn(2)
-    return np.random.default_rng(picture), np.random.default_rng(sound)
+def clip_rng(config: WorldConfig, split: str, index: int, number: int,
+             streams: int = 2) -> tuple[np.random.Generator, ...]:
+    """Independent (picture, sound[, events]) generators of one clip, from (seed, split, concept, number).
+    A stream does not depend on how many are asked for (SeedSequence children are numbered)."""
+    seeds = np.random.SeedSequence([config.seed, _SPLIT_CODE[split], index, number]).spawn(streams)
+    return tuple(np.random.default_rng(s) for s in seeds)
 
 
 # --- sounds ------------------------------------------------------------------------------------
@@ -181,9 +202,19 @@ def envelope(rhythm: str, t: np.ndarray, phase: float) -> np.ndarray:
 
 def synthesize(f0: float, timbre: str, rhythm: str, num_samples: int, rng: np.random.Generator, *,
                sample_rate: int = SAMPLE_RATE, jitter: bool = True) -> np.ndarray:
-    """One clip: float32 ``[num_samples]`` peaking near :data:`PEAK_DBFS` (± the gain jitter).
-    With ``jitter=False`` the clip has the nominal f0 and gain and zero phases (the oracle's
-    templates); the generator is still consumed the same way, so clips stay reproducible."""
+    """One clip: float32 ``[num_samples]`` peaking near :data:`PEAK_DBFS` (± the gain jitter) over the
+    white noise floor at :data:`NOISE_DBFS`. With ``jitter=False`` the clip has the nominal f0 and gain
+    and zero phases (the oracle's templates); the generator is still consumed the same way, so clips stay
+    reproducible."""
+    audio = tone(f0, timbre, rhythm, num_samples, rng, sample_rate=sample_rate, jitter=jitter)
+    floor = rng.standard_normal(num_samples)
+    return (audio + floor * 10 ** (NOISE_DBFS / 20)).astype(np.float32)
+
+
+def tone(f0: float, timbre: str, rhythm: str, num_samples: int, rng: np.random.Generator, *,
+         sample_rate: int = SAMPLE_RATE, jitter: bool = True, gain: np.ndarray | None = None) -> np.ndarray:
+    """:func:`synthesize` without the noise floor: float64 ``[num_samples]``. ``gain`` ``[num_samples]``
+    replaces the rhythm's envelope over the whole clip (event clips: the rhythm within each event)."""
     if timbre not in TIMBRES or rhythm not in RHYTHMS:
         raise ClipsonicError(f"unknown timbre {timbre!r} or rhythm {rhythm!r}; choose a timbre of "
                              f"{sorted(TIMBRES)} and a rhythm of {sorted(RHYTHMS)}")
@@ -194,20 +225,18 @@ def synthesize(f0: float, timbre: str, rhythm: str, num_samples: int, rng: np.ra
     gain_db = rng.uniform(-GAIN_JITTER_DB, GAIN_JITTER_DB)
     phases = rng.uniform(0.0, 2 * np.pi, len(TIMBRES[timbre]))
     env_phase = rng.uniform()
-    floor = rng.standard_normal(num_samples)
     if not jitter:
         f0_factor, gain_db, phases, env_phase = 1.0, 0.0, np.zeros_like(phases), 0.0
 
     t = np.arange(num_samples) / sample_rate
-    tone = np.zeros(num_samples)
+    wave = np.zeros(num_samples)
     for (ratio, amp), phase in zip(TIMBRES[timbre], phases, strict=True):
         freq = f0 * f0_factor * ratio
         if freq <= MAX_PARTIAL_HZ:
-            tone += amp * np.sin(2 * np.pi * freq * t + phase)
-    tone *= envelope(rhythm, t, env_phase)
-    peak = np.abs(tone).max() if num_samples else 1.0
-    audio = tone * (10 ** ((PEAK_DBFS + gain_db) / 20) / max(peak, 1e-12))
-    return (audio + floor * 10 ** (NOISE_DBFS / 20)).astype(np.float32)
+            wave += amp * np.sin(2 * np.pi * freq * t + phase)
+    wave *= envelope(rhythm, t, env_phase) if gain is None else gain
+    peak = np.abs(wave).max() if num_samples else 1.0
+    return wave * (10 ** ((PEAK_DBFS + gain_db) / 20) / max(peak, 1e-12))
 
 
 # --- pictures ----------------------------------------------------------------------------------
@@ -236,96 +265,108 @@ def _polygons(shape: str, cx: float, cy: float, r: float) -> list[list[tuple[flo
     return polygons[shape]
 
 
-def render_frames(which: Concept | int | str, rng: np.random.Generator, size: int = 64,
-                  times: np.ndarray | None = None) -> np.ndarray:
-    """Frames of one video ``[T, size, size, 3]`` uint8 at ``times`` (seconds; default ``[0]``).
-    Random per video: background (dark), object size (30-55 % of the frame), start position and a
-    slow drift (1-4 px/s, kept inside the frame); per frame: Gaussian pixel noise (σ = 4 levels)."""
-    c = concept(which)
-    times = np.zeros(1) if times is None else np.asarray(times, dtype=np.float64)
-    background = tuple(int(v) for v in rng.integers(0, 70, 3))
+def _drift(rng: np.random.Generator, size: int) -> tuple[float, Callable[[float], np.ndarray]]:
+    """An object's half-extent (30-55 % of the frame) and its centre ``[2]`` at time t: a slow straight drift
+    (1-4 px/s) from a random start, kept inside the frame."""
     radius = rng.uniform(0.30, 0.55) * size / 2
     lo, hi = radius, size - radius
     start = rng.uniform(lo, hi, 2)
     angle, speed = rng.uniform(0, 2 * np.pi), rng.uniform(1.0, 4.0)
     velocity = speed * np.array([math.cos(angle), math.sin(angle)])
+    return radius, lambda t: np.clip(start + velocity * t, lo, hi)
+
+
+def render_frames(which: Concept | int | str | Sequence[Concept | int | str], rng: np.random.Generator,
+                  size: int = 64, times: np.ndarray | None = None, alpha: np.ndarray | None = None) -> np.ndarray:
+    """Frames of one video ``[T, size, size, 3]`` uint8 at ``times`` (seconds; default ``[0]``) of a concept's
+    object, or of several (the first in front). Random per video: background (dark) and, per object, its size
+    and drift (:func:`_drift`); per frame: Gaussian pixel noise (σ = 4 levels). ``alpha`` ``[K, T]`` in [0, 1]:
+    object k's opacity in frame t (default: always opaque)."""
+    concepts = [concept(w) for w in (which if isinstance(which, (list, tuple)) else [which])]
+    times = np.zeros(1) if times is None else np.asarray(times, dtype=np.float64)
+    background = tuple(int(v) for v in rng.integers(0, 70, 3))
+    paths = [_drift(rng, size) for _ in concepts]
+    alpha = np.ones((len(concepts), len(times))) if alpha is None else alpha
     frames = np.empty((len(times), size, size, 3), np.uint8)
-    k, r = 4, radius * 4  # draw at 4× and downsample: anti-aliased edges
+    k = 4  # draw at 4× and downsample: anti-aliased edges
     for i, t in enumerate(times):
-        cx, cy = np.clip(start + velocity * t, lo, hi) * k
         image = Image.new("RGB", (size * k, size * k), background)
         pen = ImageDraw.Draw(image)
-        if c.shape == "circle":
-            pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=c.colour)
-        elif c.shape == "ring":
-            pen.ellipse([cx - r, cy - r, cx + r, cy + r], outline=c.colour, width=max(1, round(0.38 * r)))
-        else:
-            for points in _polygons(c.shape, cx, cy, r):
-                pen.polygon(points, fill=c.colour)
+        for c, (radius, centre), opaque in reversed(list(zip(concepts, paths, alpha, strict=True))):
+            if opaque[i] == 1:
+                _draw(pen, c, *centre(t) * k, radius * k)
+            elif opaque[i] > 0:  # blended over what is drawn so far
+                layer = image.copy()
+                _draw(ImageDraw.Draw(layer), c, *centre(t) * k, radius * k)
+                image = Image.blend(image, layer, float(opaque[i]))
+                pen = ImageDraw.Draw(image)
         clean = np.asarray(image.resize((size, size), Image.Resampling.BOX))
         noisy = clean + rng.normal(0.0, 4.0, clean.shape)
         frames[i] = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
     return frames
 
 
+def _draw(pen: ImageDraw.ImageDraw, c: Concept, cx: float, cy: float, r: float) -> None:
+    if c.shape == "circle":
+        pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=c.colour)
+    elif c.shape == "ring":
+        pen.ellipse([cx - r, cy - r, cx + r, cy + r], outline=c.colour, width=max(1, round(0.38 * r)))
+    else:
+        for points in _polygons(c.shape, cx, cy, r):
+            pen.polygon(points, fill=c.colour)
+
+
 def make_clip(config: WorldConfig, split: str, index: int, number: int) -> tuple[np.ndarray, np.ndarray]:
-    """Clip ``number`` of concept ``index`` in ``split``: frames ``[T, H, W, 3]`` uint8, audio float32 ``[N]``."""
+    """Clip ``number`` of concept ``index`` in ``split``: frames ``[T, H, W, 3]`` uint8, audio float32 ``[N]``.
+    With ``config.events``, each concept of :func:`clip_events` sounds and is seen only during its events."""
     c = concept(index)
     picture_rng, sound_rng = clip_rng(config, split, index, number)
-    frames = render_frames(c, picture_rng, config.size, np.arange(config.num_frames) / config.fps)
-    audio = synthesize(c.f0, c.timbre, c.rhythm, config.num_samples, sound_rng, sample_rate=config.sample_rate)
-    return frames, audio
+    times = np.arange(config.num_frames) / config.fps
+    if not config.events:
+        frames = render_frames(c, picture_rng, config.size, times)
+        audio = synthesize(c.f0, c.timbre, c.rhythm, config.num_samples, sound_rng, sample_rate=config.sample_rate)
+        return frames, audio
+    events = clip_events(config, split, index, number)
+    names = [c.name] + sorted({e["concept"] for e in events} - {c.name})
+    frames = render_frames(names, picture_rng, config.size, times, opacity(events, names, len(times), config.fps))
+    return frames, _event_sound(config, events, names, sound_rng)
+
+
+def clip_events(config: WorldConfig, split: str, index: int, number: int) -> list[dict]:
+    """An event clip's events ``[{"concept", "onset_s", "seconds"}]`` by onset (:func:`.events.plan_events`): the
+    clip's concept and, in a ``two_source_fraction`` of clips, a second one. ``[]`` unless ``config.events``."""
+    if not config.events:
+        return []
+    rng = clip_rng(config, split, index, number, streams=3)[2]
+    others = [n for n in CONCEPT_NAMES if n != concept(index).name]
+    two, pick = rng.uniform() < config.two_source_fraction, int(rng.integers(len(others)))
+    names = [concept(index).name] + ([others[pick]] if two else [])
+    return plan_events(names, rng, max_events=config.max_events, lengths=config.event_frames,
+                       slots=int(config.seconds * config.fps + 1e-9), fps=config.fps)
+
+
+def _event_sound(config: WorldConfig, events: list[dict], names: list[str], rng: np.random.Generator) -> np.ndarray:
+    """Each concept's tone gated to its events (the second :data:`SECOND_GAIN_DB` quieter), peaking as the
+    first's, over a white floor at :data:`EVENT_NOISE_DBFS`: float32 ``[num_samples]``. Pulses are held steady:
+    each would be an onset the picture cannot show; a tremolo (a smooth swing, no onsets) is kept."""
+    n, rate = config.num_samples, config.sample_rate
+    rhythms = {c: "steady" if RHYTHMS[c.rhythm][0] == "pulse" else c.rhythm for c in map(concept, names)}
+    waves = [tone(c.f0, c.timbre, c.rhythm, n, rng, sample_rate=rate,
+                  gain=event_gain(events, c.name, n, rate, lambda u, r=r: envelope(r, u, 0.0)))
+             for c, r in rhythms.items()]
+    mix = waves[0] + sum(w * 10 ** (rng.uniform(*SECOND_GAIN_DB) / 20) for w in waves[1:])
+    mix *= np.abs(waves[0]).max() / max(np.abs(mix).max(), 1e-12)
+    return (mix + rng.standard_normal(n) * 10 ** (EVENT_NOISE_DBFS / 20)).astype(np.float32)
 
 
 # --- files -------------------------------------------------------------------------------------
-
-def rgb_to_yuv420p(image: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``[H, W, 3]`` → planar BT.601 limited-range 4:2:0 ``[3H/2, W]`` (FFmpeg's layout).
-    Done here, in numpy, so the pixels x264 sees do not depend on swscale's version or CPU paths."""
-    rgb = image.astype(np.float64)
-    y = 16 + rgb @ np.array([65.481, 128.553, 24.966]) / 255
-    cb = 128 + rgb @ np.array([-37.797, -74.203, 112.0]) / 255
-    cr = 128 + rgb @ np.array([112.0, -93.786, -18.214]) / 255
-    h, w = y.shape
-
-    def half(plane: np.ndarray) -> np.ndarray:  # 2×2 means: [H, W] → [H/2 * W/2] rows of the plane
-        return plane.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).reshape(h // 4, w)
-
-    planes = np.concatenate([y, half(cb), half(cr)])
-    return np.clip(np.rint(planes), 0, 255).astype(np.uint8)
-
-
-def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray, fps: int,
-              sample_rate: int = SAMPLE_RATE) -> None:
-    """Write H.264 (yuv420p) + AAC (mono) mp4, atomically. Same inputs give the same bytes."""
-    with atomic_output(path) as tmp, av.open(str(tmp), "w", format="mp4", options={"fflags": "+bitexact"}) as container:
-        # Byte-identical re-renders: one thread, and no macroblock-tree rate control, whose
-        # output varied from run to run on identical input (libx264 core 165 in PyAV 18).
-        video = container.add_stream("libx264", rate=fps, options={"x264-params": "mbtree=0"})
-        video.codec_context.thread_count = 1
-        video.width, video.height = frames.shape[2], frames.shape[1]
-        video.pix_fmt = "yuv420p"
-        video.codec_context.time_base = Fraction(1, fps)
-        sound = container.add_stream("aac", rate=sample_rate)
-        sound.layout = "mono"
-        sound.codec_context.bit_rate = 64000  # keeps the band up to ~7.5 kHz at 16 kHz mono
-        for i, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(image), format="yuv420p")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            container.mux(video.encode(frame))
-        container.mux(video.encode(None))
-        # one frame of the whole clip: PyAV cuts it into the encoder's 1024-sample frames
-        frame = av.AudioFrame.from_ndarray(np.asarray(audio, np.float32)[None], format="fltp", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
-        container.mux(sound.encode(frame))
-        container.mux(sound.encode(None))
-
 
 def render_world(out_dir: str | os.PathLike, config: WorldConfig | None = None,
                  progress: Callable[[int, int], None] | None = None) -> Path:
     """Write the world under ``out_dir`` and return the path of its ``manifest.csv``.
     Layout: ``videos/{train,test}/<concept>_<i>.mp4``; ``manifest.csv`` (path,label,split; paths
-    relative to it); ``world.json`` (config + concept table); ``captions/<concept>_<i>.png`` each
+    relative to it); ``world.json`` (config + concept table, and for event clips every clip's events under
+    ``"clips"``, keyed by video path, as StampWorld's); ``captions/<concept>_<i>.png`` each
     with ``.txt`` holding its concept's training captions, one per line (the prior's folder source).
     ``progress(done, total)`` is called after each file."""
     config, progress = config or WorldConfig(), progress or (lambda done, total: None)
@@ -335,11 +376,12 @@ def render_world(out_dir: str | os.PathLike, config: WorldConfig | None = None,
               for n in range(config.train_videos_per_concept if s == "train" else config.test_videos_per_concept)]
     pictures = [(i, n) for i in range(len(CONCEPTS)) for n in range(config.caption_images_per_concept)]
     total = len(videos) + len(pictures)
-    rows = ["path,label,split"]
+    rows, clips = ["path,label,split"], {}
     for split, index, number in videos:
         rel = f"videos/{split}/{CONCEPT_NAMES[index]}_{number}.mp4"
         write_mp4(out / rel, *make_clip(config, split, index, number), fps=config.fps, sample_rate=config.sample_rate)
         rows.append(f"{rel},{CONCEPT_NAMES[index]},{split}")
+        clips[rel] = clip_events(config, split, index, number)
         progress(len(rows) - 1, total)
     for done, (index, number) in enumerate(pictures, len(videos) + 1):
         path = out / "captions" / f"{CONCEPT_NAMES[index]}_{number}.png"
@@ -350,7 +392,8 @@ def render_world(out_dir: str | os.PathLike, config: WorldConfig | None = None,
         progress(done, total)
     write_bytes_atomic(out / "manifest.csv", ("\n".join(rows) + "\n").encode())
     write_json_atomic(out / "world.json", {"format": "clipsonic-world", "version": 1, "config": config.to_dict(),
-                                           "concepts": [dataclasses.asdict(c) for c in CONCEPTS]})
+                                           "concepts": [dataclasses.asdict(c) for c in CONCEPTS],
+                                           **({"clips": clips} if config.events else {})})
     log.info("SonicWorld: %d videos and %d captioned pictures in %s (%.1f s)", len(videos), len(pictures), out,
              time.perf_counter() - began)
     return out / "manifest.csv"

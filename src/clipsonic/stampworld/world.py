@@ -25,7 +25,8 @@ from PIL import Image
 from clipsonic.config import Config, Fraction, NonNegativeInt, Positive, PositiveInt, Seed
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import atomic_output, write_bytes_atomic, write_json_atomic
-from clipsonic.sonicworld.world import TEMPLATES, write_mp4
+from clipsonic.sonicworld.video import write_mp4
+from clipsonic.sonicworld.world import TEMPLATES
 from clipsonic.stampworld.assets import (
     CONCEPT_NAMES,
     CONCEPTS,
