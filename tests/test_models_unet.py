@@ -234,3 +234,73 @@ def test_tiny_preset_fits_a_fixed_target():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 10, losses
+
+
+def sequence(cond: torch.Tensor, frames: int) -> torch.Tensor:
+    """The constant sequence ``[B, frames, D]`` of ``cond [B, D]``."""
+    return cond[:, None].expand(-1, frames, -1).clone()
+
+
+def test_seq_cond_none_is_the_network_of_old_checkpoints(tmp_path):
+    old = UNET_PRESETS["tiny"].replace(cond_dim=COND_DIM).to_dict()
+    del old["seq_cond"]  # a config.json from before the field
+    assert MelUNetConfig.from_dict(old).seq_cond == "none"
+    with pytest.raises(ConfigError, match="seq_cond"):
+        MelUNetConfig(seq_cond="frames")
+    plain, film = tiny(), tiny(seq_cond="film")
+    assert list(plain.state_dict()) == list(MelUNet(MelUNetConfig.from_dict(old)).state_dict())
+    assert sorted(set(film.state_dict()) - set(plain.state_dict())) == ["seq_proj.bias", "seq_proj.weight"]
+    randomise_zero_layers(plain).eval().save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    x, t, cond = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(MelUNet.from_pretrained(tmp_path)(x, t, cond), plain(x, t, cond))
+    with pytest.raises(ClipsonicError, match="seq_cond='none'"):
+        plain(x, t, cond, cond_seq=sequence(cond, 4))
+
+
+@pytest.mark.parametrize(("overrides", "n"), [({}, 1), ({}, 5), ({}, 40), ({"patch_size": 1}, 3)])
+def test_film_shapes_and_start_as_the_global_model(overrides, n):
+    model = randomise_zero_layers(tiny(seq_cond="film", **overrides)).eval()
+    torch.nn.init.zeros_(model.seq_proj.weight)  # as constructed: a new film model is the global one
+    torch.nn.init.zeros_(model.seq_proj.bias)
+    x, t, cond = inputs(frames=32)
+    seq = torch.randn(2, n, COND_DIM)
+    with torch.no_grad():
+        out = model(x, t, cond, cond_seq=seq)
+        assert out.shape == (2, 2, 64, 32)
+        torch.testing.assert_close(out, model(x, t, cond), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ClipsonicError, match=rf"cond_seq of shape \[2, N, {COND_DIM}\]"):
+        model(x, t, cond, cond_seq=seq[:, :, :8])
+
+
+def test_film_changes_the_output_where_the_sequence_changes():
+    model = randomise_zero_layers(tiny(seq_cond="film")).eval()
+    x, t, cond = inputs(frames=128)
+    constant = sequence(cond, 8)
+    changed = constant.clone()  # another embedding in the last quarter (rows 6, 7: mel frames 96-127)
+    other = torch.randn(COND_DIM, generator=torch.Generator().manual_seed(5))
+    changed[:, 6:] = torch.nn.functional.normalize(other, dim=0)
+    with torch.no_grad():
+        base = model(x, t, cond, cond_seq=constant)
+        torch.testing.assert_close(base, model(x, t, cond), rtol=1e-5, atol=1e-5)  # None = the constant sequence
+        change = (model(x, t, cond, cond_seq=changed) - base).square().sum(dim=(0, 1, 2))  # [128] per mel frame
+    assert change.sum() > 1e-3
+    # measured 0.84; the rest spreads through the 3×3 convolutions of the coarse levels (8 mel frames per step)
+    assert change[96:].sum() / change.sum() > 0.8
+
+
+def test_drop_cond_drops_the_whole_sequence():
+    model = randomise_zero_layers(tiny(seq_cond="film")).eval()
+    x, t, cond = inputs()
+    seq_a, seq_b = torch.randn(2, 4, COND_DIM), torch.randn(2, 7, COND_DIM)
+    everyone = torch.ones(2, dtype=torch.bool)
+    with torch.no_grad():
+        dropped = model(x, t, cond, everyone, cond_seq=seq_a)
+        torch.testing.assert_close(dropped, model(x, t, torch.randn(2, COND_DIM), everyone, cond_seq=seq_b))
+        torch.testing.assert_close(dropped, model(x, t, cond, everyone), rtol=1e-5, atol=1e-5)
+        kept = model(x, t, cond, ~everyone, cond_seq=seq_a)
+        assert (kept - model(x, t, cond, ~everyone, cond_seq=seq_b)).abs().max() > 1e-3
+        mixed = model(x, t, cond, torch.tensor([False, True]), cond_seq=seq_a)
+    torch.testing.assert_close(mixed[0], kept[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed[1], dropped[1], rtol=1e-5, atol=1e-5)

@@ -16,6 +16,7 @@ from clipsonic.data.preprocess import PreprocessOptions, merge_parts, preprocess
 from clipsonic.diffusion import DiffusionConfig
 from clipsonic.errors import ClipsonicError
 from clipsonic.export import attach_clip
+from clipsonic.models import MelUNetConfig
 from clipsonic.prior import attach_prior, train_prior
 from clipsonic.prior.train import PriorTrainConfig
 from clipsonic.train import TrainConfig, export_run, read_run, train
@@ -67,8 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Train the CLIP-conditioned mel diffusion model (Improved DDPM) on a dataset directory made by `clipsonic "
         "preprocess`, on CPU, one GPU, or many (`accelerate launch`). Checkpoints, metrics.jsonl, TensorBoard logs "
         "and samples go to RUN_DIR; at the end the EMA weights are exported as a pipeline directory "
-        "(RUN_DIR/pipeline; any checkpoint later with `clipsonic export`). Network settings other than --preset go "
-        "in the \"unet\" section of --config.\n\nSeveral processes on a machine without GPUs: `accelerate launch "
+        "(RUN_DIR/pipeline; any checkpoint later with `clipsonic export`). Network settings other than --preset and --seq-cond "
+        "go in the \"unet\" section of --config.\n\nSeveral processes on a machine without GPUs: `accelerate launch "
         "--multi_gpu --num_processes N` or torchrun (accelerate's --cpu flag alone starts a single process).",
         "clipsonic train data/music --out runs/music                      # the paper's settings (GPU)",
         "clipsonic train data/mine --out runs/cpu --preset cpu            # minutes on a CPU (clips of 1.024 s)",
@@ -79,6 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "accelerate launch --num_processes 2 -m clipsonic train data/vgg --out runs/vgg --precision bf16")
     options.add_config_flags(p, TrainConfig, "train")
     options.add_config_flags(p, DiffusionConfig, "diffusion", only=("prediction",))
+    options.add_config_flags(p, MelUNetConfig, "unet", only=("seq_cond",))
     options.deprecated_alias(p, "--no-export", "--no-export-at-end", nargs=0, const=False, dest="train.export_at_end")
 
     p = _trainer(

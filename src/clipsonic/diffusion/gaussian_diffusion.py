@@ -80,8 +80,10 @@ class GaussianDiffusion:
         t: Tensor | None = None,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        cond_seq: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Per-example losses [B] for data x0 [B, C, H, W] and conditions cond [B, D].
+        """Per-example losses [B] for data x0 [B, C, H, W] and conditions cond [B, D] (and, when given, frame
+        sequences cond_seq [B, N, D], passed to the model as ``cond_seq=`` and dropped with cond).
 
         Draws (with ``generator``, in this order) t ~ U{0..T-1} unless given, noise unless given,
         and the guidance drop mask ~ Bernoulli(p_uncond). Returns:
@@ -104,7 +106,8 @@ class GaussianDiffusion:
         dropped = rand((batch,), generator, device) < c.p_uncond
 
         xt = self.q_sample(x0, t, noise)
-        out = model(xt, t, cond, dropped).to(x0.dtype)
+        extra = {} if cond_seq is None else {"cond_seq": cond_seq}  # models without the argument keep working
+        out = model(xt, t, cond, dropped, **extra).to(x0.dtype)
         pred, var_values = P.split_output(out, x0.shape[1], c.learn_sigma)
 
         target = {"epsilon": noise, "x0": x0, "v": P.v_from_x0_eps(self.schedule, x0, t, noise)}[c.prediction]

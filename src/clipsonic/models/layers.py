@@ -2,7 +2,8 @@
 
 Every block is a plain ``nn.Module`` whose forward has no data-dependent Python branches, so the
 whole network traces under ``torch.compile(fullgraph=True)``. Shapes: ``x`` is ``[B, C, H, W]``
-(``H`` mel bins, ``W`` frames), ``emb`` is the conditioning vector ``[B, E]``.
+(``H`` mel bins, ``W`` frames), ``emb`` is the conditioning vector ``[B, E]``, or one per time ``[B, E, N]``
+(``MelUNetConfig.seq_cond="film"``), which each res-block resamples to its own ``W``.
 """
 
 from __future__ import annotations
@@ -60,12 +61,21 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """``x [B, in_ch, H, W]``, ``emb [B, E]`` → ``[B, out_ch, H, W]``."""
+        """``x [B, in_ch, H, W]``, ``emb [B, E]`` or ``[B, E, N]`` → ``[B, out_ch, H, W]``."""
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # [B, out_ch, 1, 1] each
+        scale, shift = self.modulation(emb, h.shape[-1]).chunk(2, dim=1)  # [B, out_ch, 1, 1 or W] each
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
+
+    def modulation(self, emb: torch.Tensor, frames: int) -> torch.Tensor:
+        """AdaGN ``[scale, shift]``: ``[B, 2·out_ch, 1, 1]`` from ``emb [B, E]``; from ``emb [B, E, N]``, resampled
+        linearly to this block's ``frames`` (N frame centres onto W: ``align_corners=False``), ``[B, 2·out_ch, 1, W]``,
+        the same for every mel band."""
+        if emb.ndim == 2:
+            return self.emb_proj(F.silu(emb))[:, :, None, None]
+        emb = F.interpolate(emb, size=frames, mode="linear", align_corners=False)  # [B, E, W]
+        return self.emb_proj(F.silu(emb).transpose(1, 2)).transpose(1, 2)[:, :, None, :]
 
 
 class AttentionBlock(nn.Module):

@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import save_file
@@ -68,6 +68,9 @@ class MelUNetConfig(Config):
     # of 1.7 s per batch-16 step on 2 cores). The output is shuffled back: [2, 64, F] per mel.
     # Only the CPU-sized presets use it.
     patch_size: int = 1
+    # "film": also condition on the clip's frame sequence cond_seq [B, N, D] (datasets made with preprocess
+    # --frame-rate), modulating every res-block per frame (docs/architecture.md); "none": the paper's network.
+    seq_cond: Literal["none", "film"] = "none"
 
     def __post_init__(self) -> None:
         levels = len(self.channel_mult)
@@ -132,6 +135,11 @@ class MelUNet(nn.Module):
     L2-normalised CLIP vector (components ~1/√D) a unit-RMS input, so the condition starts at the
     magnitude of improved-diffusion's N(0, 1) class embeddings instead of ~30× below the timestep's.
 
+    With ``seq_cond="film"`` a frame sequence ``cond_seq [B, N, D]`` also enters, through its own zero-initialised
+    ``Linear(√D · c)`` (a new model starts as the global one): ``emb [B, E, N] = emb[:, :, None] + seq_proj(√D ·
+    cond_seq)``, which every res-block resamples linearly to its own frame count, so AdaGN's scale and shift vary
+    along time (per-time FiLM). ``cond_seq=None`` is the constant sequence ``cond`` (a text or single-image query).
+
     Set ``model.gradient_checkpointing = True`` to recompute each stage's activations in the
     backward pass (training only): it trades ~30 % more compute for far less memory.
     """
@@ -147,6 +155,8 @@ class MelUNet(nn.Module):
         # Unit-norm random start, like the L2-normalised CLIP vectors it stands in for. In place: from_pretrained
         # builds on the meta device, where an out-of-place division imports torch._dynamo (2.5 s).
         self.null_cond = nn.Parameter(torch.randn(c.cond_dim).div_(c.cond_dim**0.5))
+        if c.seq_cond == "film":  # only then: a "none" model keeps the parameter names of every older checkpoint
+            self.seq_proj = zero_module(nn.Linear(c.cond_dim, emb_dim))
         self.patch_in = nn.PixelUnshuffle(c.patch_size)  # [B, C, H, W] → [B, C·p², H/p, W/p]
         self.patch_out = nn.PixelShuffle(c.patch_size)  # inverse, on the output
 
@@ -200,6 +210,7 @@ class MelUNet(nn.Module):
         t: torch.Tensor,
         cond: torch.Tensor,
         drop_cond: torch.Tensor | None = None,
+        cond_seq: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the network output for a batch of noisy mels.
 
@@ -208,16 +219,21 @@ class MelUNet(nn.Module):
             t: ``[B]`` timestep indices (long; floats allowed), e.g. in ``[0, 4000)``.
             cond: ``[B, D]`` CLIP embeddings.
             drop_cond: optional ``[B]`` bool; where True the learned ``null_cond`` replaces ``cond``,
-                so one batched call serves both branches of classifier-free guidance.
+                so one batched call serves both branches of classifier-free guidance (and every row of
+                ``cond_seq`` too).
+            cond_seq: ``[B, N, D]`` (``seq_cond="film"`` only) the CLIP embeddings of N frames, frame i covering
+                mel frames ``[i·F/N, (i+1)·F/N)``, any N ≥ 1; None: the constant sequence ``cond``.
         Returns:
             ``[B, 2C, 64, F]`` (``[ε, v]``) when ``learn_sigma``, else ``[B, C, 64, F]``.
         """
-        self._check_inputs(x, t, cond, drop_cond)
+        self._check_inputs(x, t, cond, drop_cond, cond_seq)
         cond = cond.to(self.null_cond.dtype)
         if drop_cond is not None:
             cond = torch.where(drop_cond[:, None], self.null_cond[None, :], cond)  # [B, D]
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
         emb = emb + self.cond_proj(cond * self.config.cond_dim**0.5)  # [B, 4·base]
+        if self.config.seq_cond == "film":
+            emb = self._add_sequence(emb, cond, drop_cond, cond_seq)
 
         h = self.conv_in(self.patch_in(x))
         skips = [h]
@@ -230,12 +246,24 @@ class MelUNet(nn.Module):
         out = self.conv_out(nn.functional.silu(self.norm_out(h)))
         return self.patch_out(out).contiguous()  # NCHW for the caller even from channels-last weights
 
+    def _add_sequence(self, emb: torch.Tensor, cond: torch.Tensor, drop_cond: torch.Tensor | None,
+                      cond_seq: torch.Tensor | None) -> torch.Tensor:
+        """``emb [B, E]`` plus the projected sequence: ``[B, E, N]``, or ``[B, E]`` for the constant one (None)."""
+        scale = self.config.cond_dim**0.5
+        if cond_seq is None:  # a constant sequence resamples to itself: the global path is exact and cheaper
+            return emb + self.seq_proj(cond * scale)
+        seq = cond_seq.to(self.null_cond.dtype)
+        if drop_cond is not None:
+            seq = torch.where(drop_cond[:, None, None], self.null_cond, seq)  # [B, N, D]
+        return emb[:, :, None] + self.seq_proj(seq * scale).transpose(1, 2)  # [B, E, N]
+
     def _run(self, stage: EmbedSequential, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(stage, h, emb, use_reentrant=False)
         return stage(h, emb)
 
-    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, drop_cond: torch.Tensor | None) -> None:
+    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, drop_cond: torch.Tensor | None,
+                      cond_seq: torch.Tensor | None) -> None:
         c, m = self.config, self.config.downsample_factor
         if x.ndim != 4 or x.shape[1] != c.in_channels or x.shape[2] % m or x.shape[3] % m or x.shape[3] < m:
             raise ClipsonicError(f"MelUNet expects x of shape [B, {c.in_channels}, bins, frames] with bins "
@@ -251,6 +279,13 @@ class MelUNet(nn.Module):
             )
         if drop_cond is not None and (drop_cond.shape != (b,) or drop_cond.dtype != torch.bool):
             raise ClipsonicError(f"MelUNet expects drop_cond as a bool tensor of shape [{b}]; got {drop_cond.dtype} {list(drop_cond.shape)}")
+        if cond_seq is not None and c.seq_cond == "none":
+            raise ClipsonicError("MelUNet got cond_seq but was built with seq_cond='none'; pass cond_seq=None, or "
+                                 "train a model with seq_cond='film' (clipsonic train --seq-cond film)")
+        if cond_seq is not None and (cond_seq.ndim != 3 or cond_seq.shape[::2] != (b, c.cond_dim)
+                                     or not cond_seq.shape[1]):
+            raise ClipsonicError(f"MelUNet expects cond_seq of shape [{b}, N, {c.cond_dim}] (N ≥ 1 frame embeddings); "
+                                 f"got {list(cond_seq.shape)}")
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameters (all, or only those with ``requires_grad``)."""

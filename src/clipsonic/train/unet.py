@@ -118,6 +118,11 @@ class UNetTask(Task):
         super().__init__(run)
         cfg, acc = run.config.train, run.accelerator
         self.info, self.train_config = info, cfg
+        self.film = run.config.unet.seq_cond == "film"  # batches carry cond_seq [B, N, D] then
+        _check_sequences(run.config.unet, info)  # again here: a resumed run may be pointed at another dataset
+        if info.frame_rate is not None and not self.film:
+            log.info("%s has frame sequences; seq_cond='none' ignores them (train with --seq-cond film to use them)",
+                     info.root)
         self.diffusion = GaussianDiffusion(run.config.diffusion)
         torch.manual_seed(cfg.seed)  # identical initial weights on every process
         model = MelUNet(run.config.unet)
@@ -136,6 +141,7 @@ class UNetTask(Task):
             raise ClipsonicError(f"{data['dataset']} has clips of {frames} mel frames but preset "
                                  f"{config.train.preset!r} needs a multiple of {factor}; re-run preprocess with "
                                  "another --clip-seconds or use another preset")
+        _check_sequences(config.unet, read_dataset_info(data["dataset"]))  # before anything is written
         return config
 
     @classmethod
@@ -170,8 +176,9 @@ class UNetTask(Task):
         for i, micro in enumerate(batch):
             x0 = micro["mel"].to(device, non_blocking=True)  # [B, 1, 64, F]
             cond = micro["cond"].to(device, non_blocking=True)  # [B, D]
+            seq = micro["cond_seq"].to(device, non_blocking=True) if self.film else None  # [B, N, D]
             with contextlib.nullcontext() if i == len(batch) - 1 else acc.no_sync(self.model):
-                terms = self.diffusion.training_losses(self.model, x0, cond, generator=self.gen)
+                terms = self.diffusion.training_losses(self.model, x0, cond, generator=self.gen, cond_seq=seq)
                 self.backward(terms["loss"], scale=1 / len(batch), describe=partial(_describe, micro["keys"], x0, cond))
             chunks.append({name: value.detach() for name, value in terms.items()})
         grad_norm = self.step_optimizer("model")
@@ -208,9 +215,10 @@ class UNetTask(Task):
             gen, chunks = torch.Generator().manual_seed(self.train_config.seed + 1), []
             for lo in range(0, len(val["keys"]), b):
                 part = {k: val[k][lo:lo + b].to(device) for k in ("mel", "cond", "t", "noise")}
+                seq = val["cond_seq"][lo:lo + b].to(device) if self.film else None
                 with self.accelerator.autocast():
                     chunks.append(self.diffusion.training_losses(model, part["mel"], part["cond"], t=part["t"],
-                                                                 noise=part["noise"], generator=gen))
+                                                                 noise=part["noise"], generator=gen, cond_seq=seq))
             terms = loss_terms(chunks, val["t"], self.diffusion.num_timesteps)  # each [N]
             out.update({prefix + name: float(v.mean()) for name, v in terms.items() if v.numel()})
         self.model.train()
@@ -219,7 +227,7 @@ class UNetTask(Task):
     @torch.no_grad()
     def sample(self, step: int) -> None:
         """Every ``sample_every`` steps: a short DDIM chain of the EMA from fixed noise → ``RUN/samples/step-N.png``
-        and its Griffin-Lim ``.wav``, and TensorBoard."""
+        and its Griffin-Lim ``.wav``, and TensorBoard (a ``seq_cond="film"`` model: its constant sequence)."""
         cfg, mel = self.train_config, self.info.mel
         if not cfg.sample_every or step % cfg.sample_every:
             return
@@ -265,6 +273,12 @@ class UNetTask(Task):
         return write_pipeline_dir(out, unet=unet, diffusion=d, mel=info.mel, clip=info.clip,
                                   stats=compute_dataset_stats(info, t.bank_size), training=training,
                                   extra_components=bundled_clip(info.clip) if bundle else None)
+
+
+def _check_sequences(unet: MelUNetConfig, info: DatasetInfo) -> None:
+    if unet.seq_cond == "film" and info.frame_rate is None:
+        raise ClipsonicError(f"{info.root} has no frame sequences, which seq_cond='film' trains on; re-run "
+                             "preprocess with --frame-rate (e.g. --frame-rate 4), or train with --seq-cond none")
 
 
 def loss_terms(chunks: list[dict[str, torch.Tensor]], t: torch.Tensor, num_timesteps: int) -> dict[str, torch.Tensor]:
