@@ -27,7 +27,8 @@ def window_starts(frames: int, window: int, hop: int) -> list[int]:
 class WindowedModel(nn.Module):
     """``model`` on overlapping windows of ``window`` frames (hop: half a window by default), outputs averaged.
 
-    Same contract as the model: ``(x [B, C, H, F], t [B], cond [B, D], drop_cond [B]) -> [B, C', H, F]``. A mel of at
+    Same contract as the model: ``(x [B, C, H, F], t [B], cond [B, D], drop_cond [B]) -> [B, C', H, F]``, and a
+    frame-aligned ``cond_seq [B, F, D]`` (one row per mel frame) is cut into the same windows as ``x``. A mel of at
     most ``window`` frames goes to ``model`` as it is. ``window`` and ``hop`` must keep the model's own constraints
     (for MelUNet, ``window`` a multiple of its downsample factor).
     """
@@ -39,14 +40,21 @@ class WindowedModel(nn.Module):
             raise ValueError(f"need 1 <= hop <= window, got window {window} and hop {hop}")
         self.model, self.window, self.hop = model, window, hop
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor, drop_cond: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor, drop_cond: Tensor | None = None,
+                cond_seq: Tensor | None = None) -> Tensor:
         batch, frames, w = x.shape[0], x.shape[-1], self.window
+        if cond_seq is not None and cond_seq.shape[1] != frames:
+            raise ValueError(f"cond_seq has {cond_seq.shape[1]} rows for {frames} mel frames; give one per frame")
+        seq = {} if cond_seq is None else {"cond_seq": cond_seq}  # a model without sequences is called as before
         if frames <= w:
-            return self.model(x, t, cond, drop_cond)
+            return self.model(x, t, cond, drop_cond, **seq)
         starts = window_starts(frames, w, self.hop)
         n = len(starts)
         crops = torch.cat([x[..., s:s + w] for s in starts])  # [n·B, C, H, w], window-major
-        out = self.model(crops, t.repeat(n), cond.repeat(n, 1), None if drop_cond is None else drop_cond.repeat(n))
+        if cond_seq is not None:
+            seq["cond_seq"] = torch.cat([cond_seq[:, s:s + w] for s in starts])  # [n·B, w, D], the same order
+        out = self.model(crops, t.repeat(n), cond.repeat(n, 1), None if drop_cond is None else drop_cond.repeat(n),
+                         **seq)
         out = out.unflatten(0, (n, batch))  # [n, B, C', H, w]
         # a Hann bump without its zero end points: every frame has a positive weight, a window's middle the most
         weight = torch.hann_window(w + 2, periodic=False, dtype=out.dtype, device=out.device)[1:-1]

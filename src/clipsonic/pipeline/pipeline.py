@@ -35,7 +35,7 @@ from clipsonic.encoders import ClipModelRef, default_device, load_clip, parse_dt
 from clipsonic.errors import ClipsonicError
 from clipsonic.export import load_stats, read_model_index, write_pipeline_dir
 from clipsonic.models import MelUNet
-from clipsonic.pipeline import edits, queries
+from clipsonic.pipeline import edits, queries, sequence
 from clipsonic.prior import load_prior
 from clipsonic.vocoder import GriffinLimVocoder, load_vocoder
 
@@ -92,18 +92,23 @@ def model_path(model: str | os.PathLike | None) -> Path:
 
 class _NegativeConditioned(nn.Module):
     """Wraps the mel model so its unconditional rows (``drop_cond`` set, in sample order, whichever
-    guidance layout the denoiser uses) see ``negative`` [B, D] instead of the null vector."""
+    guidance layout the denoiser uses) see ``negative`` [B, D] instead of the null vector (and, given a
+    ``cond_seq`` [B, F, D], its constant sequence)."""
 
     def __init__(self, model: nn.Module, negative: torch.Tensor) -> None:
         super().__init__()
         self.model, self.negative = model, negative
 
-    def forward(self, x, t, cond, drop_cond=None):
+    def forward(self, x, t, cond, drop_cond=None, cond_seq=None):
+        seq = {} if cond_seq is None else {"cond_seq": cond_seq}  # a model without sequences is called as before
         if drop_cond is None or not bool(drop_cond.any()):
-            return self.model(x, t, cond, drop_cond)
+            return self.model(x, t, cond, drop_cond, **seq)
         cond = cond.clone()
         cond[drop_cond] = self.negative.to(cond.dtype)
-        return self.model(x, t, cond, torch.zeros_like(drop_cond))
+        if cond_seq is not None:
+            seq["cond_seq"] = cond_seq.clone()
+            seq["cond_seq"][drop_cond] = cond[drop_cond, None, :].to(cond_seq.dtype)
+        return self.model(x, t, cond, torch.zeros_like(drop_cond), **seq)
 
 
 class CLIPSonicPipeline:
@@ -314,6 +319,8 @@ class CLIPSonicPipeline:
                                  "noise and cannot edit audio; use "
                                  + self.training.get("distilled", {}).get("from", "the pipeline it was distilled from"))
         src, length = edits.load_source(audio, self.mel, strength=strength, mask=mask, long=long, seconds=seconds)
+        follows = query.kind == "video" and self.unet.config.seq_cond == "film"  # the model follows the frames
+        frame_rate = sequence.training_frame_rate(self.training, long) if follows else None
         multiple = self.unet.config.downsample_factor
         if query.kind != "video" or length is not None:  # lengths are checked before any slow work
             frames = queries.resolve_frames(length, None, self.mel, multiple)
@@ -339,6 +346,8 @@ class CLIPSonicPipeline:
         texts = [query.items[int(r)] for r in rows] if query.kind == "text" else []
         bridge = dict(prior_guidance_scale=prior_guidance_scale, prior_steps=prior_steps, knn_k=knn_k)
         cond = self._bridge(mode, texts, emb[rows], gens, **bridge)
+        cond_seq = None if not follows else torch.stack([  # [B, F, D], one row per mel frame
+            sequence.video_sequence(path, self.encoder, frame_rate, frames, self.mel) for path in query.items])[rows]
         negative = None
         if negative_text is not None:
             neg_mode = mode if mode != "iq" else self.default_mode("text")
@@ -346,8 +355,9 @@ class CLIPSonicPipeline:
             negative = self._bridge(neg_mode, [negative_text.strip()] * batch, neg_emb, gens, **bridge)
 
         # 5. Denoise: x_0 [B, 1, n_mels, F] in [-1, 1]; past the training length in windows of it
-        denoise = functools.partial(self._denoise, cond, negative, gens, sampler=sampler, steps=num_inference_steps,
-                                    guidance_scale=float(guidance_scale), eta=eta, guidance_rescale=guidance_rescale)
+        denoise = functools.partial(self._denoise, cond, negative, gens, cond_seq, sampler=sampler,
+                                    steps=num_inference_steps, guidance_scale=float(guidance_scale), eta=eta,
+                                    guidance_rescale=guidance_rescale)
         window = queries.resolve_frames(None, None, self.mel, multiple)  # the training length
         if long == "continuation" and frames > window:
             x0 = edits.continue_in_windows(denoise, x_T, window, edits.edge_frames(self.mel), edit=edit,
@@ -359,6 +369,8 @@ class CLIPSonicPipeline:
         # 6. Post-process: log-mel → waveform
         logmel = denormalize(x0[:, 0].float(), self.mel)  # [B, n_mels, F]
         audio = self.vocoder(logmel.to(self.vocoder.device))  # [B, F * hop]
+        if query.kind == "video" and length is None:  # F was rounded up to the UNet's multiple: back to the video's
+            audio = audio[:, :round(max(durations) * self.sample_rate)]
         return CLIPSonicOutput(
             audios=audio.float().cpu().numpy(), sample_rate=self.sample_rate, mels=logmel.cpu().numpy(),
             condition=cond.float().cpu().numpy(), mode=mode, queries=[query.describe(int(r)) for r in rows],
@@ -413,12 +425,13 @@ class CLIPSonicPipeline:
         return {**run, "distilled": distilled}
 
     def _denoise(self, cond: torch.Tensor, negative: torch.Tensor | None, gens: list[torch.Generator],
-                 x_T: torch.Tensor, *, sampler: str, steps: int, guidance_scale: float, eta: float,
-                 guidance_rescale: float, progress: Callable[[int, int], None] | None, window: int | None = None,
+                 cond_seq: torch.Tensor | None, x_T: torch.Tensor, *, sampler: str, steps: int,
+                 guidance_scale: float, eta: float, guidance_rescale: float, progress: Callable[[int, int], None] | None, window: int | None = None,
                  x_init: torch.Tensor | None = None, strength: float = 1.0, known: torch.Tensor | None = None,
                  keep: torch.Tensor | None = None) -> torch.Tensor:
         """Run the sampler on all rows at once, or row by row when it draws noise at every step (ddpm,
         ddim with eta > 0), so that each row's noise comes from its own generator (slower on a GPU).
+        ``cond_seq`` [B, F, D]: a film UNet's frame-aligned sequence (pipeline.sequence), or None.
         ``window``: run the UNet on windows of that many frames (diffusion.windows); ``x_init``, ``strength``,
         ``known``, ``keep`` [1 or B, ...]: GaussianDiffusion.sample's x_init, strength, known and known_mask."""
         device, c = self.device, self.diffusion.config
@@ -433,6 +446,8 @@ class CLIPSonicPipeline:
 
         for n, rows in enumerate(groups):
             model = unet if negative is None else _NegativeConditioned(unet, negative[rows].to(device))
+            if cond_seq is not None:
+                model = sequence.SequenceConditioned(model, cond_seq[rows].to(device))
             report = None if progress is None else (lambda i, k, n=n: progress(n * k + i, len(groups) * k))
             with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype not in (None, torch.float32)):
                 outputs.append(self.diffusion.sample(

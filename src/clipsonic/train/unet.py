@@ -269,6 +269,8 @@ class UNetTask(Task):
                     "batch_size": t.batch_size, "grad_accum": t.grad_accum, "lr": t.lr, "ema": t.ema,
                     "precision": t.precision, "prediction": d.prediction, "loss": d.loss,
                     "num_timesteps": d.num_timesteps, "seed": t.seed, "parameters": unet.num_parameters()}
+        if run.config.unet.seq_cond == "film":  # the rate generation embeds a video's frames at (pipeline.sequence)
+            training["frame_rate"] = info.frame_rate
         bundle = t.bundle_clip if bundle_clip is None else bundle_clip
         return write_pipeline_dir(out, unet=unet, diffusion=d, mel=info.mel, clip=info.clip,
                                   stats=compute_dataset_stats(info, t.bank_size), training=training,
