@@ -1,6 +1,7 @@
 """The model under evaluation: a :class:`CLIPSonicPipeline` run through its one ``__call__``. IQ conditions on
-the stored middle-frame CLIP embedding (what preprocess computed, not a re-encoded jpg); the reconstruction
-row is the pipeline's vocoder on the real mels."""
+the stored middle-frame CLIP embedding (what preprocess computed, not a re-encoded jpg), and a film pipeline
+(``seq_cond="film"``) on a dataset with frame sequences also on the clip's stored sequence (``seq.npy``), so its IQ
+is the time-aligned query; the reconstruction row is the pipeline's vocoder on the real mels."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from clipsonic.evaluate.testset import EvalClip
 from clipsonic.pipeline import CLIPSonicPipeline
 
 IQ_CONDITION = "stored middle-frame CLIP embedding (clip.npy row K // 2)"
+IQ_SEQUENCE = IQ_CONDITION + " and the stored frame sequence (seq.npy), aligned to the mel"
 
 
 class PipelineGenerator:
@@ -42,6 +44,7 @@ class PipelineGenerator:
         self.sample_rate = int(self.pipe.sample_rate)
         self.modes = tuple(self.pipe.modes)
         self.seconds: float | None = None
+        self.iq_condition = IQ_CONDITION  # check_dataset: IQ_SEQUENCE for a film pipeline on a dataset with sequences
         # SHA-256 (first 16 hex) over every JSON file of the pipeline and a quick print of its weights
         h = hashlib.sha256()
         for path in sorted(p for p in self.model_dir.rglob("*") if p.suffix in (".json", ".safetensors")):
@@ -55,12 +58,21 @@ class PipelineGenerator:
         info.check_compatible(self.pipe.mel, clip_dim=self.pipe.clip.dim, clip_model=self.pipe.clip.fingerprint,
                               what=f"the model {self.model_dir}")
         self.seconds = info.mel.clip_samples / info.mel.sample_rate
+        film = self.pipe.unet.config.seq_cond == "film" and info.frame_rate is not None
+        if film and info.frame_rate != self.pipe.training.get("frame_rate"):  # the stored frames would be misplaced
+            raise ClipsonicError(f"{info.root} holds frame sequences at {info.frame_rate:g} fps but the model "
+                                 f"{self.model_dir} follows frames at {self.pipe.training.get('frame_rate')} fps; "
+                                 "evaluate on a dataset preprocessed with that --frame-rate")
+        self.iq_condition = IQ_SEQUENCE if film else IQ_CONDITION  # in the cache key: film IQ sets are their own
 
     def generate(self, mode: str, clips: Sequence[EvalClip], queries: Sequence[str | None], guidance: float,
                  seeds: Sequence[int]) -> list[np.ndarray]:
-        """One waveform ``[samples]`` per clip: IQ from ``clip.image_embedding``, text modes from ``queries``."""
+        """One waveform ``[samples]`` per clip: IQ from ``clip.image_embedding`` (and ``clip.sequence`` when
+        :attr:`iq_condition` says so), text modes from ``queries``."""
         query = ({"image_embeds": np.stack([c.image_embedding for c in clips])} if mode == "iq"
                  else {"text": list(queries)})
+        if mode == "iq" and self.iq_condition == IQ_SEQUENCE:
+            query["sequence_embeds"] = np.stack([c.sequence for c in clips])  # [B, N, D]
         out = self.pipe(mode=mode, guidance_scale=float(guidance), num_inference_steps=self.steps,
                         sampler=self.sampler, seed=list(seeds), seconds=self.seconds, long=self.long, **query)
         return [np.asarray(a, dtype=np.float32) for a in out.audios]
@@ -75,11 +87,11 @@ class PipelineGenerator:
     def settings(self) -> dict[str, Any]:
         """Everything that shapes generated audio besides mode, w and seed."""
         return {"model": self.fingerprint, "steps": self.steps, "sampler": self.sampler, "seconds": self.seconds,
-                "vocoder": self.vocoder, "iq_condition": IQ_CONDITION,
+                "vocoder": self.vocoder, "iq_condition": self.iq_condition,
                 **({"long": self.long} if self.long else {})}  # only when set: earlier evaluations' caches stay valid
 
     def describe(self) -> dict[str, Any]:
         """For the report."""
         return {"path": str(self.model_dir), "fingerprint": self.fingerprint, "modes": list(self.modes),
-                "clip": self.pipe.clip.describe(), "vocoder": self.vocoder, "iq_condition": IQ_CONDITION,
+                "clip": self.pipe.clip.describe(), "vocoder": self.vocoder, "iq_condition": self.iq_condition,
                 "steps": self.steps, "sampler": self.sampler, "long": self.long, "training": self.pipe.training}

@@ -40,6 +40,10 @@ class SetResult:
     relevance: float | None = None
     relevance_by_label: dict[str, float] = dataclasses.field(default_factory=dict)
     relevance_clips: int = 0  # clips judged: labelled, label known to the classifier, audio written
+    # the sync measure (IQ and reconstruction on a dataset with frame sequences; None otherwise, and absent from
+    # results.json): mean onset F1 against the real audio's onsets, mean |audio-visual offset| in seconds
+    onset_f1: float | None = None
+    av_offset_s: float | None = None
 
 
 @dataclasses.dataclass
@@ -96,13 +100,16 @@ def format_markdown(ev: Evaluation) -> str:
     if judged:
         lines.append(f"Relevance: fraction of clips the classifier `{ev.classifier['name']}` labels as their label; "
                      f"chance level 1/{ev.classifier['labels']} = {_fmt(ev.classifier.get('chance'), 3)}.")
-    lines += ["", "| System | FAD ↓ | CLAP score ↑ |" + (" relevance ↑ |" if judged else "") + " clips |",
-              "|---|---|---|---|" + ("---|" if judged else "")]
+    synced = any(s.onset_f1 is not None for s in ev.sets)  # the sync measure: see the notes
+    lines += ["", "| System | FAD ↓ | CLAP score ↑ |" + (" relevance ↑ |" if judged else "")
+              + (" onset F1 ↑ | AV offset (s) ↓ |" if synced else "") + " clips |",
+              "|---|---|---|---|" + ("---|" if judged else "") + ("---|---|" if synced else "")]
     for s in ev.table_rows():
         flag = " ⚠" if s.problems else ""
         relevance = f" {_fmt(s.relevance, 3)} |" if judged else ""
+        sync = f" {_fmt(s.onset_f1, 3)} | {_fmt(s.av_offset_s, 3)} |" if synced else ""
         lines.append(f"| {MODE_TITLES.get(s.mode, s.mode)} | {_fmt(s.fad, 2)}{flag} | {_fmt(s.clap, 3)} |{relevance}"
-                     f" {s.clips} |")
+                     f"{sync} {s.clips} |")
     sweep = ev.sweep()
     if sweep:
         scales = sorted({s.guidance for sets in sweep.values() for s in sets})
@@ -157,6 +164,10 @@ def write_report(ev: Evaluation, out: str | os.PathLike) -> list[Path]:
     out = Path(out)
     results = {"format": "clipsonic-evaluation", "version": 2, **dataclasses.asdict(ev),
                "table": [s.name for s in ev.table_rows()]}
+    for s in results["sets"]:  # the sync measure only where it was measured: earlier results read as before
+        for name in ("onset_f1", "av_offset_s"):
+            if s[name] is None:
+                del s[name]
     # NaN and infinity are not JSON: written as null
     write_json_atomic(out / "results.json", json.loads(json.dumps(results), parse_constant=lambda _: None))
     write_bytes_atomic(out / "results.md", format_markdown(ev).encode())

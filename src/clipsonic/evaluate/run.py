@@ -1,6 +1,8 @@
 """``run_evaluation``: Table 1 and the guidance sweep of the paper. Every set of audio (real, the vocoder's
 reconstruction, each generated (mode, w)) is written, embedded (cached by file content) and scored: FAD against
-the real audio, CLAP score and relevance against the label."""
+the real audio, CLAP score and relevance against the label; on a dataset with frame sequences, the IQ sets and the
+reconstruction also get the sync measure (clipsonic.evaluate.sync): onset F1 against the real audio's onsets and the
+audio-visual offset against the stored sequence's activity."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from clipsonic.evaluate.config import EvalConfig
 from clipsonic.evaluate.generator import PipelineGenerator
 from clipsonic.evaluate.relevance import describe_classifier, judge_files, unknown_label_note
 from clipsonic.evaluate.report import Evaluation, SetResult, write_report
+from clipsonic.evaluate.sync import SyncConfig, av_offset, detect_onsets, onset_envelope, onset_f1
 from clipsonic.evaluate.testset import (
     Captions,
     EvalClip,
@@ -34,7 +37,7 @@ from clipsonic.evaluate.testset import (
 )
 from clipsonic.files import lock_folder
 from clipsonic.listening.make import write_manifest
-from clipsonic.media import save_audio
+from clipsonic.media import load_audio, save_audio
 from clipsonic.metrics import EmbeddingStats, clap_score, fad_from_stats
 
 log = logging.getLogger(__name__)
@@ -183,6 +186,48 @@ def _generated_sets(run: _Run, modes: Sequence[str]) -> list[SetResult]:
     return results
 
 
+def sequence_activity(sequence: np.ndarray) -> np.ndarray:
+    """How much the picture changes at each stored frame: 1 − cosine between frame embeddings ``[N, D]`` and the
+    previous one (the first: 0), ``[N]``, the visual activity of the sync measure."""
+    unit = sequence / np.maximum(np.linalg.norm(sequence, axis=1, keepdims=True), 1e-8)
+    return np.concatenate([[0.0], 1.0 - (unit[1:] * unit[:-1]).sum(axis=1)])
+
+
+def _sync_sets(run: _Run, sets: Sequence[SetResult], frame_rate: float, real_rate: int, notes: list[str]) -> None:
+    """The sync measure of the IQ sets and the reconstruction, against the real audio's onsets; its note."""
+    sync = SyncConfig()
+    notes.append(f"sync: onset F1 of each clip's onsets against the real audio's within ±{sync.tolerance_s:g} s (mean "
+                 f"over clips); AV offset: mean |lag| within ±{sync.max_lag_s:g} s that best correlates the onset "
+                 "envelope with the visual activity, 1 − cosine between consecutive stored frame embeddings at the "
+                 f"dataset's {frame_rate:g} fps")
+    real = {c.key: detect_onsets(*onset_envelope(c.audio, real_rate), sync) for c in run.clips}
+    for result in sets:
+        if result.mode in ("iq", "reconstruction"):
+            _score_sync(run, result, real, notes)
+
+
+def _score_sync(run: _Run, result: SetResult, reference: dict[str, np.ndarray], notes: list[str]) -> None:
+    """``result.onset_f1`` (mean over clips; onsets within ± tolerance_s of ``reference[key]``, the real audio's)
+    and ``result.av_offset_s`` (mean |offset| of the onset envelope against :func:`sequence_activity`)."""
+    config, folder, rate = SyncConfig(), run.out / "audio" / result.name, run.gen.sample_rate
+    f1s, offsets, problem = [], [], None
+    for clip in run.clips:
+        if not (folder / f"{clip.key}.wav").is_file():
+            continue
+        envelope, envelope_rate = onset_envelope(load_audio(folder / f"{clip.key}.wav", rate), rate)
+        f1s.append(onset_f1(detect_onsets(envelope, envelope_rate, config), reference[clip.key],
+                            config.tolerance_s)["f1"])
+        fps = len(clip.sequence) / run.gen.seconds  # N frames over the clip: the stored sequence's exact rate
+        try:
+            offsets.append(abs(av_offset(envelope, envelope_rate, sequence_activity(clip.sequence), fps,
+                                         config.max_lag_s)[0]))
+        except ClipsonicError as exc:  # a clip too short for the lag window: its onset F1 still counts
+            problem = f"{result.name}: no audio-visual offset: {exc}"
+    notes += [problem] if problem else []
+    result.onset_f1 = float(np.mean(f1s)) if f1s else None
+    result.av_offset_s = float(np.mean(offsets)) if offsets and not problem else None
+
+
 def run_evaluation(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                    config: EvalConfig | None = None, *, generator: PipelineGenerator | None = None,
                    classifier: Any = None, progress: Progress | None = None) -> Evaluation:
@@ -235,6 +280,8 @@ def _evaluate(model_dir: Path, data_dir: Path, out: Path, config: EvalConfig, ge
     for result in [recon, *generated]:
         run.score(result, clips if result.mode in ("iq", "reconstruction") else [c for c in clips if c.label], ref_stats)
     log.info("embeddings: %d computed, %d from cache", run.fad_cache.misses, run.fad_cache.hits)
+    if info.frame_rate is not None and all(c.sequence is not None for c in clips):
+        _sync_sets(run, [recon, *generated], info.frame_rate, info.mel.sample_rate, notes)
 
     # 5. Report
     evaluation = Evaluation(

@@ -1,4 +1,5 @@
-"""The evaluation clips (a split's keys, labels, middle-frame CLIP embeddings, mels, real audio) and their text queries.
+"""The evaluation clips (a split's keys, labels, middle-frame CLIP embeddings, mels, real audio, stored frame
+sequences) and their text queries.
 
 A captions file ``{label: [caption, …]}`` gives clip ``i`` (its position in the split, which also seeds it)
 ``captions[label][i % n]``, so a clip keeps its caption and cached audio whatever ``--num-clips`` picks. Beware of
@@ -35,6 +36,7 @@ class EvalClip:
     logmel: np.ndarray  # [n_mels, frames] float32
     audio: np.ndarray | None  # [samples] float32 at the dataset's sample rate (None: no flac stored)
     index: int = 0  # position in the split (stable whatever --num-clips picks: it seeds the clip)
+    sequence: np.ndarray | None = None  # [N, D] float32, the stored frame sequence (None: a dataset without seq.npy)
 
 
 def pick_indices(total: int, count: int | None) -> list[int]:
@@ -54,7 +56,7 @@ def load_test_clips(info: DatasetInfo, split: str = "test", num_clips: int | Non
         raise ClipsonicError(f"{info.root}: the '{split}' split is empty; re-run preprocess with --test-fraction")
     wanted = set(pick_indices(total, num_clips))
     clips: list[EvalClip] = []
-    samples = iter_raw_samples(paths, ("mel.npy", "clip.npy", "json"), optional=("flac",))
+    samples = iter_raw_samples(paths, ("mel.npy", "clip.npy", "json"), optional=("flac", "seq.npy"))
     for index, sample in enumerate(samples):
         if index not in wanted:  # read past, never decoded
             continue
@@ -62,8 +64,9 @@ def load_test_clips(info: DatasetInfo, split: str = "test", num_clips: int | Non
         frames = decode_npy(sample["clip.npy"]).astype(np.float32)  # [K, D]
         label = json.loads(sample["json"]).get("label")
         audio = decode_flac(sample["flac"], info.mel.sample_rate, key) if "flac" in sample else None
+        sequence = decode_npy(sample["seq.npy"]).astype(np.float32) if "seq.npy" in sample else None
         clips.append(EvalClip(key, str(label) if label not in (None, "") else None, frames[frames.shape[0] // 2],
-                              decode_npy(sample["mel.npy"]).astype(np.float32), audio, index))
+                              decode_npy(sample["mel.npy"]).astype(np.float32), audio, index, sequence))
     if not clips:
         raise ClipsonicError(f"{info.root}: no samples read from the '{split}' split")
     log.info("evaluation set: %d of %d '%s' clips", len(clips), total, split)

@@ -270,6 +270,7 @@ class CLIPSonicPipeline:
         mask: tuple[float, float | None] | None = None,
         long: str | None = None,
         progress: Callable[[int, int], None] | None = None,
+        sequence_embeds: torch.Tensor | np.ndarray | None = None,
     ) -> CLIPSonicOutput:
         """Generate ``num_samples`` clips per query (see the module docstring for modes, seeds, negatives).
 
@@ -291,7 +292,8 @@ class CLIPSonicPipeline:
         the end: edits.edge_frames). ``long``: how a mel longer than the
         training length is made: "windows" (default; MultiDiffusion, overlapping training-length windows averaged at
         every step), "continuation" (window after window, each inpainting its first half from the one before) or
-        "single" (one long mel, which drifts from what the UNet learned).
+        "single" (one long mel, which drifts from what the UNet learned). ``sequence_embeds`` ``[Q, N, D]``: with
+        ``image_embeds`` on a film pipeline, each query's frames taken at its ``training.frame_rate`` to follow.
         """
         # 1. Check inputs
         query = queries.parse_query(text, image, video, image_embeds)
@@ -319,7 +321,9 @@ class CLIPSonicPipeline:
                                  "noise and cannot edit audio; use "
                                  + self.training.get("distilled", {}).get("from", "the pipeline it was distilled from"))
         src, length = edits.load_source(audio, self.mel, strength=strength, mask=mask, long=long, seconds=seconds)
-        follows = query.kind == "video" and self.unet.config.seq_cond == "film"  # the model follows the frames
+        if sequence_embeds is not None and (query.kind != "embedding" or self.unet.config.seq_cond != "film"):
+            raise ClipsonicError("sequence_embeds goes with image_embeds on a film pipeline (seq_cond='film'); drop it")
+        follows = self.unet.config.seq_cond == "film" and (query.kind == "video" or sequence_embeds is not None)
         frame_rate = sequence.training_frame_rate(self.training, long) if follows else None
         multiple = self.unet.config.downsample_factor
         if query.kind != "video" or length is not None:  # lengths are checked before any slow work
@@ -346,8 +350,10 @@ class CLIPSonicPipeline:
         texts = [query.items[int(r)] for r in rows] if query.kind == "text" else []
         bridge = dict(prior_guidance_scale=prior_guidance_scale, prior_steps=prior_steps, knn_k=knn_k)
         cond = self._bridge(mode, texts, emb[rows], gens, **bridge)
-        cond_seq = None if not follows else torch.stack([  # [B, F, D], one row per mel frame
+        cond_seq = None if query.kind != "video" or not follows else torch.stack([  # [B, F, D], one row per mel frame
             sequence.video_sequence(path, self.encoder, frame_rate, frames, self.mel) for path in query.items])[rows]
+        if sequence_embeds is not None:
+            cond_seq = sequence.stored_sequence(sequence_embeds, len(query), frames, frame_rate, self.mel)[rows]
         negative = None
         if negative_text is not None:
             neg_mode = mode if mode != "iq" else self.default_mode("text")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -61,3 +62,17 @@ class SequenceConditioned(nn.Module):
     def forward(self, x, t, cond, drop_cond=None):
         seq = self.cond_seq.to(device=x.device).repeat(x.shape[0] // len(self.cond_seq), 1, 1)  # [k·B, F, D]
         return self.model(x, t, cond, drop_cond, cond_seq=seq)
+
+
+def stored_sequence(seq: torch.Tensor | np.ndarray, queries: int, frames: int, frame_rate: float,
+                    mel: MelConfig) -> torch.Tensor:
+    """Stored frame embeddings ``[Q, N, D]`` taken at ``frame_rate`` (frame j covering ``[j/R, (j+1)/R)``, as a
+    dataset's seq.npy made at that rate) as L2-normalised rows, one per mel frame ``[Q, frames, D]``: each mel frame
+    takes the frame covering its centre, as :func:`video_sequence` does; past the last frame it holds."""
+    seq = torch.as_tensor(seq).float()
+    if seq.ndim != 3 or len(seq) != queries or not seq.shape[1]:
+        raise ClipsonicError(f"sequence_embeds must be [Q={queries}, N, D] with N ≥ 1, got shape {tuple(seq.shape)}; "
+                             "pass one stored frame sequence per image_embeds row")
+    centres = (torch.arange(frames) + 0.5) * mel.hop_length / mel.sample_rate  # [F] seconds
+    nearest = (centres * frame_rate).floor().long().clamp(0, seq.shape[1] - 1)
+    return torch.nn.functional.normalize(seq[:, nearest], dim=-1)
