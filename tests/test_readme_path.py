@@ -13,6 +13,7 @@ from support.media_files import PALETTE, write_video
 
 from clipsonic.cli import main
 from clipsonic.export import read_model_index
+from clipsonic.media import load_audio
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # Appended to each command: the smallest run that still goes through every step.
@@ -74,3 +75,17 @@ def test_labeled_train_test_folders_with_a_prior(home):
     assert index.components["prior"] == "prior" and index.components["clip"] == "clip"
     assert (home / "dog.wav").stat().st_size > 1000
     assert {"iq/w1.5", "zs/w1.5", "pd/w1.5"} <= set(json.loads((home / "eval" / "results.json").read_text())["table"])
+
+
+def test_sound_that_follows_the_picture(home):
+    """The time-aligned block: frame sequences, a film UNet, and a silent video whose picture changes halfway
+    generating audio exactly as long as the video."""
+    for i in range(6):
+        video(home / "videos" / f"take{i:02d}.mp4", i % 4)
+    write_video(home / "silent.mp4", seconds=1.5, size=(32, 32), audio_codec=None,
+                colour=lambda t: PALETTE[0] if t < 0.75 else PALETTE[2])
+    assert run_block("**Sound that follows the picture**") == ["preprocess", "train", "generate"]
+    index = read_model_index(home / "runs" / "sync" / "pipeline")
+    assert index.training["frame_rate"] == 8.0
+    sound = load_audio(home / "with_sound.mp4", sample_rate=16000)
+    assert abs(len(sound) - 1.5 * 16000) <= 1024  # the video's length, to within one AAC frame
