@@ -61,11 +61,11 @@ def main() -> None:
     for seq_cond in ("none", "film"):
         run = args.out / f"run-{seq_cond}"
         began = time.perf_counter()
-        if not (run / "pipeline" / "model_index.json").is_file():
+        if not (run / "checkpoints" / f"step-{args.steps:07d}").is_dir():  # a shorter earlier run is resumed
             loop = dict(preset="tiny", batch_size=32, lr=1e-3, max_steps=args.steps, ema=0.999, seed=0, num_workers=0,
-                        save_every=args.steps, sample_every=0, val_every=0, log_every=100)
+                        save_every=min(args.steps, 1500), sample_every=0, val_every=0, log_every=100)
             train(args.out / "data", run, {"train": loop, "unet": {"seq_cond": seq_cond},
-                                           "diffusion": {"prediction": "v"}})
+                                           "diffusion": {"prediction": "v"}}, resume=(run / "config.json").is_file())
         seconds = time.perf_counter() - began
         pipe = CLIPSonicPipeline.from_pretrained(run / "pipeline", device="cpu")
         rows, audios = [], []
