@@ -45,9 +45,7 @@ def video_sequence(path: str | os.PathLike, encoder, frame_rate: float, frames: 
     last = span - min(span, 1 / frame_rate) / 2  # the middle of the last frame's part that the video still shows
     times = [min((j + 0.5) / frame_rate, last) for j in range(n)]
     emb = torch.nn.functional.normalize(encoder.encode_images(load_frames(path, times)).float(), dim=-1)  # [n, D]
-    centres = (torch.arange(frames) + 0.5) * frame_seconds  # [F] seconds
-    nearest = (centres * frame_rate).floor().long().clamp(0, n - 1)  # frame j covers [j/R, (j+1)/R)
-    return emb[nearest]
+    return emb[_covering(frames, frame_rate, n, mel)]
 
 
 class SequenceConditioned(nn.Module):
@@ -73,6 +71,11 @@ def stored_sequence(seq: torch.Tensor | np.ndarray, queries: int, frames: int, f
     if seq.ndim != 3 or len(seq) != queries or not seq.shape[1]:
         raise ClipsonicError(f"sequence_embeds must be [Q={queries}, N, D] with N ≥ 1, got shape {tuple(seq.shape)}; "
                              "pass one stored frame sequence per image_embeds row")
+    return torch.nn.functional.normalize(seq[:, _covering(frames, frame_rate, seq.shape[1], mel)], dim=-1)
+
+
+def _covering(frames: int, frame_rate: float, n: int, mel: MelConfig) -> torch.Tensor:
+    """``[frames]`` index of the picture (of ``n`` taken at ``frame_rate``, picture j covering [j/R, (j+1)/R)) on
+    screen at each mel frame's centre; past the last picture, the last."""
     centres = (torch.arange(frames) + 0.5) * mel.hop_length / mel.sample_rate  # [F] seconds
-    nearest = (centres * frame_rate).floor().long().clamp(0, seq.shape[1] - 1)
-    return torch.nn.functional.normalize(seq[:, nearest], dim=-1)
+    return (centres * frame_rate).floor().long().clamp(0, n - 1)
