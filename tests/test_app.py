@@ -84,6 +84,19 @@ def test_a_refused_query_says_why_and_leaves_no_folder(studio, tmp_path, kind, v
     assert _numbered(tmp_path / "app") == []
 
 
+def test_the_page_names_a_refused_upload_by_its_file_name_alone(tmp_path):
+    import gradio as gr
+
+    from clipsonic.app import _respond
+
+    def make(seed):
+        raise ClipsonicError(f"'{tmp_path}/uploads/3f2a9c/my photo.png': not a readable image (IQ/ZS: see 1/2)")
+
+    with pytest.raises(gr.Error) as refused:
+        _respond(make, 0, False, [])
+    assert refused.value.message == "'my photo.png': not a readable image (IQ/ZS: see 1/2)"
+
+
 def test_a_video_over_the_length_limit_is_refused_until_a_duration_is_set(studio, tmp_path):
     from support.media_files import write_video
 

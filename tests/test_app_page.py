@@ -323,7 +323,8 @@ def test_bad_inputs_keep_the_app_serving(app, page, tmp_path):
     _tab(page, "Image")
     _upload_picture(page, corrupt)
     page.locator("#generate").click()
-    assert "x.png" in _toast(page, "not a readable image")
+    toast = _toast(page, "not a readable image")
+    assert "x.png" in toast and str(app.out) not in toast and "uploads" not in toast  # the name, not the server's path
 
     # the broken picture stays in the Image tab from here on: it must not spoil the video and text queries
     _tab(page, "Video")

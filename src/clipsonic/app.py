@@ -14,6 +14,7 @@ import html
 import itertools
 import logging
 import os
+import re
 import secrets
 import threading
 import urllib.parse
@@ -321,6 +322,11 @@ def _bar(progress) -> Callable[[int, int], None]:
     return lambda done, total: progress((done, total), desc="sampling", unit="steps")
 
 
+# The folders of a path in a message (an upload's lies in gradio's cache under the output folder): the page shows the
+# file's name only, as a page shared with --share must not tell its visitors where the server keeps things.
+_SERVER_FOLDER = re.compile(r"(?<![\w.])/(?:[^\s/:'\"]+/)+")
+
+
 def _respond(make: Callable[[int], list[dict[str, Any]]], seed, random_seed: bool, slots) -> list[Any]:
     """Run ``make(seed)`` and lay its results into the slots; an expected failure becomes the page's error."""
     import gradio as gr
@@ -333,7 +339,7 @@ def _respond(make: Callable[[int], list[dict[str, Any]]], seed, random_seed: boo
         results = make(int(seed))
     except (ClipsonicError, OSError, ValueError) as exc:
         log.info("refused: %s", one_line(exc))
-        raise gr.Error(one_line(exc), print_exception=False) from None
+        raise gr.Error(_SERVER_FOLDER.sub("", one_line(exc)), print_exception=False) from None
     folder = os.path.commonpath([r["files"][0].parent for r in results])  # Compare: the folder above the modes'
     updates: list[Any] = [f"{len(results)} clip(s), seed {seed}: saved in `{folder}`", seed]
     for slot, result in itertools.zip_longest(slots, results[:len(slots)]):
