@@ -156,9 +156,6 @@ def _extract(item: SourceItem, mel: MelConfig, options: ClipOptions) -> ItemResu
     if not starts:
         return ItemResult([], reason=(
             f"too short: {max(seg_seconds, 0):.2f} s usable, need {options.min_clip_fraction * clip_s:.2f} s"))
-    if n and info.video_fps and n > round(clip_s * info.video_fps):  # more sequence frames than the video has
-        return ItemResult([], reason=f"--frame-rate {options.frame_rate:g} exceeds the video's {info.video_fps:g} "
-                                     f"fps; use --frame-rate {info.video_fps:g} or less")
     span = min(seg_seconds, starts[-1] - seg_start + clip_s)
     audio = load_audio(item.path, sample_rate=mel.sample_rate, start=seg_start, duration=span)
     if not np.isfinite(audio).all():  # NaN would slip through the silence test below (nan < x is False)
