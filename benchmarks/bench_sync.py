@@ -9,6 +9,8 @@ strict rhythm test does not apply to event clips, whose pulses are held steady) 
 test audio.
 
     python benchmarks/bench_sync.py --out /tmp/sync-bench --steps 1500
+    python benchmarks/bench_sync.py --out /tmp/sync-bench --steps 1500 --conditions film --reconstruction \\
+        --sampling unipc:8:1.5 unipc:25:1.5 unipc:25:3
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from clipsonic.audio import MelConfig
+from clipsonic.audio import MelConfig, mel_spectrogram
 from clipsonic.data.clips import ClipOptions
 from clipsonic.data.preprocess import PreprocessOptions, preprocess
 from clipsonic.embedders import load_embedder
@@ -40,7 +43,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="UNet steps of each model")
     parser.add_argument("--frame-rate", type=float, default=8.0)
     parser.add_argument("--clip-seconds", type=float, default=1.024, help="training clips (the videos last 3.072 s)")
+    parser.add_argument("--conditions", nargs="+", choices=("none", "film"), default=("none", "film"))
+    parser.add_argument("--sampling", nargs="+", default=("unipc:8:1.5",), metavar="SAMPLER:STEPS:W",
+                        help="one row per sampler, steps and guidance scale (default unipc:8:1.5, the pipeline's)")
+    parser.add_argument("--reconstruction", action="store_true",
+                        help="also a row for the real test audio's own mel through the pipeline's vocoder: what "
+                             "the vocoder and the onset detector leave of a perfect mel")
     args = parser.parse_args()
+    samplings = [(name, int(steps), float(w)) for name, steps, w in (s.split(":") for s in args.sampling)]
     world = WorldConfig(events=True)
     if not (args.out / "world" / "manifest.csv").is_file():
         render_world(args.out / "world", world)
@@ -56,9 +66,26 @@ def main() -> None:
     reference = EmbeddingStats.from_embeddings(np.concatenate([embedder.embed(w, 16000) for w in real]))
     oracle = OracleClassifier(strict=False)
     print(f"{len(tests)} test videos of {world.seconds} s, {args.steps} steps per model\n"
-          "| condition | onset P | onset R | onset F1 | mean abs offset s | relevance | FAD mel-stats | train s |\n"
-          "|---|---|---|---|---|---|---|---|")
-    for seq_cond in ("none", "film"):
+          "| condition | sampling | onset P | onset R | onset F1 | mean abs offset s | relevance | FAD mel-stats | "
+          "train s |\n|---|---|---|---|---|---|---|---|---|")
+    fps = world.fps
+    onsets = {rel: np.array(sorted(e["onset_s"] for e in events[rel])) for rel in tests}
+    frames = {rel: np.stack(load_frames(args.out / "world" / rel, list(np.arange(
+        round(probe(args.out / "world" / rel).duration * fps)) / fps))) for rel in tests}
+    labels = [Path(rel).stem.rsplit("_", 1)[0] for rel in tests]
+
+    def row(condition: str, sampling: str, audios: list[np.ndarray], sample_rate: int, seconds: float) -> None:
+        rows = [sync_scores(a, sample_rate, onsets[rel], frames=frames[rel], fps=fps, config=SyncConfig())
+                for a, rel in zip(audios, tests, strict=True)]
+        relevance = np.mean([a == y for a, y in zip(oracle.classify(np.stack(audios), 16000), labels, strict=True)])
+        fad = fad_from_stats(reference, EmbeddingStats.from_embeddings(
+            np.concatenate([embedder.embed(w, 16000) for w in audios])))
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in ("onset_precision", "onset_recall", "onset_f1")}
+        offset = float(np.mean([abs(r["av_offset_s"]) for r in rows]))
+        print(f"| {condition} | {sampling} | {mean['onset_precision']:.3f} | {mean['onset_recall']:.3f} | "
+              f"{mean['onset_f1']:.3f} | {offset:.3f} | {relevance:.3f} | {fad:.2f} | {seconds:.0f} |", flush=True)
+
+    for seq_cond in args.conditions:
         run = args.out / f"run-{seq_cond}"
         began = time.perf_counter()
         if not (run / "checkpoints" / f"step-{args.steps:07d}").is_dir():  # a shorter earlier run is resumed
@@ -68,23 +95,15 @@ def main() -> None:
                                            "diffusion": {"prediction": "v"}}, resume=(run / "config.json").is_file())
         seconds = time.perf_counter() - began
         pipe = CLIPSonicPipeline.from_pretrained(run / "pipeline", device="cpu")
-        rows, audios = [], []
-        for rel in tests:
-            path = args.out / "world" / rel
-            audio = pipe(video=str(path), mode="iq", seed=0).audios[0]
-            fps = world.fps
-            frames = np.stack(load_frames(path, list(np.arange(round(probe(path).duration * fps)) / fps)))
-            onsets = np.array(sorted(e["onset_s"] for e in events[rel]))
-            rows.append(sync_scores(audio, pipe.sample_rate, onsets, frames=frames, fps=fps, config=SyncConfig()))
-            audios.append(audio)
-        labels = [Path(rel).stem.rsplit("_", 1)[0] for rel in tests]
-        relevance = np.mean([a == y for a, y in zip(oracle.classify(np.stack(audios), 16000), labels, strict=True)])
-        fad = fad_from_stats(reference, EmbeddingStats.from_embeddings(
-            np.concatenate([embedder.embed(w, 16000) for w in audios])))
-        mean = {k: float(np.mean([r[k] for r in rows])) for k in ("onset_precision", "onset_recall", "onset_f1")}
-        offset = float(np.mean([abs(r["av_offset_s"]) for r in rows]))
-        print(f"| {seq_cond} | {mean['onset_precision']:.3f} | {mean['onset_recall']:.3f} | {mean['onset_f1']:.3f} | "
-              f"{offset:.3f} | {relevance:.3f} | {fad:.2f} | {seconds:.0f} |", flush=True)
+        for sampler, steps, w in samplings:
+            audios = [pipe(video=str(args.out / "world" / rel), mode="iq", seed=0, sampler=sampler,
+                           num_inference_steps=steps, guidance_scale=w).audios[0] for rel in tests]
+            row(seq_cond, f"{sampler} {steps}, w {w:g}", audios, pipe.sample_rate, seconds)
+    if args.reconstruction:  # the last pipeline's vocoder on the real audio's own mel
+        with torch.no_grad():
+            audios = [pipe.vocoder(mel_spectrogram(torch.from_numpy(w)[None], pipe.mel))[0].numpy()[:len(w)]
+                      for w in real]
+        row("reconstruction", "real mel", audios, pipe.sample_rate, 0.0)
 
 
 if __name__ == "__main__":

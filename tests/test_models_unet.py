@@ -290,6 +290,18 @@ def test_film_changes_the_output_where_the_sequence_changes():
     assert change[96:].sum() / change.sum() > 0.8
 
 
+def test_a_sequence_and_its_per_mel_frame_repetition_condition_alike():
+    # training passes N stored rows, a video query one row per mel frame (clipsonic.pipeline.sequence): every level
+    # must see the same condition from both, the steps of the rows (area resampling) and not ramps between them
+    model = randomise_zero_layers(tiny(seq_cond="film")).eval()
+    x, t, cond = inputs(frames=64)
+    seq = torch.nn.functional.normalize(torch.randn(2, 8, COND_DIM, generator=torch.Generator().manual_seed(3)), dim=-1)
+    with torch.no_grad():
+        rows, per_frame = model(x, t, cond, cond_seq=seq), model(x, t, cond, cond_seq=seq.repeat_interleave(8, dim=1))
+    torch.testing.assert_close(per_frame, rows, atol=1e-5, rtol=0)
+    assert (rows - model(x, t, cond)).abs().max() > 1e-3  # and the sequence matters
+
+
 def test_drop_cond_drops_the_whole_sequence():
     model = randomise_zero_layers(tiny(seq_cond="film")).eval()
     x, t, cond = inputs()

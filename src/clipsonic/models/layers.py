@@ -70,11 +70,16 @@ class ResBlock(nn.Module):
 
     def modulation(self, emb: torch.Tensor, frames: int) -> torch.Tensor:
         """AdaGN ``[scale, shift]``: ``[B, 2·out_ch, 1, 1]`` from ``emb [B, E]``; from ``emb [B, E, N]``, resampled
-        linearly to this block's ``frames`` (N frame centres onto W: ``align_corners=False``), ``[B, 2·out_ch, 1, W]``,
-        the same for every mel band."""
+        by area to this block's ``frames`` (row i covers W-frames ``[i·W/N, (i+1)·W/N)``: repeated where W > N, averaged
+        where W < N), ``[B, 2·out_ch, 1, W]``, the same for every mel band.
+
+        Area, not linear interpolation: a sequence of N rows and its per-mel-frame repetition (what a video query
+        passes, clipsonic.pipeline.sequence) then give every level the same values, so generation sees the steps
+        training saw; linear interpolation ramped each change over one training row (125 ms at 8 fps) but not the
+        per-frame one."""
         if emb.ndim == 2:
             return self.emb_proj(F.silu(emb))[:, :, None, None]
-        emb = F.interpolate(emb, size=frames, mode="linear", align_corners=False)  # [B, E, W]
+        emb = F.adaptive_avg_pool1d(emb, frames)  # [B, E, W]
         return self.emb_proj(F.silu(emb).transpose(1, 2)).transpose(1, 2)[:, :, None, :]
 
 

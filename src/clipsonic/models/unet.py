@@ -137,7 +137,7 @@ class MelUNet(nn.Module):
 
     With ``seq_cond="film"`` a frame sequence ``cond_seq [B, N, D]`` also enters, through its own zero-initialised
     ``Linear(√D · c)`` (a new model starts as the global one): ``emb [B, E, N] = emb[:, :, None] + seq_proj(√D ·
-    cond_seq)``, which every res-block resamples linearly to its own frame count, so AdaGN's scale and shift vary
+    cond_seq)``, which every res-block resamples by area to its own frame count, so AdaGN's scale and shift vary
     along time (per-time FiLM). ``cond_seq=None`` is the constant sequence ``cond`` (a text or single-image query).
 
     Set ``model.gradient_checkpointing = True`` to recompute each stage's activations in the
