@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="UNet steps of each model")
     parser.add_argument("--frame-rate", type=float, default=8.0)
     parser.add_argument("--clip-seconds", type=float, default=1.024, help="training clips (the videos last 3.072 s)")
-    parser.add_argument("--conditions", nargs="+", choices=("none", "film"), default=("none", "film"))
+    parser.add_argument("--conditions", nargs="+", choices=("none", "film", "xattn"), default=("none", "film"))
     parser.add_argument("--sampling", nargs="+", default=("unipc:8:1.5",), metavar="SAMPLER:STEPS:W",
                         help="one row per sampler, steps and guidance scale (default unipc:8:1.5, the pipeline's)")
     parser.add_argument("--reconstruction", action="store_true",

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from clipsonic.config import ConfigError
 from clipsonic.errors import ClipsonicError
 from clipsonic.models import UNET_PRESETS, MelUNet, MelUNetConfig
-from clipsonic.models.layers import timestep_embedding
+from clipsonic.models.layers import FrameAttention, timestep_embedding
 
 COND_DIM = 32  # small CLIP stand-in: keeps the tests fast; the width is a config field like any other
 
@@ -259,11 +259,19 @@ def test_seq_cond_none_is_the_network_of_old_checkpoints(tmp_path):
         plain(x, t, cond, cond_seq=sequence(cond, 4))
 
 
+def starting(model: MelUNet) -> MelUNet:
+    """Zero again the layers through which a new model's sequence enters, as constructed."""
+    for layer in ([model.seq_proj] if model.config.seq_cond == "film" else
+                  [m.proj for m in model.modules() if isinstance(m, FrameAttention)]):
+        for p in layer.parameters():
+            torch.nn.init.zeros_(p)
+    return model
+
+
+@pytest.mark.parametrize("seq_cond", ["film", "xattn"])
 @pytest.mark.parametrize(("overrides", "n"), [({}, 1), ({}, 5), ({}, 40), ({"patch_size": 1}, 3)])
-def test_film_shapes_and_start_as_the_global_model(overrides, n):
-    model = randomise_zero_layers(tiny(seq_cond="film", **overrides)).eval()
-    torch.nn.init.zeros_(model.seq_proj.weight)  # as constructed: a new film model is the global one
-    torch.nn.init.zeros_(model.seq_proj.bias)
+def test_sequence_models_have_the_shapes_and_start_as_the_global_model(seq_cond, overrides, n):
+    model = starting(randomise_zero_layers(tiny(seq_cond=seq_cond, **overrides))).eval()  # a new model is the global one
     x, t, cond = inputs(frames=32)
     seq = torch.randn(2, n, COND_DIM)
     with torch.no_grad():
@@ -290,6 +298,18 @@ def test_film_changes_the_output_where_the_sequence_changes():
     assert change[96:].sum() / change.sum() > 0.8
 
 
+def test_frame_attention_hears_the_sequence_and_takes_none_as_the_constant_one():
+    model = randomise_zero_layers(tiny(seq_cond="xattn")).eval()
+    x, t, cond = inputs(frames=64)
+    other = torch.nn.functional.normalize(torch.randn(2, 3, COND_DIM, generator=torch.Generator().manual_seed(5)), dim=-1)
+    with torch.no_grad():
+        base = model(x, t, cond, cond_seq=sequence(cond, 8))
+        torch.testing.assert_close(base, model(x, t, cond), rtol=1e-5, atol=1e-5)  # None = the constant sequence
+        assert (model(x, t, cond, cond_seq=torch.cat([sequence(cond, 5), other], dim=1)) - base).abs().max() > 1e-3
+    film_names = set(tiny(seq_cond="film").state_dict())
+    assert {"seq_proj.weight", "seq_proj.bias"} < set(model.state_dict()) and len(model.state_dict()) > len(film_names)
+
+
 def test_a_sequence_and_its_per_mel_frame_repetition_condition_alike():
     # training passes N stored rows, a video query one row per mel frame (clipsonic.pipeline.sequence): every level
     # must see the same condition from both, the steps of the rows (area resampling) and not ramps between them
@@ -302,8 +322,9 @@ def test_a_sequence_and_its_per_mel_frame_repetition_condition_alike():
     assert (rows - model(x, t, cond)).abs().max() > 1e-3  # and the sequence matters
 
 
-def test_drop_cond_drops_the_whole_sequence():
-    model = randomise_zero_layers(tiny(seq_cond="film")).eval()
+@pytest.mark.parametrize("seq_cond", ["film", "xattn"])
+def test_drop_cond_drops_the_whole_sequence(seq_cond):
+    model = randomise_zero_layers(tiny(seq_cond=seq_cond)).eval()
     x, t, cond = inputs()
     seq_a, seq_b = torch.randn(2, 4, COND_DIM), torch.randn(2, 7, COND_DIM)
     everyone = torch.ones(2, dtype=torch.bool)

@@ -40,18 +40,19 @@ def base(tiny_pipeline_dir):  # noqa: F811
     return CLIPSonicPipeline.from_pretrained(tiny_pipeline_dir, device="cpu")
 
 
-def film_pipeline(base: CLIPSonicPipeline, training: dict) -> CLIPSonicPipeline:
-    """``base`` with a random film UNet (its zero-initialised layers, seq_proj too, made random)."""
+def film_pipeline(base: CLIPSonicPipeline, training: dict, seq_cond: str = "film") -> CLIPSonicPipeline:
+    """``base`` with a random film (or xattn) UNet (its zero-initialised layers, seq_proj too, made random)."""
     with torch.random.fork_rng():
         torch.manual_seed(1)
-        unet = MelUNet.from_preset("tiny", cond_dim=base.encoder.dim, seq_cond="film")
+        unet = MelUNet.from_preset("tiny", cond_dim=base.encoder.dim, seq_cond=seq_cond)
         randomize_zero_layers(unet)
     return CLIPSonicPipeline(unet=unet, diffusion=base.diffusion.config, encoder=base.encoder, mel=base.mel,
                              clip=base.clip, stats=base.stats, training=training)
 
 
-def test_the_unet_sees_the_video_frame_by_frame_and_the_mean_globally(base, tmp_path):
-    pipe = film_pipeline(base, {"frame_rate": 4})
+@pytest.mark.parametrize("seq_cond", ["film", "xattn"])
+def test_the_unet_sees_the_video_frame_by_frame_and_the_mean_globally(base, tmp_path, seq_cond):
+    pipe = film_pipeline(base, {"frame_rate": 4}, seq_cond)
     video = two_colour_video(tmp_path / "v.mp4", seconds=1)
     seen = []
     pipe.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append((args, kwargs)), with_kwargs=True)

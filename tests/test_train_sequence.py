@@ -31,12 +31,15 @@ def band_clips(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor
     return x0, torch.where(on[..., None], rows[0], rows[1]), on_frames
 
 
-def test_a_tiny_model_learns_to_follow_the_sequence():
+# measured contrast after 100 steps: film 0.80 (0.84 when it resampled linearly), xattn 0.42 (it must learn
+# which frame each position hears, where film is told)
+@pytest.mark.parametrize(("seq_cond", "at_least"), [("film", 0.5), ("xattn", 0.25)])
+def test_a_tiny_model_learns_to_follow_the_sequence(seq_cond, at_least):
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     model = MelUNet(MelUNetConfig(cond_dim=DIM, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
                                   attention_levels=(), dropout=0.0, norm_groups=8, patch_size=2, learn_sigma=False,
-                                  seq_cond="film"))
+                                  seq_cond=seq_cond))
     diffusion = GaussianDiffusion(DiffusionConfig(prediction="v", loss="simple", learn_sigma=False,
                                                   num_timesteps=1000))
     x0, seq, _ = band_clips(8, gen)
@@ -63,8 +66,8 @@ def test_a_tiny_model_learns_to_follow_the_sequence():
         return float(band[on].mean() - band[~on].mean())
 
     following, constant = contrast(seq), contrast(None)
-    assert following > 0.4, (following, constant)  # measured 0.84: the band rises in the "on" frames
-    # measured 0.07 (up to 0.13 with other seeds): no time structure without a sequence
+    assert following > at_least, (following, constant)  # the band rises in the "on" frames
+    # measured -0.02 (film) and 0.13 (xattn): no time structure without a sequence
     assert abs(constant) < 0.2, (following, constant)
 
 

@@ -58,7 +58,7 @@ class PipelineGenerator:
         info.check_compatible(self.pipe.mel, clip_dim=self.pipe.clip.dim, clip_model=self.pipe.clip.fingerprint,
                               what=f"the model {self.model_dir}")
         self.seconds = info.mel.clip_samples / info.mel.sample_rate
-        film = self.pipe.unet.config.seq_cond == "film" and info.frame_rate is not None
+        film = self.pipe.unet.config.follows_frames and info.frame_rate is not None
         if film and info.frame_rate != self.pipe.training.get("frame_rate"):  # the stored frames would be misplaced
             raise ClipsonicError(f"{info.root} holds frame sequences at {info.frame_rate:g} fps but the model "
                                  f"{self.model_dir} follows frames at {self.pipe.training.get('frame_rate')} fps; "

@@ -3,7 +3,8 @@
 Every block is a plain ``nn.Module`` whose forward has no data-dependent Python branches, so the
 whole network traces under ``torch.compile(fullgraph=True)``. Shapes: ``x`` is ``[B, C, H, W]``
 (``H`` mel bins, ``W`` frames), ``emb`` is the conditioning vector ``[B, E]``, or one per time ``[B, E, N]``
-(``MelUNetConfig.seq_cond="film"``), which each res-block resamples to its own ``W``.
+(``MelUNetConfig.seq_cond="film"``), which each res-block resamples to its own ``W``; with ``seq_cond="xattn"``,
+:class:`FrameAttention` layers attend to the frame rows ``context [B, N, E]`` instead.
 """
 
 from __future__ import annotations
@@ -106,6 +107,48 @@ class AttentionBlock(nn.Module):
         return x + self.proj(out)
 
 
+def clip_positions(n: int, features: int, device: torch.device) -> torch.Tensor:
+    """Fourier features ``[n, 2·features]`` of n equal parts' centres ``p = (i + 0.5)/n`` of a clip:
+    ``sin(π k p), cos(π k p)`` for ``k = 1..features``, so positions compare across lengths (N rows, W frames)."""
+    p = (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n
+    angles = math.pi * p[:, None] * torch.arange(1, features + 1, device=device, dtype=torch.float32)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class FrameAttention(nn.Module):
+    """Cross-attention from every position of ``x`` to the rows of a frame sequence (``seq_cond="xattn"``), residual,
+    output projection zero-init (a new model starts as the global one).
+
+    Queries: ``GroupNorm(x)`` plus a learned projection of the column's time (:func:`clip_positions` of W); keys and
+    values: the projected sequence rows ``context [B, N, E]``, keys plus their own time (of N). Which frame a mel
+    position listens to is learned, from content and time, where per-time FiLM is told it.
+    """
+
+    POSITIONS = 16  # Fourier pairs: a position resolves ~1/32 of the clip (a 1.024-s clip's mel frame)
+
+    def __init__(self, channels: int, context_dim: int, num_heads: int, groups: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.q_time = nn.Linear(2 * self.POSITIONS, channels, bias=False)
+        self.k_time = nn.Linear(2 * self.POSITIONS, channels, bias=False)
+        self.proj = zero_module(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``x [B, C, H, W]``, ``context [B, N, E]`` → ``[B, C, H, W]``."""
+        b, c, h, w = x.shape
+        heads = self.num_heads
+        q = self.q(self.norm(x)) + self.q_time(clip_positions(w, self.POSITIONS, x.device)).T[None, :, None, :]
+        k, v = self.kv(context).chunk(2, dim=-1)  # [B, N, C] each
+        k = k + self.k_time(clip_positions(context.shape[1], self.POSITIONS, x.device))
+        q = q.reshape(b, heads, c // heads, h * w).transpose(-1, -2)  # [B, heads, H·W, C/heads]
+        k, v = (z.reshape(b, -1, heads, c // heads).transpose(1, 2) for z in (k, v))  # [B, heads, N, C/heads]
+        out = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
 class Downsample(nn.Module):
     """Strided 3×3 conv: ``[B, C, H, W] → [B, C, H/2, W/2]`` (improved-diffusion's conv_resample)."""
 
@@ -129,9 +172,11 @@ class Upsample(nn.Module):
 
 
 class EmbedSequential(nn.Sequential):
-    """A ``Sequential`` whose layers all take ``(x, emb)``: one UNet stage (res-block [+ attention] [+ resample])."""
+    """A ``Sequential`` whose layers take ``(x, emb)``, or ``(x, context)`` for :class:`FrameAttention`: one UNet
+    stage (res-block [+ frame attention] [+ attention] [+ resample])."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, emb: torch.Tensor,  # type: ignore[override]
+                context: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self:
-            x = layer(x, emb)
+            x = layer(x, context) if isinstance(layer, FrameAttention) else layer(x, emb)
         return x

@@ -27,6 +27,7 @@ from clipsonic.models.layers import (
     AttentionBlock,
     Downsample,
     EmbedSequential,
+    FrameAttention,
     ResBlock,
     Upsample,
     timestep_embedding,
@@ -69,8 +70,9 @@ class MelUNetConfig(Config):
     # Only the CPU-sized presets use it.
     patch_size: int = 1
     # "film": also condition on the clip's frame sequence cond_seq [B, N, D] (datasets made with preprocess
-    # --frame-rate), modulating every res-block per frame (docs/architecture.md); "none": the paper's network.
-    seq_cond: Literal["none", "film"] = "none"
+    # --frame-rate), modulating every res-block per frame (docs/architecture.md); "xattn": the same sequence through a
+    # cross-attention after every res-block instead (the position learns which frames to hear); "none": the paper's.
+    seq_cond: Literal["none", "film", "xattn"] = "none"
 
     def __post_init__(self) -> None:
         levels = len(self.channel_mult)
@@ -88,7 +90,8 @@ class MelUNetConfig(Config):
             if ch % self.norm_groups:
                 raise ConfigError(f"MelUNetConfig: level {i} has {ch} channels, not divisible by norm_groups={self.norm_groups}")
             heads = self.heads_at(ch)
-            if i in self.attention_levels and (heads < 1 or ch % heads or (self.head_channels > 0 and ch % self.head_channels)):
+            attends = i in self.attention_levels or self.seq_cond == "xattn"
+            if attends and (heads < 1 or ch % heads or (self.head_channels > 0 and ch % self.head_channels)):
                 raise ConfigError(f"MelUNetConfig: level {i} has {ch} channels, not divisible into attention heads ({self.num_heads=}, {self.head_channels=})")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"MelUNetConfig: dropout must be in [0, 1), got {self.dropout}")
@@ -101,6 +104,11 @@ class MelUNetConfig(Config):
     def downsample_factor(self) -> int:
         """Mel bins and frames must be multiples of this (patching × 2^(levels − 1))."""
         return self.patch_size * 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def follows_frames(self) -> bool:
+        """Whether the network takes a frame sequence ``cond_seq`` (``seq_cond`` "film" or "xattn")."""
+        return self.seq_cond != "none"
 
     def heads_at(self, channels: int) -> int:
         return channels // self.head_channels if self.head_channels > 0 else self.num_heads
@@ -139,6 +147,9 @@ class MelUNet(nn.Module):
     ``Linear(√D · c)`` (a new model starts as the global one): ``emb [B, E, N] = emb[:, :, None] + seq_proj(√D ·
     cond_seq)``, which every res-block resamples by area to its own frame count, so AdaGN's scale and shift vary
     along time (per-time FiLM). ``cond_seq=None`` is the constant sequence ``cond`` (a text or single-image query).
+    With ``seq_cond="xattn"`` the rows ``seq_proj(√D · cond_seq)`` ``[B, N, E]`` are read instead by a
+    :class:`~clipsonic.models.layers.FrameAttention` after every res-block (zero-initialised output), each mel position
+    choosing its frames by content and time; ``emb`` stays global.
 
     Set ``model.gradient_checkpointing = True`` to recompute each stage's activations in the
     backward pass (training only): it trades ~30 % more compute for far less memory.
@@ -157,6 +168,8 @@ class MelUNet(nn.Module):
         self.null_cond = nn.Parameter(torch.randn(c.cond_dim).div_(c.cond_dim**0.5))
         if c.seq_cond == "film":  # only then: a "none" model keeps the parameter names of every older checkpoint
             self.seq_proj = zero_module(nn.Linear(c.cond_dim, emb_dim))
+        elif c.seq_cond == "xattn":  # the rows each FrameAttention reads (its output starts at zero)
+            self.seq_proj = nn.Linear(c.cond_dim, emb_dim)
         self.patch_in = nn.PixelUnshuffle(c.patch_size)  # [B, C, H, W] → [B, C·p², H/p, W/p]
         self.patch_out = nn.PixelShuffle(c.patch_size)  # inverse, on the output
 
@@ -165,6 +178,9 @@ class MelUNet(nn.Module):
 
         def attn(ch: int) -> AttentionBlock:
             return AttentionBlock(ch, c.heads_at(ch), c.norm_groups)
+
+        def frames(ch: int) -> list[nn.Module]:
+            return [FrameAttention(ch, emb_dim, c.heads_at(ch), c.norm_groups)] if c.seq_cond == "xattn" else []
 
         # Down path: every stage's output is kept as a skip for the up path (improved-diffusion).
         ch = c.base_channels
@@ -175,6 +191,7 @@ class MelUNet(nn.Module):
             for _ in range(c.num_res_blocks):
                 layers: list[nn.Module] = [res(ch, mult * c.base_channels)]
                 ch = mult * c.base_channels
+                layers += frames(ch)
                 if level in c.attention_levels:
                     layers.append(attn(ch))
                 self.down.append(EmbedSequential(*layers))
@@ -184,7 +201,7 @@ class MelUNet(nn.Module):
                 skip_chs.append(ch)
 
         coarse_attn = len(c.channel_mult) - 1 in c.attention_levels
-        self.middle = EmbedSequential(res(ch, ch), *([attn(ch)] if coarse_attn else []), res(ch, ch))
+        self.middle = EmbedSequential(res(ch, ch), *frames(ch), *([attn(ch)] if coarse_attn else []), res(ch, ch))
 
         # Up path: one more res-block per level than down, each eating one skip.
         self.up = nn.ModuleList()
@@ -192,6 +209,7 @@ class MelUNet(nn.Module):
             for i in range(c.num_res_blocks + 1):
                 layers = [res(ch + skip_chs.pop(), mult * c.base_channels)]
                 ch = mult * c.base_channels
+                layers += frames(ch)
                 if level in c.attention_levels:
                     layers.append(attn(ch))
                 if level > 0 and i == c.num_res_blocks:
@@ -232,17 +250,20 @@ class MelUNet(nn.Module):
             cond = torch.where(drop_cond[:, None], self.null_cond[None, :], cond)  # [B, D]
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
         emb = emb + self.cond_proj(cond * self.config.cond_dim**0.5)  # [B, 4·base]
+        context = None
         if self.config.seq_cond == "film":
             emb = self._add_sequence(emb, cond, drop_cond, cond_seq)
+        elif self.config.seq_cond == "xattn":
+            context = self._frame_rows(cond, drop_cond, cond_seq)
 
         h = self.conv_in(self.patch_in(x))
         skips = [h]
         for stage in self.down:
-            h = self._run(stage, h, emb)
+            h = self._run(stage, h, emb, context)
             skips.append(h)
-        h = self._run(self.middle, h, emb)
+        h = self._run(self.middle, h, emb, context)
         for stage in self.up:
-            h = self._run(stage, torch.cat([h, skips.pop()], dim=1), emb)
+            h = self._run(stage, torch.cat([h, skips.pop()], dim=1), emb, context)
         out = self.conv_out(nn.functional.silu(self.norm_out(h)))
         return self.patch_out(out).contiguous()  # NCHW for the caller even from channels-last weights
 
@@ -257,10 +278,21 @@ class MelUNet(nn.Module):
             seq = torch.where(drop_cond[:, None, None], self.null_cond, seq)  # [B, N, D]
         return emb[:, :, None] + self.seq_proj(seq * scale).transpose(1, 2)  # [B, E, N]
 
-    def _run(self, stage: EmbedSequential, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _frame_rows(self, cond: torch.Tensor, drop_cond: torch.Tensor | None,
+                    cond_seq: torch.Tensor | None) -> torch.Tensor:
+        """The rows FrameAttention reads, ``[B, N, E]``: the projected sequence (None: the one row ``cond``)."""
+        if cond_seq is None:
+            return self.seq_proj(cond * self.config.cond_dim**0.5)[:, None]
+        seq = cond_seq.to(self.null_cond.dtype)
+        if drop_cond is not None:
+            seq = torch.where(drop_cond[:, None, None], self.null_cond, seq)  # [B, N, D]
+        return self.seq_proj(seq * self.config.cond_dim**0.5)
+
+    def _run(self, stage: EmbedSequential, h: torch.Tensor, emb: torch.Tensor,
+             context: torch.Tensor | None) -> torch.Tensor:
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(stage, h, emb, use_reentrant=False)
-        return stage(h, emb)
+            return checkpoint(stage, h, emb, context, use_reentrant=False)
+        return stage(h, emb, context)
 
     def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, drop_cond: torch.Tensor | None,
                       cond_seq: torch.Tensor | None) -> None:
@@ -281,7 +313,7 @@ class MelUNet(nn.Module):
             raise ClipsonicError(f"MelUNet expects drop_cond as a bool tensor of shape [{b}]; got {drop_cond.dtype} {list(drop_cond.shape)}")
         if cond_seq is not None and c.seq_cond == "none":
             raise ClipsonicError("MelUNet got cond_seq but was built with seq_cond='none'; pass cond_seq=None, or "
-                                 "train a model with seq_cond='film' (clipsonic train --seq-cond film)")
+                                 "train a model that follows frames (clipsonic train --seq-cond film or xattn)")
         if cond_seq is not None and (cond_seq.ndim != 3 or cond_seq.shape[::2] != (b, c.cond_dim)
                                      or not cond_seq.shape[1]):
             raise ClipsonicError(f"MelUNet expects cond_seq of shape [{b}, N, {c.cond_dim}] (N ≥ 1 frame embeddings); "

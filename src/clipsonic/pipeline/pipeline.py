@@ -321,9 +321,9 @@ class CLIPSonicPipeline:
                                  "noise and cannot edit audio; use "
                                  + self.training.get("distilled", {}).get("from", "the pipeline it was distilled from"))
         src, length = edits.load_source(audio, self.mel, strength=strength, mask=mask, long=long, seconds=seconds)
-        if sequence_embeds is not None and (query.kind != "embedding" or self.unet.config.seq_cond != "film"):
-            raise ClipsonicError("sequence_embeds goes with image_embeds on a film pipeline (seq_cond='film'); drop it")
-        follows = self.unet.config.seq_cond == "film" and (query.kind == "video" or sequence_embeds is not None)
+        if sequence_embeds is not None and (query.kind != "embedding" or not self.unet.config.follows_frames):
+            raise ClipsonicError("sequence_embeds goes with image_embeds on a pipeline that follows frames (seq_cond 'film' or 'xattn'); drop it")
+        follows = self.unet.config.follows_frames and (query.kind == "video" or sequence_embeds is not None)
         frame_rate = sequence.training_frame_rate(self.training, long) if follows else None
         multiple = self.unet.config.downsample_factor
         if query.kind != "video" or length is not None:  # lengths are checked before any slow work

@@ -118,7 +118,7 @@ class UNetTask(Task):
         super().__init__(run)
         cfg, acc = run.config.train, run.accelerator
         self.info, self.train_config = info, cfg
-        self.film = run.config.unet.seq_cond == "film"  # batches carry cond_seq [B, N, D] then
+        self.film = run.config.unet.follows_frames  # batches carry cond_seq [B, N, D] then
         _check_sequences(run.config.unet, info)  # again here: a resumed run may be pointed at another dataset
         if info.frame_rate is not None and not self.film:
             log.info("%s has frame sequences; seq_cond='none' ignores them (train with --seq-cond film to use them)",
@@ -269,7 +269,7 @@ class UNetTask(Task):
                     "batch_size": t.batch_size, "grad_accum": t.grad_accum, "lr": t.lr, "ema": t.ema,
                     "precision": t.precision, "prediction": d.prediction, "loss": d.loss,
                     "num_timesteps": d.num_timesteps, "seed": t.seed, "parameters": unet.num_parameters()}
-        if run.config.unet.seq_cond == "film":  # the rate generation embeds a video's frames at (pipeline.sequence)
+        if run.config.unet.follows_frames:  # the rate generation embeds a video's frames at (pipeline.sequence)
             training["frame_rate"] = info.frame_rate
         bundle = t.bundle_clip if bundle_clip is None else bundle_clip
         return write_pipeline_dir(out, unet=unet, diffusion=d, mel=info.mel, clip=info.clip,
@@ -278,8 +278,8 @@ class UNetTask(Task):
 
 
 def _check_sequences(unet: MelUNetConfig, info: DatasetInfo) -> None:
-    if unet.seq_cond == "film" and info.frame_rate is None:
-        raise ClipsonicError(f"{info.root} has no frame sequences, which seq_cond='film' trains on; re-run "
+    if unet.follows_frames and info.frame_rate is None:
+        raise ClipsonicError(f"{info.root} has no frame sequences, which seq_cond={unet.seq_cond!r} trains on; re-run "
                              "preprocess with --frame-rate (e.g. --frame-rate 4), or train with --seq-cond none")
 
 
