@@ -30,7 +30,7 @@ from PIL import Image
 from support.media_files import write_frameless_video, write_video
 
 from clipsonic.media import probe
-from clipsonic.pipeline.pipeline import BUILTIN_DIR
+from clipsonic.pipeline.pipeline import BUILTIN_ROOT
 
 try:
     from playwright.sync_api import expect
@@ -39,7 +39,8 @@ except ImportError:  # the browser fixture skips (or fails, under CLIPSONIC_REQU
 if importlib.util.find_spec("gradio") is None:  # found, not imported: only the app's process needs it
     pytest.skip("clipsonic app needs gradio: pip install -e '.[app]'", allow_module_level=True)
 
-PROMPT = "the red ball that is humming"  # one of the built-in model's prompts.txt
+SONICWORLD = BUILTIN_ROOT / "sonicworld"  # the page is tested on the built-in SonicWorld model: its 1-s clips are quick
+PROMPT = "the red ball that is humming"  # one of its prompts.txt
 STEM = "the-red-ball-that-is-humming"  # its file names (clipsonic.files.safe_name)
 CLIP_SECONDS = 1.024  # a built-in clip: 32 mel frames at hop 512, 16 kHz
 STARTUP_S = 90
@@ -87,9 +88,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory) -> Iterator[App]:
-    """``clipsonic app`` on the built-in model, on a free port; stopped with Ctrl-C (SIGINT) at the end."""
+    """``clipsonic app`` on the built-in SonicWorld model, on a free port; stopped with Ctrl-C (SIGINT) at the end."""
     out = tmp_path_factory.mktemp("app-page") / "app"
-    process = subprocess.Popen([sys.executable, "-m", "clipsonic", "app", "--out", str(out), "--port",
+    process = subprocess.Popen([sys.executable, "-m", "clipsonic", "app", "--model", "builtin:sonicworld", "--out", str(out), "--port",
                                 str(_free_port())], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=os.environ.copy())
     lines: list[str] = []
@@ -248,7 +249,7 @@ def test_text_to_audio(app, page, tmp_path):
 
 
 def test_nearest_training_clips(app, page):
-    bank_labels = set(json.loads((BUILTIN_DIR / "stats" / "bank.json").read_text())["labels"])
+    bank_labels = set(json.loads((SONICWORLD / "stats" / "bank.json").read_text())["labels"])
     _open(page, app)
     page.locator("#text textarea").fill(PROMPT)
     _set_count(page, 1)

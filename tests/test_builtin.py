@@ -98,8 +98,12 @@ def test_card_lists_only_shipped_components_and_the_vocoder_its_numbers_used(fin
         assert ("It has no vocoder: it vocodes with Griffin-Lim" in card) == griffin_lim
 
 
-def test_shipped_card_lists_only_shipped_components():
-    root = pipeline_module.BUILTIN_DIR
+SHIPPED = sorted(p for p in pipeline_module.BUILTIN_ROOT.iterdir() if (p / "model_index.json").is_file())
+SONICWORLD = pipeline_module.BUILTIN_ROOT / "sonicworld"
+
+
+@pytest.mark.parametrize("root", SHIPPED, ids=lambda p: p.name)
+def test_shipped_card_lists_only_shipped_components(root):
     components = json.loads((root / "model_index.json").read_text())["components"]
     present, absent = card_components((root / "README.md").read_text())
     assert sorted(present + absent) == sorted(components)
@@ -123,8 +127,8 @@ def test_install_refuses_unfinished_or_oversized(finished_demo, tmp_path, monkey
 
 # --- the shipped model -------------------------------------------------------------------------
 
-def test_shipped_model_is_small_and_self_contained():
-    root = pipeline_module.BUILTIN_DIR
+@pytest.mark.parametrize("root", SHIPPED, ids=lambda p: p.name)
+def test_shipped_model_is_small_and_self_contained(root):
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert size <= builtin.MAX_BYTES
     assert not [p for p in root.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl", ".ckpt")]
@@ -140,7 +144,7 @@ def test_list_builtin_prompts(capsys):
 
 @pytest.fixture(scope="module")
 def shipped():
-    return CLIPSonicPipeline.from_pretrained(device="cpu")
+    return CLIPSonicPipeline.from_pretrained("builtin:sonicworld", device="cpu")
 
 
 def test_shipped_model_generates_every_concept_and_the_oracle_agrees(shipped, tmp_path):
@@ -190,7 +194,7 @@ def test_builtin_models_by_name(capsys):
     with pytest.raises(ClipsonicError, match=r"no built-in model 'builtin:dogs'; this install has builtin:sonicworld"):
         model_path("builtin:dogs")
     assert main(["generate", "--model", "builtin:sonicworld", "--list-builtin-prompts"]) == 0
-    assert capsys.readouterr().out.splitlines() == builtin_prompts()
+    assert capsys.readouterr().out.splitlines() == builtin_prompts(SONICWORLD)
     with pytest.raises(SystemExit) as stop:
         main(["generate", "--model", "builtin:dogs", "--text", "x"])
     assert stop.value.code == 2 and "argument --model: no built-in model 'builtin:dogs'" in capsys.readouterr().err
@@ -202,7 +206,7 @@ def test_far_prompts_are_named_in_one_line(shipped, caplog):
     from clipsonic.sonicworld import CONCEPTS, captions
 
     known = shipped.known_prompts + shift_prompts(shipped.stats.bank_labels)
-    assert shipped.known_prompts == builtin_prompts()
+    assert shipped.known_prompts == builtin_prompts(SONICWORLD)
     held_out = [t for c in CONCEPTS for t in captions(c, "test")]
     far = ["a dog barking", "piano music", "a glass breaking", "rain on a tin roof", "a car engine", "thunder"]
     sims, nearest = familiarity(shipped.encoder.encode_texts(held_out + far), shipped.encoder.encode_texts(known))
