@@ -1,5 +1,5 @@
-"""The built-in model: installing a finished demo's pipeline, loading it with no path, its prompts;
-and the shipped SonicWorld model itself, judged by the world's oracle."""
+"""The built-in models: installing a finished demo's pipeline, loading it with no path, its prompts; the default
+StampWorld model judged by its world's judge, and the SonicWorld model by its oracle."""
 
 from __future__ import annotations
 
@@ -164,13 +164,49 @@ def test_shipped_model_generates_every_concept_and_the_oracle_agrees(shipped, tm
     assert whole["iq"] >= 2 and whole["pd"] >= 2, whole
 
 
-def test_generate_cli_uses_the_builtin_model(tmp_path):
-    out = tmp_path / "hum.wav"
-    assert main(["generate", "--text", "the red circle that is humming", "--steps", "10", "-o", str(out)]) == 0
+def test_the_readme_command_barks(tmp_path):
+    """The README's first command, on the default built-in (StampWorld) model: the world's judge hears a dog."""
     import soundfile as sf
 
-    audio, rate = sf.read(out)
-    assert rate == 16000 and len(audio) > 8000 and np.abs(audio).max() > 0.01
+    from clipsonic.stampworld.judge import StampJudge
+
+    out = tmp_path / "bark.wav"
+    assert main(["generate", "--text", "a dog barking", "-o", str(out)]) == 0
+    audio, rate = sf.read(out, dtype="float32")
+    assert rate == 16000 and len(audio) == 65536 and 0.05 < np.abs(audio).max() <= 1.0
+    assert StampJudge.from_pretrained().classify(audio[None], rate) == ["dog"]  # seeds 0-3 all named dog
+
+
+@pytest.fixture(scope="module")
+def stampworld():
+    return CLIPSonicPipeline.from_pretrained(device="cpu")  # the default built-in model
+
+
+def test_the_default_builtin_makes_the_sounds_of_held_out_captions(stampworld):
+    from clipsonic.stampworld import CONCEPT_NAMES, captions
+    from clipsonic.stampworld.judge import StampJudge
+
+    assert stampworld.clip.model == "stampworld-clip (bundled in clip/)"
+    texts = [captions(c, "test")[14] for c in CONCEPT_NAMES]  # "a barking puppy", "a mooing calf", ...: unseen
+    out = stampworld(text=texts, seed=0)  # PD, unipc 8, w = 1.5: the defaults
+    named = StampJudge.from_pretrained().classify(out.audios, out.sample_rate)
+    right = sum(n == c for n, c in zip(named, CONCEPT_NAMES, strict=True))
+    assert right >= 17, list(zip(named, CONCEPT_NAMES, strict=True))  # measured 20 of 24; chance is 1
+    card = (pipeline_module.BUILTIN_DIR / "README.md").read_text()
+    assert "clipsonic demo --world stampworld" in card and "(ddim 25 steps, w = 1.5; vocoded with Griffin-Lim" in card
+
+
+def test_the_default_builtin_names_far_prompts(stampworld):
+    from clipsonic.bridges import FAR_PROMPT_SIMILARITY, GENERIC_PROMPTS, familiarity, shift_prompts
+    from clipsonic.stampworld import CONCEPT_NAMES, captions
+
+    known = stampworld.known_prompts + [t for t in shift_prompts(stampworld.stats.bank_labels)
+                                        if t not in GENERIC_PROMPTS]
+    held_out = [t for c in CONCEPT_NAMES for t in captions(c, "test")]
+    far = ["piano music", "a glass breaking", "rain on a tin roof", "a car engine", "thunder", "wind blowing"]
+    sims, _ = familiarity(stampworld.encoder.encode_texts(held_out + far), stampworld.encoder.encode_texts(known))
+    # measured: held-out captions ≥ 0.979, these far texts ≤ 0.803
+    assert sims[:len(held_out)].min() >= FAR_PROMPT_SIMILARITY > sims[len(held_out):].max()
 
 
 def test_installed_folder_is_readable_by_others(finished_demo, tmp_path):
@@ -188,10 +224,11 @@ def test_installed_folder_is_readable_by_others(finished_demo, tmp_path):
 def test_builtin_models_by_name(capsys):
     from clipsonic.pipeline.pipeline import model_path
 
-    assert model_path(None) == model_path("builtin") == pipeline_module.BUILTIN_DIR
+    assert model_path(None) == model_path("builtin") == pipeline_module.BUILTIN_DIR == model_path("builtin:stampworld")
     assert model_path("builtin:sonicworld") == pipeline_module.BUILTIN_ROOT / "sonicworld"
     assert model_path("runs/x") == pipeline_module.Path("runs/x")
-    with pytest.raises(ClipsonicError, match=r"no built-in model 'builtin:dogs'; this install has builtin:sonicworld"):
+    with pytest.raises(ClipsonicError, match=r"no built-in model 'builtin:dogs'; this install has builtin:sonicworld, "
+                                             r"builtin:stampworld"):
         model_path("builtin:dogs")
     assert main(["generate", "--model", "builtin:sonicworld", "--list-builtin-prompts"]) == 0
     assert capsys.readouterr().out.splitlines() == builtin_prompts(SONICWORLD)

@@ -106,8 +106,9 @@ def _card(command: str, metrics: dict, size: int, griffin_lim: bool, demo_vocode
     recon = metrics.get("table", {}).get("reconstruction", {})
     measured = ("the demo's tiny BigVGAN" + (", not the Griffin-Lim this model ships with" if griffin_lim else "")
                 if demo_vocoder else "Griffin-Lim")
-    sampling = (f"{config['sampler']} {config['sample_steps']} steps, w = {config['guidance']:g}; "
-                if {"sampler", "sample_steps", "guidance"} <= config.keys() else "")
+    guidance = config.get("guidance_scale", config.get("guidance"))  # the demo config's name, then its older one
+    sampling = (f"{config['sampler']} {config['sample_steps']} steps, w = {guidance:g}; "
+                if {"sampler", "sample_steps"} <= config.keys() and guidance is not None else "")
     vocoder = ""  # model_card's "Use" already says what the installed folder vocodes with
     if griffin_lim and demo_vocoder:
         vocoder = ("It vocodes with Griffin-Lim: the demo's CPU-trained tiny BigVGAN reconstructed the real mels "

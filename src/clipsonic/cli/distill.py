@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "clipsonic export runs/sw-1 --step 1000 --out pipelines/sw-4   # the 4-step student of that run",
         "clipsonic generate --model runs/music-4/pipeline --text 'a violin' -o violin.wav")
     p.add_argument("--model", type=options.model, metavar="DIR",
-                   help="the pipeline directory to distil, or builtin:NAME (default: the built-in SonicWorld model)")
+                   help="the pipeline directory to distil, or builtin:NAME (default: the built-in StampWorld model)")
     p.add_argument("--data", type=Path, required=True, metavar="DATA", help="dataset directory (clipsonic preprocess)")
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")

@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "clipsonic generate --model pipelines/vgg --text 'a door slams' --init-audio room.wav --mask 1.5:2.5 -o door.wav",
         "clipsonic generate --model pipelines/vgg --text 'applause' --continue clap.wav --seconds 20 -o longer.wav")
     p.add_argument("--model", type=options.model, metavar="DIR",
-                   help="pipeline directory, or builtin:NAME (default: the built-in SonicWorld model; see "
+                   help="pipeline directory, or builtin:NAME (default: the built-in StampWorld model; see "
                         "--list-builtin-prompts)")
     p.add_argument("--list-builtin-prompts", action="store_true",
                    help="print text queries the model knows (its prompts.txt; default: the built-in model's)")

@@ -50,7 +50,7 @@ DEFAULT_SAMPLER = "unipc"
 # The built-in models, shipped inside the package (clipsonic.builtin installs them); `--model builtin:NAME` names one,
 # no --model the default. PROMPTS_NAME: a pipeline folder's list of texts it knows (the built-in models have one).
 BUILTIN_ROOT = Path(__file__).resolve().parent.parent / "builtin"
-BUILTIN_DIR = BUILTIN_ROOT / "sonicworld"
+BUILTIN_DIR = BUILTIN_ROOT / "stampworld"
 PROMPTS_NAME = "prompts.txt"
 # Text modes without a prior, best-measured first (docs/benchmarks.md): the default is the first one a pipeline has.
 NO_PRIOR_TEXT_MODES = ("knn", "shift", "zs")
@@ -133,8 +133,8 @@ class CLIPSonicPipeline:
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | str | None = None, *, clip_model: str | None = None,
                         vocoder: str | os.PathLike | None = None) -> CLIPSonicPipeline:
-        """Load a pipeline directory (see clipsonic.export for its layout); no ``path``: the built-in
-        SonicWorld model (:data:`BUILTIN_DIR`). A pipeline made for another CLIP is refused with both names.
+        """Load a pipeline directory (see clipsonic.export for its layout) or ``builtin:NAME``; no ``path``: the
+        built-in StampWorld model (:data:`BUILTIN_DIR`). A pipeline made for another CLIP is refused with both names.
 
         Args:
             device: default cuda when available, else cpu.
