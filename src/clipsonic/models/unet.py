@@ -251,10 +251,11 @@ class MelUNet(nn.Module):
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
         emb = emb + self.cond_proj(cond * self.config.cond_dim**0.5)  # [B, 4·base]
         context = None
-        if self.config.seq_cond == "film":
-            emb = self._add_sequence(emb, cond, drop_cond, cond_seq)
+        if self.config.seq_cond == "film":  # per-time FiLM: emb [B, E, N] (or [B, E] for the constant sequence)
+            rows = self._sequence_rows(cond, drop_cond, cond_seq)
+            emb = emb + rows[:, 0] if cond_seq is None else emb[:, :, None] + rows.transpose(1, 2)
         elif self.config.seq_cond == "xattn":
-            context = self._frame_rows(cond, drop_cond, cond_seq)
+            context = self._sequence_rows(cond, drop_cond, cond_seq)
 
         h = self.conv_in(self.patch_in(x))
         skips = [h]
@@ -267,24 +268,12 @@ class MelUNet(nn.Module):
         out = self.conv_out(nn.functional.silu(self.norm_out(h)))
         return self.patch_out(out).contiguous()  # NCHW for the caller even from channels-last weights
 
-    def _add_sequence(self, emb: torch.Tensor, cond: torch.Tensor, drop_cond: torch.Tensor | None,
-                      cond_seq: torch.Tensor | None) -> torch.Tensor:
-        """``emb [B, E]`` plus the projected sequence: ``[B, E, N]``, or ``[B, E]`` for the constant one (None)."""
-        scale = self.config.cond_dim**0.5
-        if cond_seq is None:  # a constant sequence resamples to itself: the global path is exact and cheaper
-            return emb + self.seq_proj(cond * scale)
-        seq = cond_seq.to(self.null_cond.dtype)
-        if drop_cond is not None:
-            seq = torch.where(drop_cond[:, None, None], self.null_cond, seq)  # [B, N, D]
-        return emb[:, :, None] + self.seq_proj(seq * scale).transpose(1, 2)  # [B, E, N]
-
-    def _frame_rows(self, cond: torch.Tensor, drop_cond: torch.Tensor | None,
-                    cond_seq: torch.Tensor | None) -> torch.Tensor:
-        """The rows FrameAttention reads, ``[B, N, E]``: the projected sequence (None: the one row ``cond``)."""
-        if cond_seq is None:
-            return self.seq_proj(cond * self.config.cond_dim**0.5)[:, None]
-        seq = cond_seq.to(self.null_cond.dtype)
-        if drop_cond is not None:
+    def _sequence_rows(self, cond: torch.Tensor, drop_cond: torch.Tensor | None,
+                       cond_seq: torch.Tensor | None) -> torch.Tensor:
+        """``seq_proj(√D · rows)`` ``[B, N, E]``: the sequence with dropped rows nulled, or for None the one row
+        ``cond`` (a constant sequence: exact for film, whose resampling keeps a constant, and cheaper)."""
+        seq = cond[:, None] if cond_seq is None else cond_seq.to(self.null_cond.dtype)  # cond: already nulled
+        if drop_cond is not None and cond_seq is not None:
             seq = torch.where(drop_cond[:, None, None], self.null_cond, seq)  # [B, N, D]
         return self.seq_proj(seq * self.config.cond_dim**0.5)
 
