@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--strength makes a variation (0: the file itself, 1: a new sound), --mask START:END regenerates a span and "
         "keeps the rest; --continue FILE extends a recording to --seconds. Without a vocoder component the audio is "
         "made with Griffin-Lim.",
-        "clipsonic generate --text 'the red ball that is humming' -o hum.wav   # the built-in model",
+        "clipsonic generate --text 'a dog barking' -o bark.wav   # the built-in model (StampWorld)",
+        "clipsonic generate --model builtin:sonicworld --text 'the red ball that is humming' -o hum.wav",
         "clipsonic generate --list-builtin-prompts",
         "clipsonic generate --model pipelines/vgg --text 'a dog barking' -o dog.wav",
         "clipsonic generate --model pipelines/vgg --text 'rain on a roof' --mode zs --guidance-scale 3 --seed 1",
