@@ -349,7 +349,7 @@ def test_bad_inputs_keep_the_app_serving(app, page, tmp_path):
 
 
 def test_seed_round_trip(app, page, tmp_path):
-    cli = [sys.executable, "-m", "clipsonic", "generate"]
+    cli = [sys.executable, "-m", "clipsonic", "generate", "--model", "builtin:sonicworld"]  # the app's model
     # each command loads the model (~10 s): the first runs while the page works, the replay once the sidecar exists
     commands = [subprocess.Popen([*cli, "--text", PROMPT, "--seed", "123", "--num-samples", "2", "-o",
                                   str(tmp_path / "cli")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
