@@ -151,7 +151,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     start = time.perf_counter()
-    pipe, oracle = CLIPSonicPipeline.from_pretrained(device="cpu"), OracleClassifier()
+    pipe, oracle = CLIPSonicPipeline.from_pretrained("builtin:sonicworld", device="cpu"), OracleClassifier()
     for part in args.parts:
         {"long": part_long, "variations": part_variations, "inpaint": part_inpaint}[part](pipe, oracle, args)
     print(f"\n{time.perf_counter() - start:.0f} s; generate's default sampler and steps, seed {args.seed}, Griffin-Lim")

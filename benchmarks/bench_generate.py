@@ -114,9 +114,11 @@ E2E_PROMPT = "the red circle that is humming"
 
 
 def _generate(src: str, args: list[str]) -> None:
-    """`clipsonic generate ARGS` from the source tree ``src``, with the machine's default threads."""
+    """`clipsonic generate ARGS` with the built-in SonicWorld model (the one the oracle judges) from the source tree
+    ``src``, with the machine's default threads."""
     env = {key: value for key, value in os.environ.items() if key not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
-    subprocess.run([sys.executable, "-m", "clipsonic", "-q", "generate", *args], env={**env, "PYTHONPATH": src},
+    subprocess.run([sys.executable, "-m", "clipsonic", "-q", "generate", "--model", "builtin:sonicworld", *args],
+                   env={**env, "PYTHONPATH": src},
                    check=True, capture_output=True)
 
 

@@ -69,7 +69,7 @@ def main() -> None:
                     help=f"guidance rescale strengths (default 0 and the pipeline's {DEFAULT_GUIDANCE_RESCALE:g})")
     args = ap.parse_args()
     start = time.perf_counter()
-    pipe, oracle = CLIPSonicPipeline.from_pretrained(device="cpu"), OracleClassifier()
+    pipe, oracle = CLIPSonicPipeline.from_pretrained("builtin:sonicworld", device="cpu"), OracleClassifier()
     print("| mode | w | rescale | max peak | clips > 1.0 | mean dB scaled down | max dB | median peak dBFS | mel range dB | relevance |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for mode in args.modes:

@@ -100,7 +100,7 @@ def generate(pipe: CLIPSonicPipeline, mode: str, seed: int):
 
 
 def table_model(strict: OracleClassifier, lenient: OracleClassifier, args) -> None:
-    pipe = CLIPSonicPipeline.from_pretrained(device="cpu")
+    pipe = CLIPSonicPipeline.from_pretrained("builtin:sonicworld", device="cpu")
     print(f"\n### The built-in model, 8 concepts × {args.seeds} seeds (relevance)\n")
     print("| mode | judged | lenient | strict | strict, per concept (of the seeds) | what the strict oracle heard "
           "in clips the lenient one named right: [timbre, ] rhythm (count) |")

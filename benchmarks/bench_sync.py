@@ -31,7 +31,7 @@ from clipsonic.evaluate.sync import SyncConfig, sync_scores
 from clipsonic.media import load_audio, load_frames, probe
 from clipsonic.metrics import EmbeddingStats, fad_from_stats
 from clipsonic.pipeline import CLIPSonicPipeline
-from clipsonic.pipeline.pipeline import BUILTIN_DIR
+from clipsonic.pipeline.pipeline import BUILTIN_ROOT
 from clipsonic.sonicworld.oracle import OracleClassifier
 from clipsonic.sonicworld.world import WorldConfig, render_world
 from clipsonic.train.unet import train
@@ -54,7 +54,7 @@ def main() -> None:
     world = WorldConfig(events=True)
     if not (args.out / "world" / "manifest.csv").is_file():
         render_world(args.out / "world", world)
-    options = PreprocessOptions(clip_model=str(BUILTIN_DIR / "clip"), shard_size_mb=64.0,
+    options = PreprocessOptions(clip_model=str(BUILTIN_ROOT / "sonicworld" / "clip"), shard_size_mb=64.0,
                                 clips=ClipOptions(keep_audio=True, jpg_size=64, frame_rate=args.frame_rate,
                                                   silence_db=-90.0))  # a clip between events is quiet, not bad
     preprocess(args.out / "world" / "manifest.csv", args.out / "data", options=options, workers=0, device="cpu",

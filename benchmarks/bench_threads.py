@@ -56,7 +56,8 @@ def commands(root: Path) -> dict[str, list[str]]:
                         "--clip-model", str(clip)],
         "preprocess": ["preprocess", str(videos), "--out", "{out}", "--clip-model", str(clip), "--clip-seconds",
                        "1.024"],
-        "generate": ["generate", "--text", "the red circle that is humming", "--num-samples", "4", "--seed", "0",
+        "generate": ["generate", "--model", "builtin:sonicworld", "--text", "the red circle that is humming",
+                     "--num-samples", "4", "--seed", "0",
                      "-o", "{out}/out"],
     }
 
