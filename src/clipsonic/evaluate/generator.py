@@ -58,12 +58,12 @@ class PipelineGenerator:
         info.check_compatible(self.pipe.mel, clip_dim=self.pipe.clip.dim, clip_model=self.pipe.clip.fingerprint,
                               what=f"the model {self.model_dir}")
         self.seconds = info.mel.clip_samples / info.mel.sample_rate
-        film = self.pipe.unet.config.follows_frames and info.frame_rate is not None
-        if film and info.frame_rate != self.pipe.training.get("frame_rate"):  # the stored frames would be misplaced
+        follows = self.pipe.unet.config.follows_frames and info.frame_rate is not None
+        if follows and info.frame_rate != self.pipe.training.get("frame_rate"):  # the stored frames would be misplaced
             raise ClipsonicError(f"{info.root} holds frame sequences at {info.frame_rate:g} fps but the model "
                                  f"{self.model_dir} follows frames at {self.pipe.training.get('frame_rate')} fps; "
                                  "evaluate on a dataset preprocessed with that --frame-rate")
-        self.iq_condition = IQ_SEQUENCE if film else IQ_CONDITION  # in the cache key: film IQ sets are their own
+        self.iq_condition = IQ_SEQUENCE if follows else IQ_CONDITION  # in the cache key: sequence IQ sets are their own
 
     def generate(self, mode: str, clips: Sequence[EvalClip], queries: Sequence[str | None], guidance: float,
                  seeds: Sequence[int]) -> list[np.ndarray]:

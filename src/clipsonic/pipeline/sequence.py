@@ -1,5 +1,5 @@
-"""Video queries on a ``seq_cond="film"`` pipeline: the frame-aligned condition sequence, and the wrapper that hands it
-to the mel model.
+"""Video queries on a pipeline that follows frames (``seq_cond`` "film" or "xattn"): the frame-aligned condition
+sequence, and the wrapper that hands it to the mel model.
 
 The model learned on frames taken at the dataset's rate R (``preprocess --frame-rate R``, recorded by the export as
 ``training.frame_rate``), so the video is embedded at that rate over the generated span: frame j at time (j + 0.5)/R.
@@ -27,7 +27,7 @@ def training_frame_rate(training: dict, long: str | None) -> float:
     none, or if ``long`` asks for continuation (its windows are sampled one by one, without their frames)."""
     rate = training.get("frame_rate")
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < math.inf:
-        raise ClipsonicError(f"this pipeline follows video frames (seq_cond='film') but its model_index.json has no "
+        raise ClipsonicError(f"this pipeline follows video frames (seq_cond 'film' or 'xattn') but its model_index.json has no "
                              f"training.frame_rate (got {rate!r}); re-export it from its run (clipsonic export RUN) "
                              "or set it to the dataset's --frame-rate")
     if long == "continuation":

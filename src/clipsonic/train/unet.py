@@ -118,10 +118,10 @@ class UNetTask(Task):
         super().__init__(run)
         cfg, acc = run.config.train, run.accelerator
         self.info, self.train_config = info, cfg
-        self.film = run.config.unet.follows_frames  # batches carry cond_seq [B, N, D] then
+        self.follows_frames = run.config.unet.follows_frames  # batches carry cond_seq [B, N, D] then
         _check_sequences(run.config.unet, info)  # again here: a resumed run may be pointed at another dataset
-        if info.frame_rate is not None and not self.film:
-            log.info("%s has frame sequences; seq_cond='none' ignores them (train with --seq-cond film to use them)",
+        if info.frame_rate is not None and not self.follows_frames:
+            log.info("%s has frame sequences; seq_cond='none' ignores them (train with --seq-cond film or xattn to use them)",
                      info.root)
         self.diffusion = GaussianDiffusion(run.config.diffusion)
         torch.manual_seed(cfg.seed)  # identical initial weights on every process
@@ -176,7 +176,7 @@ class UNetTask(Task):
         for i, micro in enumerate(batch):
             x0 = micro["mel"].to(device, non_blocking=True)  # [B, 1, 64, F]
             cond = micro["cond"].to(device, non_blocking=True)  # [B, D]
-            seq = micro["cond_seq"].to(device, non_blocking=True) if self.film else None  # [B, N, D]
+            seq = micro["cond_seq"].to(device, non_blocking=True) if self.follows_frames else None  # [B, N, D]
             with contextlib.nullcontext() if i == len(batch) - 1 else acc.no_sync(self.model):
                 terms = self.diffusion.training_losses(self.model, x0, cond, generator=self.gen, cond_seq=seq)
                 self.backward(terms["loss"], scale=1 / len(batch), describe=partial(_describe, micro["keys"], x0, cond))
@@ -215,7 +215,7 @@ class UNetTask(Task):
             gen, chunks = torch.Generator().manual_seed(self.train_config.seed + 1), []
             for lo in range(0, len(val["keys"]), b):
                 part = {k: val[k][lo:lo + b].to(device) for k in ("mel", "cond", "t", "noise")}
-                seq = val["cond_seq"][lo:lo + b].to(device) if self.film else None
+                seq = val["cond_seq"][lo:lo + b].to(device) if self.follows_frames else None
                 with self.accelerator.autocast():
                     chunks.append(self.diffusion.training_losses(model, part["mel"], part["cond"], t=part["t"],
                                                                  noise=part["noise"], generator=gen, cond_seq=seq))
