@@ -8,11 +8,13 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from clipsonic.data.sources import collect_sources
 from clipsonic.encoders import load_clip
 from clipsonic.errors import ClipsonicError
 from clipsonic.media import load_audio, load_frames, probe
+from clipsonic.sonicworld.clip import contrastive_loss
 from clipsonic.sonicworld import (
     CONCEPT_NAMES,
     CONCEPTS,
@@ -145,6 +147,20 @@ def test_world_clip_saves_a_loadable_clip(tmp_path):
     report = modality_gap(encoder, TINY)
     assert 0 <= report["zero_shot_accuracy"] <= 1 and report["mean_gap_distance"] >= 0
     assert encoder.tokenizer.tokenize("the buzzing blue box") == ["the</w>", "buzzing</w>", "blue</w>", "box</w>"]
+
+
+def test_the_image_term_asks_a_concepts_pictures_to_sit_together():
+    labels = torch.tensor([0, 0, 1, 1])
+    texts = torch.eye(4)[[0, 0, 1, 1]]  # one caption direction per concept
+    # images ranked right against the captions either way; apart: a concept's two pictures on unrelated axes
+    together = F.normalize(torch.eye(4)[[0, 0, 1, 1]] + 0.01 * torch.eye(4), dim=-1)
+    apart = F.normalize(torch.eye(4)[[0, 0, 1, 1]] + 2.0 * torch.eye(4)[[2, 3, 2, 3]], dim=-1)
+    for images in (together, apart):  # the image-caption term alone does not tell the two apart
+        assert contrastive_loss(images, texts, labels, 100.0).item() < 1.0
+    with_term = {name: contrastive_loss(x, texts, labels, 100.0, image_weight=1.0).item()
+                 for name, x in (("together", together), ("apart", apart))}
+    assert with_term["apart"] > with_term["together"] + 5, with_term
+    assert not np.isnan(with_term["together"])  # the masked self-pairs do not poison the mean
 
 
 @pytest.mark.slow

@@ -141,6 +141,11 @@ class WorldClipConfig(Config):
     projection_dim: int = 64
     max_text_tokens: int = 32  # the longest caption is 9 tokens with its start and end tokens
     jpeg_probability: float = 0.75  # share of frames re-encoded as JPEG (quality 15-85)
+    # Weight of a second, image-to-image term: the batch's other frames of a concept are its positives (Khosla et
+    # al. 2020). Internet-scale CLIP puts a dingo's photo near a dog's; a world-CLIP trained on image-caption pairs
+    # alone ranks the captions right (0.95 of StampWorld's unseen test pictures) yet puts 0.57 of those frames
+    # nearest their own concept's training frames, which is all a mel model trained on those frames can follow.
+    image_weight: float = 0.0
     seed: int = 0
 
 
@@ -195,8 +200,6 @@ def _train(model, tokenizer, world: Scene, config: WorldClipConfig, progress) ->
     """AdamW on symmetric multi-positive InfoNCE; returns the mean loss of the last 20 steps."""
     pool = [world.captions(k, "train") for k in range(len(world.names))]
     labels = torch.arange(len(world.names)).repeat_interleave(config.per_concept).tolist()  # [B]
-    same = torch.tensor(labels)[:, None] == torch.tensor(labels)[None, :]
-    target = same.float() / same.sum(dim=1, keepdim=True)  # [B, B], rows sum to 1 (symmetric)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: _lr_factor(s, config))
     with torch.no_grad():
@@ -210,8 +213,9 @@ def _train(model, tokenizer, world: Scene, config: WorldClipConfig, progress) ->
         texts = [pool[k][rng.integers(len(pool[k]))] for k in labels]
         tokens = tokenizer(texts, padding="max_length", max_length=config.max_text_tokens, truncation=True,
                            return_tensors="pt")
-        logits = model(**tokens, pixel_values=pixels).logits_per_image  # [B, B]
-        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        outputs = model(**tokens, pixel_values=pixels)
+        loss = contrastive_loss(outputs.image_embeds, outputs.text_embeds, torch.tensor(labels),
+                                model.logit_scale.exp(), config.image_weight)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -222,6 +226,24 @@ def _train(model, tokenizer, world: Scene, config: WorldClipConfig, progress) ->
         if progress:
             progress(step, config.steps, {"loss": losses[-1]})
     return float(np.mean(losses[-20:])) if losses else float("nan")
+
+
+def contrastive_loss(images: torch.Tensor, texts: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor | float,
+                     image_weight: float = 0.0) -> torch.Tensor:
+    """The world-CLIP's loss on unit rows ``images``, ``texts`` ``[B, D]`` of concepts ``labels`` ``[B]``: symmetric
+    InfoNCE where every same-concept pair is a positive, plus ``image_weight`` × the image-to-image term, where a
+    frame's positives are the batch's other frames of its concept (Khosla et al. 2020, Eq. 2)."""
+    same = labels[:, None] == labels[None, :]  # [B, B]
+    target = same.float() / same.sum(dim=1, keepdim=True)  # rows sum to 1 (symmetric)
+    logits = images @ texts.T * scale
+    loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    if image_weight:
+        eye = torch.eye(len(labels), dtype=torch.bool)
+        others = (same & ~eye).float()
+        # self-pairs masked with a finite value: the target's 0 × log-softmax(-inf) would be nan
+        pairs = (images @ images.T * scale).masked_fill(eye, -1e9)
+        loss = loss + image_weight * F.cross_entropy(pairs, others / others.sum(dim=1, keepdim=True).clamp(min=1))
+    return loss
 
 
 def _lr_factor(step: int, config: WorldClipConfig) -> float:

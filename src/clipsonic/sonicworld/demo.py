@@ -68,6 +68,7 @@ class DemoConfig(Config):
     world: WorldConfig = WorldConfig()
     clip_seconds: float = 1.024  # 32 mel frames: short clips learn fastest on CPUs
     clip_steps: int = 400  # world-CLIP contrastive steps
+    clip_image_weight: float = 0.0  # its image-to-image term (WorldClipConfig.image_weight): one picture per concept here
     # The mel model: the paper's Improved DDPM (learned variance, hybrid loss) with v-prediction,
     # which learned far faster than ε on CPU-sized models (docs/benchmarks.md, benchmarks/bench_recipe.py).
     preset: str = "tiny"
@@ -257,8 +258,8 @@ def _world(out: Path, world: DemoWorld, update: Callable[[float], None]) -> None
 
 def _clip(out: Path, config: DemoConfig, world: DemoWorld, update: Callable[[float], None]) -> None:
     if not (out / "clip" / "config.json").is_file():
-        train_world_clip(out / "clip", world.scene, WorldClipConfig(steps=config.clip_steps, seed=config.seed),
-                         progress=lambda s, total, _: update(s / total))
+        clip = WorldClipConfig(steps=config.clip_steps, image_weight=config.clip_image_weight, seed=config.seed)
+        train_world_clip(out / "clip", world.scene, clip, progress=lambda s, total, _: update(s / total))
 
 
 def _data(out: Path, config: DemoConfig, update: Callable[[float], None]) -> None:
