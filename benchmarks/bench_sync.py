@@ -31,7 +31,7 @@ from clipsonic.evaluate.sync import SyncConfig, sync_scores
 from clipsonic.media import load_audio, load_frames, probe
 from clipsonic.metrics import EmbeddingStats, fad_from_stats
 from clipsonic.pipeline import CLIPSonicPipeline
-from clipsonic.pipeline.pipeline import BUILTIN_ROOT
+from clipsonic.pipeline.paths import BUILTIN_ROOT
 from clipsonic.sonicworld.oracle import OracleClassifier
 from clipsonic.sonicworld.world import WorldConfig, render_world
 from clipsonic.train.unet import train

@@ -30,7 +30,7 @@ from PIL import Image
 from support.media_files import write_frameless_video, write_video
 
 from clipsonic.media import probe
-from clipsonic.pipeline.pipeline import BUILTIN_ROOT
+from clipsonic.pipeline.paths import BUILTIN_ROOT
 
 try:
     from playwright.sync_api import expect

@@ -16,7 +16,7 @@ from clipsonic.cli import main
 from clipsonic.errors import ClipsonicError
 from clipsonic.export import attach_clip, set_component
 from clipsonic.pipeline import CLIPSonicPipeline
-from clipsonic.pipeline import pipeline as pipeline_module
+from clipsonic.pipeline import paths as paths_module
 from clipsonic.sonicworld.demo import write_metrics
 from clipsonic.sonicworld.world import CONCEPTS, captions
 
@@ -54,7 +54,7 @@ def test_a_stampworld_demo_installs_as_builtin_stampworld(finished_demo, tmp_pat
 def test_install_then_load_with_no_path(finished_demo, tmp_path, monkeypatch):
     target = tmp_path / "pkg" / "builtin" / "sonicworld"
     monkeypatch.setattr(builtin, "BUILTIN_DIR", target)
-    monkeypatch.setattr(pipeline_module, "BUILTIN_DIR", target)
+    monkeypatch.setattr(paths_module, "BUILTIN_DIR", target)
     with pytest.raises(ClipsonicError, match="no built-in model"):
         builtin_prompts()
     with pytest.raises(ClipsonicError, match="no built-in model"):
@@ -98,8 +98,8 @@ def test_card_lists_only_shipped_components_and_the_vocoder_its_numbers_used(fin
         assert ("It has no vocoder: it vocodes with Griffin-Lim" in card) == griffin_lim
 
 
-SHIPPED = sorted(p for p in pipeline_module.BUILTIN_ROOT.iterdir() if (p / "model_index.json").is_file())
-SONICWORLD = pipeline_module.BUILTIN_ROOT / "sonicworld"
+SHIPPED = sorted(p for p in paths_module.BUILTIN_ROOT.iterdir() if (p / "model_index.json").is_file())
+SONICWORLD = paths_module.BUILTIN_ROOT / "sonicworld"
 
 
 @pytest.mark.parametrize("root", SHIPPED, ids=lambda p: p.name)
@@ -192,7 +192,7 @@ def test_the_default_builtin_makes_the_sounds_of_held_out_captions(stampworld):
     named = StampJudge.from_pretrained().classify(out.audios, out.sample_rate)
     right = sum(n == c for n, c in zip(named, CONCEPT_NAMES, strict=True))
     assert right >= 17, list(zip(named, CONCEPT_NAMES, strict=True))  # measured 20 of 24; chance is 1
-    card = (pipeline_module.BUILTIN_DIR / "README.md").read_text()
+    card = (paths_module.BUILTIN_DIR / "README.md").read_text()
     assert "clipsonic demo --world stampworld" in card and "(ddim 25 steps, w = 1.5; vocoded with Griffin-Lim" in card
 
 
@@ -222,11 +222,11 @@ def test_installed_folder_is_readable_by_others(finished_demo, tmp_path):
 
 
 def test_builtin_models_by_name(capsys):
-    from clipsonic.pipeline.pipeline import model_path
+    from clipsonic.pipeline.paths import model_path
 
-    assert model_path(None) == model_path("builtin") == pipeline_module.BUILTIN_DIR == model_path("builtin:stampworld")
-    assert model_path("builtin:sonicworld") == pipeline_module.BUILTIN_ROOT / "sonicworld"
-    assert model_path("runs/x") == pipeline_module.Path("runs/x")
+    assert model_path(None) == model_path("builtin") == paths_module.BUILTIN_DIR == model_path("builtin:stampworld")
+    assert model_path("builtin:sonicworld") == paths_module.BUILTIN_ROOT / "sonicworld"
+    assert model_path("runs/x") == paths_module.Path("runs/x")
     with pytest.raises(ClipsonicError, match=r"no built-in model 'builtin:dogs'; this install has builtin:sonicworld, "
                                              r"builtin:stampworld"):
         model_path("builtin:dogs")

@@ -14,7 +14,6 @@ from clipsonic.data.sources import collect_sources
 from clipsonic.encoders import load_clip
 from clipsonic.errors import ClipsonicError
 from clipsonic.media import load_audio, load_frames, probe
-from clipsonic.sonicworld.clip import contrastive_loss
 from clipsonic.sonicworld import (
     CONCEPT_NAMES,
     CONCEPTS,
@@ -27,6 +26,7 @@ from clipsonic.sonicworld import (
     render_world,
     train_world_clip,
 )
+from clipsonic.sonicworld.clip import contrastive_loss
 from clipsonic.sonicworld.world import TIMBRES, synthesize
 
 TINY = WorldConfig(seed=7, train_videos_per_concept=2, test_videos_per_concept=1, caption_images_per_concept=1)

@@ -27,7 +27,7 @@ import clipsonic.cli
 from clipsonic.cli import main
 from clipsonic.export import load_stats
 from clipsonic.models import MelUNet
-from clipsonic.pipeline.pipeline import BUILTIN_DIR
+from clipsonic.pipeline.paths import BUILTIN_DIR
 from clipsonic.prior import load_prior
 
 heavy = lambda names: sorted(n for n in names if n in sys.modules)

@@ -21,6 +21,8 @@ from clipsonic.errors import ClipsonicError
 
 TEXT_MODES = ("zs", "pd", "shift", "knn")
 MODES = ("iq", *TEXT_MODES)
+# Text modes without a prior, best-measured first (docs/benchmarks.md): the default is the first one a pipeline has.
+NO_PRIOR_TEXT_MODES = ("knn", "shift", "zs")
 DEFAULT_KNN_K = 8  # enough neighbours to average out one odd frame, few enough to stay on topic
 # The shift bridge's prompt set when the training data had no labels: everyday sound captions,
 # so the mean text embedding is that of typical queries rather than of any one topic.
@@ -51,6 +53,27 @@ def familiarity(text_emb: torch.Tensor, known_emb: torch.Tensor) -> tuple[torch.
     centre = known_emb.float().mean(dim=0)
     sims = F.normalize(text_emb.float() - centre, dim=-1) @ F.normalize(known_emb.float() - centre, dim=-1).T
     return sims.max(dim=-1)
+
+
+def check_mode(kind: str, mode: str, available: Sequence[str]) -> str:
+    """``mode`` if a pipeline that runs ``available`` modes can run it on a ``kind`` query ("text", "image", ...);
+    else a one-line error that says what to do."""
+    if mode not in MODES:
+        raise ClipsonicError(f"unknown mode {mode!r}; choose one of {list(MODES)}")
+    if (mode == "iq") != (kind != "text"):
+        which = "iq is for images and videos" if mode == "iq" else "text modes: " + ", ".join(TEXT_MODES)
+        raise ClipsonicError(f"mode {mode!r} does not take a {kind} query ({which})")
+    if mode == "pd" and "pd" not in available:
+        runs = [m for m in NO_PRIOR_TEXT_MODES if m in available]
+        raise ClipsonicError(
+            "mode 'pd' needs a prior and this pipeline has none: train one on image captions or the videos' labels "
+            "(clipsonic train-prior CAPTIONS_OR_DATASET --out runs/prior) and add it (clipsonic attach prior "
+            "PIPELINE runs/prior), or, for a ViT-L/14 pipeline, Karlo's from a local folder (clipsonic attach "
+            f"prior PIPELINE DIR/karlo-v1-alpha); without one, text runs in {', '.join(runs)} (default {runs[0]})")
+    if mode not in available:
+        raise ClipsonicError(f"mode {mode!r} needs the stats component (re-export the run); this pipeline can "
+                             f"run {', '.join(available)}")
+    return mode
 
 
 def zero_shot(text_emb: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from pathlib import Path
 from clipsonic.errors import ClipsonicError
 from clipsonic.export import load_stats, model_card, read_model_index
 from clipsonic.files import atomic_directory, read_json, write_bytes_atomic, write_json_atomic
-from clipsonic.pipeline.pipeline import BUILTIN_DIR, PROMPTS_NAME
+from clipsonic.pipeline.paths import BUILTIN_DIR, PROMPTS_NAME
 from clipsonic.pipeline.queries import read_prompts
 from clipsonic.sonicworld.demo import TEST_CAPTIONS, read_metrics
 

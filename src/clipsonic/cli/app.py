@@ -14,7 +14,7 @@ from clipsonic.errors import ClipsonicError
 from clipsonic.files import lock_folder
 from clipsonic.pipeline import CLIPSonicPipeline
 from clipsonic.pipeline.outputs import check_writable, model_sidecar
-from clipsonic.pipeline.pipeline import BUILTIN_DIR
+from clipsonic.pipeline.paths import BUILTIN_DIR
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from clipsonic.cli import options
 from clipsonic.cli.train import STOPPING
-from clipsonic.pipeline.pipeline import BUILTIN_DIR
+from clipsonic.pipeline.paths import BUILTIN_DIR
 from clipsonic.train.distill import DistillTrainConfig, distill
 from clipsonic.train.stop import TrainingStopped
 

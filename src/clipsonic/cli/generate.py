@@ -27,7 +27,8 @@ from clipsonic.pipeline.outputs import (
     model_sidecar,
     read_sidecar,
 )
-from clipsonic.pipeline.pipeline import BUILTIN_DIR, DEFAULT_GUIDANCE_RESCALE
+from clipsonic.pipeline.paths import BUILTIN_DIR
+from clipsonic.pipeline.pipeline import DEFAULT_GUIDANCE_RESCALE
 from clipsonic.plotting import save_mel_image
 from clipsonic.vocoder import GriffinLimConfig, GriffinLimVocoder, load_vocoder, vocode_file
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from clipsonic.config import Config, ConfigError
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import read_json
-from clipsonic.pipeline.pipeline import model_path
+from clipsonic.pipeline.paths import model_path
 
 log = logging.getLogger(__name__)
 

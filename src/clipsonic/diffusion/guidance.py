@@ -102,3 +102,24 @@ def guided_denoiser(
         return x0, None if var_values is None else var_values[:batch]
 
     return denoise
+
+
+class NegativeConditioned(nn.Module):
+    """Wraps the mel model so its unconditional rows (``drop_cond`` set, in sample order, whichever
+    guidance layout the denoiser uses) see ``negative`` [B, D] instead of the null vector (and, given a
+    ``cond_seq`` [B, F, D], its constant sequence)."""
+
+    def __init__(self, model: nn.Module, negative: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.negative = model, negative
+
+    def forward(self, x, t, cond, drop_cond=None, cond_seq=None):
+        seq = {} if cond_seq is None else {"cond_seq": cond_seq}  # a model without sequences is called as before
+        if drop_cond is None or not bool(drop_cond.any()):
+            return self.model(x, t, cond, drop_cond, **seq)
+        cond = cond.clone()
+        cond[drop_cond] = self.negative.to(cond.dtype)
+        if cond_seq is not None:
+            seq["cond_seq"] = cond_seq.clone()
+            seq["cond_seq"][drop_cond] = cond[drop_cond, None, :].to(cond_seq.dtype)
+        return self.model(x, t, cond, torch.zeros_like(drop_cond), **seq)

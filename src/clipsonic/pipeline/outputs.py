@@ -22,7 +22,7 @@ from clipsonic.export import model_fingerprint
 from clipsonic.files import read_json, write_json_atomic
 from clipsonic.media import save_audio
 from clipsonic.mux import CONTAINERS, mux_audio
-from clipsonic.pipeline.pipeline import BUILTIN_DIR
+from clipsonic.pipeline.paths import BUILTIN_DIR
 from clipsonic.pipeline.queries import check_positive_int
 from clipsonic.plotting import save_mel_image
 

@@ -29,6 +29,7 @@ from torch import nn
 from clipsonic import bridges
 from clipsonic.audio import MelConfig, denormalize
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, SAMPLERS, DiffusionConfig, GaussianDiffusion
+from clipsonic.diffusion.guidance import NegativeConditioned
 from clipsonic.diffusion.rng import randn_per_row
 from clipsonic.diffusion.windows import WindowedModel
 from clipsonic.encoders import ClipModelRef, default_device, load_clip, parse_dtype
@@ -36,6 +37,7 @@ from clipsonic.errors import ClipsonicError
 from clipsonic.export import load_stats, read_model_index, write_pipeline_dir
 from clipsonic.models import MelUNet
 from clipsonic.pipeline import edits, queries, sequence
+from clipsonic.pipeline.paths import PROMPTS_NAME, model_path
 from clipsonic.prior import load_prior
 from clipsonic.vocoder import GriffinLimVocoder, load_vocoder
 
@@ -47,13 +49,6 @@ log = logging.getLogger(__name__)
 # 11.1-11.2, within seed noise ~0.4), 125x fewer passes; 4-5 steps drift (FAD +0.6 to +1.0).
 DEFAULT_STEPS = 8
 DEFAULT_SAMPLER = "unipc"
-# The built-in models, shipped inside the package (clipsonic.builtin installs them); `--model builtin:NAME` names one,
-# no --model the default. PROMPTS_NAME: a pipeline folder's list of texts it knows (the built-in models have one).
-BUILTIN_ROOT = Path(__file__).resolve().parent.parent / "builtin"
-BUILTIN_DIR = BUILTIN_ROOT / "stampworld"
-PROMPTS_NAME = "prompts.txt"
-# Text modes without a prior, best-measured first (docs/benchmarks.md): the default is the first one a pipeline has.
-NO_PRIOR_TEXT_MODES = ("knn", "shift", "zs")
 # Strength of the guidance rescale (clipsonic.diffusion.guidance.rescaled_guidance) that keeps guided mels at the
 # conditional branch's level and spread. Fully (1), the built-in model's clips over full scale at w = 3 went from
 # 9-12 of 24 to 0-1 in pd, knn and iq at unchanged relevance, and zs's from 24 to 4 (benchmarks/bench_levels.py).
@@ -74,41 +69,6 @@ class CLIPSonicOutput:
     durations: list[float] | None = None  # [B] seconds of each row's video, for video queries
     mel_config: MelConfig | None = None  # the front end of ``mels``
     sampling: dict[str, Any] | None = None  # what ran: CLIPSonicPipeline.sampling's resolved settings
-
-
-def model_path(model: str | os.PathLike | None) -> Path:
-    """A pipeline folder from what a user typed: a path, ``builtin:NAME`` (a built-in model by name) or None (the
-    default built-in model). Unknown names are refused with the list of built-in models."""
-    text = None if model is None else os.fspath(model)
-    if text is None or text == "builtin":
-        return BUILTIN_DIR
-    if not text.startswith("builtin:"):
-        return Path(text)
-    names = sorted(p.name for p in BUILTIN_ROOT.iterdir() if (p / "model_index.json").is_file())
-    if text.removeprefix("builtin:") not in names:
-        raise ClipsonicError(f"no built-in model {text!r}; this install has " + ", ".join(f"builtin:{n}" for n in names))
-    return BUILTIN_ROOT / text.removeprefix("builtin:")
-
-
-class _NegativeConditioned(nn.Module):
-    """Wraps the mel model so its unconditional rows (``drop_cond`` set, in sample order, whichever
-    guidance layout the denoiser uses) see ``negative`` [B, D] instead of the null vector (and, given a
-    ``cond_seq`` [B, F, D], its constant sequence)."""
-
-    def __init__(self, model: nn.Module, negative: torch.Tensor) -> None:
-        super().__init__()
-        self.model, self.negative = model, negative
-
-    def forward(self, x, t, cond, drop_cond=None, cond_seq=None):
-        seq = {} if cond_seq is None else {"cond_seq": cond_seq}  # a model without sequences is called as before
-        if drop_cond is None or not bool(drop_cond.any()):
-            return self.model(x, t, cond, drop_cond, **seq)
-        cond = cond.clone()
-        cond[drop_cond] = self.negative.to(cond.dtype)
-        if cond_seq is not None:
-            seq["cond_seq"] = cond_seq.clone()
-            seq["cond_seq"][drop_cond] = cond[drop_cond, None, :].to(cond_seq.dtype)
-        return self.model(x, t, cond, torch.zeros_like(drop_cond), **seq)
 
 
 class CLIPSonicPipeline:
@@ -134,7 +94,7 @@ class CLIPSonicPipeline:
                         dtype: torch.dtype | str | None = None, *, clip_model: str | None = None,
                         vocoder: str | os.PathLike | None = None) -> CLIPSonicPipeline:
         """Load a pipeline directory (see clipsonic.export for its layout) or ``builtin:NAME``; no ``path``: the
-        built-in StampWorld model (:data:`BUILTIN_DIR`). A pipeline made for another CLIP is refused with both names.
+        built-in StampWorld model (:data:`~clipsonic.pipeline.paths.BUILTIN_DIR`). A pipeline made for another CLIP is refused with both names.
 
         Args:
             device: default cuda when available, else cpu.
@@ -143,9 +103,6 @@ class CLIPSonicPipeline:
                 copy); its weights must be the same (fingerprint checked).
             vocoder: a vocoder directory to use instead of the pipeline's, or "griffin-lim".
         """
-        if path is None and not (BUILTIN_DIR / "model_index.json").is_file():
-            raise ClipsonicError(f"this clipsonic install has no built-in model ({BUILTIN_DIR} is missing); "
-                                 "pass a pipeline directory (--model DIR), or reinstall clipsonic")
         path = model_path(path)
         index, device = read_model_index(path), default_device(device)
         unet = MelUNet.from_pretrained(index.component_dir("unet"), device=device)
@@ -205,7 +162,7 @@ class CLIPSonicPipeline:
         """iq for image, video and embedding queries; for text pd with a prior, else the best-measured
         training-free bridge the pipeline can run: knn (image bank), then shift (stats), then zs. knn led both
         objectives on relevance and FAD, shift came second (docs/benchmarks.md, "Objective on a CPU")."""
-        return "iq" if kind != "text" else next(m for m in ("pd", *NO_PRIOR_TEXT_MODES) if m in self.modes)
+        return "iq" if kind != "text" else next(m for m in ("pd", *bridges.NO_PRIOR_TEXT_MODES) if m in self.modes)
 
     def _bridge(self, mode: str, texts: list[str], emb: torch.Tensor, generators: list[torch.Generator], *,
                 prior_guidance_scale: float | None, prior_steps: int | None, knn_k: int) -> torch.Tensor:
@@ -221,25 +178,6 @@ class CLIPSonicPipeline:
                 self._mean_text[prompts] = bridges.mean_text_embedding(self.encoder, prompts)
             return bridges.modality_shift(emb, self.stats.mean_image_embedding, self._mean_text[prompts])
         return bridges.nearest_images(emb, self.stats.image_bank, knn_k)
-
-    def _check_mode(self, kind: str, mode: str | None) -> str:
-        mode = mode or self.default_mode(kind)
-        if mode not in bridges.MODES:
-            raise ClipsonicError(f"unknown mode {mode!r}; choose one of {list(bridges.MODES)}")
-        if (mode == "iq") != (kind != "text"):
-            which = "iq is for images and videos" if mode == "iq" else "text modes: " + ", ".join(bridges.TEXT_MODES)
-            raise ClipsonicError(f"mode {mode!r} does not take a {kind} query ({which})")
-        if mode == "pd" and self.prior is None:
-            runs = [m for m in NO_PRIOR_TEXT_MODES if m in self.modes]
-            raise ClipsonicError(
-                "mode 'pd' needs a prior and this pipeline has none: train one on image captions or the videos' labels "
-                "(clipsonic train-prior CAPTIONS_OR_DATASET --out runs/prior) and add it (clipsonic attach prior "
-                "PIPELINE runs/prior), or, for a ViT-L/14 pipeline, Karlo's from a local folder (clipsonic attach "
-                f"prior PIPELINE DIR/karlo-v1-alpha); without one, text runs in {', '.join(runs)} (default {runs[0]})")
-        if mode not in self.modes:
-            raise ClipsonicError(f"mode {mode!r} needs the stats component (re-export the run); this pipeline can "
-                                 f"run {', '.join(self.modes)}")
-        return mode
 
     @torch.no_grad()
     def __call__(
@@ -297,7 +235,7 @@ class CLIPSonicPipeline:
         """
         # 1. Check inputs
         query = queries.parse_query(text, image, video, image_embeds)
-        mode = self._check_mode(query.kind, mode)
+        mode = bridges.check_mode(query.kind, mode or self.default_mode(query.kind), self.modes)
         run = self.sampling(guidance_scale, num_inference_steps, sampler, guidance_rescale, eta=eta,
                             negative_text=negative_text)
         guidance_scale, num_inference_steps = run["guidance_scale"], run["num_inference_steps"]
@@ -451,7 +389,7 @@ class CLIPSonicPipeline:
             return None if value is None else value.expand(len(cond), *value.shape[1:])[rows].to(device)
 
         for n, rows in enumerate(groups):
-            model = unet if negative is None else _NegativeConditioned(unet, negative[rows].to(device))
+            model = unet if negative is None else NegativeConditioned(unet, negative[rows].to(device))
             if cond_seq is not None:
                 model = sequence.SequenceConditioned(model, cond_seq[rows].to(device))
             report = None if progress is None else (lambda i, k, n=n: progress(n * k + i, len(groups) * k))
