@@ -249,7 +249,7 @@ def test_far_prompts_are_named_in_one_line(shipped, caplog):
     sims, nearest = familiarity(shipped.encoder.encode_texts(held_out + far), shipped.encoder.encode_texts(known))
     assert sims[:len(held_out)].min() >= FAR_PROMPT_SIMILARITY > sims[len(held_out):].max()
     assert "rattling" in known[int(nearest[held_out.index("a rattling yellow star")])]
-    with caplog.at_level("WARNING", logger="clipsonic.pipeline.pipeline"):
+    with caplog.at_level("WARNING", logger="clipsonic.bridges"):
         shipped(text=["a dog barking", "the red disc that is droning"], num_inference_steps=1, seed=0)
     lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(lines) == 1 and lines[0].startswith("'a dog barking' is far from everything this model knows")
@@ -260,7 +260,7 @@ def test_no_far_prompt_warning_without_a_prompt_list(shipped, caplog):
     known = shipped.known_prompts
     shipped.known_prompts = []
     try:
-        with caplog.at_level("WARNING", logger="clipsonic.pipeline.pipeline"):
+        with caplog.at_level("WARNING", logger="clipsonic.bridges"):
             shipped(text="a dog barking", num_inference_steps=1, seed=0)
     finally:
         shipped.known_prompts = known

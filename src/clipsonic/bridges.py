@@ -12,12 +12,15 @@ The mel model only saw image embeddings, and CLIP's text embeddings lie in anoth
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from clipsonic.errors import ClipsonicError
+
+log = logging.getLogger(__name__)
 
 TEXT_MODES = ("zs", "pd", "shift", "knn")
 MODES = ("iq", *TEXT_MODES)
@@ -74,6 +77,16 @@ def check_mode(kind: str, mode: str, available: Sequence[str]) -> str:
         raise ClipsonicError(f"mode {mode!r} needs the stats component (re-export the run); this pipeline can "
                              f"run {', '.join(available)}")
     return mode
+
+
+def warn_far(texts: Sequence[str], text_emb: torch.Tensor, known: Sequence[str], known_emb: torch.Tensor) -> None:
+    """Log one line per text ``[B, D]`` far from every caption a model knows (``known``, ``[K, D]``)."""
+    sims, nearest = familiarity(text_emb, known_emb)
+    for text, sim, k in zip(texts, sims.tolist(), nearest.tolist(), strict=True):
+        if sim < FAR_PROMPT_SIMILARITY:
+            log.warning("%r is far from everything this model knows (nearest: %r, similarity %.2f < %.2f), so "
+                        "expect one of its own sounds; its prompts.txt lists what it knows", text, known[k], sim,
+                        FAR_PROMPT_SIMILARITY)
 
 
 def zero_shot(text_emb: torch.Tensor) -> torch.Tensor:

@@ -326,21 +326,11 @@ class CLIPSonicPipeline:
         prompts.txt, and its training labels): the model still answers, with the nearest of its own sounds. Only
         for a pipeline with a prompts.txt: labels alone ("goat", "the sound of goat") are too few to tell a new
         caption of a known thing from an unknown thing (a StampWorld run's held-out captions scored 0.85-0.90)."""
-        if not self.known_prompts:
-            return
-        known = self.known_prompts + ([] if self.stats is None else
-                                      [t for t in bridges.shift_prompts(self.stats.bank_labels)
-                                       if t not in bridges.GENERIC_PROMPTS])
-        if len(known) < 2:  # one caption has no spread to centre on
-            return
-        if self._known_emb is None:
-            self._known_emb = self.encoder.encode_texts(known)
-        sims, nearest = bridges.familiarity(emb, self._known_emb)
-        for text, sim, k in zip(texts, sims.tolist(), nearest.tolist(), strict=True):
-            if sim < bridges.FAR_PROMPT_SIMILARITY:
-                log.warning("%r is far from everything this model knows (nearest: %r, similarity %.2f < %.2f), so "
-                            "expect one of its own sounds; its prompts.txt lists what it knows", text, known[k], sim,
-                            bridges.FAR_PROMPT_SIMILARITY)
+        labels = [] if self.stats is None else bridges.shift_prompts(self.stats.bank_labels)
+        known = self.known_prompts + [t for t in labels if t not in bridges.GENERIC_PROMPTS]
+        if self.known_prompts and len(known) > 1:  # one caption has no spread to centre on
+            self._known_emb = self.encoder.encode_texts(known) if self._known_emb is None else self._known_emb
+            bridges.warn_far(texts, emb, known, self._known_emb)
 
     def sampling(self, guidance_scale: float | None = None, num_inference_steps: int | None = None,
                  sampler: str | None = None, guidance_rescale: float | None = None, *, eta: float = 0.0,
