@@ -16,10 +16,10 @@ import torch
 
 from clipsonic.data.dataset import DatasetInfo
 from clipsonic.diffusion import SAMPLERS
-from clipsonic.embedders.base import quick_fingerprint
 from clipsonic.errors import ClipsonicError
 from clipsonic.evaluate.config import EvalConfig
 from clipsonic.evaluate.testset import EvalClip
+from clipsonic.export import model_fingerprint
 from clipsonic.pipeline import CLIPSonicPipeline
 
 IQ_CONDITION = "stored middle-frame CLIP embedding (clip.npy row K // 2)"
@@ -45,12 +45,9 @@ class PipelineGenerator:
         self.modes = tuple(self.pipe.modes)
         self.seconds: float | None = None
         self.iq_condition = IQ_CONDITION  # check_dataset: IQ_SEQUENCE for a film pipeline on a dataset with sequences
-        # SHA-256 (first 16 hex) over every JSON file of the pipeline and a quick print of its weights
-        h = hashlib.sha256()
-        for path in sorted(p for p in self.model_dir.rglob("*") if p.suffix in (".json", ".safetensors")):
-            h.update(str(path.relative_to(self.model_dir)).encode())
-            h.update(path.read_bytes() if path.suffix == ".json" else quick_fingerprint(path).encode())
-        self.fingerprint = h.hexdigest()[:16]
+        # what shapes the audio (export.model_fingerprint) and the CLIP the queries go through
+        both = f"{model_fingerprint(self.model_dir)}/{self.pipe.clip.fingerprint}"
+        self.fingerprint = hashlib.sha256(both.encode()).hexdigest()[:16]
         self.vocoder = "griffin-lim (fallback)" if self.pipe.vocoder_is_fallback else type(self.pipe.vocoder).__name__
 
     def check_dataset(self, info: DatasetInfo) -> None:
