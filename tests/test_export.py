@@ -18,7 +18,14 @@ from clipsonic.data.loader import decode_npy, iter_raw_samples
 from clipsonic.diffusion import DiffusionConfig
 from clipsonic.encoders import ClipModelRef, load_clip
 from clipsonic.errors import ClipsonicError
-from clipsonic.export import PipelineStats, bundled_clip, load_stats, read_model_index, write_pipeline_dir
+from clipsonic.export import (
+    PipelineStats,
+    bundled_clip,
+    load_stats,
+    model_fingerprint,
+    read_model_index,
+    write_pipeline_dir,
+)
 from clipsonic.models import MelUNet
 from clipsonic.pipeline import CLIPSonicPipeline
 from clipsonic.train import export_run, read_run, train
@@ -91,6 +98,24 @@ def test_reexport_is_deterministic_and_atomic(run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]  # no temporary or old folder left
     with pytest.raises(ClipsonicError, match="no checkpoint of step 5"):
         export_run(run, out=tmp_path / "q", step=5)
+
+
+def test_the_fingerprint_is_of_the_tensors_not_of_the_header_order(run, tmp_path):
+    out = export_run(run, out=tmp_path / "p", step=3)
+    first = model_fingerprint(out)
+    weights = out / "unet" / "model.safetensors"
+    data = weights.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    flipped = json.dumps(dict(reversed(header.items())), separators=(",", ":")).encode().ljust(length)
+    assert flipped != data[8:8 + length]  # what a second save from safetensors' hash map may write
+    weights.write_bytes(data[:8] + flipped + data[8 + length:])
+    assert model_fingerprint(out) == first
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit of one weight
+    assert model_fingerprint(out) != first
+    weights.write_bytes(b"\xff" * 16)
+    with pytest.raises(ClipsonicError, match="not a safetensors file"):
+        model_fingerprint(out)
 
 
 def test_refuses_to_overwrite_a_folder_that_is_not_a_pipeline(run, tmp_path):

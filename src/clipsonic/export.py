@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -227,8 +228,24 @@ def model_fingerprint(model_dir: str | os.PathLike,
         for path in sorted(folder.iterdir()) if folder is not None else ():
             if path.suffix in (".json", ".safetensors") and path.is_file():
                 digest.update(f"{name}/{path.name}".encode())
-                digest.update(path.read_bytes())
+                _digest_file(digest, path)
     return digest.hexdigest()[:16]
+
+
+def _digest_file(digest, path: Path) -> None:
+    """Feed a file to ``digest``; a safetensors header as key-sorted JSON, since safetensors writes its keys from a
+    hash map: the same tensors saved twice (a demo's rerun re-attaching its prior) differ in header order only."""
+    with open(path, "rb") as fh:
+        if path.suffix == ".safetensors":
+            length = int.from_bytes(fh.read(8), "little")
+            try:
+                if length > path.stat().st_size:  # a corrupt length would otherwise ask read() for exabytes
+                    raise ValueError(f"header of {length} bytes in a {path.stat().st_size}-byte file")
+                digest.update(json.dumps(json.loads(fh.read(length)), sort_keys=True).encode())
+            except ValueError as e:
+                raise ClipsonicError(f"{path} is not a safetensors file ({e}); re-export it") from e
+        while chunk := fh.read(1 << 24):
+            digest.update(chunk)
 
 
 def load_stats(directory: str | os.PathLike) -> PipelineStats:

@@ -17,12 +17,11 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clipsonic.config import Config, PositiveInt, Range
+from clipsonic.config import Config, Fraction, NonNegativeInt, Positive, PositiveInt, Seed
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import atomic_output, write_bytes_atomic, write_json_atomic
 from clipsonic.sonicworld.events import event_gain, opacity, plan_events
@@ -90,31 +89,45 @@ TEMPLATES = {"train": ("a {noun} {sound}", "the {sound} {noun}", "a {noun} that 
 
 
 @dataclasses.dataclass(frozen=True)
-class WorldConfig(Config):
-    """How much of the world to render, and how."""
+class VideoWorldConfig(Config):
+    """What a rendered world's videos are (SonicWorld's and StampWorld's): how many, how long, how big."""
 
-    seed: int = 0
-    train_videos_per_concept: int = 24
-    test_videos_per_concept: int = 4
+    seed: Seed = 0
+    train_videos_per_concept: NonNegativeInt = 24
+    test_videos_per_concept: NonNegativeInt = 4
     # 3.072 s = 49152 samples = 96 mel frames at hop 512: a multiple of 8 frames, as the UNet needs.
-    seconds: float = 3.072
-    fps: int = 8  # slow drift needs few frames; CLIPSonic samples one frame per clip anyway
-    size: int = 64  # square frames; even, for 4:2:0 chroma
-    sample_rate: int = SAMPLE_RATE
-    caption_images_per_concept: int = 4
-    # Event clips (opt-in): the sound and the object only during 1..max_events events per concept, on the frame grid.
-    events: bool = False
-    max_events: PositiveInt = 3
-    event_seconds: tuple[float, float] = (0.25, 0.75)  # an event's length, rounded inwards to whole frames
-    two_source_fraction: Annotated[float, Range(0, 1)] = 0.2  # clips with a second concept's events (label: the first)
+    seconds: Positive = 3.072
+    fps: PositiveInt = 8  # slow drift needs few frames; CLIPSonic samples one frame per clip anyway
+    size: PositiveInt = 64  # square frames; even, for 4:2:0 chroma
+    sample_rate: PositiveInt = SAMPLE_RATE
+    caption_images_per_concept: NonNegativeInt = 4
+    max_events: PositiveInt = 3  # events of the concept per clip: 1..max_events
+    two_source_fraction: Fraction = 0.2  # clips with a second concept's sound and picture (label: the first)
 
     def __post_init__(self) -> None:
         if self.size < 16 or self.size % 2:
-            raise ValueError(f"size must be an even number ≥ 16 pixels, got {self.size}")
-        if self.train_videos_per_concept < 0 or self.test_videos_per_concept < 0:
-            raise ValueError("videos per concept must be ≥ 0")
-        if self.seconds <= 0 or self.fps <= 0:
-            raise ValueError(f"seconds and fps must be > 0, got {self.seconds} and {self.fps}")
+            raise ClipsonicError(f"{type(self).__name__} size must be an even number ≥ 16 pixels, got {self.size}")
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.seconds * self.sample_rate))
+
+    @property
+    def num_frames(self) -> int:
+        """Frames covering the whole sound (the last one may outlast it by under a frame)."""
+        return math.ceil(self.seconds * self.fps - 1e-9)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig(VideoWorldConfig):
+    """How much of SonicWorld to render, and how."""
+
+    # Event clips (opt-in): the sound and the object only during 1..max_events events per concept, on the frame grid.
+    events: bool = False
+    event_seconds: tuple[float, float] = (0.25, 0.75)  # an event's length, rounded inwards to whole frames
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         lo, hi = self.event_frames
         if self.events and not 1 <= lo <= hi <= int(self.seconds * self.fps + 1e-9) - 1:
             raise ClipsonicError(f"event_seconds {list(self.event_seconds)} must hold a whole frame ({1 / self.fps:g} s) "
@@ -125,15 +138,6 @@ class WorldConfig(Config):
         """The shortest and longest event in whole video frames."""
         lo, hi = self.event_seconds
         return math.ceil(lo * self.fps - 1e-9), math.floor(hi * self.fps + 1e-9)
-
-    @property
-    def num_samples(self) -> int:
-        return int(round(self.seconds * self.sample_rate))
-
-    @property
-    def num_frames(self) -> int:
-        """Frames covering the whole sound (the last one may outlast it by under a frame)."""
-        return math.ceil(self.seconds * self.fps - 1e-9)
 
 
 def concept(which: Concept | int | str) -> Concept:

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipsonic.config import Config, Fraction, NonNegativeInt, Positive, PositiveInt, Seed
+from clipsonic.config import Fraction, Positive
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import atomic_output, write_bytes_atomic, write_json_atomic
 from clipsonic.sonicworld.video import write_mp4
-from clipsonic.sonicworld.world import TEMPLATES
+from clipsonic.sonicworld.world import TEMPLATES, VideoWorldConfig
 from clipsonic.stampworld.assets import (
     CONCEPT_NAMES,
     CONCEPTS,
@@ -54,38 +54,20 @@ _SPLIT_CODE = {"train": 0, "test": 1, "captions": 2}  # independent random strea
 
 
 @dataclasses.dataclass(frozen=True)
-class StampWorldConfig(Config):
+class StampWorldConfig(VideoWorldConfig):
     """How much of StampWorld to render, and how."""
 
-    seed: Seed = 0
-    train_videos_per_concept: NonNegativeInt = 24
-    test_videos_per_concept: NonNegativeInt = 4
     # 4.096 s = 65536 samples = 128 mel frames at hop 512: the paper's 4-s clips, a multiple of 8 frames (the UNet's)
     seconds: Positive = 4.096
-    fps: PositiveInt = 8  # slow drift needs few frames; CLIPSonic samples one frame per clip anyway
-    size: PositiveInt = 64  # square frames; even, for 4:2:0 chroma
-    sample_rate: PositiveInt = 16000
-    caption_images_per_concept: NonNegativeInt = 4
     two_source_fraction: Fraction = 0.15  # clips that also hear and show a second concept (label: the first)
-    max_events: PositiveInt = 3  # events of the concept per clip: 1..max_events, may overlap
     concepts: tuple[str, ...] = ()  # render only these concepts (and draw second sources from them); () = all
 
     def __post_init__(self) -> None:
-        if self.size < 16 or self.size % 2:
-            raise ClipsonicError(f"StampWorld size must be an even number ≥ 16 pixels, got {self.size}")
+        super().__post_init__()
         unknown = [c for c in self.concepts if c not in CONCEPT_NAMES]
         if unknown or len(set(self.concepts)) != len(self.concepts):
             raise ClipsonicError(f"StampWorld concepts {list(self.concepts)} must be distinct names of "
                                  f"{list(CONCEPT_NAMES)}")
-
-    @property
-    def num_samples(self) -> int:
-        return int(round(self.seconds * self.sample_rate))
-
-    @property
-    def num_frames(self) -> int:
-        """Frames covering the whole sound (the last one may outlast it by under a frame)."""
-        return int(np.ceil(self.seconds * self.fps - 1e-9))
 
     @property
     def concept_names(self) -> tuple[str, ...]:
