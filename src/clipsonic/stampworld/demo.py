@@ -35,9 +35,8 @@ class StampDemoConfig(DemoConfig):
     world: StampWorldConfig = StampWorldConfig()
     clip_seconds: float = 4.096  # the world's clips whole: real recordings last seconds
     clip_steps: int = 1200  # world-CLIP: after 600 steps (loss 2.72) it put only 0.56 of test videos nearest their concept
-    # Without the image-to-image term, the 1200-step world-CLIP still named 0.95 of the unseen test pictures'
-    # frames by caption, but put only 0.50 nearest their concept's training frames, and IQ on them was 0.25; with
-    # it, 0.93 (benchmarks/bench_stampworld_iq.py --clip).
+    # the world-CLIP's image-to-image term (WorldClipConfig.image_weight): without it, IQ on the test videos whose
+    # picture is unseen in training was 0.25 (benchmarks/bench_stampworld_iq.py)
     clip_image_weight: float = 1.0
     unet_steps: int = 4000
     prior_steps: int = 1500
