@@ -1,6 +1,6 @@
 """Where does a finished StampWorld demo's IQ fall short? The demo's own IQ clips (evaluation/audio/iq/w*), named by
-the shipped judge, split by whether the test video shows a picture the world also shows in training (11 concepts)
-or one never seen there (the 13 whose package has a second picture: a dingo for the dog). A gap between the two is
+the shipped judge, split by whether the test video shows a picture the world also shows in training (10 concepts)
+or one never seen there (the 14 whose package has a second picture: a dingo for the dog). A gap between the two is
 what the world-CLIP carries to a new picture, not the mel model.
 
     python benchmarks/bench_stampworld_iq.py --demo /work/stampworld-demo3

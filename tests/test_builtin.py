@@ -210,7 +210,8 @@ def test_the_default_builtin_hears_pictures_it_never_saw(stampworld):
     out = stampworld(image=frames, seed=0)  # unipc 8, w = 1.5: the defaults
     named = StampJudge.from_pretrained().classify(out.audios, out.sample_rate)
     right = sum(n == CONCEPTS[k].name for n, k in zip(named, unseen, strict=True))
-    assert right >= UNSEEN_RIGHT, list(zip(named, [CONCEPTS[k].name for k in unseen], strict=True))
+    # measured 9 of 14 (world seeds 7 and 8, sample seeds 0 and 1); before the world-CLIP's image term, 1-5
+    assert right >= 7, list(zip(named, [CONCEPTS[k].name for k in unseen], strict=True))
 
 
 def test_the_default_builtin_names_far_prompts(stampworld):
@@ -222,7 +223,7 @@ def test_the_default_builtin_names_far_prompts(stampworld):
     held_out = [t for c in CONCEPT_NAMES for t in captions(c, "test")]
     far = ["piano music", "a glass breaking", "rain on a tin roof", "a car engine", "thunder", "wind blowing"]
     sims, _ = familiarity(stampworld.encoder.encode_texts(held_out + far), stampworld.encoder.encode_texts(known))
-    # measured: held-out captions ≥ 0.979, these far texts ≤ 0.803
+    # measured: held-out captions ≥ 0.972, these far texts ≤ 0.752
     assert sims[:len(held_out)].min() >= FAR_PROMPT_SIMILARITY > sims[len(held_out):].max()
 
 

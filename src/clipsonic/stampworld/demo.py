@@ -67,7 +67,7 @@ def stampworld_scene(world: StampWorldConfig, stamps: str | os.PathLike) -> Scen
 
     The world-CLIP stands for CLIP's internet pretraining, which had seen dingos as well as dogs; so it learns
     every picture of a concept, the test videos' unseen ones included (a CLIP shown one picture of each concept
-    put only 0.48 of the test videos' frames nearest their own concept, none at all for 9 of the 13 concepts whose
+    put only 0.48 of the test videos' frames nearest their own concept, none at all for 9 of the 14 concepts whose
     test picture is new). What stays
     unseen is the mel model's and the prior's side: no test video, test-picture frame or held-out caption is in
     their training data, so IQ on test videos measures whether sound learned from a dog carries to a dingo
