@@ -107,14 +107,16 @@ def stampworld_demo(config: StampDemoConfig, stamps: str | os.PathLike) -> DemoW
         judge_words=("judge", "the accuracy of the world's judge (a small CNN on the log-mel, trained on fresh renders "
                               "of the training split and on impostor sounds, in judge/; below its confidence bar a "
                               "clip counts as no concept)"),
-        expected=_expected(config), train_judge=judge_step)
+        expected=_expected(config, shipped_judge=StampJudge.trained_as(JUDGE_DIR, world, config.judge)),
+        train_judge=judge_step)
 
 
-def _expected(config: StampDemoConfig) -> dict[str, float]:
+def _expected(config: StampDemoConfig, shipped_judge: bool = False) -> dict[str, float]:
     """Seconds of each step on 2 CPU cores, for the time-left estimate (which rescales them by this machine's
-    pace): per-unit costs of the full recipe's parts (a 0.12-s video render, the tiny UNet's 0.9-s batch-32 step
+    pace): per-unit costs of the full recipe's parts (a 0.12-s video render, the tiny UNet's 0.94-s batch-32 step
     of 4-s clips, ...) times the work, plus fixed start-up costs fitted to the fast demo; per-unit costs from the
-    built-in model's full run (world 78 s, CLIP 942 s, UNet 3631 s, evaluation 647 s)."""
+    built-in model's full run (world 79 s, CLIP 991 s, data 14 s, UNet 3751 s, evaluation 576 s, gallery 70 s).
+    ``shipped_judge``: the judge step copies the shipped judge instead of training one."""
     w, j = config.world, config.judge
     k = len(w.concept_names)
     videos = k * (w.train_videos_per_concept + w.test_videos_per_concept)
@@ -123,12 +125,13 @@ def _expected(config: StampDemoConfig) -> dict[str, float]:
     test_clips = k * w.test_videos_per_concept * max(1, int(w.seconds / config.clip_seconds))
     sets = 2 + len(MODE_NAMES) * len({config.guidance_scale, *config.sweep})  # reference, reconstruction, modes
     judge_clips = (j.clips_per_concept * k + j.impostors) * w.seconds / 4.096
-    return {"world": 2 + 0.11 * videos * pixels, "clip": 4 + 0.0054 * config.clip_steps * k * 6 * (w.size / 64) ** 2,
-            "data": 1 + 0.08 * videos, "unet": 3 + 0.9 * config.unet_steps * frames * config.batch_size / 32,
+    return {"world": 2 + 0.11 * videos * pixels, "clip": 4 + 0.0057 * config.clip_steps * k * 6 * (w.size / 64) ** 2,
+            "data": 1 + 0.02 * videos, "unet": 3 + 0.94 * config.unet_steps * frames * config.batch_size / 32,
             "prior": 1 + 0.013 * config.prior_steps, "vocoder": 0.4 * config.vocoder_steps,
-            "judge": 1 + 0.012 * judge_clips + 0.2 * j.steps * j.batch_size / 64 * (j.width / 32) ** 2,
-            "evaluate": 3 + 0.024 * test_clips * sets * config.sample_steps * frames,
-            "gallery": 5 + k * len(MODE_NAMES) * (0.25 + 0.0025 * config.sample_steps * frames), "report": 2.0}
+            "judge": 1.0 if shipped_judge else (1 + 0.012 * judge_clips
+                                                + 0.2 * j.steps * j.batch_size / 64 * (j.width / 32) ** 2),
+            "evaluate": 3 + 0.014 * test_clips * sets * config.sample_steps * frames,
+            "gallery": 5 + k * len(MODE_NAMES) * (0.48 + 0.0025 * config.sample_steps * frames), "report": 2.0}
 
 
 def run_stampworld_demo(out_dir: str | os.PathLike, config: StampDemoConfig | None = None, *,
