@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -54,6 +53,7 @@ from clipsonic.files import (
     inside,
     lock_folder,
     read_json,
+    read_safetensors_header,
     read_versioned_json,
     write_json_atomic,
 )
@@ -233,17 +233,11 @@ def model_fingerprint(model_dir: str | os.PathLike,
 
 
 def _digest_file(digest, path: Path) -> None:
-    """Feed a file to ``digest``; a safetensors header as key-sorted JSON, since safetensors writes its keys from a
-    hash map: the same tensors saved twice (a demo's rerun re-attaching its prior) differ in header order only."""
+    """Feed a file to ``digest``, a safetensors header by content (the same tensors saved twice, as a demo's rerun
+    re-attaching its prior, may differ in header order only)."""
     with open(path, "rb") as fh:
         if path.suffix == ".safetensors":
-            length = int.from_bytes(fh.read(8), "little")
-            try:
-                if length > path.stat().st_size:  # a corrupt length would otherwise ask read() for exabytes
-                    raise ValueError(f"header of {length} bytes in a {path.stat().st_size}-byte file")
-                digest.update(json.dumps(json.loads(fh.read(length)), sort_keys=True).encode())
-            except ValueError as e:
-                raise ClipsonicError(f"{path} is not a safetensors file ({e}); re-export it") from e
+            digest.update(read_safetensors_header(fh, path))
         while chunk := fh.read(1 << 24):
             digest.update(chunk)
 

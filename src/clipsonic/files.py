@@ -18,7 +18,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from clipsonic.errors import ClipsonicError
 
@@ -196,3 +196,17 @@ def _lock_holder(folder: Path) -> int | None:
         if "FLOCK" in fields and ident in fields:
             return int(fields[fields.index(ident) - 1])
     return None
+
+
+def read_safetensors_header(fh: BinaryIO, path: str | os.PathLike) -> bytes:
+    """The header of the safetensors file open in ``fh`` (at its start) as key-sorted JSON, leaving ``fh`` at the
+    tensor data; for hashing by content: safetensors writes its metadata from a hash map, so the same tensors saved
+    twice can order the keys differently. A file that is not safetensors is refused in one line."""
+    length = int.from_bytes(fh.read(8), "little")
+    try:
+        size = os.fstat(fh.fileno()).st_size
+        if 8 + length > size:  # a corrupt length would otherwise ask read() for exabytes
+            raise ValueError(f"header of {length} bytes in a {size}-byte file")
+        return json.dumps(json.loads(fh.read(length)), sort_keys=True).encode()
+    except ValueError as e:
+        raise ClipsonicError(f"{path} is not a safetensors file ({e}); re-export or re-download it") from e

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from clipsonic.errors import ClipsonicError
+from clipsonic.files import read_safetensors_header
 
 
 class AudioEmbedder(abc.ABC):
@@ -66,22 +66,15 @@ def prepare_waveform(wav: np.ndarray, sample_rate: int, target_rate: int, what: 
 def quick_fingerprint(path: str | os.PathLike) -> str:
     """First 12 hex digits of SHA-256 over a file's size and its first and last 4 MiB (a cache key only).
 
-    A safetensors header is hashed as key-sorted JSON: safetensors writes its metadata from a Rust
-    HashMap, so saving the same tensors twice can order the metadata keys differently.
+    A safetensors header is hashed as key-sorted JSON (:func:`clipsonic.files.read_safetensors_header`).
     """
     path = Path(path)
     size = path.stat().st_size
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as fh:
-        start = 0
         if path.suffix == ".safetensors":
-            start = 8 + int.from_bytes(fh.read(8), "little")
-            try:
-                if start > size:  # a corrupt length would otherwise ask read() for exabytes
-                    raise ValueError(f"header of {start - 8} bytes in a {size}-byte file")
-                h.update(json.dumps(json.loads(fh.read(start - 8)), sort_keys=True).encode())
-            except ValueError as e:
-                raise ClipsonicError(f"{path} is not a safetensors file ({e}); re-export or re-download it") from e
+            h.update(read_safetensors_header(fh, path))
+        start = fh.tell()
         h.update(fh.read(4 << 20))
         if size - start > 8 << 20:
             fh.seek(-(4 << 20), os.SEEK_END)
