@@ -48,7 +48,7 @@ FAST_CONCEPTS = ("dog", "cow", "owl", "cymbal")  # four unlike sounds: a bark, a
 
 
 def stamp_demo_config(fast: bool = False) -> StampDemoConfig:
-    """The full StampWorld demo (91 min on 2 CPU cores, the built-in model's run) or ``--fast``: 4 concepts, tiny frames, 1-s clips
+    """The full StampWorld demo (92 min on 2 CPU cores, the built-in model's run) or ``--fast``: 4 concepts, tiny frames, 1-s clips
     and a few hundred steps in all, a plumbing check that runs in under a minute."""
     if not fast:
         return StampDemoConfig()
@@ -87,11 +87,12 @@ def stampworld_scene(world: StampWorldConfig, stamps: str | os.PathLike) -> Scen
 def stampworld_demo(config: StampDemoConfig, stamps: str | os.PathLike) -> DemoWorld:
     """StampWorld as the demo sees it, with the ``judge`` step that trains its relevance classifier."""
     world = config.world
+    shipped = StampJudge.trained_as(JUDGE_DIR, world, config.judge)  # the shipped judge is this one: ~25 min saved
 
     def judge_step(out: Path, update: Callable[[float], None]) -> None:
         if (out / JUDGE / "model.safetensors").is_file():
             return
-        if StampJudge.trained_as(JUDGE_DIR, world, config.judge):  # the shipped judge is this one: ~25 min saved
+        if shipped:
             with atomic_directory(out / JUDGE) as staging:
                 shutil.copytree(JUDGE_DIR, staging, dirs_exist_ok=True)
             return
@@ -107,7 +108,7 @@ def stampworld_demo(config: StampDemoConfig, stamps: str | os.PathLike) -> DemoW
         judge_words=("judge", "the accuracy of the world's judge (a small CNN on the log-mel, trained on fresh renders "
                               "of the training split and on impostor sounds, in judge/; below its confidence bar a "
                               "clip counts as no concept)"),
-        expected=_expected(config, shipped_judge=StampJudge.trained_as(JUDGE_DIR, world, config.judge)),
+        expected=_expected(config, shipped_judge=shipped),
         train_judge=judge_step)
 
 
