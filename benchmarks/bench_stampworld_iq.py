@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import re
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from PIL import Image
 
+from clipsonic.data.dataset import read_dataset_info
+from clipsonic.data.loader import iter_raw_samples
 from clipsonic.encoders import load_clip
 from clipsonic.stampworld.assets import CONCEPT_NAMES, CONCEPTS
 from clipsonic.stampworld.judge import StampJudge
@@ -32,14 +34,9 @@ UNSEEN = {c.name for c in CONCEPTS if set(c.test_pictures) - set(c.train_picture
 
 def dataset_frames(dataset: Path, split: str) -> tuple[list[Image.Image], np.ndarray]:
     """The frame kept with each clip of a split's shards, and the concept of its video."""
-    frames, labels = [], []
-    for shard in sorted(dataset.glob(f"{split}-*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                if member.name.endswith(".jpg"):
-                    frames.append(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB"))
-                    labels.append(re.search(rf"videos_{split}_(.+?)_\d+_mp4", member.name).group(1))
-    return frames, np.array(labels)
+    samples = list(iter_raw_samples(read_dataset_info(dataset).shard_paths(split), fields=("jpg", "json")))
+    frames = [Image.open(io.BytesIO(s["jpg"])).convert("RGB") for s in samples]
+    return frames, np.array([json.loads(s["json"])["label"] for s in samples])
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
