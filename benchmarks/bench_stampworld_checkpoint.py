@@ -27,7 +27,7 @@ from clipsonic.prior import attach_prior
 from clipsonic.stampworld.assets import CONCEPT_NAMES
 from clipsonic.stampworld.judge import StampJudge
 from clipsonic.stampworld.world import captions
-from clipsonic.train.harness import export_run
+from clipsonic.train import export_run
 
 
 def main() -> None:

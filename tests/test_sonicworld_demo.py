@@ -11,7 +11,9 @@ import torch
 
 from clipsonic.cli import main
 from clipsonic.errors import ClipsonicError
-from clipsonic.sonicworld.demo import DemoConfig, _Clock, demo_config, run_demo
+from clipsonic.sonicworld import clock as clock_module
+from clipsonic.sonicworld.clock import Clock
+from clipsonic.sonicworld.demo import DemoConfig, demo_config, run_demo
 
 pytestmark = pytest.mark.slow
 
@@ -102,14 +104,24 @@ def test_refuses_a_folder_that_is_not_a_demo(tmp_path):
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
-def test_time_left_estimate_scales_with_the_machine():
+def test_time_left_is_this_machines_pace_on_the_work_it_did(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(clock_module.time, "perf_counter", lambda: now[0])
     seen = []
-    clock = _Clock({"a": 10.0, "b": 30.0}, seen.append)
-    clock.began -= 20  # this machine took 20 s for what was expected to take 10
-    clock.step("a", lambda update: None)
-    clock.step("b", lambda update: None)  # its first report comes as it starts
-    assert seen[-1].step == "b" and seen[-1].index == 2 and seen[-1].count == 2
-    assert seen[-1].remaining == pytest.approx(60, rel=0.05)  # 30 s expected × 2 (twice slower)
+    clock = Clock({"a": 10.0, "b": 30.0, "c": 60.0}, seen.append)
+    clock.step("a", lambda update: None)  # a rerun finds it finished: it reports no progress
+
+    def b(update):  # resumed at half; each tenth (3 expected seconds) takes 6 s: twice slower than expected
+        for tenth in range(5, 11):
+            update(tenth / 10)
+            now[0] += 6.0
+
+    clock.step("b", b)
+    clock.step("c", lambda update: None)  # its first report comes as it starts
+    assert seen[-1].step == "c" and seen[-1].index == 3 and seen[-1].count == 3
+    assert seen[-1].elapsed == pytest.approx(36.0)
+    # 60 s expected × 2; counting the found work as done in this run's time would say 60 × 36/40 = 54 s
+    assert seen[-1].remaining == pytest.approx(120.0)
 
 
 def test_fast_is_smaller_than_full():

@@ -14,7 +14,8 @@ from clipsonic.errors import ClipsonicError
 from clipsonic.evaluate import EvalConfig, run_evaluation
 from clipsonic.listening.make import KEY_FILE
 from clipsonic.sonicworld import OracleClassifier
-from clipsonic.sonicworld.demo import DemoProgress, run_demo
+from clipsonic.sonicworld.clock import DemoProgress
+from clipsonic.sonicworld.demo import run_demo
 from clipsonic.stampworld.demo import run_stampworld_demo
 from clipsonic.stampworld.judge import StampJudge
 

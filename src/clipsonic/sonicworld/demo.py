@@ -38,6 +38,7 @@ from clipsonic.pipeline import CLIPSonicPipeline
 from clipsonic.plotting import save_mel_image
 from clipsonic.prior import attach_prior, train_prior
 from clipsonic.sonicworld.clip import Scene, WorldClipConfig, modality_gap, sonicworld_scene, train_world_clip
+from clipsonic.sonicworld.clock import Clock, DemoProgress
 from clipsonic.sonicworld.oracle import OracleClassifier
 from clipsonic.sonicworld.world import CONCEPT_NAMES, CONCEPTS, WorldConfig, captions, render_world
 from clipsonic.train import train
@@ -149,51 +150,6 @@ def sonicworld_demo(config: DemoConfig, fast: bool = False) -> DemoWorld:
         expected=_expected(config, fast))
 
 
-@dataclasses.dataclass
-class DemoProgress:
-    """What the progress callback sees: the step, how far it is, and an honest time-left estimate."""
-
-    step: str
-    index: int  # 1-based
-    count: int
-    fraction: float  # of this step, 0..1
-    elapsed: float  # seconds since the demo began
-    remaining: float | None  # estimated seconds left (None until there is a basis)
-
-
-class _Clock:
-    """Time left = the expected seconds of the remaining work × how slow this machine has been so far."""
-
-    def __init__(self, expected: dict[str, float], callback: Callable[[DemoProgress], None] | None):
-        self.expected, self.callback = expected, callback
-        self.names = [n for n, s in expected.items() if s > 0]
-        self.began = time.perf_counter()
-        self.done_expected, self._last = 0.0, 0.0
-        self.step_seconds: dict[str, float] = {}
-
-    def step(self, name: str, fn: Callable[[Callable[[float], None]], Any]) -> Any:
-        """Run ``fn(update)`` as step ``name``; ``update(fraction)`` reports its progress."""
-        began = time.perf_counter()
-        self.update(name, 0.0, force=True)
-        result = fn(lambda fraction: self.update(name, fraction))
-        self.step_seconds[name] = round(time.perf_counter() - began, 1)
-        self.done_expected += self.expected[name]
-        log.info("demo: %s done in %.0f s", name, self.step_seconds[name])
-        return result
-
-    def update(self, name: str, fraction: float, force: bool = False) -> None:
-        now = time.perf_counter()
-        if self.callback is None or (not force and now - self._last < 0.5):
-            return
-        self._last = now
-        elapsed = now - self.began
-        done = self.done_expected + fraction * self.expected[name]
-        left = sum(self.expected.values()) - done
-        remaining = elapsed / done * left if done > 0 and elapsed > 5 else None
-        self.callback(DemoProgress(name, self.names.index(name) + 1, len(self.names), min(max(fraction, 0.0), 1.0),
-                                   elapsed, remaining))
-
-
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *, fast: bool = False,
              world: DemoWorld | None = None,
              progress: Callable[[DemoProgress], None] | None = None) -> dict[str, Any]:
@@ -214,7 +170,7 @@ def _run_demo(out: Path, config: DemoConfig, world: DemoWorld,
         raise ClipsonicError(f"{out} exists and is not a demo folder; choose an empty or new --out")
     else:
         write_metrics(out, {"config": config.to_dict()})  # marks the folder as this demo's
-    clock = _Clock(world.expected, progress)
+    clock = Clock(world.expected, progress)
     steps = {"world": functools.partial(_world, out, world), "clip": functools.partial(_clip, out, config, world),
              "data": functools.partial(_data, out, config), "unet": functools.partial(_unet, out, config),
              "prior": functools.partial(_prior, out, config)}

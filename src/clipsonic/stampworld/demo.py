@@ -20,7 +20,8 @@ import numpy as np
 
 from clipsonic.files import atomic_directory
 from clipsonic.sonicworld.clip import Scene
-from clipsonic.sonicworld.demo import MODE_NAMES, DemoConfig, DemoProgress, DemoWorld, run_demo
+from clipsonic.sonicworld.clock import DemoProgress
+from clipsonic.sonicworld.demo import MODE_NAMES, DemoConfig, DemoWorld, run_demo
 from clipsonic.stampworld.assets import CONCEPT_NAMES, CONCEPTS, find_stamps, load_picture
 from clipsonic.stampworld.judge import JUDGE_DIR, JudgeConfig, StampJudge, train_judge
 from clipsonic.stampworld.world import StampWorldConfig, captions, make_clip, render_frames, render_stampworld

@@ -6,8 +6,8 @@
 """
 
 from clipsonic.train.checkpoint import list_checkpoints
-from clipsonic.train.harness import export_run, read_run
 from clipsonic.train.logs import read_metrics
+from clipsonic.train.run_dir import export_run, read_run
 from clipsonic.train.unet import TrainConfig, resolve_run_config, train
 
 __all__ = ["TrainConfig", "export_run", "list_checkpoints", "read_metrics", "read_run", "resolve_run_config", "train"]

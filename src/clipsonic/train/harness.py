@@ -44,10 +44,10 @@ from clipsonic.train.run_dir import (
     config_sections,
     difference,
     discard_run,
+    export_run,
     read_run,
     remove,
     resume_config,
-    task_class,
     write_run,
 )
 from clipsonic.train.stop import Stop, TrainingStopped, duration
@@ -406,14 +406,3 @@ def _next_batch(batches: Iterator[Any]) -> Any:
         traceback.clear_frames(exc.__traceback__)  # its frames hold the DataLoader in a cycle: stop workers now
     raise ClipsonicError(f"reading the training data: {text.splitlines()[-1].split(': ', 1)[-1]}")
 
-
-def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, step: int | None = None, *,
-               data: str | os.PathLike | None = None, **options: Any) -> Path:
-    """Export checkpoint ``step`` (default: the newest readable) of any run to ``out`` (default RUN/<export_name>);
-    ``data``: the data the task reads at export (the UNet's statistics; default the run's); ``options``: the
-    task's own export options (the UNet's ``bundle_clip``)."""
-    run = read_run(run_dir)
-    cls, ckpt = task_class(run.task), find_checkpoint(run.dir, step)
-    if ckpt is None:
-        raise ClipsonicError(f"{run.dir} has no usable checkpoint to export; train first")
-    return cls.export(run, ckpt, Path(out) if out is not None else run.dir / cls.export_name, data, **options)

@@ -17,6 +17,7 @@ from clipsonic import __version__
 from clipsonic.config import Config, ConfigError
 from clipsonic.errors import ClipsonicError
 from clipsonic.files import read_json, write_json_atomic
+from clipsonic.train.checkpoint import find_checkpoint
 from clipsonic.train.logs import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -143,3 +144,15 @@ def remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, step: int | None = None, *,
+               data: str | os.PathLike | None = None, **options: Any) -> Path:
+    """Export checkpoint ``step`` (default: the newest readable) of any run to ``out`` (default RUN/<export_name>);
+    ``data``: the data the task reads at export (the UNet's statistics; default the run's); ``options``: the
+    task's own export options (the UNet's ``bundle_clip``)."""
+    run = read_run(run_dir)
+    cls, ckpt = task_class(run.task), find_checkpoint(run.dir, step)
+    if ckpt is None:
+        raise ClipsonicError(f"{run.dir} has no usable checkpoint to export; train first")
+    return cls.export(run, ckpt, Path(out) if out is not None else run.dir / cls.export_name, data, **options)
