@@ -6,22 +6,12 @@ import math
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from support.diffusion_reference import T, reference_abar, reference_betas
 
 from clipsonic.diffusion import SAMPLERS, DiffusionConfig, GaussianDiffusion, respace, space_timesteps
 from clipsonic.diffusion.samplers import SPACING, ddim_step, ddpm_step
 
-T = 4000
 COSINE = dict(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2")
-
-
-def reference_betas() -> torch.Tensor:
-    """The paper's cosine betas in float64, written out as a loop (independent of clipsonic)."""
-    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
-    return torch.tensor([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=torch.float64)
-
-
-def reference_abar() -> torch.Tensor:
-    return torch.cumprod(1 - reference_betas(), 0)
 
 
 def in_float64(scheduler):
