@@ -192,7 +192,7 @@ def test_the_default_builtin_makes_the_sounds_of_held_out_captions(stampworld):
     out = stampworld(text=texts, seed=0)  # PD, unipc 8, w = 1.5: the defaults
     named = StampJudge.from_pretrained().classify(out.audios, out.sample_rate)
     right = sum(n == c for n, c in zip(named, CONCEPT_NAMES, strict=True))
-    assert right >= 17, list(zip(named, CONCEPT_NAMES, strict=True))  # measured 20 of 24; chance is 1
+    assert right >= 20, list(zip(named, CONCEPT_NAMES, strict=True))  # measured 23 of 24; chance is 1
     card = (paths_module.BUILTIN_DIR / "README.md").read_text()
     assert "clipsonic demo --world stampworld" in card and "(ddim 25 steps, w = 1.5; vocoded with Griffin-Lim" in card
 
@@ -200,7 +200,7 @@ def test_the_default_builtin_makes_the_sounds_of_held_out_captions(stampworld):
 @pytest.mark.skipif(not (DEFAULT_STAMPS / "animals").is_dir(),
                     reason="needs Debian's tuxpaint-stamps-default (sudo apt-get install tuxpaint-stamps-default)")
 def test_the_default_builtin_hears_pictures_it_never_saw(stampworld):
-    """IQ on the pictures of the 13 concepts whose test videos show a picture the mel model never trained on (a
+    """IQ on the pictures of the 14 concepts whose test videos show a picture the mel model never trained on (a
     dingo for the dog), in videos of a seed never rendered: the world-CLIP must carry each to its concept."""
     from clipsonic.stampworld import CONCEPTS, StampWorldConfig, make_clip
     from clipsonic.stampworld.judge import StampJudge
@@ -210,8 +210,9 @@ def test_the_default_builtin_hears_pictures_it_never_saw(stampworld):
     out = stampworld(image=frames, seed=0)  # unipc 8, w = 1.5: the defaults
     named = StampJudge.from_pretrained().classify(out.audios, out.sample_rate)
     right = sum(n == CONCEPTS[k].name for n, k in zip(named, unseen, strict=True))
-    # measured 9 of 14 (world seeds 7 and 8, sample seeds 0 and 1); before the world-CLIP's image term, 1-5
-    assert right >= 7, list(zip(named, [CONCEPTS[k].name for k in unseen], strict=True))
+    # measured 10-11 of 14 (world seeds 7 and 8, sample seeds 0 and 1: benchmarks/bench_builtin.py); the model of
+    # 4000 UNet steps 9, before the world-CLIP's image term 1-5
+    assert right >= 9, list(zip(named, [CONCEPTS[k].name for k in unseen], strict=True))
 
 
 def test_the_default_builtin_names_far_prompts(stampworld):

@@ -89,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "StampWorld (24 concepts of Tux Paint's recorded sounds and pictures, 4-s clips) and first trains (or copies) the world's "
         "judge (DIR/judge), which gives the relevance column.",
         "clipsonic demo", "clipsonic demo --fast --out /tmp/demo-fast",
-        "clipsonic demo --world stampworld --out stampworld-demo   # real sounds and pictures (Tux Paint), 92 min")
+        "clipsonic demo --world stampworld --out stampworld-demo   # real sounds and pictures (Tux Paint), 149 min")
     p.add_argument("--world", choices=("sonicworld", "stampworld"), default="sonicworld",
                    help="sonicworld (synthetic, exact oracle) or stampworld (Tux Paint's recorded sounds and pictures, "
                         "judged by a classifier the demo trains; needs the tuxpaint-stamps-default package)")
