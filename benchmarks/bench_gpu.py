@@ -48,7 +48,7 @@ from support.tiny_pipeline import randomize_zero_layers  # noqa: E402
 
 from clipsonic.audio import MelConfig, mel_spectrogram  # noqa: E402
 from clipsonic.diffusion import DEFAULT_GUIDANCE_SCALE, DiffusionConfig, GaussianDiffusion  # noqa: E402
-from clipsonic.encoders import ClipEncoder, ClipModelRef, _quiet_transformers, load_clip  # noqa: E402
+from clipsonic.encoders import ClipEncoder, ClipModelRef, load_clip, quiet_transformers  # noqa: E402
 from clipsonic.files import write_bytes_atomic, write_json_atomic  # noqa: E402
 from clipsonic.models import MelUNet  # noqa: E402
 from clipsonic.pipeline import DEFAULT_SAMPLER, CLIPSonicPipeline  # noqa: E402
@@ -174,7 +174,7 @@ class Bench:
             config = CLIPConfig(text_config={**text, **ids}, vision_config=vision, projection_dim=projection_dim)
             with torch.device(self.device):  # initialised where it runs: 428M parameters at full size
                 model = CLIPModel(config)
-            with _quiet_transformers():
+            with quiet_transformers():
                 model.to(torch.float16 if self.device.type == "cuda" else torch.float32).save_pretrained(path)
             del model
             start = time.perf_counter()

@@ -75,7 +75,7 @@ def load_clip(name_or_path: str | os.PathLike = "openai/clip-vit-large-patch14",
     dtype = parse_dtype(dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
     try:
         check_shared_shapes(lambda: CLIPModel(CLIPConfig.from_pretrained(directory)), weights, "CLIP model")
-        with _quiet_transformers():
+        with quiet_transformers():
             model = CLIPModel.from_pretrained(directory, use_safetensors=True)
             tokenizer = Tokenizer.from_pretrained(directory)
             processor = ImageProcessor.from_pretrained(directory)
@@ -229,7 +229,7 @@ def _to_pil(image: Any, index: int) -> Image.Image:
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """No tqdm bars from inside the library (transformers 5 shows one per weight load)."""
     from transformers.utils import logging as hf_logging
 

@@ -16,7 +16,7 @@ from clipsonic.errors import ClipsonicError
 
 # What PyAV raises on broken input: its FFmpegError family, plus plain ValueError / IndexError /
 # OverflowError from its Python layer on nonsense headers.
-_AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, IndexError, OverflowError)
+AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, IndexError, OverflowError)
 
 
 class MediaError(ClipsonicError):
@@ -41,7 +41,7 @@ class MediaInfo:
     audio_codec: str | None
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
@@ -54,8 +54,8 @@ def _open(path: Path) -> Any:
         raise MediaError(f"{path}: empty file (0 bytes)")
     try:
         container = av.open(str(path), "r", metadata_errors="ignore")
-    except _AV_ERRORS as exc:
-        raise MediaError(f"{path}: not a readable media file ({_reason(exc)})") from exc
+    except AV_ERRORS as exc:
+        raise MediaError(f"{path}: not a readable media file ({reason(exc)})") from exc
     name = container.format.name
     if name == "image2" or name.endswith("_pipe"):  # FFmpeg's still-image demuxers (png_pipe, jpeg_pipe, …)
         container.close()
@@ -80,7 +80,7 @@ def _origin(container: Any) -> float:
     return min(starts, default=0.0)
 
 
-class _Track:
+class Track:
     """The best ``kind`` stream of a file, opened for decoding, with times on the file's timeline."""
 
     def __init__(self, path: Path, kind: str):
@@ -95,7 +95,7 @@ class _Track:
             self.stream.codec_context.thread_type = "AUTO"
         self.origin = _origin(self.container)
 
-    def __enter__(self) -> _Track:
+    def __enter__(self) -> Track:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -115,7 +115,7 @@ class _Track:
         """Move to the keyframe at or before ``t`` seconds; False when the demuxer cannot."""
         try:
             self.container.seek(self.pts(t), stream=self.stream, backward=True)
-        except _AV_ERRORS:
+        except AV_ERRORS:
             return False
         return True
 
@@ -126,20 +126,20 @@ class _Track:
             for frame in self.container.decode(self.stream):
                 last_pts = frame.pts if frame.pts is not None else last_pts
                 yield frame
-        except _AV_ERRORS as exc:
+        except AV_ERRORS as exc:
             at = "the start" if last_pts is None else f"{float(last_pts * self.stream.time_base):.3f} s"
-            raise MediaError(f"{self.path}: decoding the {self.stream.type} stream failed after {at} ({_reason(exc)}); "
+            raise MediaError(f"{self.path}: decoding the {self.stream.type} stream failed after {at} ({reason(exc)}); "
                              "the file may be truncated or corrupt") from exc
 
 
-def _check_rate(sample_rate: Any, path: Path) -> int:
+def check_rate(sample_rate: Any, path: Path) -> int:
     number = isinstance(sample_rate, (int, float, np.number)) and not isinstance(sample_rate, bool)
     if not (number and math.isfinite(sample_rate) and sample_rate > 0 and int(sample_rate) == sample_rate):
         raise MediaError(f"{path}: sample_rate must be a positive whole number of Hz, got {sample_rate!r}")
     return int(sample_rate)
 
 
-def _check_time(value: Any, what: str, path: Path) -> float:
+def check_time(value: Any, what: str, path: Path) -> float:
     try:
         t = float(value)
     except (TypeError, ValueError):
@@ -183,8 +183,8 @@ def _duration(container: Any, path: Path) -> float:
             if stamp is not None:
                 t = float((stamp + (packet.duration or 0)) * packet.time_base) - origin
                 end = t if end is None else max(end, t)
-    except _AV_ERRORS as exc:
-        raise MediaError(f"{path}: reading packets to measure the duration failed ({_reason(exc)})") from exc
+    except AV_ERRORS as exc:
+        raise MediaError(f"{path}: reading packets to measure the duration failed ({reason(exc)})") from exc
     if end is None:
         raise MediaError(f"{path}: cannot tell the duration: the file has no timestamps")
     return end

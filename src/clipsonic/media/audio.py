@@ -14,7 +14,7 @@ import soundfile
 import soxr
 
 from clipsonic.files import atomic_output
-from clipsonic.media._container import MediaError, _check_rate, _check_time, _reason, _Track
+from clipsonic.media._container import MediaError, Track, check_rate, check_time, reason
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class _Resampler:
         return np.concatenate(self.chunks)
 
 
-def _decode_audio(track: _Track, rate_out: int, lo: float, hi: float,
+def _decode_audio(track: Track, rate_out: int, lo: float, hi: float,
                   seek: bool) -> tuple[np.ndarray, int, float | None] | None:
     """Decode the track over ``[lo, hi)`` seconds (plus margins), resampled, as ``(audio, first, end)``:
     ``audio[k]`` is the sound at ``(first + k) / rate_out`` seconds; ``end`` is where the track ends, None when
@@ -120,17 +120,17 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, start: float |
     place the sound up to 1 ms off (elsewhere seeking changes nothing).
     """
     path = Path(path)
-    rate = _check_rate(sample_rate, path)
-    start = _check_time(0.0 if start is None else start, "start", path)
-    if duration is not None and _check_time(duration, "duration", path) == 0:
+    rate = check_rate(sample_rate, path)
+    start = check_time(0.0 if start is None else start, "start", path)
+    if duration is not None and check_time(duration, "duration", path) == 0:
         raise MediaError(f"{path}: duration must be > 0 seconds, got {duration!r}")
     hi = math.inf if duration is None else start + float(duration)
-    with _Track(path, "audio") as track:
+    with Track(path, "audio") as track:
         seek = start > AUDIO_SEEK_MIN_S and not set(track.container.format.name.split(",")) & _ROUGH_SEEK_FORMATS
         decoded = _decode_audio(track, rate, start, hi, seek)
     if decoded is None:
         log.debug("%s: seeking to %.3f s missed; decoding from the start", path, start)
-        with _Track(path, "audio") as track:
+        with Track(path, "audio") as track:
             decoded = _decode_audio(track, rate, start, hi, seek=False)
     audio, first, end = decoded
     if end is not None and start >= end:
@@ -159,7 +159,7 @@ def save_audio(path: str | os.PathLike, audio: Any, sample_rate: int, *, warn: b
     fmt = {".wav": "WAV", ".flac": "FLAC"}.get(path.suffix.lower())
     if fmt is None:
         raise MediaError(f"{path}: cannot write '{path.suffix}' files; use .wav or .flac")
-    rate = _check_rate(sample_rate, path)
+    rate = check_rate(sample_rate, path)
     if hasattr(audio, "detach"):  # torch, without importing it
         audio = audio.detach().to("cpu").float().numpy()
     data = np.asarray(audio)
@@ -184,5 +184,5 @@ def save_audio(path: str | os.PathLike, audio: Any, sample_rate: int, *, warn: b
         with atomic_output(path) as tmp:
             soundfile.write(tmp, data, rate, format=fmt)
     except (OSError, RuntimeError, ValueError) as exc:  # soundfile.LibsndfileError is a RuntimeError
-        raise MediaError(f"{path}: writing {fmt} failed ({_reason(exc)})") from exc
+        raise MediaError(f"{path}: writing {fmt} failed ({reason(exc)})") from exc
     return gain_db

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from clipsonic.media._container import _AV_ERRORS, MediaError, _check_time, _reason, _Track
+from clipsonic.media._container import AV_ERRORS, MediaError, Track, check_time, reason
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class _FrameCursor:
 
     def __init__(self, path: Path):
         self.path = path
-        self.track = _Track(path, "video")
+        self.track = Track(path, "video")
         self.frames: Iterator[Any] | None = None  # None until decoding starts
         self.current = self.upcoming = None
 
@@ -48,7 +48,7 @@ class _FrameCursor:
                 return
         log.debug("%s: seeking before %.3f s failed; decoding from the start", self.path, t)
         self.track.container.close()  # rewind by reopening: the one move every format supports
-        self.track = _Track(self.path, "video")
+        self.track = Track(self.path, "video")
         self._decode_on()
 
     def frame_at(self, t: float) -> Any:
@@ -95,7 +95,7 @@ def load_frames(path: str | os.PathLike, times: Sequence[float]) -> list[np.ndar
     before the first frame gives the first frame; a time at or past the end of the last frame is a MediaError.
     """
     path = Path(path)
-    times = [_check_time(t, "frame time", path) for t in times]
+    times = [check_time(t, "frame time", path) for t in times]
     cursor = _FrameCursor(path)
     try:
         pictures: list[np.ndarray | None] = [None] * len(times)
@@ -107,9 +107,9 @@ def load_frames(path: str | os.PathLike, times: Sequence[float]) -> list[np.ndar
                 continue
             try:
                 last_frame, last_rgb = frame, frame.to_ndarray(format="rgb24")
-            except _AV_ERRORS as exc:
+            except AV_ERRORS as exc:
                 raise MediaError(f"{path}: converting the frame at {times[i]:.3f} s to RGB failed "
-                                 f"({_reason(exc)})") from exc
+                                 f"({reason(exc)})") from exc
             pictures[i] = last_rgb
         return pictures
     finally:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipsonic.config import Config
-from clipsonic.encoders import _quiet_transformers  # no tqdm bar when saving
+from clipsonic.encoders import quiet_transformers  # no tqdm bar when saving
 from clipsonic.files import atomic_directory, atomic_output, write_bytes_atomic, write_json_atomic
 from clipsonic.sonicworld.world import CONCEPTS, WorldConfig, captions, clip_rng, render_frames
 
@@ -186,7 +186,7 @@ def train_world_clip(out_dir: str | os.PathLike, world: WorldConfig | Scene | No
                 final_loss = _train(model, tokenizer, world, config, progress)
         finally:
             torch.set_num_threads(threads)
-        with _quiet_transformers():
+        with quiet_transformers():
             model.eval().save_pretrained(staging)  # safetensors
     log.info("world-CLIP: %d steps in %.0f s, final loss %.3f → %s", config.steps, time.perf_counter() - began,
              final_loss, out)
