@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from clipsonic.bridges import FAR_PROMPT_SIMILARITY, GENERIC_PROMPTS, familiarity, shift_prompts
+from clipsonic.bridges import FAR_PROMPT_SIMILARITY, familiarity
 from clipsonic.pipeline import CLIPSonicPipeline
 from clipsonic.stampworld import CONCEPT_NAMES, CONCEPTS, DEFAULT_STAMPS, StampWorldConfig, captions, make_clip
 from clipsonic.stampworld.judge import StampJudge
@@ -41,7 +41,7 @@ def main() -> None:
         out = pipe(text="a dog barking", seed=seed)
         print(f'"a dog barking", seed {seed}: {judge.classify(out.audios, out.sample_rate)[0]} '
               f"({time.perf_counter() - began:.2f} s)")
-    unseen = [k for k, c in enumerate(CONCEPTS) if set(c.test_pictures) - set(c.train_pictures)]
+    unseen = [k for k, c in enumerate(CONCEPTS) if c.unseen_picture]
     names = [CONCEPTS[k].name for k in unseen]
     for world_seed in args.world_seeds:
         frames = [make_clip(StampWorldConfig(seed=world_seed), "test", k, 0, DEFAULT_STAMPS)[0][0] for k in unseen]
@@ -49,7 +49,7 @@ def main() -> None:
             misses = named(pipe(image=frames, seed=seed), names)
             print(f"IQ on unseen pictures, world seed {world_seed}, seed {seed}: {len(names) - len(misses)} of "
                   f"{len(names)}; missed {misses}")
-    known = pipe.known_prompts + [t for t in shift_prompts(pipe.stats.bank_labels) if t not in GENERIC_PROMPTS]
+    known = pipe.known_texts
     held = [t for c in CONCEPT_NAMES for t in captions(c, "test")]
     sims, _ = familiarity(pipe.encoder.encode_texts(held + FAR), pipe.encoder.encode_texts(known))
     print(f"similarity to the known prompts (far below {FAR_PROMPT_SIMILARITY}): held-out captions ≥ "

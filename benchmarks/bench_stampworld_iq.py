@@ -29,7 +29,7 @@ from clipsonic.stampworld.assets import CONCEPT_NAMES, CONCEPTS
 from clipsonic.stampworld.judge import StampJudge
 from clipsonic.stampworld.world import captions
 
-UNSEEN = {c.name for c in CONCEPTS if set(c.test_pictures) - set(c.train_pictures)}
+UNSEEN = {c.name for c in CONCEPTS if c.unseen_picture}
 
 
 def dataset_frames(dataset: Path, split: str) -> tuple[list[Image.Image], np.ndarray]:

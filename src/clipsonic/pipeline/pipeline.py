@@ -321,13 +321,19 @@ class CLIPSonicPipeline:
             seeds=seeds, durations=[durations[int(r)] for r in rows] if durations else None, mel_config=self.mel,
             sampling=run)
 
+    @property
+    def known_texts(self) -> list[str]:
+        """The texts far prompts are measured against: its prompts.txt, then its training labels' captions
+        (:func:`bridges.shift_prompts`, less the generic ones)."""
+        labels = [] if self.stats is None else bridges.shift_prompts(self.stats.bank_labels)
+        return self.known_prompts + [t for t in labels if t not in bridges.GENERIC_PROMPTS]
+
     def _warn_far(self, texts: list[str], emb: torch.Tensor) -> None:
         """Say, in one line per text, when a text ``emb`` ``[Q, D]`` is far from every text the model knows (its
         prompts.txt, and its training labels): the model still answers, with the nearest of its own sounds. Only
         for a pipeline with a prompts.txt: labels alone ("goat", "the sound of goat") are too few to tell a new
         caption of a known thing from an unknown thing (a StampWorld run's held-out captions scored 0.85-0.90)."""
-        labels = [] if self.stats is None else bridges.shift_prompts(self.stats.bank_labels)
-        known = self.known_prompts + [t for t in labels if t not in bridges.GENERIC_PROMPTS]
+        known = self.known_texts
         if self.known_prompts and len(known) > 1:  # one caption has no spread to centre on
             self._known_emb = self.encoder.encode_texts(known) if self._known_emb is None else self._known_emb
             bridges.warn_far(texts, emb, known, self._known_emb)

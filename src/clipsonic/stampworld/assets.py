@@ -38,6 +38,11 @@ class StampConcept:
     train_pictures: tuple[str, ...]  # shown in training videos and captioned pictures
     test_pictures: tuple[str, ...]  # shown only in test videos; () = none unseen, test videos reuse the train ones
 
+    @property
+    def unseen_picture(self) -> bool:
+        """Whether its test videos show a picture no training video shows (a dingo for the dog)."""
+        return bool(set(self.test_pictures) - set(self.train_pictures))
+
     def pictures(self, split: str) -> tuple[str, ...]:
         """The pictures a clip of ``split`` may show."""
         return (self.test_pictures or self.train_pictures) if split == "test" else self.train_pictures
